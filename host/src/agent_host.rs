@@ -100,7 +100,12 @@ impl sandbox_api::HostSandbox for AgentState {
         wit(self.workdir_session(&this)?.exists(&path).await)
     }
 
-    async fn mkdir(&mut self, this: Resource<AgentSandbox>, path: String, options: types::MkdirOptions) -> WitResult<()> {
+    async fn mkdir(
+        &mut self,
+        this: Resource<AgentSandbox>,
+        path: String,
+        options: types::MkdirOptions,
+    ) -> WitResult<()> {
         wit(self.workdir_session(&this)?.mkdir(&path, options.recursive).await)
     }
 
@@ -108,7 +113,12 @@ impl sandbox_api::HostSandbox for AgentState {
         wit(self.workdir_session(&this)?.rm(&path, options.recursive, options.force).await)
     }
 
-    async fn exec(&mut self, this: Resource<AgentSandbox>, command: String, options: types::ExecOptions) -> WitResult<types::ExecResult> {
+    async fn exec(
+        &mut self,
+        this: Resource<AgentSandbox>,
+        command: String,
+        options: types::ExecOptions,
+    ) -> WitResult<types::ExecResult> {
         wit(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into))
     }
 
@@ -128,7 +138,9 @@ impl harness::Host for AgentState {
                 options: request.options.into(),
                 keep: request.keep,
             },
-            harness::SandboxSource::Connect(request) => SandboxSource::Connect { connector: request.connector, id: request.id },
+            harness::SandboxSource::Connect(request) => {
+                SandboxSource::Connect { connector: request.connector, id: request.id }
+            }
         };
         match self.services.open_sandbox(source).await {
             Ok(sandbox) => Ok(Ok(self.table.push(AgentSandbox { sandbox })?)),
@@ -136,7 +148,11 @@ impl harness::Host for AgentState {
         }
     }
 
-    async fn init(&mut self, sandbox: Resource<AgentSandbox>, options: harness::InitOptions) -> WitResult<Resource<AgentHarness>> {
+    async fn init(
+        &mut self,
+        sandbox: Resource<AgentSandbox>,
+        options: harness::InitOptions,
+    ) -> WitResult<Resource<AgentHarness>> {
         let sandbox = self.table.get(&sandbox)?.sandbox.clone();
         let session = match Session::new(sandbox.clone(), options.cwd.as_deref(), self.services.events.clone()) {
             Ok(session) => session,
@@ -146,7 +162,12 @@ impl harness::Host for AgentState {
         let cwd = session.cwd().to_string();
         match session.stat(".").await {
             Ok(stat) if stat.is_directory => {}
-            Ok(_) => return wit(Err(SandboxError::new(ErrorKind::NotADirectory, format!("harness cwd {cwd} is not a directory")))),
+            Ok(_) => {
+                return wit(Err(SandboxError::new(
+                    ErrorKind::NotADirectory,
+                    format!("harness cwd {cwd} is not a directory"),
+                )));
+            }
             Err(err) if err.kind == ErrorKind::NotFound => {
                 return wit(Err(SandboxError::not_found(format!(
                     "harness cwd {cwd} does not exist in sandbox {}; create it first (e.g. session.mkdir)",
@@ -164,7 +185,11 @@ impl harness::HostHarness for AgentState {
         Ok(self.table.get(&this)?.cwd.clone())
     }
 
-    async fn session(&mut self, this: Resource<AgentHarness>, name: Option<String>) -> wasmtime::Result<Resource<AgentSession>> {
+    async fn session(
+        &mut self,
+        this: Resource<AgentHarness>,
+        name: Option<String>,
+    ) -> wasmtime::Result<Resource<AgentSession>> {
         let harness = self.table.get(&this)?;
         let session = Session::new(harness.sandbox.clone(), Some(&harness.cwd), self.services.events.clone())
             .expect("harness cwd is absolute");
@@ -192,7 +217,12 @@ impl harness::HostSession for AgentState {
         Ok(paths::resolve(session.cwd(), &path).unwrap_or_else(|_| session.cwd().to_string()))
     }
 
-    async fn shell(&mut self, this: Resource<AgentSession>, command: String, options: types::ExecOptions) -> WitResult<types::ExecResult> {
+    async fn shell(
+        &mut self,
+        this: Resource<AgentSession>,
+        command: String,
+        options: types::ExecOptions,
+    ) -> WitResult<types::ExecResult> {
         wit(self.session(&this)?.exec(&command, options.into()).await.map(Into::into))
     }
 
@@ -224,7 +254,12 @@ impl harness::HostSession for AgentState {
         wit(self.session(&this)?.exists(&path).await)
     }
 
-    async fn mkdir(&mut self, this: Resource<AgentSession>, path: String, options: types::MkdirOptions) -> WitResult<()> {
+    async fn mkdir(
+        &mut self,
+        this: Resource<AgentSession>,
+        path: String,
+        options: types::MkdirOptions,
+    ) -> WitResult<()> {
         wit(self.session(&this)?.mkdir(&path, options.recursive).await)
     }
 

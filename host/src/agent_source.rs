@@ -65,7 +65,8 @@ pub fn resolve(arg: &str) -> Result<PathBuf, AgentSourceError> {
     let examples = example_dirs(&root);
     // `hello` or `rust/hello`.
     let found = examples.iter().find(|dir| {
-        dir.file_name().is_some_and(|n| n == arg) || dir.strip_prefix(root.join("guest-examples")).is_ok_and(|rel| rel == Path::new(arg))
+        dir.file_name().is_some_and(|n| n == arg)
+            || dir.strip_prefix(root.join("guest-examples")).is_ok_and(|rel| rel == Path::new(arg))
     });
     match found {
         Some(dir) => build(dir),
@@ -98,10 +99,14 @@ pub fn build_rust(dir: &Path) -> Result<PathBuf, AgentSourceError> {
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|err| AgentSourceError::Toolchain(format!("cannot run cargo ({err}): install Rust from https://rustup.rs")))?;
+        .map_err(|err| {
+            AgentSourceError::Toolchain(format!("cannot run cargo ({err}): install Rust from https://rustup.rs"))
+        })?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        if stderr.contains("wasm32-wasip2") && (stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`")) {
+        if stderr.contains("wasm32-wasip2")
+            && (stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`"))
+        {
             return Err(AgentSourceError::Toolchain(
                 "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`".into(),
             ));
@@ -109,7 +114,10 @@ pub fn build_rust(dir: &Path) -> Result<PathBuf, AgentSourceError> {
         return Err(AgentSourceError::BuildFailed { dir: dir.into(), log: stderr.trim_end().to_string() });
     }
     // The last cdylib artifact of the package in `dir` is the component.
-    let manifest = dir.join("Cargo.toml").canonicalize().map_err(|err| AgentSourceError::Read { path: dir.join("Cargo.toml"), reason: err.to_string() })?;
+    let manifest = dir
+        .join("Cargo.toml")
+        .canonicalize()
+        .map_err(|err| AgentSourceError::Read { path: dir.join("Cargo.toml"), reason: err.to_string() })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let wasm = stdout
         .lines()

@@ -67,8 +67,16 @@ impl ComponentCache {
 
     /// Load `bytes` as a component, from the cache when possible.
     /// `on_compile` is called before a (slow) compilation starts.
-    pub fn load(&self, engine: &Engine, bytes: &[u8], on_compile: impl FnOnce()) -> anyhow::Result<(Component, CacheOutcome)> {
-        let entry = self.dir.as_ref().map(|dir| dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(bytes)), self.engine_key)));
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        on_compile: impl FnOnce(),
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
+        let entry = self
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(bytes)), self.engine_key)));
         if let Some(entry) = &entry
             && trusted_entry(entry)
         {

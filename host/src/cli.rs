@@ -181,8 +181,9 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
 async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     // Cheap checks first: bad input is refused before anything slow happens.
     let payload = match &args.payload {
-        Some(text) => serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|err| usage(anyhow::anyhow!("--payload is not valid JSON ({err}); for example --payload '{{\"name\":\"Ada\"}}'")))?,
+        Some(text) => serde_json::from_str::<serde_json::Value>(text).map_err(|err| {
+            usage(anyhow::anyhow!("--payload is not valid JSON ({err}); for example --payload '{{\"name\":\"Ada\"}}'"))
+        })?,
         None => serde_json::Value::Null,
     };
     if args.memory == 0 || args.deadline == 0 {
@@ -235,7 +236,13 @@ async fn connectors(args: HostArgs) -> Result<(), Failure> {
                         .map(|(_, f)| *f)
                         .collect::<Vec<_>>()
                         .join(", ");
-                    println!("  {:<12} {} ({}) {}", "", key.name, if flags.is_empty() { "optional" } else { &flags }, key.description);
+                    println!(
+                        "  {:<12} {} ({}) {}",
+                        "",
+                        key.name,
+                        if flags.is_empty() { "optional" } else { &flags },
+                        key.description
+                    );
                 }
                 if !info.allowed_hosts.is_empty() {
                     println!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));

@@ -18,7 +18,10 @@ pub enum ConfigError {
 }
 
 /// Merge the layers. `env` is the process environment.
-pub fn load(env_files: &[PathBuf], env: impl IntoIterator<Item = (String, String)>) -> Result<HashMap<String, String>, ConfigError> {
+pub fn load(
+    env_files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<HashMap<String, String>, ConfigError> {
     let mut values = HashMap::new();
     let dotenv = Path::new(".env");
     if dotenv.is_file() && !env_files.iter().any(|f| f == dotenv) {
@@ -35,7 +38,8 @@ pub fn load(env_files: &[PathBuf], env: impl IntoIterator<Item = (String, String
 }
 
 fn read_file(path: &Path, values: &mut HashMap<String, String>) -> Result<(), ConfigError> {
-    let entries = dotenvy::from_path_iter(path).map_err(|err| ConfigError::Invalid { path: path.into(), reason: err.to_string() })?;
+    let entries = dotenvy::from_path_iter(path)
+        .map_err(|err| ConfigError::Invalid { path: path.into(), reason: err.to_string() })?;
     for entry in entries {
         // Report the line, never the value: it may be a secret.
         let (key, value) = entry.map_err(|err| ConfigError::Invalid {

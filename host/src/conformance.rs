@@ -188,7 +188,10 @@ async fn mkdir_semantics(s: &Suite) -> Result<(), String> {
     }
     s.scratch.mkdir("made/with/parents", true).await.map_err(err)?;
     ensure!(s.scratch.stat("made/with/parents").await.map_err(err)?.is_directory, "recursive mkdir made no directory");
-    s.scratch.mkdir("made/with/parents", true).await.map_err(|e| format!("recursive mkdir of an existing dir failed: {e}"))?;
+    s.scratch
+        .mkdir("made/with/parents", true)
+        .await
+        .map_err(|e| format!("recursive mkdir of an existing dir failed: {e}"))?;
     match s.scratch.mkdir("made", false).await {
         Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!("mkdir of an existing dir: want already-exists, got {e}")),
@@ -222,7 +225,8 @@ async fn stat_fields(s: &Suite) -> Result<(), String> {
     ensure!(file.is_file && !file.is_directory, "file stat: {file:?}");
     ensure!(file.size == Some(5), "file size {:?}, want Some(5)", file.size);
     if let Some(mtime) = file.mtime_ms {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
         ensure!((now - mtime).abs() < 24 * 3600 * 1000, "mtime {mtime} is not close to now ({now})");
     }
     let dir = s.scratch.stat(".").await.map_err(err)?;
@@ -249,7 +253,12 @@ async fn readdir_sorted(s: &Suite) -> Result<(), String> {
 
 async fn exec_cwd(s: &Suite) -> Result<(), String> {
     let out = s.scratch.exec("pwd", sh(None)).await.map_err(err)?;
-    ensure!(out.stdout.trim() == s.scratch.cwd(), "pwd = {:?}, want the session cwd {:?}", out.stdout.trim(), s.scratch.cwd());
+    ensure!(
+        out.stdout.trim() == s.scratch.cwd(),
+        "pwd = {:?}, want the session cwd {:?}",
+        out.stdout.trim(),
+        s.scratch.cwd()
+    );
     s.scratch.mkdir("sub/dir", true).await.map_err(err)?;
     let out = s.scratch.exec("pwd", ExecOptions { cwd: Some("sub/dir".into()), ..sh(None) }).await.map_err(err)?;
     let want = format!("{}/sub/dir", s.scratch.cwd());
@@ -292,11 +301,7 @@ async fn timeout_kills(s: &Suite) -> Result<(), String> {
     ensure!(out.exit_code == TIMEOUT_EXIT_CODE, "exit code {}, want {TIMEOUT_EXIT_CODE}", out.exit_code);
     ensure!(out.stdout.contains("before"), "output printed before the timeout was lost: {:?}", out.stdout);
     ensure!(took < Duration::from_millis(2900), "the call returned after {took:?}, not at its timeout");
-    ensure!(
-        s.merges_output || out.stderr.contains("timed out"),
-        "no timeout note on stderr: {:?}",
-        out.stderr
-    );
+    ensure!(s.merges_output || out.stderr.contains("timed out"), "no timeout note on stderr: {:?}", out.stderr);
     // Had the command survived, it would write late.txt at ~3 s.
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(started.elapsed())).await;
     ensure!(!s.scratch.exists("late.txt").await.map_err(err)?, "the timed-out command kept running");
@@ -309,7 +314,11 @@ pub async fn run(sandbox: Arc<dyn SandboxBackend>, merges_output: bool, events: 
     let scratch_name = format!(".flue-conformance-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut results = Vec::new();
     if let Err(e) = root.mkdir(&scratch_name, true).await {
-        results.push(CheckResult { name: "create a scratch directory", outcome: Err(e.to_string()), duration: Duration::ZERO });
+        results.push(CheckResult {
+            name: "create a scratch directory",
+            outcome: Err(e.to_string()),
+            duration: Duration::ZERO,
+        });
         return results;
     }
     for (name, check) in all_checks() {
@@ -317,7 +326,8 @@ pub async fn run(sandbox: Arc<dyn SandboxBackend>, merges_output: bool, events: 
         let dir = format!("{scratch_name}/{}", results.len());
         let outcome = match root.mkdir(&dir, true).await {
             Ok(()) => {
-                let scratch = Session::new(sandbox.clone(), Some(&root.resolve(&dir).expect("valid")), events.clone()).expect("valid");
+                let scratch = Session::new(sandbox.clone(), Some(&root.resolve(&dir).expect("valid")), events.clone())
+                    .expect("valid");
                 let suite = Suite { scratch, merges_output };
                 let started = Instant::now();
                 let outcome = check(&suite).await;

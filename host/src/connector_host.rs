@@ -17,7 +17,9 @@ use wasmtime::component::{ResourceAny, ResourceTable};
 use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::backend::{Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary};
+use crate::backend::{
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+};
 use crate::bindings::connector::Connector as ConnectorBindings;
 use crate::bindings::connector::flue::sandbox::{config, http, log, types};
 use crate::engine::arm_deadline;
@@ -180,8 +182,9 @@ impl WasmConnector {
             })
         })
         .await?;
-        let workdir = crate::paths::resolve("/", &workdir)
-            .map_err(|err| SandboxError::other(format!("connector {} gave an invalid workdir: {err}", self.info.name)))?;
+        let workdir = crate::paths::resolve("/", &workdir).map_err(|err| {
+            SandboxError::other(format!("connector {} gave an invalid workdir: {err}", self.info.name))
+        })?;
         Ok(Arc::new(WasmSandbox {
             connector: self.info.name.clone(),
             id,
@@ -239,7 +242,8 @@ impl SandboxBackend for WasmSandbox {
 
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {
         let (path, data) = (path.to_string(), data.to_vec());
-        sandbox_call!(self, "write-file", self.call_limit, |api, store, res| api.call_write_file(store, res, &path, &data))
+        sandbox_call!(self, "write-file", self.call_limit, |api, store, res| api
+            .call_write_file(store, res, &path, &data))
     }
 
     async fn stat(&self, path: &str) -> SandboxResult<FileStat> {
@@ -278,6 +282,7 @@ impl SandboxBackend for WasmSandbox {
         };
         // A command may legitimately run as long as its own timeout.
         let limit = self.call_limit + request.timeout.unwrap_or_default();
-        sandbox_call!(self, "exec", limit, |api, store, res| api.call_exec(store, res, &command, &options)).map(Into::into)
+        sandbox_call!(self, "exec", limit, |api, store, res| api.call_exec(store, res, &command, &options))
+            .map(Into::into)
     }
 }

@@ -101,7 +101,11 @@ impl ConnectorRegistry {
         let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let file = self.dir.join(format!("{name}.wasm"));
         if !valid_name || !file.is_file() {
-            return Err(ConnectorError::Unknown { name: name.into(), available: self.available(), dir: self.dir.clone() });
+            return Err(ConnectorError::Unknown {
+                name: name.into(),
+                available: self.available(),
+                dir: self.dir.clone(),
+            });
         }
         let connector = self.load_file(&file, events).await?;
         for key in connector.info().config.iter().filter(|k| k.required) {
@@ -118,7 +122,8 @@ impl ConnectorRegistry {
 
     /// Every connector with its info or its load error.
     pub async fn list(&self) -> Vec<ConnectorListing> {
-        let mut listings = vec![ConnectorListing { name: "local".into(), file: None, info: Ok(self.local.info().clone()) }];
+        let mut listings =
+            vec![ConnectorListing { name: "local".into(), file: None, info: Ok(self.local.info().clone()) }];
         for file in self.files() {
             let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let info = self.load_file(&file, &EventLog::discard()).await.map(|c| c.info().clone());
@@ -167,7 +172,11 @@ impl ConnectorRegistry {
             .map_err(|err| fail(format!("trapped in info(): {}", one_line(&format!("{err:#}"), 200))))?
             .into();
         if info.name != name {
-            tracing::warn!("{}: declares the name {:?}; it is used as {name:?} (its file name)", file.display(), info.name);
+            tracing::warn!(
+                "{}: declares the name {:?}; it is used as {name:?} (its file name)",
+                file.display(),
+                info.name
+            );
         }
 
         // Hand the connector the non-secret keys it declared, nothing else.

@@ -29,11 +29,27 @@ pub enum Event {
         error: Option<EventError>,
     },
     /// A sandbox was created, connected to, deleted or kept.
-    Sandbox { action: &'static str, connector: String, id: String, detail: String },
+    Sandbox {
+        action: &'static str,
+        connector: String,
+        id: String,
+        detail: String,
+    },
     /// A log line from the agent or a connector, or what the agent printed.
-    Log { source: String, level: String, message: String },
-    RunStarted { run_id: String, agent: String },
-    RunFinished { run_id: String, ok: bool, duration_ms: u64 },
+    Log {
+        source: String,
+        level: String,
+        message: String,
+    },
+    RunStarted {
+        run_id: String,
+        agent: String,
+    },
+    RunFinished {
+        run_id: String,
+        ok: bool,
+        duration_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -154,12 +170,19 @@ impl StderrSink {
                     Some(err) => format!(
                         "  {} {op:<7} {target:<60} {}",
                         self.paint("31", "✗"),
-                        self.paint("31", &format!("{duration_ms:>5} ms  {}: {}", err.kind, one_line(&err.message, 200)))
+                        self.paint(
+                            "31",
+                            &format!("{duration_ms:>5} ms  {}: {}", err.kind, one_line(&err.message, 200))
+                        )
                     ),
                 }
             }
             Event::Sandbox { action, connector, id, detail } => {
-                format!("{} sandbox {id} {action} ({connector}{}{detail})", self.paint("36", "▸"), if detail.is_empty() { "" } else { ", " })
+                format!(
+                    "{} sandbox {id} {action} ({connector}{}{detail})",
+                    self.paint("36", "▸"),
+                    if detail.is_empty() { "" } else { ", " }
+                )
             }
             Event::Log { source, level, message } => {
                 let code = match level.as_str() {

@@ -83,9 +83,12 @@ impl GuestOutput {
         state.forwarded += kept.len();
         state.dropped += dropped.len();
         state.pending.extend_from_slice(kept);
-        while let Some(newline) = state.pending.iter().position(|&b| b == b'\n').or_else(|| {
-            (state.pending.len() >= MAX_LINE).then_some(MAX_LINE - 1)
-        }) {
+        while let Some(newline) = state
+            .pending
+            .iter()
+            .position(|&b| b == b'\n')
+            .or_else(|| (state.pending.len() >= MAX_LINE).then_some(MAX_LINE - 1))
+        {
             let line: Vec<u8> = state.pending.drain(..=newline).collect();
             state.emit(&line);
         }

@@ -52,11 +52,7 @@ pub fn strip_root<'a>(root: &str, path: &'a str) -> Option<&'a str> {
         return Some(path.trim_start_matches('/'));
     }
     let rest = path.strip_prefix(root)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('/')
-    }
+    if rest.is_empty() { Some("") } else { rest.strip_prefix('/') }
 }
 
 #[cfg(test)]

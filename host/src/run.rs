@@ -106,7 +106,12 @@ impl RunServices {
         }
     }
 
-    async fn create(&self, connector: Option<&str>, options: &CreateOptions, keep: bool) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn create(
+        &self,
+        connector: Option<&str>,
+        options: &CreateOptions,
+        keep: bool,
+    ) -> SandboxResult<Arc<dyn SandboxBackend>> {
         let connector = self.connector(connector).await?;
         let name = connector.info().name.clone();
         let started = Instant::now();
@@ -152,7 +157,12 @@ impl RunServices {
                 continue;
             }
             match sandbox.connector.delete(&sandbox.id).await {
-                Ok(()) => self.events.record(Event::Sandbox { action: "deleted", connector, id: sandbox.id, detail: String::new() }),
+                Ok(()) => self.events.record(Event::Sandbox {
+                    action: "deleted",
+                    connector,
+                    id: sandbox.id,
+                    detail: String::new(),
+                }),
                 Err(err) => self.events.log(
                     "flue",
                     "error",
@@ -196,7 +206,12 @@ pub struct RunOutcome {
     pub result: Result<serde_json::Value, RunError>,
 }
 
-pub async fn run_agent(runtime: &Runtime, registry: Arc<ConnectorRegistry>, run: AgentRun, events: EventLog) -> RunOutcome {
+pub async fn run_agent(
+    runtime: &Runtime,
+    registry: Arc<ConnectorRegistry>,
+    run: AgentRun,
+    events: EventLog,
+) -> RunOutcome {
     let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
     let started = Instant::now();
     events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
@@ -210,13 +225,24 @@ pub async fn run_agent(runtime: &Runtime, registry: Arc<ConnectorRegistry>, run:
         Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
     };
     services.cleanup().await;
-    events.record(Event::RunFinished { run_id: run_id.clone(), ok: result.is_ok(), duration_ms: millis(started.elapsed()) });
+    events.record(Event::RunFinished {
+        run_id: run_id.clone(),
+        ok: result.is_ok(),
+        duration_ms: millis(started.elapsed()),
+    });
     RunOutcome { run_id, result }
 }
 
-async fn execute(runtime: &Runtime, services: &Arc<RunServices>, run: &AgentRun, run_id: &str) -> Result<serde_json::Value, RunError> {
+async fn execute(
+    runtime: &Runtime,
+    services: &Arc<RunServices>,
+    run: &AgentRun,
+    run_id: &str,
+) -> Result<serde_json::Value, RunError> {
     let events = &services.events;
-    let component = runtime.load_component(&run.wasm, &run.label).map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
+    let component = runtime
+        .load_component(&run.wasm, &run.label)
+        .map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
     let pre = runtime.agent_pre(&component).map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
 
     let stdout = GuestOutput::new("agent stdout", "info", events.clone());
@@ -266,6 +292,13 @@ fn classify_trap(err: wasmtime::Error, runtime: &Runtime, stderr: &GuestOutput) 
         Some(trap) => trap.to_string(),
         None => crate::events::one_line(&format!("{err:#}"), 300),
     };
-    let guest_said = stderr.tail().into_iter().rev().find(|line| !line.trim().is_empty());
+    // A Rust panic prints "thread … panicked at FILE:LINE:" then the message,
+    // then a hint about RUST_BACKTRACE: keep the first two, drop the hint.
+    let said: Vec<String> = stderr
+        .tail()
+        .into_iter()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let guest_said = (!said.is_empty()).then(|| said[said.len().saturating_sub(2)..].join(" "));
     RunError::Trapped { trap, guest_said }
 }

@@ -73,8 +73,11 @@ impl Runtime {
 
         let mut connector_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut connector_linker).map_err(wasm_error)?;
-        crate::bindings::connector::Connector::add_to_linker::<_, HasSelf<ConnectorState>>(&mut connector_linker, |state| state)
-            .map_err(wasm_error)?;
+        crate::bindings::connector::Connector::add_to_linker::<_, HasSelf<ConnectorState>>(
+            &mut connector_linker,
+            |state| state,
+        )
+        .map_err(wasm_error)?;
 
         Ok(Runtime { engine, limits, cache, agent_linker, connector_linker })
     }
@@ -86,17 +89,17 @@ impl Runtime {
             spinner = Some(progress::spinner(format!("compiling {label}")));
         })?;
         drop(spinner);
-        tracing::debug!(
-            "{label}: {}",
-            if outcome == CacheOutcome::Hit { "loaded precompiled" } else { "compiled" }
-        );
+        tracing::debug!("{label}: {}", if outcome == CacheOutcome::Hit { "loaded precompiled" } else { "compiled" });
         Ok(component)
     }
 
     /// Type-check an agent against the agent world.
     pub fn agent_pre(&self, component: &Component) -> anyhow::Result<AgentPre<AgentState>> {
         let pre = self.agent_linker.instantiate_pre(component).map_err(|err| {
-            anyhow::anyhow!("not a flue agent (expected the flue:sandbox/agent world): {}", crate::engine::wasm_error(err))
+            anyhow::anyhow!(
+                "not a flue agent (expected the flue:sandbox/agent world): {}",
+                crate::engine::wasm_error(err)
+            )
         })?;
         AgentPre::new(pre).map_err(|err| anyhow::anyhow!("not a flue agent: {}", wasm_error(err)))
     }

@@ -72,7 +72,8 @@ impl Session {
                 Some(cwd) => self.resolve(cwd)?,
                 None => self.cwd.clone(),
             };
-            let request = ExecRequest { command: command.to_string(), cwd, env: options.env.clone(), timeout: options.timeout };
+            let request =
+                ExecRequest { command: command.to_string(), cwd, env: options.env.clone(), timeout: options.timeout };
             self.sandbox.exec(&request).await
         }
         .await;
@@ -86,7 +87,8 @@ impl Session {
         let path = self.resolve_for("read", path)?;
         let started = Instant::now();
         let result = self.sandbox.read_file(&path).await;
-        self.events.operation(self.sandbox.id(), "read", &path, started, &result, |data| Some(format_bytes(data.len())));
+        self.events
+            .operation(self.sandbox.id(), "read", &path, started, &result, |data| Some(format_bytes(data.len())));
         result
     }
 
@@ -125,7 +127,11 @@ impl Session {
         let started = Instant::now();
         let result = self.sandbox.stat(&path).await;
         self.events.operation(self.sandbox.id(), "stat", &path, started, &result, |stat| {
-            Some(if stat.is_directory { "dir".into() } else { stat.size.map(|s| format_bytes(s as usize)).unwrap_or_default() })
+            Some(if stat.is_directory {
+                "dir".into()
+            } else {
+                stat.size.map(|s| format_bytes(s as usize)).unwrap_or_default()
+            })
         });
         result
     }
@@ -175,7 +181,11 @@ impl Session {
             self.sandbox.rm(&path, recursive, force).await
         };
         self.events.operation(self.sandbox.id(), "rm", &path, started, &result, |_| {
-            let flags: Vec<&str> = [(recursive, "recursive"), (force, "force")].into_iter().filter(|(on, _)| *on).map(|(_, f)| f).collect();
+            let flags: Vec<&str> = [(recursive, "recursive"), (force, "force")]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| f)
+                .collect();
             (!flags.is_empty()).then(|| flags.join(","))
         });
         result

@@ -1,1 +1,13 @@
+//! Integration tests of the `flue` host: one test binary, a module per feature.
+//!
+//! Everything is real: the `flue` binary, wasm components built from source
+//! by flue's own builder (`tests/fixtures`, `guest-examples`), `bash` and
+//! bubblewrap processes, files on disk.
 
+mod bad_input;
+mod cache;
+mod connectors;
+mod contract;
+mod examples;
+mod isolation;
+mod support;

@@ -90,9 +90,9 @@ pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<
         .process_group(0)
         .kill_on_drop(true);
 
-    let mut child = command.spawn().map_err(|err| {
-        SandboxError::other(format!("could not start the command: {err} (is bash installed?)"))
-    })?;
+    let mut child = command
+        .spawn()
+        .map_err(|err| SandboxError::other(format!("could not start the command: {err} (is bash installed?)")))?;
     let pgid = child.id().map(|pid| pid as i32);
     // If this future is dropped (the run's deadline), take the group down too.
     let _group_guard = KillGroupOnDrop(pgid);
@@ -120,10 +120,7 @@ pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<
     let mut stderr = drain(stderr).await;
     if timed_out {
         let limit = spec.timeout.unwrap_or_default();
-        stderr.push_str(&format!(
-            "\n[flue: command timed out after {} ms and was killed]\n",
-            limit.as_millis()
-        ));
+        stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
     }
     Ok(ExecOutput { stdout, stderr, exit_code })
 }
@@ -147,10 +144,16 @@ fn bubblewrap_args(root: &Path, visible_root: &str, cwd: &str, allow_network: bo
     for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
         let host = Path::new("/").join(top);
         match std::fs::read_link(&host) {
-            Ok(target) => args.extend(["--symlink".into(), target.to_string_lossy().into_owned(), host.to_string_lossy().into_owned()]),
-            Err(_) if host.is_dir() => {
-                args.extend(["--ro-bind".into(), host.to_string_lossy().into_owned(), host.to_string_lossy().into_owned()])
-            }
+            Ok(target) => args.extend([
+                "--symlink".into(),
+                target.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
+            Err(_) if host.is_dir() => args.extend([
+                "--ro-bind".into(),
+                host.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
             Err(_) => {}
         }
     }

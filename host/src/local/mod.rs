@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use exec::{Isolation, probe_bubblewrap};
 use fs::ConfinedRoot;
 
-use crate::backend::{Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary};
+use crate::backend::{
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+};
 use crate::error::{SandboxError, SandboxResult};
 
 /// Where commands see the sandbox directory when isolated.
@@ -70,7 +72,8 @@ impl LocalConnector {
         let info = ConnectorInfo {
             name: "local".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "A directory on this machine; commands run with bash, isolated by bubblewrap when available".into(),
+            description: "A directory on this machine; commands run with bash, isolated by bubblewrap when available"
+                .into(),
             config: Vec::new(),
             allowed_hosts: Vec::new(),
             merges_output: false,
@@ -129,7 +132,8 @@ impl Connector for LocalConnector {
         if options.image.is_some() || options.snapshot.is_some() {
             tracing::warn!("the local sandbox ignores image and snapshot: commands use this machine's system");
         }
-        let metadata = Metadata { name: options.name.clone(), labels: options.labels.clone(), env: options.env.clone() };
+        let metadata =
+            Metadata { name: options.name.clone(), labels: options.labels.clone(), env: options.env.clone() };
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
             let dir = dir.canonicalize().map_err(|err| io_error("cannot resolve", dir, err))?;
@@ -167,7 +171,9 @@ impl Connector for LocalConnector {
             return Err(SandboxError::not_found(format!("no local sandbox {id}")));
         }
         std::fs::remove_dir_all(&root).or_else(ignore_missing).map_err(|err| io_error("cannot remove", &root, err))?;
-        std::fs::remove_file(&meta_path).or_else(ignore_missing).map_err(|err| io_error("cannot remove", &meta_path, err))?;
+        std::fs::remove_file(&meta_path)
+            .or_else(ignore_missing)
+            .map_err(|err| io_error("cannot remove", &meta_path, err))?;
         Ok(())
     }
 
@@ -178,14 +184,22 @@ impl Connector for LocalConnector {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let (Some(id), Some("json")) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str())) else {
+            let (Some(id), Some("json")) =
+                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
+            else {
                 continue;
             };
-            let Ok(metadata) = std::fs::read(&path).map(|b| serde_json::from_slice::<Metadata>(&b).unwrap_or_default()) else {
+            let Ok(metadata) = std::fs::read(&path).map(|b| serde_json::from_slice::<Metadata>(&b).unwrap_or_default())
+            else {
                 continue;
             };
             if labels.iter().all(|wanted| metadata.labels.contains(wanted)) {
-                found.push(SandboxSummary { id: id.to_string(), name: metadata.name, state: "started".into(), labels: metadata.labels });
+                found.push(SandboxSummary {
+                    id: id.to_string(),
+                    name: metadata.name,
+                    state: "started".into(),
+                    labels: metadata.labels,
+                });
             }
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -271,7 +285,9 @@ impl SandboxBackend for LocalSandbox {
         }
         self.with_fs(path, |fs, rel| match fs.stat(rel) {
             Ok(_) => Ok(true),
-            Err(err) if matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => Ok(false),
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                Ok(false)
+            }
             Err(err) => Err(err),
         })
         .await
@@ -303,9 +319,10 @@ impl SandboxBackend for LocalSandbox {
         // rather than bubblewrap's or the shell's.
         if let Some(rel) = crate::paths::strip_root(&self.visible_root, &request.cwd) {
             let rel = rel.to_string();
-            let stat = self.with_fs(&request.cwd, move |fs, _| fs.stat(&rel)).await.map_err(|err| {
-                SandboxError::new(err.kind, format!("working directory {}", err.message))
-            })?;
+            let stat = self
+                .with_fs(&request.cwd, move |fs, _| fs.stat(&rel))
+                .await
+                .map_err(|err| SandboxError::new(err.kind, format!("working directory {}", err.message)))?;
             if !stat.is_directory {
                 return Err(SandboxError::new(
                     crate::error::ErrorKind::NotADirectory,

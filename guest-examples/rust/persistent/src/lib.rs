@@ -32,7 +32,9 @@ impl Guest for Persistent {
         log(Level::Info, &format!("setup done in {}", setup.resolve_path(PROJECT)));
 
         // 2. Work, in a second harness whose cwd is the project.
-        let work = harness::init(&sandbox, &InitOptions { cwd: Some(PROJECT.into()) }).map_err(describe)?.session(Some("work"));
+        let work = harness::init(&sandbox, &InitOptions { cwd: Some(PROJECT.into()) })
+            .map_err(describe)?
+            .session(Some("work"));
         let pwd = work.shell("pwd", &in_dir(None)).map_err(describe)?;
         let files = work.readdir(".").map_err(describe)?;
         let readme = work.read_text("README.md").map_err(describe)?;

@@ -1,0 +1,139 @@
+//! What commands and agents can and cannot reach.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+
+use flue::events::EventLog;
+use flue::session::{ExecOptions, Session};
+use serde_json::json;
+
+use crate::support::{bwrap_available, host, isolation, isolation_modes, probe, scratch};
+
+#[test]
+fn commands_never_see_the_hosts_environment() {
+    for mode in isolation_modes() {
+        let tmp = scratch();
+        let out =
+            probe(json!({"mode": "exec", "command": "env; echo \"PATH=$PATH\""}), &["--isolation", mode], tmp.path());
+        let result = out.ok();
+        let stdout = result["stdout"].as_str().unwrap();
+        assert!(stdout.contains("HOME="), "{mode}: {stdout}");
+        // FLUE_CACHE_DIR is set for the flue process; commands must not inherit it.
+        assert!(!stdout.contains("FLUE_CACHE_DIR"), "{mode}: the host environment leaked: {stdout}");
+        assert!(
+            stdout.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+            "{mode}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_in_flues_environment_does_not_reach_commands() {
+    for mode in isolation_modes() {
+        let tmp = scratch();
+        let payload = json!({"mode": "exec", "command": "echo \"[${FLUE_TEST_SECRET-unset}]\"; env | grep -c \"$(printf hunt%s er2)\" || true"}).to_string();
+        let out = crate::support::output(
+            crate::support::flue()
+                .args(["run"])
+                .arg(crate::support::fixture("probe"))
+                .args(["--payload", &payload, "--isolation", mode, "--events", "json"])
+                .env("TMPDIR", tmp.path())
+                .env("FLUE_TEST_SECRET", "hunter2"),
+        );
+        let result = out.ok();
+        assert_eq!(result["stdout"], "[unset]\n0\n", "{mode}: {result}");
+        assert!(!out.stderr.contains("hunter2"), "{mode}: the secret reached the events");
+    }
+}
+
+#[test]
+fn under_bubblewrap_commands_cannot_write_outside_their_sandbox() {
+    if !bwrap_available() {
+        return;
+    }
+    let tmp = scratch();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let targets =
+        ["/usr/flue-probe".to_string(), "/etc/flue-probe".into(), format!("{}/flue-probe", outside.display())];
+    let command = format!(
+        "for p in {}; do (echo x > \"$p\") 2>/dev/null && echo \"wrote $p\"; done; echo x > inside.txt && echo inside-ok",
+        targets.join(" ")
+    );
+    let result = probe(json!({"mode": "exec", "command": command}), &["--isolation", "bwrap"], tmp.path()).ok();
+    assert_eq!(result["stdout"], "inside-ok\n", "{result}");
+    for target in &targets {
+        assert!(!std::path::Path::new(target).exists(), "{target} was written on the host");
+    }
+}
+
+#[test]
+fn under_bubblewrap_commands_have_no_network_unless_allowed() {
+    if !bwrap_available() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let command = format!("(echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo connected || echo refused");
+    let tmp = scratch();
+
+    let denied = probe(json!({"mode": "exec", "command": command}), &["--isolation", "bwrap"], tmp.path()).ok();
+    assert_eq!(denied["stdout"], "refused\n");
+    assert_eq!(listener.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock), "a connection arrived");
+
+    // The flag really grants it: the same command now connects.
+    let allowed =
+        probe(json!({"mode": "exec", "command": command}), &["--isolation", "bwrap", "--allow-network"], tmp.path())
+            .ok();
+    assert_eq!(allowed["stdout"], "connected\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_api_cannot_follow_a_planted_symlink_out_of_the_sandbox() {
+    for mode in isolation_modes() {
+        let tmp = scratch();
+        let (_, registry) = host(isolation(mode).await, tmp.path(), Default::default());
+        let connector = registry.instantiate("local", &EventLog::discard()).await.unwrap();
+        let sandbox = connector.create(&Default::default()).await.unwrap();
+        let session = Session::new(sandbox.clone(), None, EventLog::discard()).unwrap();
+        let planted =
+            session.exec("ln -s / escape && ln -s /etc/hostname host-file", ExecOptions::default()).await.unwrap();
+        assert_eq!(planted.exit_code, 0, "{planted:?}");
+
+        for path in ["escape/etc/hostname", "host-file"] {
+            let err = session.read_file(path).await.unwrap_err();
+            assert_eq!(err.kind, flue::error::ErrorKind::PermissionDenied, "{mode} {path}: {err}");
+            assert!(err.message.contains("outside the sandbox root"), "{err}");
+        }
+        assert!(session.write_file("escape/tmp/flue-planted", b"x").await.is_err());
+        assert!(!std::path::Path::new("/tmp/flue-planted").exists());
+        // Paths outside the root are refused outright, with the reason.
+        let err = session.read_file("/etc/passwd").await.unwrap_err();
+        assert_eq!(err.kind, flue::error::ErrorKind::PermissionDenied, "{err}");
+        connector.delete(sandbox.id()).await.unwrap();
+    }
+}
+
+#[test]
+fn agents_cannot_reach_the_host_through_wasi() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let tmp = scratch();
+    let out = crate::support::output(
+        crate::support::flue()
+            .args(["run"])
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &json!({"mode": "wasi", "addr": addr}).to_string(), "--events", "json"])
+            .env("TMPDIR", tmp.path())
+            .env("FLUE_TEST_SECRET", "hunter2"),
+    );
+    let result = out.ok();
+    assert!(result["file"]["err"].is_string(), "an agent read a host file: {result}");
+    assert!(result["dir"]["err"].is_string(), "an agent listed a host directory: {result}");
+    assert_eq!(result["env"], json!([]), "an agent saw environment variables");
+    assert_eq!(result["args"], json!([]));
+    assert!(result["tcp"]["err"].is_string(), "an agent opened a socket: {result}");
+    assert_eq!(listener.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+}

@@ -1,0 +1,191 @@
+//! Shared helpers: building guests, running `flue`, reading its output.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// No test should take this long; past it the child is killed and the test
+/// fails as hung (a guard against hangs, not a speed assertion).
+const HANG_GUARD: Duration = Duration::from_secs(180);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// Compiled-component cache shared by the tests' runs.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flue-cache")
+}
+
+/// A fresh scratch directory under the target directory.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("flue-test-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir")
+}
+
+/// Build a guest crate once per test process, with flue's own builder.
+fn build_once(dir: PathBuf) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(wasm) = built.get(&dir) {
+        return wasm.clone();
+    }
+    let wasm = flue::agent_source::build(&dir).unwrap_or_else(|err| panic!("building {}: {err}", dir.display()));
+    built.insert(dir, wasm.clone());
+    wasm
+}
+
+/// A test fixture component (`tests/fixtures/<name>`).
+pub fn fixture(name: &str) -> PathBuf {
+    build_once(repo_root().join("tests/fixtures").join(name))
+}
+
+/// An example agent (`guest-examples/rust/<name>`).
+pub fn example(name: &str) -> PathBuf {
+    build_once(repo_root().join("guest-examples/rust").join(name))
+}
+
+/// Whether bubblewrap works here. With FLUE_TEST_REQUIRE_BWRAP=1 (set by
+/// CI) its absence fails the tests instead of skipping the isolated cases.
+pub fn bwrap_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let works = Command::new("bwrap")
+            .args(["--unshare-all", "--ro-bind", "/", "/", "--", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works && std::env::var("FLUE_TEST_REQUIRE_BWRAP").is_ok_and(|v| v == "1") {
+            panic!("bubblewrap does not work here but FLUE_TEST_REQUIRE_BWRAP=1");
+        }
+        if !works {
+            eprintln!("note: bubblewrap unavailable; isolated cases are skipped");
+        }
+        works
+    })
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// stdout as JSON; panics with both streams when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
+            panic!("stdout is not JSON ({err})\nstdout: {}\nstderr: {}", self.stdout, self.stderr)
+        })
+    }
+
+    /// Assert success and return the result JSON.
+    pub fn ok(&self) -> Value {
+        assert_eq!(self.code, 0, "flue failed\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self.json()
+    }
+
+    /// The JSON events printed on stderr (with `--events json`).
+    pub fn events(&self) -> Vec<Value> {
+        self.stderr
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v.get("type").is_some())
+            .collect()
+    }
+}
+
+/// A `flue` command with a clean environment: tests control what it sees.
+pub fn flue() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flue"));
+    command
+        .current_dir(repo_root())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("FLUE_CACHE_DIR", cache_dir())
+        .env("NO_COLOR", "1");
+    for keep in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR"] {
+        if let Some(value) = std::env::var_os(keep) {
+            command.env(keep, value);
+        }
+    }
+    command
+}
+
+/// Run a command to completion (with the hang guard).
+pub fn output(command: &mut Command) -> Output {
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn flue");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("flue hung for over {HANG_GUARD:?}: {command:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// `flue run <agent> <args…> --events json`, with local sandboxes under `tmp`.
+pub fn run_agent(agent: &Path, args: &[&str], tmp: &Path) -> Output {
+    output(flue().arg("run").arg(agent).args(args).args(["--events", "json"]).env("TMPDIR", tmp))
+}
+
+/// The probe fixture run with `payload`.
+pub fn probe(payload: Value, args: &[&str], tmp: &Path) -> Output {
+    let payload = payload.to_string();
+    let mut all = vec!["--payload", payload.as_str()];
+    all.extend_from_slice(args);
+    run_agent(&fixture("probe"), &all, tmp)
+}
+
+/// Both isolation modes this machine supports.
+pub fn isolation_modes() -> Vec<&'static str> {
+    if bwrap_available() { vec!["bwrap", "none"] } else { vec!["none"] }
+}
+
+/// A runtime and registry for in-process tests.
+pub fn host(
+    isolation: flue::local::Isolation,
+    connectors: &Path,
+    limits: flue::runtime::Limits,
+) -> (std::sync::Arc<flue::runtime::Runtime>, std::sync::Arc<flue::connectors::ConnectorRegistry>) {
+    let runtime = std::sync::Arc::new(flue::runtime::Runtime::new(Some(cache_dir()), limits).expect("runtime"));
+    let mut local = flue::local::LocalConfig::new(isolation);
+    local.base_dir = scratch().keep();
+    let registry = flue::connectors::ConnectorRegistry::new(
+        runtime.clone(),
+        connectors.to_path_buf(),
+        flue::local::LocalConnector::new(local),
+        Default::default(),
+    );
+    (runtime, std::sync::Arc::new(registry))
+}
+
+/// The isolation a test asked for, as the library's type.
+pub async fn isolation(mode: &str) -> flue::local::Isolation {
+    match mode {
+        "bwrap" => flue::local::Isolation::Bubblewrap {
+            bwrap: flue::local::probe_bubblewrap().await.expect("bwrap works"),
+            allow_network: false,
+        },
+        _ => flue::local::Isolation::None,
+    }
+}
