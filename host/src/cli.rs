@@ -62,6 +62,21 @@ pub enum Command {
     Connectors(HostArgs),
     /// Run the sandbox contract suite against a connector and print a pass/fail table.
     Conformance(ConformanceArgs),
+    /// Install a connector from this project's source into the connectors directory.
+    Add(AddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Connector to install, e.g. `daytona`. Without it, lists what can be added.
+    pub name: Option<String>,
+
+    /// Print how to wire the connector up (its settings) instead of installing it.
+    #[arg(long)]
+    pub print: bool,
+
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +190,7 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => run(args, events).await,
         Command::Connectors(args) => connectors(args).await,
         Command::Conformance(args) => conformance(args, events).await,
+        Command::Add(args) => add(args).await,
     }
 }
 
@@ -256,7 +272,12 @@ async fn connectors(args: HostArgs) -> Result<(), Failure> {
 
 async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), Failure> {
     let (_, registry) = host(&args.host, Limits::default()).await?;
-    let connector = registry.instantiate(&args.connector, &events).await.map_err(usage)?;
+    let connector = if args.connector.ends_with(".wasm") && std::path::Path::new(&args.connector).is_file() {
+        registry.instantiate_file(std::path::Path::new(&args.connector), &events).await
+    } else {
+        registry.instantiate(&args.connector, &events).await
+    }
+    .map_err(usage)?;
     let sandbox = connector.create(&CreateOptions::default()).await.context("could not create a sandbox")?;
     let results = crate::conformance::run(sandbox.clone(), connector.info().merges_output, EventLog::discard()).await;
     if args.keep {
@@ -269,6 +290,65 @@ async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), Fail
         return Err(anyhow::anyhow!("{} does not conform to the sandbox contract", args.connector).into());
     }
     Ok(())
+}
+
+async fn add(args: AddArgs) -> Result<(), Failure> {
+    let sources = agent_source::project_root().join("connectors");
+    let mut available: Vec<String> = std::fs::read_dir(&sources)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("Cargo.toml").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    available.sort();
+    let Some(name) = args.name.clone() else {
+        println!("connectors that can be added (from {}):", sources.display());
+        for name in &available {
+            println!("  {name:<12} flue add {name}    (or `flue add {name} --print` for its settings)");
+        }
+        return Ok(());
+    };
+    if !available.contains(&name) {
+        return Err(usage(anyhow::anyhow!("no connector source named {name:?}; available: {}", available.join(", "))));
+    }
+    let built = agent_source::build_rust(&sources.join(&name)).map_err(anyhow::Error::from)?;
+    let (_, registry) = host(&args.host, Limits::default()).await?;
+    let info = registry.inspect(&built).await?;
+    if !args.print {
+        std::fs::create_dir_all(registry.dir())
+            .with_context(|| format!("cannot create {}", registry.dir().display()))?;
+        let target = registry.dir().join(format!("{name}.wasm"));
+        std::fs::copy(&built, &target).with_context(|| format!("cannot write {}", target.display()))?;
+        println!("installed {}", target.display());
+    }
+    print!("{}", wiring_instructions(&name, &info));
+    Ok(())
+}
+
+/// How to configure and use a connector, from what it declares.
+fn wiring_instructions(name: &str, info: &crate::backend::ConnectorInfo) -> String {
+    let mut out = format!("# {} {}: {}\n", info.name, info.version, info.description);
+    out.push_str("# Settings (environment variables, or lines of an --env file):\n");
+    for key in &info.config {
+        let what = match (key.required, key.secret) {
+            (true, true) => "required, secret",
+            (true, false) => "required",
+            (false, true) => "optional, secret",
+            (false, false) => "optional",
+        };
+        let value = key.default_value.clone().unwrap_or_default();
+        out.push_str(&format!("{}={value}    # {what}: {}\n", key.name, key.description));
+    }
+    if !info.allowed_hosts.is_empty() {
+        out.push_str(&format!("# It may call: {}\n", info.allowed_hosts.join(", ")));
+    }
+    out.push_str(&format!(
+        "# Install it with `flue add {name}`, then run an agent on it:\n#   flue run hello --sandbox {name} --env .env.{name}\n"
+    ));
+    out
 }
 
 /// The runtime and connector registry the commands share.

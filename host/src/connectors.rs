@@ -14,13 +14,14 @@ use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::allowed_hosts::AllowedHosts;
 use crate::backend::{Connector, ConnectorInfo};
 use crate::connector_host::{ConnectorState, Instance, WasmConnector};
 use crate::engine::arm_deadline;
 use crate::error::SandboxError;
 use crate::events::{EventLog, one_line};
 use crate::guest_output::GuestOutput;
-use crate::http_capability::HttpCapability;
+use crate::http_capability::{HttpCapability, HttpLimits, secrets_for};
 use crate::local::LocalConnector;
 use crate::runtime::Runtime;
 
@@ -107,11 +108,16 @@ impl ConnectorRegistry {
                 dir: self.dir.clone(),
             });
         }
-        let connector = self.load_file(&file, events).await?;
+        self.instantiate_file(&file, events).await
+    }
+
+    /// A connector from any `.wasm` file, its required configuration checked.
+    pub async fn instantiate_file(&self, file: &Path, events: &EventLog) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let connector = self.load_file(file, events).await?;
         for key in connector.info().config.iter().filter(|k| k.required) {
             if !self.config.contains_key(&key.name) && key.default_value.is_none() {
                 return Err(ConnectorError::MissingConfig {
-                    connector: name.into(),
+                    connector: connector.info().name.clone(),
                     key: key.name.clone(),
                     description: key.description.clone(),
                 });
@@ -120,13 +126,18 @@ impl ConnectorRegistry {
         Ok(connector)
     }
 
+    /// What a connector file says about itself (no configuration needed).
+    pub async fn inspect(&self, file: &Path) -> Result<ConnectorInfo, ConnectorError> {
+        self.load_file(file, &EventLog::discard()).await.map(|c| c.info().clone())
+    }
+
     /// Every connector with its info or its load error.
     pub async fn list(&self) -> Vec<ConnectorListing> {
         let mut listings =
             vec![ConnectorListing { name: "local".into(), file: None, info: Ok(self.local.info().clone()) }];
         for file in self.files() {
             let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let info = self.load_file(&file, &EventLog::discard()).await.map(|c| c.info().clone());
+            let info = self.inspect(&file).await;
             listings.push(ConnectorListing { name, file: Some(file), info });
         }
         listings
@@ -179,13 +190,24 @@ impl ConnectorRegistry {
             );
         }
 
-        // Hand the connector the non-secret keys it declared, nothing else.
-        let state = store.data_mut();
+        // Hand the connector the non-secret keys it declared, nothing else;
+        // its secrets stay here, for the HTTP capability to fill in.
+        let mut declared = HashMap::new();
         for key in info.config.iter().filter(|k| !k.secret) {
             if let Some(value) = self.config.get(&key.name).or(key.default_value.as_ref()) {
-                state.config.insert(key.name.clone(), value.clone());
+                declared.insert(key.name.clone(), value.clone());
             }
         }
+        let (policy, warnings) = AllowedHosts::parse(&info.allowed_hosts, &declared);
+        for warning in warnings {
+            tracing::warn!("connector {name}: {warning}");
+        }
+        let secrets = secrets_for(&info.config, &self.config);
+        let http = HttpCapability::new(&name, policy, secrets, HttpLimits::default())
+            .map_err(|err| fail(format!("cannot set up its HTTP client: {err}")))?;
+        let state = store.data_mut();
+        state.config = declared;
+        state.http = http;
         let instance = Instance { store, bindings, poisoned: None };
         Ok(Arc::new(WasmConnector::new(info, instance, self.runtime.limits.connector_call)))
     }

@@ -7,6 +7,7 @@
 
 pub mod agent_host;
 pub mod agent_source;
+pub mod allowed_hosts;
 pub mod backend;
 pub mod bindings;
 pub mod cache;

@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod connectors;
 mod contract;
+mod daytona;
 mod examples;
 mod isolation;
 mod support;

@@ -189,3 +189,94 @@ pub async fn isolation(mode: &str) -> flue::local::Isolation {
         _ => flue::local::Isolation::None,
     }
 }
+
+/// The Daytona connector component, built from `connectors/daytona`.
+pub fn daytona_wasm() -> PathBuf {
+    build_once(repo_root().join("connectors/daytona"))
+}
+
+pub const TEST_API_KEY: &str = "dtn-test-key-4f1c9e";
+
+/// A Daytona-compatible test server with `daytona.wasm` in a connectors dir.
+pub struct TestDaytona {
+    pub server: daytona_test_server::DaytonaServer,
+    pub connectors: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestDaytona {
+    pub fn start() -> Self {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let config = daytona_test_server::ServerConfig { api_key: TEST_API_KEY.into(), ..Default::default() };
+        // A thread of its own: tests may already be inside a tokio runtime.
+        let server = std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(daytona_test_server::DaytonaServer::start(config)))
+                .join()
+                .expect("server thread")
+        })
+        .expect("start the test server");
+        let connectors = scratch();
+        std::fs::copy(daytona_wasm(), connectors.path().join("daytona.wasm")).expect("install daytona.wasm");
+        TestDaytona { server, connectors, runtime: Some(runtime) }
+    }
+
+    pub fn faults(&self) -> &daytona_test_server::Faults {
+        self.server.faults()
+    }
+
+    /// Configuration as the connector sees it.
+    pub fn config(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("DAYTONA_API_URL".to_string(), self.server.api_url()),
+            ("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string()),
+        ])
+    }
+
+    /// `flue …` pointed at this server.
+    pub fn flue(&self) -> Command {
+        let mut command = flue();
+        command.env("DAYTONA_API_URL", self.server.api_url()).env("DAYTONA_API_KEY", TEST_API_KEY);
+        command
+    }
+
+    /// `flue run <agent> --sandbox daytona` against this server.
+    pub fn run(&self, agent: &Path, args: &[&str], tmp: &Path) -> Output {
+        output(
+            self.flue()
+                .arg("run")
+                .arg(agent)
+                .args(["--sandbox", "daytona", "--events", "json", "--connectors"])
+                .arg(self.connectors.path())
+                .args(args)
+                .env("TMPDIR", tmp),
+        )
+    }
+
+    /// The daytona connector, in process.
+    pub async fn connector(&self) -> std::sync::Arc<dyn flue::backend::Connector> {
+        let runtime =
+            std::sync::Arc::new(flue::runtime::Runtime::new(Some(cache_dir()), Default::default()).expect("runtime"));
+        let registry = flue::connectors::ConnectorRegistry::new(
+            runtime,
+            self.connectors.path().to_path_buf(),
+            flue::local::LocalConnector::new(flue::local::LocalConfig::new(flue::local::Isolation::None)),
+            self.config(),
+        );
+        registry.instantiate("daytona", &flue::events::EventLog::discard()).await.expect("daytona connector")
+    }
+
+    pub fn assert_no_sandboxes_left(&self) {
+        assert_eq!(self.server.sandbox_ids(), Vec::<String>::new(), "sandboxes leaked on the server");
+    }
+}
+
+impl Drop for TestDaytona {
+    fn drop(&mut self) {
+        // Never blocks, so tests on a tokio runtime may drop it too.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

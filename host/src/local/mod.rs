@@ -41,6 +41,8 @@ pub struct LocalConfig {
     pub workdir: Option<PathBuf>,
     pub isolation: Isolation,
     pub output_cap: usize,
+    /// Where isolated commands see the sandbox (default [`VISIBLE_ROOT`]).
+    pub visible_root: String,
 }
 
 impl LocalConfig {
@@ -50,6 +52,7 @@ impl LocalConfig {
             workdir: None,
             isolation,
             output_cap: DEFAULT_OUTPUT_CAP,
+            visible_root: VISIBLE_ROOT.into(),
         }
     }
 }
@@ -102,7 +105,7 @@ impl LocalConnector {
         let confined = ConfinedRoot::open(&root)
             .map_err(|err| SandboxError::other(format!("cannot open sandbox directory {}: {err}", root.display())))?;
         let visible_root = if self.config.isolation.is_isolated() {
-            VISIBLE_ROOT.to_string()
+            self.config.visible_root.clone()
         } else {
             root.to_string_lossy().into_owned()
         };

@@ -1,0 +1,152 @@
+//! Files, via the toolbox's `/files…` endpoints. Reads and writes use the
+//! multipart bulk endpoints exactly as the SDK does (binary-safe).
+
+use crate::api::{self, Call, encode};
+use crate::exec::nonce;
+use crate::flue::sandbox::types::{FileStat, SandboxError};
+use crate::model::FileInfo;
+use crate::multipart;
+use crate::time::rfc3339_to_unix_ms;
+
+pub fn read(toolbox: &str, path: &str) -> Result<Vec<u8>, SandboxError> {
+    let url = format!("{toolbox}/files/bulk-download");
+    let mut call = Call::post_json(url.clone(), &serde_json::json!({ "paths": [path] })).idempotent();
+    call.accept = "multipart/form-data";
+    let response = api::send(&call)?;
+    let content_type = response
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let boundary = multipart::boundary(content_type)
+        .ok_or_else(|| SandboxError::Other(format!("Daytona sent {content_type:?} for a download, not multipart")))?;
+    let parts = multipart::parse(&response.body, &boundary)
+        .map_err(|e| SandboxError::Other(format!("unreadable download from Daytona: {e}")))?;
+    let part = parts
+        .into_iter()
+        .find(|p| p.filename.as_deref() == Some(path) || p.name == "error")
+        .ok_or_else(|| SandboxError::Other(format!("Daytona's download has no part for {path}")))?;
+    if part.name != "error" {
+        return Ok(part.body.to_vec());
+    }
+    // A per-file failure inside a 200 response.
+    let (message, code) = api::error_message(part.body);
+    Err(match code.as_deref() {
+        Some("FILE_NOT_FOUND") => SandboxError::NotFound(message),
+        Some("FILE_ACCESS_DENIED") => SandboxError::PermissionDenied(message),
+        Some("INVALID_FILE_PATH") => match stat(toolbox, path) {
+            Ok(st) if st.is_directory => SandboxError::IsADirectory(format!("{path} is a directory")),
+            _ => SandboxError::InvalidInput(message),
+        },
+        _ => SandboxError::Other(message),
+    })
+}
+
+pub fn write(toolbox: &str, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+    let boundary = format!("flue-{}", nonce());
+    let call = Call {
+        method: "POST",
+        url: format!("{toolbox}/files/bulk-upload"),
+        accept: "*/*",
+        content_type: Some(format!("multipart/form-data; boundary={boundary}")),
+        body: multipart::upload_body(&boundary, path, data),
+        // Writing the same bytes twice leaves the same file.
+        idempotent: true,
+        timeout_ms: None,
+    };
+    api::send(&call).map(|_| ())
+}
+
+fn info(toolbox: &str, path: &str) -> Result<FileInfo, SandboxError> {
+    let url = format!("{toolbox}/files/info?path={}", encode(path));
+    let response = match api::send(&Call::get(url.clone())) {
+        // A path through a file: the daemon answers 400 with the OS's words.
+        Err(SandboxError::InvalidInput(m)) if m.to_ascii_lowercase().contains("not a directory") => {
+            return Err(SandboxError::NotADirectory(m));
+        }
+        other => other?,
+    };
+    api::json(&url, &response)
+}
+
+pub fn stat(toolbox: &str, path: &str) -> Result<FileStat, SandboxError> {
+    let info = info(toolbox, path)?;
+    Ok(FileStat {
+        is_file: !info.is_dir,
+        is_directory: info.is_dir,
+        // Daytona does not say.
+        is_symlink: None,
+        size: info.size,
+        mtime_ms: info.modified_at.as_deref().and_then(rfc3339_to_unix_ms),
+        mode: info.permissions.as_deref().and_then(|p| u32::from_str_radix(p, 8).ok()),
+    })
+}
+
+pub fn readdir(toolbox: &str, path: &str) -> Result<Vec<String>, SandboxError> {
+    let url = format!("{toolbox}/files?path={}", encode(path));
+    let response = api::send(&Call::get(url.clone()))?;
+    let entries: Vec<FileInfo> = api::json(&url, &response)?;
+    Ok(entries.into_iter().map(|e| e.name).collect())
+}
+
+fn parent(path: &str) -> &str {
+    match path.trim_end_matches('/').rfind('/') {
+        Some(0) | None => "/",
+        Some(at) => &path[..at],
+    }
+}
+
+/// Daytona's folder endpoint creates missing parents; the non-recursive
+/// contract is checked first, before anything changes.
+pub fn mkdir(toolbox: &str, path: &str, recursive: bool) -> Result<(), SandboxError> {
+    match stat(toolbox, path) {
+        Ok(st) if st.is_directory && recursive => return Ok(()),
+        Ok(_) => return Err(SandboxError::AlreadyExists(format!("{path} already exists"))),
+        Err(SandboxError::NotFound(_)) => {}
+        Err(err) => return Err(err),
+    }
+    if !recursive {
+        match stat(toolbox, parent(path)) {
+            Ok(st) if st.is_directory => {}
+            Ok(_) => return Err(SandboxError::NotADirectory(format!("{} is not a directory", parent(path)))),
+            Err(SandboxError::NotFound(_)) => {
+                return Err(SandboxError::NotFound(format!(
+                    "{}: no such directory (use recursive to create parents)",
+                    parent(path)
+                )));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let url = format!("{toolbox}/files/folder?path={}&mode=755", encode(path));
+    let call = Call { method: "POST", body: Vec::new(), content_type: None, ..Call::get(url) };
+    api::send(&call).map(|_| ())
+}
+
+/// Daytona has no `force` and refuses directories without `recursive` even
+/// when empty; both are honoured here by looking first.
+pub fn rm(toolbox: &str, path: &str, recursive: bool, force: bool) -> Result<(), SandboxError> {
+    let st = match stat(toolbox, path) {
+        Ok(st) => st,
+        Err(SandboxError::NotFound(_)) if force => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let mut delete_recursively = recursive;
+    if st.is_directory && !recursive {
+        if !readdir(toolbox, path)?.is_empty() {
+            return Err(SandboxError::InvalidInput(format!(
+                "{path}: directory not empty (pass recursive to remove it with its contents)"
+            )));
+        }
+        delete_recursively = true; // empty: same effect, and Daytona requires it
+    }
+    let mut url = format!("{toolbox}/files?path={}", encode(path));
+    if delete_recursively {
+        url.push_str("&recursive=true");
+    }
+    match api::send(&Call::delete(url)) {
+        Err(SandboxError::NotFound(_)) if force => Ok(()),
+        other => other.map(|_| ()),
+    }
+}

@@ -1,0 +1,240 @@
+//! A Daytona-compatible server for tests and for trying flue without an
+//! account.
+//!
+//! It speaks the wire protocol of `shared/daytona-wire-spec.md` — the main
+//! API under `/api` and the toolbox proxy under `/toolbox/{id}` — with the
+//! SDK's status codes, JSON bodies, multipart formats, state transitions and
+//! error bodies. Commands really run: each sandbox is a flue local sandbox
+//! (bubblewrap-isolated when available) whose directory commands see at
+//! `/home/daytona`. Faults can be injected while it runs ([`Faults`]).
+
+mod api;
+mod errors;
+mod faults;
+mod time;
+#[allow(clippy::result_large_err)] // handlers return ready-made error responses
+mod toolbox;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+pub use faults::{Faults, Injected};
+use flue::backend::SandboxBackend;
+use flue::local::{Isolation, LocalConfig, LocalConnector};
+
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 512 * 1024 * 1024;
+
+/// Where Daytona sandboxes keep their files; commands see the sandbox there.
+pub const HOME: &str = "/home/daytona";
+
+pub struct ServerConfig {
+    /// 0 picks a free port.
+    pub port: u16,
+    pub api_key: String,
+    /// Use bubblewrap when it works here.
+    pub isolated: bool,
+    pub faults: Faults,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { port: 0, api_key: "test-key".into(), isolated: true, faults: Faults::default() }
+    }
+}
+
+/// A request as received (for tests asserting what clients send).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+/// One sandbox on the server.
+pub(crate) struct SandboxRecord {
+    pub id: String,
+    pub name: String,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub env: serde_json::Map<String, serde_json::Value>,
+    pub target: String,
+    pub state: String,
+    pub error_reason: Option<String>,
+    pub polls_left: u32,
+    pub fail_reason: Option<String>,
+    pub toolbox_calls: u64,
+    pub created_at: String,
+    pub auto_stop: Option<u64>,
+    pub backend: Arc<dyn SandboxBackend>,
+}
+
+pub(crate) struct AppState {
+    pub api_key: String,
+    pub faults: Faults,
+    pub base_url: String,
+    pub local: LocalConnector,
+    pub sandboxes: Mutex<HashMap<String, SandboxRecord>>,
+    pub requests: Mutex<Vec<RecordedRequest>>,
+    pub next_id: Mutex<u64>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct DaytonaServer {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl DaytonaServer {
+    /// Bind 127.0.0.1 and serve in the background.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+        let addr = listener.local_addr()?;
+        let isolation = match (config.isolated, flue::local::probe_bubblewrap().await) {
+            (true, Ok(bwrap)) => Isolation::Bubblewrap { bwrap, allow_network: false },
+            _ => Isolation::None,
+        };
+        let dir = tempfile::Builder::new().prefix("daytona-test-server-").tempdir()?;
+        let mut local = LocalConfig::new(isolation);
+        local.base_dir = dir.path().to_path_buf();
+        local.visible_root = HOME.into();
+        let state = Arc::new(AppState {
+            api_key: config.api_key,
+            faults: config.faults,
+            base_url: format!("http://{addr}"),
+            local: LocalConnector::new(local),
+            sandboxes: Mutex::default(),
+            requests: Mutex::default(),
+            next_id: Mutex::new(1),
+            _dir: dir,
+        });
+        let app = Router::new()
+            .nest("/api", api::routes())
+            .nest("/toolbox/{id}", toolbox::routes())
+            .layer(middleware::from_fn_with_state(state.clone(), gate))
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(DaytonaServer { addr, state, shutdown: Some(tx) })
+    }
+
+    /// The value for `DAYTONA_API_URL`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn toolbox_url(&self) -> String {
+        format!("http://{}/toolbox", self.addr)
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// Ids of the sandboxes that exist (not deleted), sorted.
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state.sandboxes.lock().expect("lock").keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The state of a sandbox, if it exists.
+    pub fn sandbox_state(&self, id: &str) -> Option<String> {
+        self.state.sandboxes.lock().expect("lock").get(id).map(|s| s.state.clone())
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for DaytonaServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Every request: record it, inject faults, check the bearer token.
+async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(err) => return errors::api_error(StatusCode::PAYLOAD_TOO_LARGE, parts.uri.path(), err.to_string()),
+    };
+    let request = Request::from_parts(parts, Body::from(body.clone()));
+    state.requests.lock().expect("lock").push(RecordedRequest {
+        body,
+        method: request.method().to_string(),
+        uri: request.uri().to_string(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+    });
+    let path = request.uri().path().to_string();
+    let latency = state.faults.latency_ms();
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+    match state.faults.next() {
+        Injected::None => {}
+        Injected::ServiceUnavailable => {
+            return errors::api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &path,
+                "Service temporarily unavailable (injected fault)",
+            );
+        }
+        Injected::RateLimited => {
+            let mut response =
+                errors::api_error(StatusCode::TOO_MANY_REQUESTS, &path, "Too many requests (injected fault)");
+            response.headers_mut().insert("retry-after", "0".parse().expect("valid header"));
+            return response;
+        }
+        Injected::Drop => return dropped_connection(),
+    }
+    if state.faults.fail_auth() || !authorized(request.headers(), &state.api_key) {
+        let message = if state.faults.echo_credentials() {
+            let sent =
+                request.headers().get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            format!("Invalid credentials: {}", sent.unwrap_or_default())
+        } else {
+            "Invalid credentials".to_string()
+        };
+        return errors::api_error(StatusCode::UNAUTHORIZED, &path, message);
+    }
+    next.run(request).await
+}
+
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v == format!("Bearer {key}"))
+}
+
+/// Headers go out, then the connection breaks mid-body.
+pub(crate) fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("connection dropped (injected fault)"))
+    });
+    (StatusCode::OK, [("content-type", "application/json")], Body::from_stream(stream)).into_response()
+}
