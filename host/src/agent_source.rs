@@ -1,9 +1,19 @@
 //! Turning the `<agent>` argument of `flue run` into component bytes.
 //!
 //! `<agent>` is a `.wasm` file, a directory holding an agent's source, or the
-//! name of an example (`hello` → `guest-examples/rust/hello`). Sources are
-//! built with their language's toolchain; Rust agents with
-//! `cargo build --release --target wasm32-wasip2`.
+//! name of an example (`hello` → `guest-examples/rust/hello`,
+//! `python/hello`, `js/hello`). Sources are built with their language's
+//! toolchain, detected from the directory:
+//!
+//! | marker       | language   | toolchain                                        |
+//! |--------------|------------|--------------------------------------------------|
+//! | `Cargo.toml` | Rust       | `cargo build --release --target wasm32-wasip2`   |
+//! | `app.py`     | Python     | `componentize-py … componentize app`             |
+//! | `agent.js`   | JavaScript | `componentize-js agent.js …`                     |
+//!
+//! Python and JavaScript components are written to `<dir>/target/flue/` and
+//! rebuilt only when a source file (or the WIT) is newer; cargo tracks
+//! staleness for Rust itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +24,7 @@ use crate::progress;
 pub enum AgentSourceError {
     #[error("no agent {arg:?}: not a .wasm file, an agent directory, or an example name (examples: {examples})")]
     NotFound { arg: String, examples: String },
-    #[error("{}: no Cargo.toml here; an agent directory needs the source of a wasm component", dir.display())]
+    #[error("{}: no agent source here (expected Cargo.toml for Rust, app.py for Python or agent.js for JavaScript; `flue new` makes one)", dir.display())]
     UnknownLanguage { dir: PathBuf },
     #[error("building {} failed:\n{log}", dir.display())]
     BuildFailed { dir: PathBuf, log: String },
@@ -37,18 +47,17 @@ pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Example agent directories, Rust first: a bare name like `hello` means
+/// the Rust example.
 fn example_dirs(root: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for language in ["rust", "python", "js"] {
-        if let Ok(entries) = std::fs::read_dir(root.join("guest-examples").join(language)) {
-            for entry in entries.flatten() {
-                if entry.path().is_dir() && entry.file_name() != "target" {
-                    dirs.push(entry.path());
-                }
-            }
-        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("guest-examples").join(language))
+            .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && detect(p).is_some()).collect())
+            .unwrap_or_default();
+        found.sort();
+        dirs.extend(found);
     }
-    dirs.sort();
     dirs
 }
 
@@ -82,12 +91,208 @@ pub fn resolve(arg: &str) -> Result<PathBuf, AgentSourceError> {
     }
 }
 
-/// Build the agent in `dir` and return its component.
-pub fn build(dir: &Path) -> Result<PathBuf, AgentSourceError> {
+/// Languages flue can build agents from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Language {
+    Rust,
+    Python,
+    #[value(name = "js")]
+    JavaScript,
+}
+
+/// The language of the agent source in `dir`, from its marker file.
+pub fn detect(dir: &Path) -> Option<Language> {
     if dir.join("Cargo.toml").is_file() {
-        return build_rust(dir);
+        Some(Language::Rust)
+    } else if dir.join("app.py").is_file() {
+        Some(Language::Python)
+    } else if dir.join("agent.js").is_file() {
+        Some(Language::JavaScript)
+    } else {
+        None
     }
-    Err(AgentSourceError::UnknownLanguage { dir: dir.into() })
+}
+
+/// Build the agent in `dir` (if stale) and return its component.
+pub fn build(dir: &Path) -> Result<PathBuf, AgentSourceError> {
+    // Toolchains run inside `dir`: every path handed to them must be absolute.
+    let dir =
+        &dir.canonicalize().map_err(|err| AgentSourceError::Read { path: dir.into(), reason: err.to_string() })?;
+    match detect(dir) {
+        Some(Language::Rust) => build_rust(dir),
+        Some(Language::Python) => build_python(dir),
+        Some(Language::JavaScript) => build_js(dir),
+        None => Err(AgentSourceError::UnknownLanguage { dir: dir.into() }),
+    }
+}
+
+/// The WIT an agent builds against: its own `wit/` (as `flue new` makes),
+/// else this project's.
+fn wit_dir(dir: &Path) -> PathBuf {
+    let own = dir.join("wit");
+    if own.is_dir() { own } else { project_root().join("wit") }
+}
+
+/// The newest modification time of the files under `dir`, skipping build
+/// outputs and dependencies.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).ok()?.flatten() {
+            let name = entry.file_name();
+            if matches!(name.to_str(), Some("target" | "node_modules" | "__pycache__" | ".git")) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if let Ok(modified) = meta.modified() {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
+}
+
+/// Whether `output` is missing or older than the sources in `dir` or the WIT.
+fn stale(output: &Path, dir: &Path, wit: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(output).and_then(|m| m.modified()) else { return true };
+    [newest_source(dir), newest_source(wit)].into_iter().flatten().any(|source| source > built)
+}
+
+/// A tool from `node_modules/.bin` of `dir` or an ancestor, else the PATH.
+fn find_tool(name: &str, dir: &Path) -> Option<PathBuf> {
+    let local = dir.ancestors().map(|d| d.join("node_modules/.bin").join(name)).find(|p| p.is_file());
+    local.or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    })
+}
+
+/// Run a guest toolchain in `dir`, turning failures into readable errors.
+fn run_tool(mut command: std::process::Command, dir: &Path, what: &str) -> Result<(), AgentSourceError> {
+    let _spinner = progress::spinner(format!("building {} ({what})", dir.display()));
+    let output = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| AgentSourceError::Toolchain(format!("cannot run {what}: {err}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut log = String::from_utf8_lossy(&output.stderr).into_owned();
+    if log.trim().is_empty() {
+        log = String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    Err(AgentSourceError::BuildFailed { dir: dir.into(), log: readable_log(&log) })
+}
+
+/// A toolchain's failure output without its own internal stack trace, and
+/// not longer than a screen.
+fn readable_log(log: &str) -> String {
+    const MAX_LINES: usize = 40;
+    let log = log.split("\nStack backtrace:").next().unwrap_or(log).trim_end();
+    let lines: Vec<&str> = log.lines().collect();
+    if lines.len() <= MAX_LINES {
+        return log.to_string();
+    }
+    format!("[… {} lines …]\n{}", lines.len() - MAX_LINES, lines[lines.len() - MAX_LINES..].join("\n"))
+}
+
+/// Where a build writes before it is published: never a half-written
+/// component at the final path, even with two builds at once.
+fn partial_output(output: &Path) -> PathBuf {
+    output.with_extension(format!("wasm.partial-{}", std::process::id()))
+}
+
+fn publish(partial: &Path, output: &Path) -> Result<PathBuf, AgentSourceError> {
+    std::fs::rename(partial, output)
+        .map_err(|err| AgentSourceError::Read { path: output.into(), reason: err.to_string() })?;
+    Ok(output.to_path_buf())
+}
+
+/// A componentize toolchain: what it is called, how to install it, and its
+/// arguments given the WIT directory and the output path.
+struct Componentizer {
+    tool: &'static str,
+    install: &'static str,
+    args: fn(&Path, &Path) -> Vec<std::ffi::OsString>,
+}
+
+const PYTHON: Componentizer = Componentizer {
+    tool: "componentize-py",
+    install: "`pip install componentize-py==0.25.1`",
+    args: |wit, out| {
+        [
+            "-d".as_ref(),
+            wit.as_os_str(),
+            "-w".as_ref(),
+            "agent".as_ref(),
+            "componentize".as_ref(),
+            "app".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]
+        .map(std::ffi::OsStr::to_os_string)
+        .to_vec()
+    },
+};
+
+const JAVASCRIPT: Componentizer = Componentizer {
+    tool: "componentize-js",
+    install: "`npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` in the agent's directory)",
+    // Agents get no HTTP: leave out the runtime's fetch and http features so
+    // the component imports nothing the host does not grant.
+    args: |wit, out| {
+        let args: [&std::ffi::OsStr; 11] = [
+            "agent.js".as_ref(),
+            "--wit".as_ref(),
+            wit.as_os_str(),
+            "--world-name".as_ref(),
+            "agent".as_ref(),
+            "-d".as_ref(),
+            "http".as_ref(),
+            "-d".as_ref(),
+            "fetch-event".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ];
+        args.map(std::ffi::OsStr::to_os_string).to_vec()
+    },
+};
+
+/// `componentize-py -d WIT -w agent componentize app -o target/flue/agent.wasm`.
+pub fn build_python(dir: &Path) -> Result<PathBuf, AgentSourceError> {
+    componentize(dir, &PYTHON)
+}
+
+/// `componentize-js agent.js --wit WIT --world-name agent -d http -d fetch-event -o target/flue/agent.wasm`.
+pub fn build_js(dir: &Path) -> Result<PathBuf, AgentSourceError> {
+    componentize(dir, &JAVASCRIPT)
+}
+
+/// Build `dir` with a componentize toolchain into `target/flue/agent.wasm`,
+/// unless that is newer than every source.
+fn componentize(dir: &Path, toolchain: &Componentizer) -> Result<PathBuf, AgentSourceError> {
+    let output = dir.join("target/flue/agent.wasm");
+    let wit = wit_dir(dir);
+    if !stale(&output, dir, &wit) {
+        return Ok(output);
+    }
+    let tool = find_tool(toolchain.tool, dir).ok_or_else(|| {
+        AgentSourceError::Toolchain(format!(
+            "{} is not installed; install it with {}",
+            toolchain.tool, toolchain.install
+        ))
+    })?;
+    std::fs::create_dir_all(dir.join("target/flue"))
+        .map_err(|err| AgentSourceError::Read { path: dir.join("target"), reason: err.to_string() })?;
+    let partial = partial_output(&output);
+    let mut command = std::process::Command::new(tool);
+    command.args((toolchain.args)(&wit, &partial));
+    run_tool(command, dir, toolchain.tool)?;
+    publish(&partial, &output)
 }
 
 /// `cargo build --release --target wasm32-wasip2`, returning the `.wasm` of

@@ -1,6 +1,6 @@
 //! The `flue` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,15 @@ use crate::local::{Isolation, LocalConfig, LocalConnector, probe_bubblewrap};
 use crate::run::{AgentRun, RunSettings, run_agent};
 use crate::runtime::{Limits, Runtime};
 
+/// Write a line to stdout. A closed pipe (`flue run … | head`) is not an
+/// error worth a panic: the reader has what it wanted.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Exit code when the run (or check) failed.
 pub const EXIT_FAILED: i32 = 1;
 /// Exit code for bad usage or input (as clap uses).
@@ -27,6 +36,8 @@ Examples:
   flue run hello --payload '{\"name\":\"Ada\"}'   pass a JSON payload to the agent
   flue run ./my-agent                         build the agent in ./my-agent and run it
   flue run agent.wasm --sandbox daytona --env .env.daytona
+  flue new python my-agent                    create an agent (rust, python or js) that builds and runs as is
+  flue build my-agent                         build it to a component (flue run rebuilds when stale)
   flue connectors                             list connectors and their settings
   flue conformance local                      check a connector against the sandbox contract
 
@@ -64,6 +75,26 @@ pub enum Command {
     Conformance(ConformanceArgs),
     /// Install a connector from this project's source into the connectors directory.
     Add(AddArgs),
+    /// Build the agent in DIR (Rust, Python or JavaScript) to a component.
+    Build(BuildArgs),
+    /// Create a new agent from a template that builds and runs as is.
+    New(NewArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The agent's directory (with Cargo.toml, app.py or agent.js).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The agent's language.
+    #[arg(value_enum)]
+    pub language: agent_source::Language,
+    /// Name of the agent, and of the directory created for it.
+    pub name: String,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +222,21 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Connectors(args) => connectors(args).await,
         Command::Conformance(args) => conformance(args, events).await,
         Command::Add(args) => add(args).await,
+        Command::Build(args) => {
+            let wasm = agent_source::build(&args.dir).map_err(usage)?;
+            out!("{}", wasm.display());
+            Ok(())
+        }
+        Command::New(args) => {
+            let dir = crate::scaffold::create(args.language, &args.name, Path::new(".")).map_err(usage)?;
+            out!(
+                "created {}: build it with `flue build {}`, run it with `flue run {}`",
+                dir.display(),
+                args.name,
+                args.name
+            );
+            Ok(())
+        }
     }
 }
 
@@ -229,7 +275,7 @@ async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     .await;
     match outcome.result {
         Ok(result) => {
-            println!("{}", serde_json::to_string_pretty(&result).expect("JSON value serialises"));
+            out!("{}", serde_json::to_string_pretty(&result).expect("JSON value serialises"));
             Ok(())
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("run {} failed", outcome.run_id)).into()),
@@ -238,13 +284,13 @@ async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
 
 async fn connectors(args: HostArgs) -> Result<(), Failure> {
     let (_, registry) = host(&args, Limits::default()).await?;
-    println!("connectors (from {}):", registry.dir().display());
+    out!("connectors (from {}):", registry.dir().display());
     for listing in registry.list().await {
         let source = listing.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built in".into());
         match listing.info {
             Ok(info) => {
-                println!("  {:<12} {} {} — {}", listing.name, info.name, info.version, info.description);
-                println!("  {:<12} source: {source}", "");
+                out!("  {:<12} {} {} — {}", listing.name, info.name, info.version, info.description);
+                out!("  {:<12} source: {source}", "");
                 for key in &info.config {
                     let flags = [(key.required, "required"), (key.secret, "secret")]
                         .iter()
@@ -252,7 +298,7 @@ async fn connectors(args: HostArgs) -> Result<(), Failure> {
                         .map(|(_, f)| *f)
                         .collect::<Vec<_>>()
                         .join(", ");
-                    println!(
+                    out!(
                         "  {:<12} {} ({}) {}",
                         "",
                         key.name,
@@ -261,10 +307,10 @@ async fn connectors(args: HostArgs) -> Result<(), Failure> {
                     );
                 }
                 if !info.allowed_hosts.is_empty() {
-                    println!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));
+                    out!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));
                 }
             }
-            Err(err) => println!("  {:<12} error: {err}", listing.name),
+            Err(err) => out!("  {:<12} error: {err}", listing.name),
         }
     }
     Ok(())
@@ -285,7 +331,7 @@ async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), Fail
     } else if let Err(err) = connector.delete(sandbox.id()).await {
         eprintln!("warning: could not delete sandbox {}: {err}", sandbox.id());
     }
-    print!("{}", crate::conformance::render_table(&args.connector, &results));
+    out!("{}", crate::conformance::render_table(&args.connector, &results).trim_end());
     if results.iter().any(|r| r.outcome.is_err()) {
         return Err(anyhow::anyhow!("{} does not conform to the sandbox contract", args.connector).into());
     }
@@ -305,9 +351,9 @@ async fn add(args: AddArgs) -> Result<(), Failure> {
         .unwrap_or_default();
     available.sort();
     let Some(name) = args.name.clone() else {
-        println!("connectors that can be added (from {}):", sources.display());
+        out!("connectors that can be added (from {}):", sources.display());
         for name in &available {
-            println!("  {name:<12} flue add {name}    (or `flue add {name} --print` for its settings)");
+            out!("  {name:<12} flue add {name}    (or `flue add {name} --print` for its settings)");
         }
         return Ok(());
     };
@@ -322,9 +368,9 @@ async fn add(args: AddArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot create {}", registry.dir().display()))?;
         let target = registry.dir().join(format!("{name}.wasm"));
         std::fs::copy(&built, &target).with_context(|| format!("cannot write {}", target.display()))?;
-        println!("installed {}", target.display());
+        out!("installed {}", target.display());
     }
-    print!("{}", wiring_instructions(&name, &info));
+    out!("{}", wiring_instructions(&name, &info).trim_end());
     Ok(())
 }
 

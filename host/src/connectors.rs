@@ -41,7 +41,7 @@ impl ConnectorError {
         match &self {
             ConnectorError::Unknown { .. } => SandboxError::not_found(self.to_string()),
             ConnectorError::MissingConfig { .. } => SandboxError::new(crate::error::ErrorKind::Auth, self.to_string()),
-            ConnectorError::Load { .. } => SandboxError::unsupported(self.to_string()),
+            ConnectorError::Load { .. } => SandboxError::other(self.to_string()),
         }
     }
 }

@@ -2,7 +2,6 @@
 //!
 //! A narrow wrapper: each tuning knob is set here, with its reason.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine, OptLevel, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -102,6 +101,3 @@ pub fn arm_deadline<T: 'static>(store: &mut Store<T>, what: &str, limit: Duratio
 pub fn wasm_error(err: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{err:#}")
 }
-
-/// Shared handle type.
-pub type SharedEngine = Arc<Engine>;

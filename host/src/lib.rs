@@ -27,4 +27,5 @@ pub mod paths;
 pub mod progress;
 pub mod run;
 pub mod runtime;
+pub mod scaffold;
 pub mod session;

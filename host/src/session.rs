@@ -145,7 +145,10 @@ impl Session {
             names.sort();
         }
         self.events.operation(self.sandbox.id(), "readdir", &path, started, &result, |names| {
-            Some(format!("{} entries", names.len()))
+            Some(match names.len() {
+                1 => "1 entry".to_string(),
+                n => format!("{n} entries"),
+            })
         });
         result
     }

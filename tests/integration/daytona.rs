@@ -93,15 +93,8 @@ fn the_api_key_is_redacted_even_when_daytona_echoes_it() {
 fn a_missing_api_key_is_a_clear_error() {
     let daytona = TestDaytona::start();
     let tmp = scratch();
-    let mut command = daytona.flue();
-    command.env_remove("DAYTONA_API_KEY");
     let out = crate::support::output(
-        command
-            .args(["run"])
-            .arg(example("hello"))
-            .args(["--sandbox", "daytona", "--connectors"])
-            .arg(daytona.connectors.path())
-            .env("TMPDIR", tmp.path()),
+        daytona.run_command(&example("hello"), tmp.path()).env("DAYTONA_API_URL", daytona.server.api_url()),
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("connector daytona needs DAYTONA_API_KEY"), "{}", out.stderr);
@@ -118,16 +111,7 @@ fn env_files_configure_the_connector() {
         format!("DAYTONA_API_URL={}\nDAYTONA_API_KEY={TEST_API_KEY}\n", daytona.server.api_url()),
     )
     .unwrap();
-    let out = crate::support::output(
-        crate::support::flue()
-            .args(["run"])
-            .arg(example("hello"))
-            .args(["--sandbox", "daytona", "--connectors"])
-            .arg(daytona.connectors.path())
-            .arg("--env")
-            .arg(&env_file)
-            .env("TMPDIR", tmp.path()),
-    );
+    let out = crate::support::output(daytona.run_command(&example("hello"), tmp.path()).arg("--env").arg(&env_file));
     assert_eq!(out.ok()["roundTrip"], true);
     daytona.assert_no_sandboxes_left();
 }
@@ -295,14 +279,10 @@ fn an_unreachable_daytona_is_a_clear_error_not_a_hang() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let tmp = scratch();
     let out = crate::support::output(
-        crate::support::flue()
-            .args(["run"])
-            .arg(example("hello"))
-            .args(["--sandbox", "daytona", "--connectors"])
-            .arg(daytona.connectors.path())
+        daytona
+            .run_command(&example("hello"), tmp.path())
             .env("DAYTONA_API_URL", format!("http://{closed}/api"))
-            .env("DAYTONA_API_KEY", TEST_API_KEY)
-            .env("TMPDIR", tmp.path()),
+            .env("DAYTONA_API_KEY", TEST_API_KEY),
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("cannot reach Daytona") || out.stderr.contains("cannot connect"), "{}", out.stderr);

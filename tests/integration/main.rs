@@ -11,4 +11,5 @@ mod contract;
 mod daytona;
 mod examples;
 mod isolation;
+mod languages;
 mod support;

@@ -49,6 +49,11 @@ pub fn example(name: &str) -> PathBuf {
     build_once(repo_root().join("guest-examples/rust").join(name))
 }
 
+/// An example agent in a language: `lang` is `rust`, `python` or `js`.
+pub fn example_in(lang: &str, name: &str) -> PathBuf {
+    build_once(repo_root().join("guest-examples").join(lang).join(name))
+}
+
 /// Whether bubblewrap works here. With FLUE_TEST_REQUIRE_BWRAP=1 (set by
 /// CI) its absence fails the tests instead of skipping the isolated cases.
 pub fn bwrap_available() -> bool {
@@ -237,21 +242,31 @@ impl TestDaytona {
     /// `flue …` pointed at this server.
     pub fn flue(&self) -> Command {
         let mut command = flue();
-        command.env("DAYTONA_API_URL", self.server.api_url()).env("DAYTONA_API_KEY", TEST_API_KEY);
+        self.configure(&mut command);
+        command
+    }
+
+    /// Point `command` at this server.
+    fn configure<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        command.env("DAYTONA_API_URL", self.server.api_url()).env("DAYTONA_API_KEY", TEST_API_KEY)
+    }
+
+    /// `flue run <agent> --sandbox daytona` with this connectors directory,
+    /// local sandboxes under `tmp`, and no Daytona settings yet.
+    pub fn run_command(&self, agent: &Path, tmp: &Path) -> Command {
+        let mut command = flue();
+        command
+            .arg("run")
+            .arg(agent)
+            .args(["--sandbox", "daytona", "--connectors"])
+            .arg(self.connectors.path())
+            .env("TMPDIR", tmp);
         command
     }
 
     /// `flue run <agent> --sandbox daytona` against this server.
     pub fn run(&self, agent: &Path, args: &[&str], tmp: &Path) -> Output {
-        output(
-            self.flue()
-                .arg("run")
-                .arg(agent)
-                .args(["--sandbox", "daytona", "--events", "json", "--connectors"])
-                .arg(self.connectors.path())
-                .args(args)
-                .env("TMPDIR", tmp),
-        )
+        output(self.configure(&mut self.run_command(agent, tmp)).args(["--events", "json"]).args(args))
     }
 
     /// The daytona connector, in process.

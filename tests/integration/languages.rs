@@ -1,0 +1,154 @@
+//! Agents in Python and JavaScript: examples, `flue new`/`build`/`run`,
+//! rebuilding when stale, clear errors for missing toolchains, and a
+//! locked-down WASI.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestDaytona, example_in, flue, output, run_agent, scratch};
+
+/// The fields of `hello` that do not depend on the run.
+fn hello_shape(result: &Value) -> Value {
+    let read_back = result["readBack"].as_str().unwrap();
+    json!({
+        "cwd": result["cwd"],
+        "files": result["files"],
+        "roundTrip": result["roundTrip"],
+        "greeting": read_back.split(" (run ").next(),
+        "uname": result["uname"]["exitCode"],
+        "linux": result["uname"]["stdout"].as_str().unwrap().starts_with("Linux"),
+    })
+}
+
+/// The fields of `persistent` that do not depend on the run.
+fn persistent_shape(result: &Value) -> Value {
+    let mut shape = result.clone();
+    shape.as_object_mut().unwrap().remove("sandbox");
+    shape
+}
+
+#[test]
+fn python_and_javascript_examples_match_rust_on_local() {
+    let tmp = scratch();
+    let payload = ["--payload", r#"{"name":"Ada"}"#];
+    let rust_hello = hello_shape(&run_agent(&example_in("rust", "hello"), &payload, tmp.path()).ok());
+    let rust_persistent = persistent_shape(&run_agent(&example_in("rust", "persistent"), &[], tmp.path()).ok());
+    assert_eq!(rust_hello["greeting"], "Hello, Ada!");
+    for lang in ["python", "js"] {
+        let hello = run_agent(&example_in(lang, "hello"), &payload, tmp.path()).ok();
+        assert_eq!(hello_shape(&hello), rust_hello, "{lang} hello differs: {hello}");
+        let persistent = run_agent(&example_in(lang, "persistent"), &[], tmp.path()).ok();
+        assert_eq!(persistent_shape(&persistent), rust_persistent, "{lang} persistent differs");
+    }
+}
+
+#[test]
+fn python_and_javascript_examples_match_rust_on_daytona() {
+    let daytona = TestDaytona::start();
+    let tmp = scratch();
+    let rust_hello = hello_shape(&daytona.run(&example_in("rust", "hello"), &[], tmp.path()).ok());
+    let rust_persistent = persistent_shape(&daytona.run(&example_in("rust", "persistent"), &[], tmp.path()).ok());
+    assert_eq!(rust_hello["cwd"], "/home/daytona");
+    for lang in ["python", "js"] {
+        let hello = daytona.run(&example_in(lang, "hello"), &[], tmp.path()).ok();
+        assert_eq!(hello_shape(&hello), rust_hello, "{lang} hello differs on daytona");
+        let persistent = daytona.run(&example_in(lang, "persistent"), &[], tmp.path()).ok();
+        assert_eq!(persistent_shape(&persistent), rust_persistent, "{lang} persistent differs on daytona");
+    }
+    daytona.assert_no_sandboxes_left();
+}
+
+#[test]
+fn examples_run_by_name_through_the_binary() {
+    let tmp = scratch();
+    for name in ["python/hello", "js/hello", "hello"] {
+        let out = output(flue().args(["run", name, "--events", "json"]).env("TMPDIR", tmp.path()));
+        assert_eq!(out.ok()["roundTrip"], true, "{name}");
+    }
+}
+
+#[test]
+fn new_then_build_then_run_works_from_a_clean_directory() {
+    for lang in ["rust", "python", "js"] {
+        let dir = scratch();
+        let name = format!("my-{lang}-agent");
+        let created = output(flue().args(["new", lang, &name]).current_dir(dir.path()));
+        assert_eq!(created.code, 0, "{lang}: {}", created.stderr);
+        assert!(dir.path().join(&name).join("README.md").is_file());
+
+        let built = output(flue().args(["build", &name]).current_dir(dir.path()));
+        assert_eq!(built.code, 0, "{lang}: {}", built.stderr);
+        let wasm = built.stdout.trim();
+        assert!(wasm.ends_with(".wasm") && std::path::Path::new(wasm).is_file(), "{lang}: {wasm}");
+
+        let ran = output(
+            flue().args(["run", &name, "--payload", r#"{"n":1}"#]).current_dir(dir.path()).env("TMPDIR", dir.path()),
+        );
+        let result = ran.ok();
+        assert_eq!(result["agent"], name.as_str(), "{lang}: {result}");
+        assert_eq!(result["payload"], json!({"n": 1}));
+        assert_eq!(result["listing"], "notes:\nhello.txt\n", "{lang}: {result}");
+    }
+}
+
+#[test]
+fn run_rebuilds_a_python_agent_only_when_its_source_changed() {
+    let dir = scratch();
+    assert_eq!(output(flue().args(["new", "python", "fresh"]).current_dir(dir.path())).code, 0);
+    let agent = dir.path().join("fresh");
+    let run = || output(flue().arg("run").arg(&agent).args(["--events", "none"]).env("TMPDIR", dir.path()));
+    assert_eq!(run().ok()["agent"], "fresh");
+    let wasm = agent.join("target/flue/agent.wasm");
+    let first_build = std::fs::metadata(&wasm).unwrap().modified().unwrap();
+
+    assert_eq!(run().ok()["agent"], "fresh");
+    assert_eq!(std::fs::metadata(&wasm).unwrap().modified().unwrap(), first_build, "rebuilt although nothing changed");
+
+    let source =
+        std::fs::read_to_string(agent.join("app.py")).unwrap().replace("\"agent\": \"fresh\"", "\"agent\": \"edited\"");
+    std::fs::write(agent.join("app.py"), source).unwrap();
+    assert_eq!(run().ok()["agent"], "edited", "the edit was not rebuilt");
+}
+
+#[test]
+fn a_missing_toolchain_is_named_with_how_to_install_it() {
+    for (lang, tool, install) in [
+        ("python", "componentize-py", "pip install componentize-py"),
+        ("js", "componentize-js", "npm install -g @bytecodealliance/componentize-js"),
+    ] {
+        let dir = scratch();
+        assert_eq!(output(flue().args(["new", lang, "a"]).current_dir(dir.path())).code, 0);
+        let out = output(flue().args(["build", "a"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
+        assert_eq!(out.code, 2, "{lang}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("{tool} is not installed")) && out.stderr.contains(install),
+            "{lang}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_python_guest_cannot_reach_the_host_through_wasi() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let tmp = scratch();
+    let probe = crate::support::fixture("python-probe");
+    let payload = json!({ "addr": listener.local_addr().unwrap().to_string() }).to_string();
+    let out = output(
+        flue()
+            .arg("run")
+            .arg(&probe)
+            .args(["--payload", &payload, "--events", "json"])
+            .env("TMPDIR", tmp.path())
+            .env("FLUE_TEST_SECRET", "hunter2"),
+    );
+    let result = out.ok();
+    assert!(result["file"]["err"].is_string(), "read a host file: {result}");
+    assert!(result["dir"]["err"].is_string() || result["dir"]["ok"] == json!([]), "listed a host directory: {result}");
+    assert_eq!(result["env"], json!({}), "saw environment variables: {result}");
+    assert!(result["tcp"]["err"].is_string(), "opened a socket: {result}");
+    assert_eq!(listener.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+}
