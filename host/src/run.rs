@@ -46,6 +46,8 @@ pub struct RunSettings {
 /// A sandbox created by this run.
 struct OwnedSandbox {
     connector: Arc<dyn Connector>,
+    /// The name the connector was found by (its file name), to find it again.
+    lookup: String,
     id: String,
     keep: bool,
 }
@@ -112,6 +114,7 @@ impl RunServices {
         options: &CreateOptions,
         keep: bool,
     ) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let lookup = connector.unwrap_or(&self.settings.default_connector).to_string();
         let connector = self.connector(connector).await?;
         let name = connector.info().name.clone();
         let started = Instant::now();
@@ -120,7 +123,12 @@ impl RunServices {
             connector.create(options).await?
         };
         // Record ownership before anything else can fail.
-        self.owned.lock().expect("owned lock").push(OwnedSandbox { connector, id: sandbox.id().to_string(), keep });
+        self.owned.lock().expect("owned lock").push(OwnedSandbox {
+            connector,
+            lookup,
+            id: sandbox.id().to_string(),
+            keep,
+        });
         self.events.record(Event::Sandbox {
             action: "created",
             connector: name,
@@ -156,7 +164,16 @@ impl RunServices {
                 });
                 continue;
             }
-            match sandbox.connector.delete(&sandbox.id).await {
+            // The run's connector instance may be unusable (it trapped, or the
+            // deadline stopped it mid-call): then delete through a fresh one.
+            let deleted = match sandbox.connector.delete(&sandbox.id).await {
+                Ok(()) => Ok(()),
+                Err(first) => match self.registry.instantiate(&sandbox.lookup, &self.events).await {
+                    Ok(fresh) => fresh.delete(&sandbox.id).await.map_err(|_| first),
+                    Err(_) => Err(first),
+                },
+            };
+            match deleted {
                 Ok(()) => self.events.record(Event::Sandbox {
                     action: "deleted",
                     connector,

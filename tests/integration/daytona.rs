@@ -324,3 +324,14 @@ fn the_connectors_own_unit_tests_pass() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("test result: ok. 5 passed"), "{}", out.stdout);
 }
+
+#[test]
+fn a_run_stopped_by_its_deadline_mid_call_still_deletes_its_daytona_sandbox() {
+    let daytona = TestDaytona::start();
+    let tmp = scratch();
+    let payload = r#"{"mode":"exec","command":"sleep 30"}"#;
+    let out = daytona.run(&fixture("probe"), &["--payload", payload, "--deadline", "3"], tmp.path());
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("deadline exceeded"), "{}", out.stderr);
+    daytona.assert_no_sandboxes_left();
+}
