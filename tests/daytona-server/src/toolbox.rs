@@ -53,6 +53,12 @@ fn sandbox(state: &AppState, id: &str, route: &str, method: &str) -> Result<Arc<
     Ok(record.backend.clone())
 }
 
+/// A sandbox error as the daemon reports it.
+fn daemon_failure(err: &flue::error::SandboxError, route: &str, method: &str) -> Response {
+    let (status, code) = from_sandbox(err);
+    daemon_error(status, code, err.message.clone(), route, method)
+}
+
 fn absolute(backend: &dyn SandboxBackend, path: &str) -> String {
     flue::paths::resolve(backend.workdir(), if path.is_empty() { "." } else { path })
         .unwrap_or_else(|_| backend.workdir().into())
@@ -95,46 +101,36 @@ async fn execute(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Json(body): Json<ExecuteRequest>,
-) -> Response {
+) -> Result<Response, Response> {
     let route = "/process/execute";
-    let backend = match sandbox(&state, &id, route, "POST") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+    let backend = sandbox(&state, &id, route, "POST")?;
     let request = ExecRequest {
         command: body.command,
         cwd: absolute(backend.as_ref(), body.cwd.as_deref().unwrap_or("")),
         env: body.envs.into_iter().collect(),
         timeout: body.timeout.filter(|t| *t > 0).map(Duration::from_secs),
     };
-    match backend.exec(&request).await {
-        Ok(out)
-            if out.exit_code == 124 && request.timeout.is_some() && out.stderr.contains("[flue: command timed out") =>
-        {
-            daemon_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "PROCESS_EXECUTION_TIMEOUT",
-                "command execution timeout",
-                route,
-                "POST",
-            )
-        }
-        // Daytona merges the streams into `result`.
-        Ok(out) => Json(json!({ "exitCode": out.exit_code, "result": format!("{}{}", out.stdout, out.stderr) }))
-            .into_response(),
-        Err(err) => {
-            let (status, code) = from_sandbox(&err);
-            daemon_error(status, code, err.message, route, "POST")
-        }
+    let out = backend.exec(&request).await.map_err(|err| daemon_failure(&err, route, "POST"))?;
+    if out.exit_code == 124 && request.timeout.is_some() && out.stderr.contains("[flue: command timed out") {
+        return Err(daemon_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "PROCESS_EXECUTION_TIMEOUT",
+            "command execution timeout",
+            route,
+            "POST",
+        ));
     }
+    // Daytona merges the streams into `result`.
+    Ok(Json(json!({ "exitCode": out.exit_code, "result": format!("{}{}", out.stdout, out.stderr) })).into_response())
 }
 
-async fn bulk_upload(State(state): State<Arc<AppState>>, Path(id): Path<String>, mut form: Multipart) -> Response {
+async fn bulk_upload(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> Result<Response, Response> {
     let route = "/files/bulk-upload";
-    let backend = match sandbox(&state, &id, route, "POST") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+    let backend = sandbox(&state, &id, route, "POST")?;
     let mut paths: std::collections::HashMap<String, String> = Default::default();
     let mut written = Vec::new();
     let mut errors = Vec::new();
@@ -142,10 +138,7 @@ async fn bulk_upload(State(state): State<Arc<AppState>>, Path(id): Path<String>,
         let field = match form.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
-            Err(err) => {
-                return (StatusCode::BAD_REQUEST, Json(json!({ "errors": [err.to_string()], "files": written })))
-                    .into_response();
-            }
+            Err(err) => return Err(upload_failed(&[err.to_string()], &written)),
         };
         let name = field.name().unwrap_or_default().to_string();
         if let Some(index) = name.strip_suffix(".path") {
@@ -159,8 +152,7 @@ async fn bulk_upload(State(state): State<Arc<AppState>>, Path(id): Path<String>,
             let data = match field.bytes().await {
                 Ok(data) => data,
                 Err(err) => {
-                    return (StatusCode::BAD_REQUEST, Json(json!({ "errors": [err.to_string()], "files": written })))
-                        .into_response();
+                    return Err(upload_failed(&[err.to_string()], &written));
                 }
             };
             let path = absolute(backend.as_ref(), &path);
@@ -176,11 +168,15 @@ async fn bulk_upload(State(state): State<Arc<AppState>>, Path(id): Path<String>,
             }
         }
     }
-    if errors.is_empty() {
-        Json(json!({ "files": written })).into_response()
-    } else {
-        (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors, "files": written }))).into_response()
+    if !errors.is_empty() {
+        return Err(upload_failed(&errors, &written));
     }
+    Ok(Json(json!({ "files": written })).into_response())
+}
+
+/// The daemon's 400 for an upload: what failed, and what was written anyway.
+fn upload_failed(errors: &[String], written: &[Value]) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors, "files": written }))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -202,14 +198,11 @@ async fn bulk_download(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Json(body): Json<DownloadRequest>,
-) -> Response {
+) -> Result<Response, Response> {
     let route = "/files/bulk-download";
-    let backend = match sandbox(&state, &id, route, "POST") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+    let backend = sandbox(&state, &id, route, "POST")?;
     if body.paths.is_empty() {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "paths must not be empty" }))).into_response();
+        return Err((StatusCode::BAD_REQUEST, Json(json!({ "error": "paths must not be empty" }))).into_response());
     }
     const BOUNDARY: &str = "DAYTONA-FILE-BOUNDARY";
     let mut out = Vec::new();
@@ -254,7 +247,7 @@ async fn bulk_download(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    (StatusCode::OK, [("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))], out).into_response()
+    Ok((StatusCode::OK, [("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))], out).into_response())
 }
 
 #[derive(Deserialize)]
@@ -282,35 +275,21 @@ async fn file_info(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
-) -> Response {
-    let backend = match sandbox(&state, &id, "/files/info", "GET") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+) -> Result<Response, Response> {
+    let backend = sandbox(&state, &id, "/files/info", "GET")?;
     let path = absolute(backend.as_ref(), &query.path);
-    match stat_or_error(backend.as_ref(), &path, "/files/info", "GET").await {
-        Ok(stat) => Json(file_info_json(&path, &stat)).into_response(),
-        Err(response) => response,
-    }
+    let stat = stat_or_error(backend.as_ref(), &path, "/files/info", "GET").await?;
+    Ok(Json(file_info_json(&path, &stat)).into_response())
 }
 
 async fn list_files(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
-) -> Response {
-    let backend = match sandbox(&state, &id, "/files", "GET") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+) -> Result<Response, Response> {
+    let backend = sandbox(&state, &id, "/files", "GET")?;
     let path = absolute(backend.as_ref(), &query.path);
-    let names = match backend.readdir(&path).await {
-        Ok(names) => names,
-        Err(err) => {
-            let (status, code) = from_sandbox(&err);
-            return daemon_error(status, code, err.message, "/files", "GET");
-        }
-    };
+    let names = backend.readdir(&path).await.map_err(|err| daemon_failure(&err, "/files", "GET"))?;
     let mut entries = Vec::new();
     for name in names {
         let child = format!("{}/{name}", path.trim_end_matches('/'));
@@ -318,64 +297,39 @@ async fn list_files(
             entries.push(file_info_json(&child, &stat));
         }
     }
-    Json(entries).into_response()
+    Ok(Json(entries).into_response())
 }
 
 async fn create_folder(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
-) -> Response {
-    let backend = match sandbox(&state, &id, "/files/folder", "POST") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+) -> Result<Response, Response> {
+    let backend = sandbox(&state, &id, "/files/folder", "POST")?;
     // os.MkdirAll: parents too, and an existing directory is fine.
-    match backend.mkdir(&absolute(backend.as_ref(), &query.path), true).await {
-        Ok(()) => StatusCode::CREATED.into_response(),
-        Err(err) => {
-            let (status, code) = from_sandbox(&err);
-            daemon_error(status, code, err.message, "/files/folder", "POST")
-        }
-    }
+    let path = absolute(backend.as_ref(), &query.path);
+    backend.mkdir(&path, true).await.map_err(|err| daemon_failure(&err, "/files/folder", "POST"))?;
+    Ok(StatusCode::CREATED.into_response())
 }
 
 async fn delete_file(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
-) -> Response {
-    let backend = match sandbox(&state, &id, "/files", "DELETE") {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+) -> Result<Response, Response> {
+    let backend = sandbox(&state, &id, "/files", "DELETE")?;
     let path = absolute(backend.as_ref(), &query.path);
     let recursive = query.recursive.unwrap_or(false);
-    let stat = match stat_or_error(backend.as_ref(), &path, "/files", "DELETE").await {
-        Ok(stat) => stat,
-        Err(response) => return response,
-    };
+    let stat = stat_or_error(backend.as_ref(), &path, "/files", "DELETE").await?;
     if stat.is_directory && !recursive {
-        return daemon_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            format!("cannot delete directory {path} without recursive"),
-            "/files",
-            "DELETE",
-        );
+        let message = format!("cannot delete directory {path} without recursive");
+        return Err(daemon_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", message, "/files", "DELETE"));
     }
-    match backend.rm(&path, recursive, false).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => {
-            let (status, code) = from_sandbox(&err);
-            daemon_error(status, code, err.message, "/files", "DELETE")
-        }
-    }
+    backend.rm(&path, recursive, false).await.map_err(|err| daemon_failure(&err, "/files", "DELETE"))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn work_dir(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match sandbox(&state, &id, "/work-dir", "GET") {
-        Ok(backend) => Json(json!({ "dir": backend.workdir() })).into_response(),
-        Err(response) => response,
-    }
+async fn work_dir(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Response> {
+    let backend = sandbox(&state, &id, "/work-dir", "GET")?;
+    Ok(Json(json!({ "dir": backend.workdir() })).into_response())
 }
