@@ -335,3 +335,57 @@ fn a_run_stopped_by_its_deadline_mid_call_still_deletes_its_daytona_sandbox() {
     assert!(out.stderr.contains("deadline exceeded"), "{}", out.stderr);
     daytona.assert_no_sandboxes_left();
 }
+
+/// The host's HTTP capability, as a connector with Daytona's allowlist sees it.
+fn capability(daytona: &TestDaytona, entries: &[&str]) -> flue::http_capability::HttpCapability {
+    let config = std::collections::HashMap::from([("DAYTONA_API_URL".to_string(), daytona.server.api_url())]);
+    let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    let (policy, warnings) = flue::allowed_hosts::AllowedHosts::parse(&entries, &config);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let secrets = vec![("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string())];
+    flue::http_capability::HttpCapability::new("daytona", policy, secrets, Default::default()).unwrap()
+}
+
+fn get(url: String) -> flue::bindings::connector::flue::sandbox::http::Request {
+    flue::bindings::connector::flue::sandbox::http::Request {
+        method: "GET".into(),
+        url,
+        headers: vec![("Authorization".into(), "Bearer {{DAYTONA_API_KEY}}".into())],
+        body: Vec::new(),
+        timeout_ms: Some(10_000),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_and_names_cannot_lead_a_connector_off_its_allowlist() {
+    use flue::bindings::connector::flue::sandbox::http::HttpError;
+    let daytona = TestDaytona::start();
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let off_list = format!("http://{}/steal", elsewhere.local_addr().unwrap());
+    let http = capability(&daytona, &["{{DAYTONA_API_URL}}"]);
+
+    // Allowed: the configured API, with the key filled in on the wire.
+    let ok = http.send(get(format!("{}/sandbox", daytona.server.api_url()))).await.unwrap();
+    assert_eq!(ok.status, 200);
+
+    // A redirect from the allowed host to one that is not: refused at the hop.
+    let redirect = format!("{}/redirect?to={off_list}", daytona.server.api_url());
+    match http.send(get(redirect)).await {
+        Err(HttpError::Denied(message)) => assert!(message.contains("redirect refused"), "{message}"),
+        other => panic!("the redirect was followed: {other:?}"),
+    }
+    // Straight to a host off the list: refused before any connection.
+    assert!(matches!(http.send(get(off_list)).await, Err(HttpError::Denied(_))));
+    assert!(elsewhere.accept().is_err(), "a request reached the disallowed host");
+
+    // A name on the list that resolves to loopback (SSRF): refused, because
+    // no configured URL names it.
+    let port = elsewhere.local_addr().unwrap().port();
+    let by_name = capability(&daytona, &[&format!("http://localhost:{port}")]);
+    match by_name.send(get(format!("http://localhost:{port}/"))).await {
+        Err(HttpError::Transport(message)) => assert!(message.contains("private or loopback"), "{message}"),
+        other => panic!("a name resolving to loopback was reached: {other:?}"),
+    }
+    assert!(elsewhere.accept().is_err());
+}

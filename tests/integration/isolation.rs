@@ -3,6 +3,7 @@
 use std::io::ErrorKind;
 use std::net::TcpListener;
 
+use flue::backend::Connector as _;
 use flue::events::EventLog;
 use flue::session::{ExecOptions, Session};
 use serde_json::json;
@@ -136,4 +137,28 @@ fn agents_cannot_reach_the_host_through_wasi() {
     assert_eq!(result["args"], json!([]));
     assert!(result["tcp"]["err"].is_string(), "an agent opened a socket: {result}");
     assert_eq!(listener.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_output_is_capped_with_a_marker() {
+    for mode in isolation_modes() {
+        let tmp = scratch();
+        let mut config = flue::local::LocalConfig::new(isolation(mode).await);
+        config.base_dir = tmp.path().to_path_buf();
+        config.output_cap = 4096;
+        let connector = flue::local::LocalConnector::new(config);
+        let sandbox = connector.create(&Default::default()).await.unwrap();
+        let session = Session::new(sandbox.clone(), None, EventLog::discard()).unwrap();
+        let out =
+            session.exec("head -c 100000 /dev/zero | tr '\\0' a; echo done >&2", ExecOptions::default()).await.unwrap();
+        assert_eq!(out.exit_code, 0);
+        assert!(out.stdout.starts_with(&"a".repeat(4096)), "{mode}");
+        assert!(
+            out.stdout.contains("[flue: output truncated: kept the first 4096 bytes, dropped 95904 more]"),
+            "{mode}: {}",
+            &out.stdout[4096..]
+        );
+        assert_eq!(out.stderr, "done\n", "{mode}: the other stream is capped on its own");
+        connector.delete(sandbox.id()).await.unwrap();
+    }
 }
