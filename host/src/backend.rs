@@ -46,6 +46,15 @@ pub struct FileStat {
     pub mode: Option<u32>,
 }
 
+/// Machine size of a new sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub cpu: Option<u32>,
+    pub memory_gib: Option<u32>,
+    pub disk_gib: Option<u32>,
+    pub gpu: Option<u32>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CreateOptions {
     pub image: Option<String>,
@@ -54,6 +63,7 @@ pub struct CreateOptions {
     pub labels: Vec<(String, String)>,
     pub name: Option<String>,
     pub auto_stop_minutes: Option<u32>,
+    pub resources: Option<Resources>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{ConfigKey, ConnectorInfo, CreateOptions, ExecOutput, FileStat, SandboxSummary};
+use crate::backend::{ConfigKey, ConnectorInfo, CreateOptions, ExecOutput, FileStat, Resources, SandboxSummary};
 use crate::error::{ErrorKind, SandboxError};
 
 /// Both worlds generate their own copy of `flue:sandbox/types`; implement the
@@ -100,6 +100,12 @@ macro_rules! shared_type_conversions {
                         labels: o.labels,
                         name: o.name,
                         auto_stop_minutes: o.auto_stop_minutes,
+                        resources: o.resources.map(|r| Resources {
+                            cpu: r.cpu,
+                            memory_gib: r.memory_gib,
+                            disk_gib: r.disk_gib,
+                            gpu: r.gpu,
+                        }),
                     }
                 }
             }
@@ -113,6 +119,12 @@ macro_rules! shared_type_conversions {
                         labels: o.labels.clone(),
                         name: o.name.clone(),
                         auto_stop_minutes: o.auto_stop_minutes,
+                        resources: o.resources.map(|r| wit::Resources {
+                            cpu: r.cpu,
+                            memory_gib: r.memory_gib,
+                            disk_gib: r.disk_gib,
+                            gpu: r.gpu,
+                        }),
                     }
                 }
             }

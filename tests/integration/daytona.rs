@@ -389,3 +389,47 @@ async fn redirects_and_names_cannot_lead_a_connector_off_its_allowlist() {
     }
     assert!(elsewhere.accept().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_sends_what_the_sdk_sends() {
+    let daytona = TestDaytona::start();
+    let connector = daytona.connector_with(&[("DAYTONA_TARGET", "eu")]).await;
+    let options = flue::backend::CreateOptions {
+        image: Some("python:3.12-slim".into()),
+        env: vec![("FOO".into(), "bar".into())],
+        labels: vec![("team".into(), "x".into())],
+        name: Some("my-box".into()),
+        auto_stop_minutes: Some(30),
+        resources: Some(flue::backend::Resources { cpu: Some(2), memory_gib: Some(4), disk_gib: Some(8), gpu: None }),
+        ..Default::default()
+    };
+    let sandbox = connector.create(&options).await.unwrap();
+    let request =
+        daytona.server.requests().into_iter().find(|r| r.method == "POST" && r.uri == "/api/sandbox").unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "buildInfo": { "dockerfileContent": "FROM python:3.12-slim\n" },
+            "env": { "FOO": "bar" },
+            "labels": { "team": "x", "created-by": "flue" },
+            "name": "my-box",
+            "target": "eu",
+            "autoStopInterval": 30,
+            "cpu": 2, "memory": 4, "disk": 8,
+        })
+    );
+    assert!(request.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
+    connector.delete(sandbox.id()).await.unwrap();
+
+    // Daytona sizes only image-built sandboxes: refused before anything is sent.
+    let before = daytona.server.requests().len();
+    let Err(err) =
+        connector.create(&flue::backend::CreateOptions { resources: options.resources, ..Default::default() }).await
+    else {
+        panic!("resources without an image were accepted");
+    };
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+    assert_eq!(daytona.server.requests().len(), before);
+    daytona.assert_no_sandboxes_left();
+}

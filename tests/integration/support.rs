@@ -271,13 +271,20 @@ impl TestDaytona {
 
     /// The daytona connector, in process.
     pub async fn connector(&self) -> std::sync::Arc<dyn flue::backend::Connector> {
+        self.connector_with(&[]).await
+    }
+
+    /// The daytona connector, in process, with extra settings.
+    pub async fn connector_with(&self, settings: &[(&str, &str)]) -> std::sync::Arc<dyn flue::backend::Connector> {
         let runtime =
             std::sync::Arc::new(flue::runtime::Runtime::new(Some(cache_dir()), Default::default()).expect("runtime"));
+        let mut config = self.config();
+        config.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let registry = flue::connectors::ConnectorRegistry::new(
             runtime,
             self.connectors.path().to_path_buf(),
             flue::local::LocalConnector::new(flue::local::LocalConfig::new(flue::local::Isolation::None)),
-            self.config(),
+            config,
         );
         registry.instantiate("daytona", &flue::events::EventLog::discard()).await.expect("daytona connector")
     }

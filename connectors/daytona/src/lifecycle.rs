@@ -140,6 +140,26 @@ pub fn create(options: CreateOptions) -> Result<DaytonaSandbox, SandboxError> {
     if let Some(minutes) = options.auto_stop_minutes {
         body["autoStopInterval"] = minutes.into();
     }
+    if let Some(resources) = options.resources {
+        // Daytona's rule: a snapshot fixes the machine size.
+        if body.get("buildInfo").is_none() {
+            return Err(SandboxError::InvalidInput(
+                "Daytona sets cpu, memory, disk and gpu only for sandboxes built from an image: give an image too"
+                    .into(),
+            ));
+        }
+        let fields = [
+            ("cpu", resources.cpu),
+            ("memory", resources.memory_gib),
+            ("disk", resources.disk_gib),
+            ("gpu", resources.gpu),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                body[field] = value.into();
+            }
+        }
+    }
     if let Some(target) = config::get("DAYTONA_TARGET").filter(|t| !t.is_empty()) {
         body["target"] = target.into();
     }

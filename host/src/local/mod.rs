@@ -132,8 +132,10 @@ impl Connector for LocalConnector {
     }
 
     async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
-        if options.image.is_some() || options.snapshot.is_some() {
-            tracing::warn!("the local sandbox ignores image and snapshot: commands use this machine's system");
+        if options.image.is_some() || options.snapshot.is_some() || options.resources.is_some() {
+            tracing::warn!(
+                "the local sandbox ignores image, snapshot and resources: commands use this machine's system"
+            );
         }
         let metadata =
             Metadata { name: options.name.clone(), labels: options.labels.clone(), env: options.env.clone() };
