@@ -164,10 +164,7 @@ fn stale(output: &Path, dir: &Path, wit: &Path) -> bool {
 /// A tool from `node_modules/.bin` of `dir` or an ancestor, else the PATH.
 fn find_tool(name: &str, dir: &Path) -> Option<PathBuf> {
     let local = dir.ancestors().map(|d| d.join("node_modules/.bin").join(name)).find(|p| p.is_file());
-    local.or_else(|| {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
-    })
+    local.or_else(|| crate::which::find_on_path(name))
 }
 
 /// Run a guest toolchain in `dir`, turning failures into readable errors.

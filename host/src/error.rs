@@ -71,16 +71,8 @@ impl SandboxError {
         Self::new(ErrorKind::InvalidInput, message)
     }
 
-    pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unsupported, message)
-    }
-
     pub fn permission_denied(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::PermissionDenied, message)
-    }
-
-    pub fn sandbox_died(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::SandboxDied, message)
     }
 
     pub fn other(message: impl Into<String>) -> Self {

@@ -215,24 +215,6 @@ impl EventSink for StderrSink {
     }
 }
 
-/// Keeps events in memory (tests, conformance runs).
-#[derive(Default)]
-pub struct CollectingSink {
-    events: Mutex<Vec<Event>>,
-}
-
-impl CollectingSink {
-    pub fn events(&self) -> Vec<Event> {
-        self.events.lock().expect("event lock").clone()
-    }
-}
-
-impl EventSink for CollectingSink {
-    fn record(&self, event: &Event) {
-        self.events.lock().expect("event lock").push(event.clone());
-    }
-}
-
 /// First line of `text`, at most `max` characters, with `…` when cut.
 pub fn one_line(text: &str, max: usize) -> String {
     let first = text.lines().next().unwrap_or("");

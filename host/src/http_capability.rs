@@ -100,13 +100,8 @@ impl HttpCapability {
 
     /// Replace every secret value in `text` with `[redacted NAME]`.
     pub fn redact(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for (name, value) in &self.secrets {
-            if !value.is_empty() && text.contains(value.as_str()) {
-                text = text.replace(value.as_str(), &format!("[redacted {name}]"));
-            }
-        }
-        text
+        // Whole UTF-8 secrets replaced by ASCII leave valid UTF-8.
+        String::from_utf8_lossy(&self.redact_bytes(text.as_bytes().to_vec())).into_owned()
     }
 
     fn redact_bytes(&self, body: Vec<u8>) -> Vec<u8> {

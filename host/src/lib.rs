@@ -29,3 +29,4 @@ pub mod run;
 pub mod runtime;
 pub mod scaffold;
 pub mod session;
+mod which;

@@ -235,7 +235,7 @@ async fn drain(reader: tokio::task::JoinHandle<String>) -> String {
 
 /// Find a working bubblewrap: on the PATH and able to create namespaces here.
 pub async fn probe_bubblewrap() -> Result<PathBuf, String> {
-    let Some(bwrap) = find_on_path("bwrap") else {
+    let Some(bwrap) = crate::which::find_on_path("bwrap") else {
         return Err("bubblewrap (bwrap) is not installed".into());
     };
     let output = Command::new(&bwrap)
@@ -253,9 +253,4 @@ pub async fn probe_bubblewrap() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
 }
