@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     println!("{:<12} {:>10} {:>12} {:>12} {:>10}", "language", "size", "first run", "second run", "saved");
     for language in ["rust", "python", "js"] {
         let dir = repo.join("guest-examples").join(language).join("hello");
-        let wasm = match flue::agent_source::build(&dir) {
+        let wasm = match flue::guest::build(&dir, &flue::events::EventLog::discard()) {
             Ok(wasm) => wasm,
             Err(err) => {
                 println!("{language:<12} skipped: {err}");

@@ -9,15 +9,12 @@
 //! number of timed iterations (default 40).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use daytona_test_server::{DaytonaServer, ServerConfig};
-use flue::connectors::ConnectorRegistry;
+use flue::HostBuilder;
 use flue::events::EventLog;
-use flue::local::{Isolation, LocalConfig, LocalConnector};
-use flue::runtime::{Limits, Runtime};
-use flue::session::{ExecOptions, Session};
+use flue::sandbox::session::{ExecOptions, Session};
 
 const KEY: &str = "bench-key";
 const MIB: usize = 1024 * 1024;
@@ -53,21 +50,15 @@ async fn main() -> anyhow::Result<()> {
     let iterations: usize = std::env::var("FLUE_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let server = DaytonaServer::start(ServerConfig { api_key: KEY.into(), ..Default::default() }).await?;
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf();
-    let wasm = flue::agent_source::build_rust(&repo.join("connectors/daytona"))?;
+    let wasm = flue::guest::build_rust(&repo.join("connectors/daytona"), &EventLog::discard())?;
     let connectors = tempfile::tempdir()?;
     std::fs::copy(&wasm, connectors.path().join("daytona.wasm"))?;
     let config = HashMap::from([
         ("DAYTONA_API_URL".to_string(), server.api_url()),
         ("DAYTONA_API_KEY".to_string(), KEY.to_string()),
     ]);
-    let runtime = Arc::new(Runtime::new(flue::cache::ComponentCache::default_dir(), Limits::default())?);
-    let registry = ConnectorRegistry::new(
-        runtime,
-        connectors.path().into(),
-        LocalConnector::new(LocalConfig::new(Isolation::None)),
-        config,
-    );
-    let connector = registry.instantiate("daytona", &EventLog::discard()).await?;
+    let host = HostBuilder::new().connectors_dir(connectors.path()).config(config).build()?;
+    let connector = host.connector("daytona", &EventLog::discard()).await?;
     let sandbox = connector.create(&Default::default()).await?;
     let session = Session::new(sandbox.clone(), None, EventLog::discard())?;
     let data: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();

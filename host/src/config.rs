@@ -9,12 +9,23 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// An `--env` file does not exist.
     #[error("--env {}: file not found", path.display())]
-    Missing { path: PathBuf },
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An `--env` file cannot be parsed.
     #[error("--env {}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where and why (never the value: it may be a secret).
+        reason: String,
+    },
 }
 
 /// Merge the layers. `env` is the process environment.

@@ -1,60 +1,84 @@
 //! Run events: every sandbox operation, log line and lifecycle step.
 //!
-//! The host records events through an [`EventLog`]; sinks render them (a
-//! readable progress view or JSON lines on stderr, or a collector in tests).
+//! The host records events through an [`EventLog`]; sinks render them (the
+//! CLI's progress view or JSON lines on stderr, or a collector in tests).
 //! Events carry only what the sandbox saw (operation, target, duration,
-//! outcome): never environment values or secrets.
+//! outcome): never environment values or secrets. This module is data only:
+//! presentation lives in `cli::render`.
 
-use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::SandboxError;
+use crate::sandbox::error::SandboxError;
 
+/// Something that happened during a run.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Event {
     /// One sandbox operation, recorded when it finished.
     Operation {
+        /// The sandbox's id.
         sandbox: String,
+        /// `exec`, `read`, `write`, …
         op: &'static str,
+        /// The path or command.
         target: String,
+        /// How long it took.
         duration_ms: u64,
         /// Short result summary, e.g. `exit 0` or `12 B`.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// Why it failed, when it did.
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<EventError>,
     },
     /// A sandbox was created, connected to, deleted or kept.
     Sandbox {
+        /// `created`, `connected`, `deleted` or `kept`.
         action: &'static str,
+        /// The connector that serves it.
         connector: String,
+        /// The sandbox's id.
         id: String,
+        /// More about it (workdir, time taken, how to reuse it).
         detail: String,
     },
     /// A log line from the agent or a connector, or what the agent printed.
     Log {
+        /// Who wrote it: `agent`, `agent stdout`, `connector NAME`, `flue`.
         source: String,
+        /// `trace`, `debug`, `info`, `warn` or `error`.
         level: String,
+        /// The line, as written (renderers escape it for terminals).
         message: String,
     },
+    /// A run began.
     RunStarted {
+        /// The run's id.
         run_id: String,
+        /// The agent, as given to `flue run`.
         agent: String,
     },
+    /// A run ended.
     RunFinished {
+        /// The run's id.
         run_id: String,
+        /// Whether it produced a result.
         ok: bool,
+        /// How long it took.
         duration_ms: u64,
     },
 }
 
+/// A failed operation's error, as events carry it.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventError {
+    /// The `sandbox-error` case, e.g. `not-found`.
     pub kind: &'static str,
+    /// The message.
     pub message: String,
 }
 
@@ -66,7 +90,16 @@ impl From<&SandboxError> for EventError {
 
 /// Where events go.
 pub trait EventSink: Send + Sync {
+    /// Take one event.
     fn record(&self, event: &Event);
+
+    /// Long work began (compiling a component, building an agent, creating
+    /// a sandbox); `id` matches the later [`EventSink::progress_finished`].
+    /// Sinks that show no progress ignore it.
+    fn progress_started(&self, _id: u64, _task: &str) {}
+
+    /// The work `id` ended.
+    fn progress_finished(&self, _id: u64) {}
 }
 
 /// A cheap, cloneable handle the host records events through.
@@ -76,6 +109,7 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// An event log writing to `sink`.
     pub fn new(sink: Arc<dyn EventSink>) -> Self {
         EventLog { sink }
     }
@@ -89,8 +123,17 @@ impl EventLog {
         EventLog::new(Arc::new(Discard))
     }
 
+    /// Record an event.
     pub fn record(&self, event: Event) {
         self.sink.record(&event);
+    }
+
+    /// Report long work until the returned guard is dropped.
+    pub fn progress(&self, task: impl Into<String>) -> Progress {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.sink.progress_started(id, &task.into());
+        Progress { sink: self.sink.clone(), id }
     }
 
     /// Record a finished sandbox operation.
@@ -117,102 +160,27 @@ impl EventLog {
         });
     }
 
+    /// Record a log line.
     pub fn log(&self, source: &str, level: &str, message: impl Into<String>) {
         self.record(Event::Log { source: source.into(), level: level.into(), message: message.into() });
     }
 }
 
+/// Long work in progress; reported finished when dropped.
+pub struct Progress {
+    sink: Arc<dyn EventSink>,
+    id: u64,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.sink.progress_finished(self.id);
+    }
+}
+
+/// A duration in whole milliseconds, as events carry it.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Output format of events on stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventFormat {
-    /// Readable progress lines.
-    Text,
-    /// One JSON object per line, for tools.
-    Json,
-    /// Nothing.
-    None,
-}
-
-/// Renders events on stderr.
-pub struct StderrSink {
-    format: EventFormat,
-    color: bool,
-    lock: Mutex<()>,
-}
-
-impl StderrSink {
-    pub fn new(format: EventFormat) -> Self {
-        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        StderrSink { format, color, lock: Mutex::new(()) }
-    }
-
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
-    }
-
-    fn render_text(&self, event: &Event) -> String {
-        match event {
-            Event::Operation { op, target, duration_ms, detail, error, .. } => {
-                let target = one_line(target, 60);
-                match error {
-                    None => {
-                        let detail = detail.as_deref().unwrap_or("");
-                        format!(
-                            "  {} {op:<7} {target:<60} {}",
-                            self.paint("32", "✓"),
-                            self.paint("2", &format!("{duration_ms:>5} ms  {detail}"))
-                        )
-                    }
-                    Some(err) => format!(
-                        "  {} {op:<7} {target:<60} {}",
-                        self.paint("31", "✗"),
-                        self.paint(
-                            "31",
-                            &format!("{duration_ms:>5} ms  {}: {}", err.kind, one_line(&err.message, 200))
-                        )
-                    ),
-                }
-            }
-            Event::Sandbox { action, connector, id, detail } => {
-                format!(
-                    "{} sandbox {id} {action} ({connector}{}{detail})",
-                    self.paint("36", "▸"),
-                    if detail.is_empty() { "" } else { ", " }
-                )
-            }
-            Event::Log { source, level, message } => {
-                let code = match level.as_str() {
-                    "error" => "31",
-                    "warn" => "33",
-                    _ => "2",
-                };
-                format!("  {} {}", self.paint(code, &format!("[{source} {level}]")), message.trim_end())
-            }
-            Event::RunStarted { run_id, agent } => {
-                format!("{} run {run_id}: {agent}", self.paint("36", "▸"))
-            }
-            Event::RunFinished { ok, duration_ms, .. } => {
-                let status = if *ok { self.paint("32", "ok") } else { self.paint("31", "failed") };
-                format!("{} run {status} in {duration_ms} ms", self.paint("36", "▸"))
-            }
-        }
-    }
-}
-
-impl EventSink for StderrSink {
-    fn record(&self, event: &Event) {
-        let line = match self.format {
-            EventFormat::None => return,
-            EventFormat::Json => serde_json::to_string(event).unwrap_or_default(),
-            EventFormat::Text => self.render_text(event),
-        };
-        let _guard = self.lock.lock();
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    }
 }
 
 /// First line of `text`, at most `max` characters, with `…` when cut.

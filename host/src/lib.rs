@@ -1,32 +1,36 @@
 //! flue: run WebAssembly agents against sandbox connectors.
 //!
-//! The host loads agents (components of the `flue:sandbox/agent` world) and
-//! connectors (the `connector` world), links each agent's sandbox calls to a
-//! backend at run time — the built-in [`local`] sandbox or a wasm connector —
-//! and applies the session semantics, limits and events in one place.
+//! # How a run flows
+//!
+//! ```text
+//! cli ── HostArgs ──▶ host::HostBuilder ──▶ Host { runtime, registry }
+//!   flue run: guest::resolve(agent) ─▶ .wasm ─▶ Host::run ─▶ run::run_agent
+//! run::run_agent ── one Store per agent (runtime::Runtime::new_store: limits, deadline)
+//!   agent.wasm ──imports flue:sandbox──▶ run::imports (harness, session, sandbox-api, log)
+//!     └─ sandbox::session (cwd, paths, parents, events) ─▶ dyn SandboxBackend
+//!          ├─ sandbox::local: a directory + bash, under bubblewrap
+//!          └─ sandbox::wasm: connector.wasm in its own Store
+//!               └─ imports http/config ─▶ capability (allowed hosts, egress, secrets) ─▶ network
+//!   run::sandboxes owns what the run created and deletes it when the run ends
+//! events: every operation, log line and lifecycle step ─▶ EventSink (cli::render, tests)
+//! ```
+//!
+//! Modules by role: [`cli`] (commands and presentation), [`host`] (the
+//! builder), [`runtime`] (engine, limits, stores, cache, WIT bindings),
+//! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
+//! the contract suite), [`capability`] (what connectors are granted),
+//! [`guest`] (building agents from source), [`events`], [`config`].
 
-pub mod agent_host;
-pub mod agent_source;
-pub mod allowed_hosts;
-pub mod backend;
-pub mod bindings;
-pub mod cache;
+#![deny(missing_docs)]
+
+pub mod capability;
 pub mod cli;
 pub mod config;
-pub mod conformance;
-pub mod connector_host;
-pub mod connectors;
-mod convert;
-pub mod engine;
-pub mod error;
 pub mod events;
-pub mod guest_output;
-pub mod http_capability;
-pub mod local;
-pub mod paths;
-pub mod progress;
+pub mod guest;
+pub mod host;
 pub mod run;
 pub mod runtime;
-pub mod scaffold;
-pub mod session;
-mod which;
+pub mod sandbox;
+
+pub use host::{Host, HostBuilder};

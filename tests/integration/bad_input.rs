@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use flue::events::EventLog;
-use flue::run::{AgentRun, RunError, RunSettings, run_agent};
+use flue::run::{AgentRun, RunError, RunSettings};
 use flue::runtime::Limits;
 use serde_json::json;
 
@@ -125,7 +125,7 @@ fn misbehaving_agents_end_with_clear_errors() {
 async fn the_host_stays_healthy_after_agents_misbehave() {
     let tmp = scratch();
     let limits = Limits { deadline: Duration::from_secs(2), agent_memory: 64 << 20, ..Limits::default() };
-    let (runtime, registry) = host(flue::local::Isolation::None, tmp.path(), limits);
+    let host = host(flue::sandbox::local::Isolation::None, tmp.path(), limits);
     let probe = std::fs::read(fixture("probe")).unwrap();
     let run = |payload: serde_json::Value, wasm: Vec<u8>| AgentRun {
         label: "test".into(),
@@ -134,19 +134,16 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
         payload: payload.to_string(),
         settings: settings(),
     };
-    let outcome =
-        run_agent(&runtime, registry.clone(), run(json!({"mode": "loop"}), probe.clone()), EventLog::discard()).await;
+    let outcome = host.run(run(json!({"mode": "loop"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::DeadlineExceeded { .. })), "{:?}", outcome.result.err());
-    let outcome =
-        run_agent(&runtime, registry.clone(), run(json!({"mode": "alloc"}), probe.clone()), EventLog::discard()).await;
+    let outcome = host.run(run(json!({"mode": "alloc"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::OutOfMemory { limit_mib: 64 })), "{:?}", outcome.result.err());
-    let outcome =
-        run_agent(&runtime, registry.clone(), run(json!({"mode": "trap"}), probe.clone()), EventLog::discard()).await;
+    let outcome = host.run(run(json!({"mode": "trap"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::Trapped { .. })), "{:?}", outcome.result.err());
 
     // Same engine, same process: the next agent runs normally.
     let hello = std::fs::read(example("hello")).unwrap();
-    let outcome = run_agent(&runtime, registry, run(json!(null), hello), EventLog::discard()).await;
+    let outcome = host.run(run(json!(null), hello), EventLog::discard()).await;
     let result = outcome.result.expect("hello runs after the failures");
     assert_eq!(result["roundTrip"], true);
 }

@@ -67,20 +67,17 @@ fn an_agent_can_mix_the_local_sandbox_and_a_connector() {
 #[tokio::test(flavor = "multi_thread")]
 async fn declared_secrets_never_reach_the_connector() {
     let dir = connectors_dir();
-    let runtime = std::sync::Arc::new(
-        flue::runtime::Runtime::new(Some(crate::support::cache_dir()), Default::default()).unwrap(),
-    );
     let config = std::collections::HashMap::from([
         ("MEMORY_TOKEN".to_string(), "tok-should-stay-in-the-host".to_string()),
         ("MEMORY_LABEL".to_string(), "from-config".to_string()),
     ]);
-    let registry = flue::connectors::ConnectorRegistry::new(
-        runtime,
-        dir.path().to_path_buf(),
-        flue::local::LocalConnector::new(flue::local::LocalConfig::new(flue::local::Isolation::None)),
-        config,
-    );
-    let connector = registry.instantiate("memory", &flue::events::EventLog::discard()).await.unwrap();
+    let host = flue::HostBuilder::new()
+        .cache_dir(Some(crate::support::cache_dir()))
+        .connectors_dir(dir.path())
+        .config(config)
+        .build()
+        .unwrap();
+    let connector = host.connector("memory", &flue::events::EventLog::discard()).await.unwrap();
     connector.create(&Default::default()).await.unwrap();
     let listed = connector.list(&[]).await.unwrap();
     // The connector reports what config::get gave it: the label, not the token.

@@ -1,14 +1,14 @@
 //! The sandbox contract suite against every backend this repository has.
 
-use flue::conformance::{self, CHECK_NAMES};
 use flue::events::EventLog;
+use flue::sandbox::conformance::{self, CHECK_NAMES};
 
 use crate::support::{bwrap_available, fixture, flue, host, isolation, isolation_modes, output, scratch};
 
 async fn local_passes(mode: &str) {
     let tmp = scratch();
-    let (_, registry) = host(isolation(mode).await, tmp.path(), Default::default());
-    let connector = registry.instantiate("local", &EventLog::discard()).await.unwrap();
+    let host = host(isolation(mode).await, tmp.path(), Default::default());
+    let connector = host.connector("local", &EventLog::discard()).await.unwrap();
     let sandbox = connector.create(&Default::default()).await.unwrap();
     let results = conformance::run(sandbox.clone(), false, EventLog::discard()).await;
     let failures: Vec<String> =

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use flue::backend::Connector;
-use flue::conformance::{self, CHECK_NAMES};
-use flue::error::ErrorKind;
 use flue::events::EventLog;
-use flue::session::{ExecOptions, Session};
+use flue::sandbox::Connector;
+use flue::sandbox::conformance::{self, CHECK_NAMES};
+use flue::sandbox::error::ErrorKind;
+use flue::sandbox::session::{ExecOptions, Session};
 use serde_json::json;
 
 use crate::support::{TEST_API_KEY, TestDaytona, example, fixture, scratch};
@@ -260,7 +260,7 @@ async fn slow_and_failed_starts() {
     daytona.faults().set_start_polls(2);
     daytona.faults().set_fail_start(Some("image python:nope not found".into()));
     let Err(err) = connector
-        .create(&flue::backend::CreateOptions { image: Some("python:nope".into()), ..Default::default() })
+        .create(&flue::sandbox::CreateOptions { image: Some("python:nope".into()), ..Default::default() })
         .await
     else {
         panic!("a failed build created a sandbox");
@@ -337,17 +337,18 @@ fn a_run_stopped_by_its_deadline_mid_call_still_deletes_its_daytona_sandbox() {
 }
 
 /// The host's HTTP capability, as a connector with Daytona's allowlist sees it.
-fn capability(daytona: &TestDaytona, entries: &[&str]) -> flue::http_capability::HttpCapability {
+fn capability(daytona: &TestDaytona, entries: &[&str]) -> flue::capability::http::HttpCapability {
     let config = std::collections::HashMap::from([("DAYTONA_API_URL".to_string(), daytona.server.api_url())]);
     let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    let (policy, warnings) = flue::allowed_hosts::AllowedHosts::parse(&entries, &config);
+    let (policy, warnings) = flue::capability::allowed_hosts::AllowedHosts::parse(&entries, &config);
     assert!(warnings.is_empty(), "{warnings:?}");
-    let secrets = vec![("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string())];
-    flue::http_capability::HttpCapability::new("daytona", policy, secrets, Default::default()).unwrap()
+    let secrets =
+        flue::capability::secrets::Secrets::from_pairs(vec![("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string())]);
+    flue::capability::http::HttpCapability::new("daytona", policy, secrets, Default::default()).unwrap()
 }
 
-fn get(url: String) -> flue::bindings::connector::flue::sandbox::http::Request {
-    flue::bindings::connector::flue::sandbox::http::Request {
+fn get(url: String) -> flue::runtime::bindings::connector::flue::sandbox::http::Request {
+    flue::runtime::bindings::connector::flue::sandbox::http::Request {
         method: "GET".into(),
         url,
         headers: vec![("Authorization".into(), "Bearer {{DAYTONA_API_KEY}}".into())],
@@ -358,7 +359,7 @@ fn get(url: String) -> flue::bindings::connector::flue::sandbox::http::Request {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redirects_and_names_cannot_lead_a_connector_off_its_allowlist() {
-    use flue::bindings::connector::flue::sandbox::http::HttpError;
+    use flue::runtime::bindings::connector::flue::sandbox::http::HttpError;
     let daytona = TestDaytona::start();
     let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     elsewhere.set_nonblocking(true).unwrap();
@@ -394,13 +395,13 @@ async fn redirects_and_names_cannot_lead_a_connector_off_its_allowlist() {
 async fn create_sends_what_the_sdk_sends() {
     let daytona = TestDaytona::start();
     let connector = daytona.connector_with(&[("DAYTONA_TARGET", "eu")]).await;
-    let options = flue::backend::CreateOptions {
+    let options = flue::sandbox::CreateOptions {
         image: Some("python:3.12-slim".into()),
         env: vec![("FOO".into(), "bar".into())],
         labels: vec![("team".into(), "x".into())],
         name: Some("my-box".into()),
         auto_stop_minutes: Some(30),
-        resources: Some(flue::backend::Resources { cpu: Some(2), memory_gib: Some(4), disk_gib: Some(8), gpu: None }),
+        resources: Some(flue::sandbox::Resources { cpu: Some(2), memory_gib: Some(4), disk_gib: Some(8), gpu: None }),
         ..Default::default()
     };
     let sandbox = connector.create(&options).await.unwrap();
@@ -425,7 +426,7 @@ async fn create_sends_what_the_sdk_sends() {
     // Daytona sizes only image-built sandboxes: refused before anything is sent.
     let before = daytona.server.requests().len();
     let Err(err) =
-        connector.create(&flue::backend::CreateOptions { resources: options.resources, ..Default::default() }).await
+        connector.create(&flue::sandbox::CreateOptions { resources: options.resources, ..Default::default() }).await
     else {
         panic!("resources without an image were accepted");
     };

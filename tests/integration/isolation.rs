@@ -3,9 +3,9 @@
 use std::io::ErrorKind;
 use std::net::TcpListener;
 
-use flue::backend::Connector as _;
 use flue::events::EventLog;
-use flue::session::{ExecOptions, Session};
+use flue::sandbox::Connector as _;
+use flue::sandbox::session::{ExecOptions, Session};
 use serde_json::json;
 
 use crate::support::{bwrap_available, host, isolation, isolation_modes, probe, scratch};
@@ -94,8 +94,8 @@ fn under_bubblewrap_commands_have_no_network_unless_allowed() {
 async fn the_file_api_cannot_follow_a_planted_symlink_out_of_the_sandbox() {
     for mode in isolation_modes() {
         let tmp = scratch();
-        let (_, registry) = host(isolation(mode).await, tmp.path(), Default::default());
-        let connector = registry.instantiate("local", &EventLog::discard()).await.unwrap();
+        let host = host(isolation(mode).await, tmp.path(), Default::default());
+        let connector = host.connector("local", &EventLog::discard()).await.unwrap();
         let sandbox = connector.create(&Default::default()).await.unwrap();
         let session = Session::new(sandbox.clone(), None, EventLog::discard()).unwrap();
         let planted =
@@ -104,14 +104,14 @@ async fn the_file_api_cannot_follow_a_planted_symlink_out_of_the_sandbox() {
 
         for path in ["escape/etc/hostname", "host-file"] {
             let err = session.read_file(path).await.unwrap_err();
-            assert_eq!(err.kind, flue::error::ErrorKind::PermissionDenied, "{mode} {path}: {err}");
+            assert_eq!(err.kind, flue::sandbox::error::ErrorKind::PermissionDenied, "{mode} {path}: {err}");
             assert!(err.message.contains("outside the sandbox root"), "{err}");
         }
         assert!(session.write_file("escape/tmp/flue-planted", b"x").await.is_err());
         assert!(!std::path::Path::new("/tmp/flue-planted").exists());
         // Paths outside the root are refused outright, with the reason.
         let err = session.read_file("/etc/passwd").await.unwrap_err();
-        assert_eq!(err.kind, flue::error::ErrorKind::PermissionDenied, "{err}");
+        assert_eq!(err.kind, flue::sandbox::error::ErrorKind::PermissionDenied, "{err}");
         connector.delete(sandbox.id()).await.unwrap();
     }
 }
@@ -143,10 +143,10 @@ fn agents_cannot_reach_the_host_through_wasi() {
 async fn command_output_is_capped_with_a_marker() {
     for mode in isolation_modes() {
         let tmp = scratch();
-        let mut config = flue::local::LocalConfig::new(isolation(mode).await);
+        let mut config = flue::sandbox::local::LocalConfig::new(isolation(mode).await);
         config.base_dir = tmp.path().to_path_buf();
         config.output_cap = 4096;
-        let connector = flue::local::LocalConnector::new(config);
+        let connector = flue::sandbox::local::LocalConnector::new(config);
         let sandbox = connector.create(&Default::default()).await.unwrap();
         let session = Session::new(sandbox.clone(), None, EventLog::discard()).unwrap();
         let out =

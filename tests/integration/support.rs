@@ -34,7 +34,8 @@ fn build_once(dir: PathBuf) -> PathBuf {
     if let Some(wasm) = built.get(&dir) {
         return wasm.clone();
     }
-    let wasm = flue::agent_source::build(&dir).unwrap_or_else(|err| panic!("building {}: {err}", dir.display()));
+    let wasm = flue::guest::build(&dir, &flue::events::EventLog::discard())
+        .unwrap_or_else(|err| panic!("building {}: {err}", dir.display()));
     built.insert(dir, wasm.clone());
     wasm
 }
@@ -166,32 +167,32 @@ pub fn isolation_modes() -> Vec<&'static str> {
     if bwrap_available() { vec!["bwrap", "none"] } else { vec!["none"] }
 }
 
-/// A runtime and registry for in-process tests.
+/// A host for in-process tests: the local backend (sandboxes under a fresh
+/// scratch directory) and the connectors in `connectors`.
 pub fn host(
-    isolation: flue::local::Isolation,
+    isolation: flue::sandbox::local::Isolation,
     connectors: &Path,
     limits: flue::runtime::Limits,
-) -> (std::sync::Arc<flue::runtime::Runtime>, std::sync::Arc<flue::connectors::ConnectorRegistry>) {
-    let runtime = std::sync::Arc::new(flue::runtime::Runtime::new(Some(cache_dir()), limits).expect("runtime"));
-    let mut local = flue::local::LocalConfig::new(isolation);
+) -> flue::Host {
+    let mut local = flue::sandbox::local::LocalConfig::new(isolation);
     local.base_dir = scratch().keep();
-    let registry = flue::connectors::ConnectorRegistry::new(
-        runtime.clone(),
-        connectors.to_path_buf(),
-        flue::local::LocalConnector::new(local),
-        Default::default(),
-    );
-    (runtime, std::sync::Arc::new(registry))
+    flue::HostBuilder::new()
+        .cache_dir(Some(cache_dir()))
+        .limits(limits)
+        .connectors_dir(connectors)
+        .backend(std::sync::Arc::new(flue::sandbox::local::LocalConnector::new(local)))
+        .build()
+        .expect("host")
 }
 
 /// The isolation a test asked for, as the library's type.
-pub async fn isolation(mode: &str) -> flue::local::Isolation {
+pub async fn isolation(mode: &str) -> flue::sandbox::local::Isolation {
     match mode {
-        "bwrap" => flue::local::Isolation::Bubblewrap {
-            bwrap: flue::local::probe_bubblewrap().await.expect("bwrap works"),
+        "bwrap" => flue::sandbox::local::Isolation::Bubblewrap {
+            bwrap: flue::sandbox::local::probe_bubblewrap().await.expect("bwrap works"),
             allow_network: false,
         },
-        _ => flue::local::Isolation::None,
+        _ => flue::sandbox::local::Isolation::None,
     }
 }
 
@@ -270,23 +271,21 @@ impl TestDaytona {
     }
 
     /// The daytona connector, in process.
-    pub async fn connector(&self) -> std::sync::Arc<dyn flue::backend::Connector> {
+    pub async fn connector(&self) -> std::sync::Arc<dyn flue::sandbox::Connector> {
         self.connector_with(&[]).await
     }
 
     /// The daytona connector, in process, with extra settings.
-    pub async fn connector_with(&self, settings: &[(&str, &str)]) -> std::sync::Arc<dyn flue::backend::Connector> {
-        let runtime =
-            std::sync::Arc::new(flue::runtime::Runtime::new(Some(cache_dir()), Default::default()).expect("runtime"));
+    pub async fn connector_with(&self, settings: &[(&str, &str)]) -> std::sync::Arc<dyn flue::sandbox::Connector> {
         let mut config = self.config();
         config.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let registry = flue::connectors::ConnectorRegistry::new(
-            runtime,
-            self.connectors.path().to_path_buf(),
-            flue::local::LocalConnector::new(flue::local::LocalConfig::new(flue::local::Isolation::None)),
-            config,
-        );
-        registry.instantiate("daytona", &flue::events::EventLog::discard()).await.expect("daytona connector")
+        let host = flue::HostBuilder::new()
+            .cache_dir(Some(cache_dir()))
+            .connectors_dir(self.connectors.path())
+            .config(config)
+            .build()
+            .expect("host");
+        host.connector("daytona", &flue::events::EventLog::discard()).await.expect("daytona connector")
     }
 
     pub fn assert_no_sandboxes_left(&self) {

@@ -1,6 +1,11 @@
 //! Requests to Daytona through the host's `http` import: the SDK's headers,
 //! bounded retries with backoff for idempotent calls, and Daytona's errors
 //! mapped onto the contract's error variant with Daytona's own message.
+//!
+//! A failure is an [`ApiError`]: either Daytona *answered* about what was
+//! asked (a missing file, a bad argument, bad credentials) or the request
+//! did not reach a working sandbox (a proxy error, 5xx, a dropped
+//! connection) — the case in which the sandbox may have died.
 
 use std::time::Duration;
 
@@ -74,8 +79,34 @@ impl Call {
     }
 }
 
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Daytona answered about the request itself: the sandbox is fine.
+    Answer(SandboxError),
+    /// The request did not reach a working sandbox: it may have died.
+    Unreachable(SandboxError),
+}
+
+impl ApiError {
+    /// The contract error, whichever way it failed.
+    pub fn error(&self) -> &SandboxError {
+        match self {
+            ApiError::Answer(err) | ApiError::Unreachable(err) => err,
+        }
+    }
+}
+
+impl From<ApiError> for SandboxError {
+    fn from(err: ApiError) -> Self {
+        match err {
+            ApiError::Answer(err) | ApiError::Unreachable(err) => err,
+        }
+    }
+}
+
 /// Send `call`; a non-2xx status becomes an error.
-pub fn send(call: &Call) -> Result<Response, SandboxError> {
+pub fn send(call: &Call) -> Result<Response, ApiError> {
     let mut headers = vec![
         // A placeholder: the host substitutes the key for allowed hosts only.
         ("Authorization".to_string(), "Bearer {{DAYTONA_API_KEY}}".to_string()),
@@ -144,18 +175,21 @@ fn what(call: &Call) -> String {
     format!("{} {path}", call.method)
 }
 
-fn transport_error(call: &Call, err: HttpError, attempts: u32) -> SandboxError {
+fn transport_error(call: &Call, err: HttpError, attempts: u32) -> ApiError {
     let tries = if attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() };
     match err {
-        HttpError::Denied(m) => SandboxError::PermissionDenied(format!("{}: {m}", what(call))),
-        HttpError::Timeout(m) => {
-            SandboxError::Timeout(format!("{}: Daytona did not answer in time{tries}: {m}", what(call)))
-        }
-        HttpError::Transport(m) => {
-            SandboxError::Unavailable(format!("{}: cannot reach Daytona{tries}: {m}", what(call)))
-        }
-        HttpError::TooLarge(m) => SandboxError::Other(format!("{}: {m}", what(call))),
-        HttpError::InvalidRequest(m) => SandboxError::InvalidInput(format!("{}: {m}", what(call))),
+        // Refused by the host before anything was sent.
+        HttpError::Denied(m) => ApiError::Answer(SandboxError::PermissionDenied(format!("{}: {m}", what(call)))),
+        HttpError::TooLarge(m) => ApiError::Answer(SandboxError::Other(format!("{}: {m}", what(call)))),
+        HttpError::InvalidRequest(m) => ApiError::Answer(SandboxError::InvalidInput(format!("{}: {m}", what(call)))),
+        HttpError::Timeout(m) => ApiError::Unreachable(SandboxError::Timeout(format!(
+            "{}: Daytona did not answer in time{tries}: {m}",
+            what(call)
+        ))),
+        HttpError::Transport(m) => ApiError::Unreachable(SandboxError::Unavailable(format!(
+            "{}: cannot reach Daytona{tries}: {m}",
+            what(call)
+        ))),
     }
 }
 
@@ -179,36 +213,28 @@ pub fn error_message(body: &[u8]) -> (String, Option<String>) {
     }
 }
 
-fn status_error(call: &Call, response: &Response, attempts: u32) -> SandboxError {
+fn status_error(call: &Call, response: &Response, attempts: u32) -> ApiError {
     let (message, code) = error_message(&response.body);
     let status = response.status;
     let tries = if attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() };
     let text = format!("{message} ({} → {status}{tries})", what(call));
+    // The daemon's own answers about a file.
     match code.as_deref() {
-        Some("FILE_NOT_FOUND") => return SandboxError::NotFound(message),
-        Some("FILE_ACCESS_DENIED") => return SandboxError::PermissionDenied(message),
+        Some("FILE_NOT_FOUND") => return ApiError::Answer(SandboxError::NotFound(message)),
+        Some("FILE_ACCESS_DENIED") => return ApiError::Answer(SandboxError::PermissionDenied(message)),
         _ => {}
     }
     match status {
-        401 => SandboxError::Auth(format!(
+        401 => ApiError::Answer(SandboxError::Auth(format!(
             "Daytona rejected the credentials: {text}. Check DAYTONA_API_KEY (and DAYTONA_API_URL for self-hosted Daytona)."
-        )),
-        403 => SandboxError::PermissionDenied(text),
-        404 => SandboxError::NotFound(text),
-        408 | 504 => SandboxError::Timeout(text),
-        400 | 422 => SandboxError::InvalidInput(text),
-        409 | 429 | 500..=599 => SandboxError::Unavailable(text),
-        _ => SandboxError::Other(text),
-    }
-}
-
-/// Errors a dead sandbox would also cause: worth asking the API about it.
-pub fn may_mean_dead(err: &SandboxError) -> bool {
-    match err {
-        SandboxError::Unavailable(_) | SandboxError::Timeout(_) | SandboxError::Other(_) => true,
-        // The proxy's "no such sandbox", as opposed to a missing file.
-        SandboxError::NotFound(m) => m.contains("→ 404"),
-        _ => false,
+        ))),
+        403 => ApiError::Answer(SandboxError::PermissionDenied(text)),
+        400 | 422 => ApiError::Answer(SandboxError::InvalidInput(text)),
+        // Not a file the daemon looked for: no such sandbox, or no route to it.
+        404 => ApiError::Unreachable(SandboxError::NotFound(text)),
+        408 | 504 => ApiError::Unreachable(SandboxError::Timeout(text)),
+        409 | 429 | 500..=599 => ApiError::Unreachable(SandboxError::Unavailable(text)),
+        _ => ApiError::Unreachable(SandboxError::Other(text)),
     }
 }
 
@@ -226,12 +252,12 @@ pub fn encode(value: &str) -> String {
 }
 
 /// Parse a JSON response body, naming the call when Daytona sent something else.
-pub fn json<T: serde::de::DeserializeOwned>(call_url: &str, response: &Response) -> Result<T, SandboxError> {
+pub fn json<T: serde::de::DeserializeOwned>(call_url: &str, response: &Response) -> Result<T, ApiError> {
     serde_json::from_slice(&response.body).map_err(|err| {
-        SandboxError::Other(format!(
+        ApiError::Unreachable(SandboxError::Other(format!(
             "unexpected response from Daytona ({}): {err}: {}",
             call_url.split('?').next().unwrap_or(call_url),
             String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()
-        ))
+        )))
     })
 }

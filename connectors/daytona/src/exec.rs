@@ -12,7 +12,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use crate::api::{self, Call};
+use crate::api::{self, ApiError, Call};
 use crate::flue::sandbox::types::{ExecOptions, ExecResult, SandboxError};
 use crate::model::ExecuteResponse;
 
@@ -68,7 +68,7 @@ pub fn split(result: &str, nonce: &str) -> (String, String) {
     }
 }
 
-pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecResult, SandboxError> {
+pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecResult, ApiError> {
     let nonce = nonce();
     let mut body = serde_json::json!({ "command": script(command, options.timeout_ms, &nonce) });
     if let Some(ms) = options.timeout_ms {
@@ -93,7 +93,7 @@ pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecRe
     }
     let response = match api::send(&call) {
         Ok(response) => response,
-        Err(SandboxError::Timeout(_)) if options.timeout_ms.is_some() => {
+        Err(ApiError::Unreachable(SandboxError::Timeout(_))) if options.timeout_ms.is_some() => {
             return Ok(ExecResult {
                 stdout: String::new(),
                 stderr: format!(

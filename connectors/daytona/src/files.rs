@@ -1,14 +1,28 @@
 //! Files, via the toolbox's `/files…` endpoints. Reads and writes use the
 //! multipart bulk endpoints exactly as the SDK does (binary-safe).
+//!
+//! Failures are [`ApiError`]s, so that only the daemon's own answer ("no such
+//! file") counts as a missing file: a sandbox that stopped answering is never
+//! mistaken for one.
 
-use crate::api::{self, Call, encode};
+use crate::api::{self, ApiError, Call, encode};
 use crate::exec::nonce;
 use crate::flue::sandbox::types::{FileStat, SandboxError};
 use crate::model::FileInfo;
 use crate::multipart;
 use crate::time::rfc3339_to_unix_ms;
 
-pub fn read(toolbox: &str, path: &str) -> Result<Vec<u8>, SandboxError> {
+use ApiError::Answer;
+
+/// The daemon's answer, or why there is none.
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// A malformed answer from Daytona: the sandbox may be in trouble.
+fn garbled(message: String) -> ApiError {
+    ApiError::Unreachable(SandboxError::Other(message))
+}
+
+pub fn read(toolbox: &str, path: &str) -> Result<Vec<u8>> {
     let url = format!("{toolbox}/files/bulk-download");
     let mut call = Call::post_json(url.clone(), &serde_json::json!({ "paths": [path] })).idempotent();
     call.accept = "multipart/form-data";
@@ -20,19 +34,19 @@ pub fn read(toolbox: &str, path: &str) -> Result<Vec<u8>, SandboxError> {
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
     let boundary = multipart::boundary(content_type)
-        .ok_or_else(|| SandboxError::Other(format!("Daytona sent {content_type:?} for a download, not multipart")))?;
+        .ok_or_else(|| garbled(format!("Daytona sent {content_type:?} for a download, not multipart")))?;
     let parts = multipart::parse(&response.body, &boundary)
-        .map_err(|e| SandboxError::Other(format!("unreadable download from Daytona: {e}")))?;
+        .map_err(|e| garbled(format!("unreadable download from Daytona: {e}")))?;
     let part = parts
         .into_iter()
         .find(|p| p.filename.as_deref() == Some(path) || p.name == "error")
-        .ok_or_else(|| SandboxError::Other(format!("Daytona's download has no part for {path}")))?;
+        .ok_or_else(|| garbled(format!("Daytona's download has no part for {path}")))?;
     if part.name != "error" {
         return Ok(part.body.to_vec());
     }
-    // A per-file failure inside a 200 response.
+    // A per-file failure inside a 200 response: the daemon's answer.
     let (message, code) = api::error_message(part.body);
-    Err(match code.as_deref() {
+    Err(Answer(match code.as_deref() {
         Some("FILE_NOT_FOUND") => SandboxError::NotFound(message),
         Some("FILE_ACCESS_DENIED") => SandboxError::PermissionDenied(message),
         Some("INVALID_FILE_PATH") => match stat(toolbox, path) {
@@ -40,10 +54,10 @@ pub fn read(toolbox: &str, path: &str) -> Result<Vec<u8>, SandboxError> {
             _ => SandboxError::InvalidInput(message),
         },
         _ => SandboxError::Other(message),
-    })
+    }))
 }
 
-pub fn write(toolbox: &str, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+pub fn write(toolbox: &str, path: &str, data: &[u8]) -> Result<()> {
     let boundary = format!("flue-{}", nonce());
     let call = Call {
         method: "POST",
@@ -58,19 +72,19 @@ pub fn write(toolbox: &str, path: &str, data: &[u8]) -> Result<(), SandboxError>
     api::send(&call).map(|_| ())
 }
 
-fn info(toolbox: &str, path: &str) -> Result<FileInfo, SandboxError> {
+fn info(toolbox: &str, path: &str) -> Result<FileInfo> {
     let url = format!("{toolbox}/files/info?path={}", encode(path));
     let response = match api::send(&Call::get(url.clone())) {
         // A path through a file: the daemon answers 400 with the OS's words.
-        Err(SandboxError::InvalidInput(m)) if m.to_ascii_lowercase().contains("not a directory") => {
-            return Err(SandboxError::NotADirectory(m));
+        Err(Answer(SandboxError::InvalidInput(m))) if m.to_ascii_lowercase().contains("not a directory") => {
+            return Err(Answer(SandboxError::NotADirectory(m)));
         }
         other => other?,
     };
     api::json(&url, &response)
 }
 
-pub fn stat(toolbox: &str, path: &str) -> Result<FileStat, SandboxError> {
+pub fn stat(toolbox: &str, path: &str) -> Result<FileStat> {
     let info = info(toolbox, path)?;
     Ok(FileStat {
         is_file: !info.is_dir,
@@ -83,7 +97,16 @@ pub fn stat(toolbox: &str, path: &str) -> Result<FileStat, SandboxError> {
     })
 }
 
-pub fn readdir(toolbox: &str, path: &str) -> Result<Vec<String>, SandboxError> {
+/// Whether `path` exists: `false` only on the daemon's own "not found".
+pub fn exists(toolbox: &str, path: &str) -> Result<bool> {
+    match stat(toolbox, path) {
+        Ok(_) => Ok(true),
+        Err(Answer(SandboxError::NotFound(_) | SandboxError::NotADirectory(_))) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+pub fn readdir(toolbox: &str, path: &str) -> Result<Vec<String>> {
     let url = format!("{toolbox}/files?path={}", encode(path));
     let response = api::send(&Call::get(url.clone()))?;
     let entries: Vec<FileInfo> = api::json(&url, &response)?;
@@ -99,22 +122,24 @@ fn parent(path: &str) -> &str {
 
 /// Daytona's folder endpoint creates missing parents; the non-recursive
 /// contract is checked first, before anything changes.
-pub fn mkdir(toolbox: &str, path: &str, recursive: bool) -> Result<(), SandboxError> {
+pub fn mkdir(toolbox: &str, path: &str, recursive: bool) -> Result<()> {
     match stat(toolbox, path) {
         Ok(st) if st.is_directory && recursive => return Ok(()),
-        Ok(_) => return Err(SandboxError::AlreadyExists(format!("{path} already exists"))),
-        Err(SandboxError::NotFound(_)) => {}
+        Ok(_) => return Err(Answer(SandboxError::AlreadyExists(format!("{path} already exists")))),
+        Err(Answer(SandboxError::NotFound(_))) => {}
         Err(err) => return Err(err),
     }
     if !recursive {
         match stat(toolbox, parent(path)) {
             Ok(st) if st.is_directory => {}
-            Ok(_) => return Err(SandboxError::NotADirectory(format!("{} is not a directory", parent(path)))),
-            Err(SandboxError::NotFound(_)) => {
-                return Err(SandboxError::NotFound(format!(
+            Ok(_) => {
+                return Err(Answer(SandboxError::NotADirectory(format!("{} is not a directory", parent(path)))));
+            }
+            Err(Answer(SandboxError::NotFound(_))) => {
+                return Err(Answer(SandboxError::NotFound(format!(
                     "{}: no such directory (use recursive to create parents)",
                     parent(path)
-                )));
+                ))));
             }
             Err(err) => return Err(err),
         }
@@ -126,18 +151,18 @@ pub fn mkdir(toolbox: &str, path: &str, recursive: bool) -> Result<(), SandboxEr
 
 /// Daytona has no `force` and refuses directories without `recursive` even
 /// when empty; both are honoured here by looking first.
-pub fn rm(toolbox: &str, path: &str, recursive: bool, force: bool) -> Result<(), SandboxError> {
+pub fn rm(toolbox: &str, path: &str, recursive: bool, force: bool) -> Result<()> {
     let st = match stat(toolbox, path) {
         Ok(st) => st,
-        Err(SandboxError::NotFound(_)) if force => return Ok(()),
+        Err(Answer(SandboxError::NotFound(_))) if force => return Ok(()),
         Err(err) => return Err(err),
     };
     let mut delete_recursively = recursive;
     if st.is_directory && !recursive {
         if !readdir(toolbox, path)?.is_empty() {
-            return Err(SandboxError::InvalidInput(format!(
+            return Err(Answer(SandboxError::InvalidInput(format!(
                 "{path}: directory not empty (pass recursive to remove it with its contents)"
-            )));
+            ))));
         }
         delete_recursively = true; // empty: same effect, and Daytona requires it
     }
@@ -146,7 +171,7 @@ pub fn rm(toolbox: &str, path: &str, recursive: bool, force: bool) -> Result<(),
         url.push_str("&recursive=true");
     }
     match api::send(&Call::delete(url)) {
-        Err(SandboxError::NotFound(_)) if force => Ok(()),
+        Err(Answer(SandboxError::NotFound(_))) if force => Ok(()),
         other => other.map(|_| ()),
     }
 }

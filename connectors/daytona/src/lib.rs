@@ -36,22 +36,23 @@ pub struct DaytonaSandbox {
 }
 
 impl DaytonaSandbox {
-    /// Run a toolbox operation; when it fails in a way a dead sandbox would
-    /// explain, ask the API about the sandbox and report `sandbox-died`.
-    fn guard<T>(&self, op: impl FnOnce() -> Result<T, SandboxError>) -> Result<T, SandboxError> {
+    /// Run a toolbox operation; when the request did not reach a working
+    /// sandbox, ask the API about the sandbox and report `sandbox-died`.
+    /// Once dead, every later call fails at once, without a request.
+    fn guard<T>(&self, op: impl FnOnce() -> Result<T, api::ApiError>) -> Result<T, SandboxError> {
         if let Some(reason) = self.dead.borrow().as_ref() {
             return Err(SandboxError::SandboxDied(reason.clone()));
         }
         match op() {
             Ok(value) => Ok(value),
-            Err(err) if api::may_mean_dead(&err) => match lifecycle::death_of(&self.id) {
+            Err(api::ApiError::Unreachable(err)) => match lifecycle::death_of(&self.id) {
                 Some(reason) => {
                     *self.dead.borrow_mut() = Some(reason.clone());
                     Err(SandboxError::SandboxDied(reason))
                 }
                 None => Err(err),
             },
-            Err(err) => Err(err),
+            Err(api::ApiError::Answer(err)) => Err(err),
         }
     }
 }
@@ -82,11 +83,7 @@ impl GuestSandbox for DaytonaSandbox {
     }
 
     fn exists(&self, path: String) -> Result<bool, SandboxError> {
-        self.guard(|| match files::stat(&self.toolbox, &path) {
-            Ok(_) => Ok(true),
-            Err(SandboxError::NotFound(_) | SandboxError::NotADirectory(_)) => Ok(false),
-            Err(err) => Err(err),
-        })
+        self.guard(|| files::exists(&self.toolbox, &path))
     }
 
     fn mkdir(&self, path: String, options: MkdirOptions) -> Result<(), SandboxError> {

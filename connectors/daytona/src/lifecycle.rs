@@ -55,7 +55,7 @@ fn sandbox_url(id: &str) -> String {
 fn get(id: &str) -> Result<SandboxDto, SandboxError> {
     let url = sandbox_url(id);
     let response = api::send(&Call::get(url.clone()))?;
-    api::json(&url, &response)
+    Ok(api::json(&url, &response)?)
 }
 
 fn state(dto: &SandboxDto) -> &str {
@@ -216,7 +216,8 @@ pub fn connect(id: &str) -> Result<DaytonaSandbox, SandboxError> {
 }
 
 pub fn delete(id: &str) -> Result<(), SandboxError> {
-    api::send(&Call::delete(sandbox_url(id))).map(|_| ())
+    api::send(&Call::delete(sandbox_url(id)))?;
+    Ok(())
 }
 
 pub fn list(labels: &[(String, String)]) -> Result<Vec<SandboxSummary>, SandboxError> {

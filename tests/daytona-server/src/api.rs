@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flue::backend::{Connector, CreateOptions};
+use flue::sandbox::CreateOptions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -42,8 +42,8 @@ pub fn daemon_error(status: StatusCode, code: &str, message: impl Into<String>, 
 }
 
 /// Map a sandbox error onto the daemon's status and code.
-pub fn from_sandbox(err: &flue::error::SandboxError) -> (StatusCode, &'static str) {
-    use flue::error::ErrorKind::*;
+pub fn from_sandbox(err: &flue::sandbox::error::SandboxError) -> (StatusCode, &'static str) {
+    use flue::sandbox::error::ErrorKind::*;
     match err.kind {
         NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
         PermissionDenied => (StatusCode::FORBIDDEN, "FILE_ACCESS_DENIED"),

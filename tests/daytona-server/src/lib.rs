@@ -12,7 +12,7 @@ mod api;
 mod errors;
 mod faults;
 mod time;
-#[allow(clippy::result_large_err)] // handlers return ready-made error responses
+#[allow(clippy::result_large_err, reason = "handlers return ready-made error responses")]
 mod toolbox;
 
 use std::collections::HashMap;
@@ -27,8 +27,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
 pub use faults::{Faults, Injected};
-use flue::backend::SandboxBackend;
-use flue::local::{Isolation, LocalConfig, LocalConnector};
+use flue::events::EventLog;
+use flue::sandbox::local::{Isolation, LocalConfig, LocalConnector};
+use flue::sandbox::{Connector, SandboxBackend};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 512 * 1024 * 1024;
@@ -82,7 +83,8 @@ pub(crate) struct AppState {
     pub api_key: String,
     pub faults: Faults,
     pub base_url: String,
-    pub local: LocalConnector,
+    /// flue's local backend: each Daytona sandbox is one of its sandboxes.
+    pub local: Arc<dyn Connector>,
     pub sandboxes: Mutex<HashMap<String, SandboxRecord>>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub next_id: Mutex<u64>,
@@ -100,7 +102,7 @@ impl DaytonaServer {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
         let addr = listener.local_addr()?;
-        let isolation = match (config.isolated, flue::local::probe_bubblewrap().await) {
+        let isolation = match (config.isolated, flue::sandbox::local::probe_bubblewrap().await) {
             (true, Ok(bwrap)) => Isolation::Bubblewrap { bwrap, allow_network: false },
             _ => Isolation::None,
         };
@@ -108,11 +110,14 @@ impl DaytonaServer {
         let mut local = LocalConfig::new(isolation);
         local.base_dir = dir.path().to_path_buf();
         local.visible_root = HOME.into();
+        // The same host assembly as flue itself, with only the local backend.
+        let host = flue::HostBuilder::new().cache_dir(None).backend(Arc::new(LocalConnector::new(local))).build()?;
+        let local = host.connector("local", &EventLog::discard()).await?;
         let state = Arc::new(AppState {
             api_key: config.api_key,
             faults: config.faults,
             base_url: format!("http://{addr}"),
-            local: LocalConnector::new(local),
+            local,
             sandboxes: Mutex::default(),
             requests: Mutex::default(),
             next_id: Mutex::new(1),

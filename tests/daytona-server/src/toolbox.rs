@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flue::backend::{ExecRequest, FileStat, SandboxBackend};
+use flue::sandbox::{ExecRequest, FileStat, SandboxBackend};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,13 +54,13 @@ fn sandbox(state: &AppState, id: &str, route: &str, method: &str) -> Result<Arc<
 }
 
 /// A sandbox error as the daemon reports it.
-fn daemon_failure(err: &flue::error::SandboxError, route: &str, method: &str) -> Response {
+fn daemon_failure(err: &flue::sandbox::error::SandboxError, route: &str, method: &str) -> Response {
     let (status, code) = from_sandbox(err);
     daemon_error(status, code, err.message.clone(), route, method)
 }
 
 fn absolute(backend: &dyn SandboxBackend, path: &str) -> String {
-    flue::paths::resolve(backend.workdir(), if path.is_empty() { "." } else { path })
+    flue::sandbox::paths::resolve(backend.workdir(), if path.is_empty() { "." } else { path })
         .unwrap_or_else(|_| backend.workdir().into())
 }
 
@@ -111,7 +111,7 @@ async fn execute(
         timeout: body.timeout.filter(|t| *t > 0).map(Duration::from_secs),
     };
     let out = backend.exec(&request).await.map_err(|err| daemon_failure(&err, route, "POST"))?;
-    if out.exit_code == 124 && request.timeout.is_some() && out.stderr.contains("[flue: command timed out") {
+    if out.timed_out {
         return Err(daemon_error(
             StatusCode::REQUEST_TIMEOUT,
             "PROCESS_EXECUTION_TIMEOUT",
@@ -157,7 +157,8 @@ async fn bulk_upload(
             };
             let path = absolute(backend.as_ref(), &path);
             // The daemon creates parents (0755) and overwrites.
-            let parent = flue::paths::split_parent(&path).map(|(p, _)| p.to_string()).unwrap_or_else(|| "/".into());
+            let parent =
+                flue::sandbox::paths::split_parent(&path).map(|(p, _)| p.to_string()).unwrap_or_else(|| "/".into());
             let result = match backend.mkdir(&parent, true).await {
                 Ok(()) => backend.write_file(&path, &data).await,
                 Err(err) => Err(err),
@@ -224,9 +225,9 @@ async fn bulk_download(
             }
             Err(err) => {
                 let (status, code) = match err.kind {
-                    flue::error::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
-                    flue::error::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "FILE_ACCESS_DENIED"),
-                    flue::error::ErrorKind::IsADirectory => (StatusCode::BAD_REQUEST, "INVALID_FILE_PATH"),
+                    flue::sandbox::error::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
+                    flue::sandbox::error::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "FILE_ACCESS_DENIED"),
+                    flue::sandbox::error::ErrorKind::IsADirectory => (StatusCode::BAD_REQUEST, "INVALID_FILE_PATH"),
                     _ => (StatusCode::INTERNAL_SERVER_ERROR, "FILE_READ_FAILED"),
                 };
                 let message = match code {

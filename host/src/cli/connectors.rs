@@ -1,0 +1,120 @@
+//! `flue connectors` (what is installed) and `flue add` (install one).
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::host_args::HostArgs;
+use super::{Failure, out, usage};
+use crate::events::EventLog;
+use crate::runtime::Limits;
+use crate::sandbox::ConnectorInfo;
+
+/// `flue add` arguments.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Connector to install, e.g. `daytona`. Without it, lists what can be added.
+    pub name: Option<String>,
+
+    /// Print how to wire the connector up (its settings) instead of installing it.
+    #[arg(long)]
+    pub print: bool,
+
+    /// Host flags.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// `flue connectors`: every connector with its settings, or why it cannot load.
+pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
+    let host = args.host(Limits::default()).await?;
+    out!("connectors (from {}):", host.registry().dir().display());
+    for listing in host.registry().list().await {
+        let source = listing.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built in".into());
+        match listing.info {
+            Ok(info) => {
+                out!("  {:<12} {} {} — {}", listing.name, info.name, info.version, info.description);
+                out!("  {:<12} source: {source}", "");
+                for key in &info.config {
+                    let flags = [(key.required, "required"), (key.secret, "secret")]
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, f)| *f)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out!(
+                        "  {:<12} {} ({}) {}",
+                        "",
+                        key.name,
+                        if flags.is_empty() { "optional" } else { &flags },
+                        key.description
+                    );
+                }
+                if !info.allowed_hosts.is_empty() {
+                    out!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));
+                }
+            }
+            Err(err) => out!("  {:<12} error: {err}", listing.name),
+        }
+    }
+    Ok(())
+}
+
+/// `flue add`: build a connector from this project's source and install it.
+pub async fn add(args: AddArgs, events: EventLog) -> Result<(), Failure> {
+    let sources = crate::guest::project_root().join("connectors");
+    let mut available: Vec<String> = std::fs::read_dir(&sources)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("Cargo.toml").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    available.sort();
+    let Some(name) = args.name.clone() else {
+        out!("connectors that can be added (from {}):", sources.display());
+        for name in &available {
+            out!("  {name:<12} flue add {name}    (or `flue add {name} --print` for its settings)");
+        }
+        return Ok(());
+    };
+    if !available.contains(&name) {
+        return Err(usage(anyhow::anyhow!("no connector source named {name:?}; available: {}", available.join(", "))));
+    }
+    let built = crate::guest::build_rust(&sources.join(&name), &events).map_err(anyhow::Error::from)?;
+    let host = args.host.host(Limits::default()).await?;
+    let info = host.registry().inspect(&built).await?;
+    if !args.print {
+        let dir = host.registry().dir();
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let target = dir.join(format!("{name}.wasm"));
+        std::fs::copy(&built, &target).with_context(|| format!("cannot write {}", target.display()))?;
+        out!("installed {}", target.display());
+    }
+    out!("{}", wiring_instructions(&name, &info).trim_end());
+    Ok(())
+}
+
+/// How to configure and use a connector, from what it declares.
+fn wiring_instructions(name: &str, info: &ConnectorInfo) -> String {
+    let mut out = format!("# {} {}: {}\n", info.name, info.version, info.description);
+    out.push_str("# Settings (environment variables, or lines of an --env file):\n");
+    for key in &info.config {
+        let what = match (key.required, key.secret) {
+            (true, true) => "required, secret",
+            (true, false) => "required",
+            (false, true) => "optional, secret",
+            (false, false) => "optional",
+        };
+        let value = key.default_value.clone().unwrap_or_default();
+        out.push_str(&format!("{}={value}    # {what}: {}\n", key.name, key.description));
+    }
+    if !info.allowed_hosts.is_empty() {
+        out.push_str(&format!("# It may call: {}\n", info.allowed_hosts.join(", ")));
+    }
+    out.push_str(&format!(
+        "# Install it with `flue add {name}`, then run an agent on it:\n#   flue run hello --sandbox {name} --env .env.{name}\n"
+    ));
+    out
+}

@@ -1,0 +1,85 @@
+//! The flags every host-using command shares, turned into a [`Host`].
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{Failure, usage};
+use crate::host::{Host, HostBuilder};
+use crate::runtime::Limits;
+use crate::runtime::cache::ComponentCache;
+use crate::sandbox::local::{Isolation, probe_bubblewrap};
+use crate::sandbox::{BuiltinSettings, builtin_backends};
+
+/// Where connectors, configuration and the local sandbox come from.
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// Directory of connector components (*.wasm).
+    #[arg(long, value_name = "DIR", env = "FLUE_CONNECTORS")]
+    pub connectors: Option<PathBuf>,
+
+    /// Read configuration (e.g. DAYTONA_API_KEY) from FILE. Repeatable: later
+    /// files win, and the real environment wins over files.
+    #[arg(long = "env", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+
+    /// local sandbox: use DIR as the sandbox directory (kept afterwards)
+    /// instead of a fresh temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// local sandbox: how to isolate commands. `auto` uses bubblewrap when it
+    /// works here and warns when it does not.
+    #[arg(long, value_enum, default_value = "auto", env = "FLUE_ISOLATION")]
+    pub isolation: IsolationChoice,
+
+    /// local sandbox: let commands use the network (isolated commands have none by default).
+    #[arg(long)]
+    pub allow_network: bool,
+
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/flue].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `--isolation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IsolationChoice {
+    /// Bubblewrap when it works here, else none (with a warning).
+    Auto,
+    /// Bubblewrap, or fail.
+    Bwrap,
+    /// No isolation: commands run as you, on this machine.
+    None,
+}
+
+impl HostArgs {
+    /// The host these flags describe, with `limits`.
+    pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
+        let config = crate::config::load(&self.env_files, std::env::vars()).map_err(usage)?;
+        let isolation = match self.isolation {
+            IsolationChoice::None => Isolation::None,
+            IsolationChoice::Bwrap => match probe_bubblewrap().await {
+                Ok(bwrap) => Isolation::Bubblewrap { bwrap, allow_network: self.allow_network },
+                Err(reason) => return Err(usage(anyhow::anyhow!("--isolation bwrap: {reason}"))),
+            },
+            IsolationChoice::Auto => match probe_bubblewrap().await {
+                Ok(bwrap) => Isolation::Bubblewrap { bwrap, allow_network: self.allow_network },
+                Err(reason) => {
+                    tracing::debug!("no isolation for the local sandbox: {reason}");
+                    Isolation::None
+                }
+            },
+        };
+        let settings = BuiltinSettings { isolation, workdir: self.workdir.clone() };
+        let mut builder = HostBuilder::new()
+            .limits(limits)
+            .cache_dir(self.cache_dir.clone().or_else(ComponentCache::default_dir))
+            .config(config)
+            .backends(builtin_backends(&settings));
+        if let Some(dir) = &self.connectors {
+            builder = builder.connectors_dir(dir);
+        }
+        Ok(builder.build()?)
+    }
+}

@@ -1,0 +1,90 @@
+//! `flue run`: run one agent, result JSON on stdout, events on stderr.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::host_args::HostArgs;
+use super::{Failure, out, usage};
+use crate::events::EventLog;
+use crate::run::{AgentRun, RunSettings};
+use crate::runtime::Limits;
+
+/// `flue run` arguments.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The agent: a .wasm component, a directory with an agent's source (built
+    /// first), or an example name such as `hello` or `persistent`.
+    pub agent: String,
+
+    /// Connector for the run's sandbox: `local`, or NAME for connectors/NAME.wasm.
+    #[arg(long, value_name = "NAME", default_value = "local", env = "FLUE_SANDBOX")]
+    pub sandbox: String,
+
+    /// JSON payload handed to the agent.
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+
+    /// The id the agent is invoked with (e.g. a conversation or ticket id).
+    #[arg(long, default_value = "cli")]
+    pub id: String,
+
+    /// Keep the sandboxes this run creates (their ids are printed) instead of deleting them.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Use an existing sandbox (by id) as the run's sandbox instead of creating one.
+    #[arg(long, value_name = "ID")]
+    pub reuse: Option<String>,
+
+    /// Stop the agent after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub deadline: u64,
+
+    /// The agent's memory limit, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub memory: usize,
+
+    /// Host flags.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Run the agent and print its result.
+pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
+    // Cheap checks first: bad input is refused before anything slow happens.
+    let payload = match &args.payload {
+        Some(text) => serde_json::from_str::<serde_json::Value>(text).map_err(|err| {
+            usage(anyhow::anyhow!("--payload is not valid JSON ({err}); for example --payload '{{\"name\":\"Ada\"}}'"))
+        })?,
+        None => serde_json::Value::Null,
+    };
+    if args.memory == 0 || args.deadline == 0 {
+        return Err(usage(anyhow::anyhow!("--memory and --deadline must be greater than zero")));
+    }
+    let limits = Limits {
+        deadline: Duration::from_secs(args.deadline),
+        agent_memory: args.memory.saturating_mul(1024 * 1024),
+        ..Limits::default()
+    };
+    let host = args.host.host(limits).await?;
+    let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
+    let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
+
+    let run = AgentRun {
+        label: args.agent.clone(),
+        wasm,
+        id: args.id,
+        payload: payload.to_string(),
+        settings: RunSettings { default_connector: args.sandbox, keep: args.keep, reuse: args.reuse },
+    };
+    let outcome = host.run(run, events).await;
+    match outcome.result {
+        Ok(result) => {
+            out!("{}", serde_json::to_string_pretty(&result).expect("JSON value serialises"));
+            Ok(())
+        }
+        Err(err) => Err(anyhow::Error::new(err).context(format!("run {} failed", outcome.run_id)).into()),
+    }
+}

@@ -1,0 +1,182 @@
+//! Running one agent: its store, its sandboxes, its deadline, its outcome.
+//!
+//! The run owns every sandbox it creates ([`sandboxes`]). When the run ends —
+//! returned, failed, trapped or out of time — the host deletes them (unless
+//! created with `keep`, or `--keep`): guest destructors never run after a
+//! trap, so cleanup cannot be left to the guest.
+
+pub mod imports;
+pub mod sandboxes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::events::{Event, EventLog, millis};
+use crate::runtime::Runtime;
+use crate::runtime::bindings::agent::exports::flue::sandbox::run::Context;
+use crate::runtime::engine::DeadlineExceeded;
+use crate::runtime::guest_output::GuestOutput;
+use crate::sandbox::registry::ConnectorRegistry;
+use imports::AgentState;
+pub use sandboxes::{RunSandboxes, RunSettings, SandboxSource};
+
+/// One agent run's input.
+pub struct AgentRun {
+    /// Shown in events and errors.
+    pub label: String,
+    /// The agent component.
+    pub wasm: Vec<u8>,
+    /// The id the agent is invoked with (`--id`).
+    pub id: String,
+    /// JSON text.
+    pub payload: String,
+    /// What the user chose for its sandboxes.
+    pub settings: RunSettings,
+}
+
+/// Why a run did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The agent could not be compiled or is not an agent.
+    #[error("{0}")]
+    Load(String),
+    /// The agent returned an error.
+    #[error("the agent failed: {0}")]
+    AgentFailed(String),
+    /// The agent's result is not JSON.
+    #[error("the agent returned a result that is not JSON ({reason}): {excerpt}")]
+    InvalidResult {
+        /// The parser's complaint.
+        reason: String,
+        /// The start of what it returned.
+        excerpt: String,
+    },
+    /// The run passed its deadline.
+    #[error("deadline exceeded: the agent ran longer than {limit:?} and was stopped (raise it with --deadline)")]
+    DeadlineExceeded {
+        /// The deadline.
+        limit: Duration,
+    },
+    /// The agent tried to grow its memory past the limit.
+    #[error("the agent ran out of memory: it tried to grow past its limit of {limit_mib} MiB (raise it with --memory)")]
+    OutOfMemory {
+        /// The limit.
+        limit_mib: usize,
+    },
+    /// The agent trapped.
+    #[error("the agent crashed (trap): {trap}{}", guest_said.as_ref().map(|s| format!("\n  its last output: {s}")).unwrap_or_default())]
+    Trapped {
+        /// What trapped.
+        trap: String,
+        /// The agent's last words on stderr (e.g. a panic message).
+        guest_said: Option<String>,
+    },
+}
+
+/// How a run ended.
+pub struct RunOutcome {
+    /// The run's id.
+    pub run_id: String,
+    /// The agent's JSON result, or why there is none.
+    pub result: Result<serde_json::Value, RunError>,
+}
+
+/// Run one agent to its end, then delete the sandboxes it owns.
+pub async fn run_agent(
+    runtime: &Runtime,
+    registry: Arc<ConnectorRegistry>,
+    run: AgentRun,
+    events: EventLog,
+) -> RunOutcome {
+    let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
+    let services = RunSandboxes::new(registry, run.settings.clone(), events.clone());
+    let deadline = runtime.limits.deadline;
+
+    // The epoch callback stops a guest that computes past the deadline; this
+    // timeout also stops one that waits on the host (a long command) past it.
+    let result = match tokio::time::timeout(deadline, execute(runtime, &services, &run, &run_id)).await {
+        Ok(result) => result,
+        Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
+    };
+    services.cleanup().await;
+    events.record(Event::RunFinished {
+        run_id: run_id.clone(),
+        ok: result.is_ok(),
+        duration_ms: millis(started.elapsed()),
+    });
+    RunOutcome { run_id, result }
+}
+
+async fn execute(
+    runtime: &Runtime,
+    services: &Arc<RunSandboxes>,
+    run: &AgentRun,
+    run_id: &str,
+) -> Result<serde_json::Value, RunError> {
+    let events = &services.events;
+    let component = runtime
+        .load_component(&run.wasm, &run.label, events)
+        .map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
+    let pre = runtime.agent_pre(&component).map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
+
+    let stdout = GuestOutput::new("agent stdout", "info", events.clone());
+    let stderr = GuestOutput::new("agent stderr", "warn", events.clone());
+    // Secure defaults (see WasiCtxBuilder): no env, no args, no preopened
+    // directories, no sockets, no name lookup, stdin closed. Only stdout and
+    // stderr are granted, and they go into the run's events.
+    let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+    let limits = runtime.limits.agent_store();
+    let mut store = runtime.new_store(&limits, "the agent", runtime.limits.deadline, |base| AgentState {
+        wasi,
+        base,
+        sandboxes: services.clone(),
+    });
+
+    let outcome = async {
+        let agent = pre.instantiate_async(&mut store).await?;
+        let context = Context { id: run.id.clone(), run_id: run_id.to_string(), payload: run.payload.clone() };
+        agent.flue_sandbox_run().call_run(&mut store, &context).await
+    }
+    .await;
+    stdout.finish();
+    stderr.finish();
+
+    match outcome {
+        Ok(Ok(json)) => serde_json::from_str(&json).map_err(|err| RunError::InvalidResult {
+            reason: err.to_string(),
+            excerpt: crate::events::one_line(&json, 200),
+        }),
+        Ok(Err(message)) => Err(RunError::AgentFailed(message)),
+        Err(err) => {
+            let limiter = &store.data_mut().base.limiter;
+            if limiter.memory_refused().is_some() {
+                return Err(RunError::OutOfMemory { limit_mib: limiter.config().memory_bytes >> 20 });
+            }
+            Err(classify_trap(err, &stderr))
+        }
+    }
+}
+
+/// Why a trap happened, from the error's type and the agent's last words.
+fn classify_trap(err: wasmtime::Error, stderr: &GuestOutput) -> RunError {
+    if let Some(deadline) = err.downcast_ref::<DeadlineExceeded>() {
+        return RunError::DeadlineExceeded { limit: deadline.limit };
+    }
+    let trap = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => crate::events::one_line(&format!("{err:#}"), 300),
+    };
+    // A Rust panic prints "thread … panicked at FILE:LINE:" then the message,
+    // then a hint about RUST_BACKTRACE: keep the first two, drop the hint.
+    let said: Vec<String> = stderr
+        .tail()
+        .into_iter()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let guest_said = (!said.is_empty()).then(|| said[said.len().saturating_sub(2)..].join(" "));
+    RunError::Trapped { trap, guest_said }
+}

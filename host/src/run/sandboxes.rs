@@ -1,0 +1,194 @@
+//! The sandboxes of one run: which connector serves each, which the run
+//! created (and so must delete), and the run's default sandbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::events::{Event, EventLog, millis};
+use crate::sandbox::error::SandboxResult;
+use crate::sandbox::registry::ConnectorRegistry;
+use crate::sandbox::{Connector, CreateOptions, SandboxBackend};
+
+/// Where an agent's sandbox comes from (the WIT `sandbox-source`).
+#[derive(Clone, Debug)]
+pub enum SandboxSource {
+    /// The run's sandbox (`--sandbox`), created on first use.
+    RunDefault,
+    /// A new sandbox.
+    Create {
+        /// The connector (`None`: the run's).
+        connector: Option<String>,
+        /// How to create it.
+        options: CreateOptions,
+        /// Keep it after the run.
+        keep: bool,
+    },
+    /// An existing sandbox, by id.
+    Connect {
+        /// The connector (`None`: the run's).
+        connector: Option<String>,
+        /// Its id.
+        id: String,
+    },
+}
+
+/// What the user chose for this run.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// Connector of the run's default sandbox (`--sandbox`).
+    pub default_connector: String,
+    /// Keep every sandbox the run creates (`--keep`).
+    pub keep: bool,
+    /// Reuse this sandbox (by id) as the run's default instead of creating one.
+    pub reuse: Option<String>,
+}
+
+/// A sandbox created by this run.
+struct OwnedSandbox {
+    connector: Arc<dyn Connector>,
+    /// The name the connector was found by (its file name), to find it again.
+    lookup: String,
+    id: String,
+    keep: bool,
+}
+
+/// The sandboxes of one run, shared by the agent's imports.
+pub struct RunSandboxes {
+    registry: Arc<ConnectorRegistry>,
+    settings: RunSettings,
+    pub(crate) events: EventLog,
+    connectors: tokio::sync::Mutex<HashMap<String, Arc<dyn Connector>>>,
+    default_sandbox: tokio::sync::Mutex<Option<Arc<dyn SandboxBackend>>>,
+    owned: Mutex<Vec<OwnedSandbox>>,
+}
+
+impl RunSandboxes {
+    /// Nothing opened yet.
+    pub fn new(registry: Arc<ConnectorRegistry>, settings: RunSettings, events: EventLog) -> Arc<Self> {
+        Arc::new(RunSandboxes {
+            registry,
+            settings,
+            events,
+            connectors: Default::default(),
+            default_sandbox: Default::default(),
+            owned: Default::default(),
+        })
+    }
+
+    /// The named connector (the run's default when `None`), instantiated
+    /// once per run.
+    pub async fn connector(&self, name: Option<&str>) -> SandboxResult<Arc<dyn Connector>> {
+        let name = name.unwrap_or(&self.settings.default_connector);
+        let mut connectors = self.connectors.lock().await;
+        if let Some(connector) = connectors.get(name) {
+            return Ok(connector.clone());
+        }
+        let connector = self.registry.connector(name, &self.events).await.map_err(|err| err.into_sandbox_error())?;
+        connectors.insert(name.to_string(), connector.clone());
+        Ok(connector)
+    }
+
+    /// A sandbox for the agent, from `source`.
+    pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        match source {
+            SandboxSource::RunDefault => {
+                let mut default = self.default_sandbox.lock().await;
+                if let Some(sandbox) = default.as_ref() {
+                    return Ok(sandbox.clone());
+                }
+                let sandbox = match self.settings.reuse.clone() {
+                    Some(id) => self.connect(None, &id).await?,
+                    None => self.create(None, &CreateOptions::default(), self.settings.keep).await?,
+                };
+                *default = Some(sandbox.clone());
+                Ok(sandbox)
+            }
+            SandboxSource::Create { connector, options, keep } => {
+                self.create(connector.as_deref(), &options, keep || self.settings.keep).await
+            }
+            SandboxSource::Connect { connector, id } => self.connect(connector.as_deref(), &id).await,
+        }
+    }
+
+    async fn create(
+        &self,
+        connector: Option<&str>,
+        options: &CreateOptions,
+        keep: bool,
+    ) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let lookup = connector.unwrap_or(&self.settings.default_connector).to_string();
+        let connector = self.connector(connector).await?;
+        let name = connector.info().name.clone();
+        let started = Instant::now();
+        let sandbox = {
+            let _progress = self.events.progress(format!("creating a sandbox on {name}"));
+            connector.create(options).await?
+        };
+        // Record ownership before anything else can fail.
+        self.owned.lock().expect("owned lock").push(OwnedSandbox {
+            connector,
+            lookup,
+            id: sandbox.id().to_string(),
+            keep,
+        });
+        self.events.record(Event::Sandbox {
+            action: "created",
+            connector: name,
+            id: sandbox.id().to_string(),
+            detail: format!("workdir {}, {} ms", sandbox.workdir(), millis(started.elapsed())),
+        });
+        Ok(sandbox)
+    }
+
+    async fn connect(&self, connector: Option<&str>, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let connector = self.connector(connector).await?;
+        let sandbox = connector.connect(id).await?;
+        self.events.record(Event::Sandbox {
+            action: "connected",
+            connector: connector.info().name.clone(),
+            id: id.to_string(),
+            detail: format!("workdir {}", sandbox.workdir()),
+        });
+        Ok(sandbox)
+    }
+
+    /// Delete what the run created and was not asked to keep.
+    pub async fn cleanup(&self) {
+        let owned = std::mem::take(&mut *self.owned.lock().expect("owned lock"));
+        for sandbox in owned {
+            let connector = sandbox.connector.info().name.clone();
+            if sandbox.keep {
+                self.events.record(Event::Sandbox {
+                    action: "kept",
+                    connector,
+                    id: sandbox.id.clone(),
+                    detail: format!("reuse it with --reuse {}", sandbox.id),
+                });
+                continue;
+            }
+            // The run's connector instance may be unusable (it trapped, or the
+            // deadline stopped it mid-call): then delete through a fresh one.
+            let deleted = match sandbox.connector.delete(&sandbox.id).await {
+                Ok(()) => Ok(()),
+                Err(first) => match self.registry.connector(&sandbox.lookup, &self.events).await {
+                    Ok(fresh) => fresh.delete(&sandbox.id).await.map_err(|_| first),
+                    Err(_) => Err(first),
+                },
+            };
+            match deleted {
+                Ok(()) => self.events.record(Event::Sandbox {
+                    action: "deleted",
+                    connector,
+                    id: sandbox.id,
+                    detail: String::new(),
+                }),
+                Err(err) => self.events.log(
+                    "flue",
+                    "error",
+                    format!("could not delete sandbox {} on {connector}: {err}; delete it by hand", sandbox.id),
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Host bindings generated from `wit/` for the two worlds.
+//!
+//! The shared interfaces (`types`, `log`) are generated once, in the agent
+//! world's module; the connector world reuses them through `with:`, so each
+//! WIT type has one Rust type and every conversion in
+//! [`super::convert`] is written and compiled once.
+
+/// The `agent` world: the host implements the agent's imports.
+#[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
+pub mod agent {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "flue:sandbox/agent",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "flue:sandbox/sandbox-api.sandbox": crate::run::imports::AgentSandbox,
+            "flue:sandbox/harness.harness": crate::run::imports::AgentHarness,
+            "flue:sandbox/harness.session": crate::run::imports::AgentSession,
+        },
+    });
+}
+
+/// The `connector` world: the host implements the connector's imports and
+/// calls its exports.
+#[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
+pub mod connector {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "flue:sandbox/connector",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "flue:sandbox/types": super::agent::flue::sandbox::types,
+            "flue:sandbox/log": super::agent::flue::sandbox::log,
+        },
+    });
+}
+
+/// The shared `types` interface (one Rust type per WIT type).
+pub use agent::flue::sandbox::types;

@@ -1,0 +1,123 @@
+//! Conversions between the generated WIT types and the host's native types
+//! in [`crate::sandbox`], each written once.
+
+use std::time::Duration;
+
+use super::bindings::connector::exports::flue::sandbox::lifecycle;
+use super::bindings::types as wit;
+use crate::sandbox::session::ExecOptions;
+use crate::sandbox::{
+    ConfigKey, ConnectorInfo, CreateOptions, ExecOutput, FileStat, Resources, SandboxSummary, TIMEOUT_EXIT_CODE,
+};
+
+/// Records whose fields are the same on both sides: map both ways.
+macro_rules! same_fields {
+    ($native:ty, $wit:ty, { $($field:ident),* $(,)? }) => {
+        impl From<$native> for $wit {
+            fn from(v: $native) -> Self {
+                Self { $($field: v.$field),* }
+            }
+        }
+
+        impl From<$wit> for $native {
+            fn from(v: $wit) -> Self {
+                Self { $($field: v.$field),* }
+            }
+        }
+    };
+}
+
+same_fields!(FileStat, wit::FileStat, { is_file, is_directory, is_symlink, size, mtime_ms, mode });
+same_fields!(Resources, wit::Resources, { cpu, memory_gib, disk_gib, gpu });
+
+impl From<ExecOutput> for wit::ExecResult {
+    fn from(o: ExecOutput) -> Self {
+        wit::ExecResult { stdout: o.stdout, stderr: o.stderr, exit_code: o.exit_code }
+    }
+}
+
+impl From<wit::ExecResult> for ExecOutput {
+    fn from(o: wit::ExecResult) -> Self {
+        // This WIT version has no timed-out flag: a connector reports a
+        // timeout by exit code alone.
+        let timed_out = o.exit_code == TIMEOUT_EXIT_CODE;
+        ExecOutput { stdout: o.stdout, stderr: o.stderr, exit_code: o.exit_code, timed_out }
+    }
+}
+
+impl From<wit::CreateOptions> for CreateOptions {
+    fn from(o: wit::CreateOptions) -> Self {
+        CreateOptions {
+            image: o.image,
+            snapshot: o.snapshot,
+            env: o.env,
+            labels: o.labels,
+            name: o.name,
+            auto_stop_minutes: o.auto_stop_minutes,
+            resources: o.resources.map(Into::into),
+        }
+    }
+}
+
+impl From<&CreateOptions> for wit::CreateOptions {
+    fn from(o: &CreateOptions) -> Self {
+        wit::CreateOptions {
+            image: o.image.clone(),
+            snapshot: o.snapshot.clone(),
+            env: o.env.clone(),
+            labels: o.labels.clone(),
+            name: o.name.clone(),
+            auto_stop_minutes: o.auto_stop_minutes,
+            resources: o.resources.map(Into::into),
+        }
+    }
+}
+
+impl From<wit::ExecOptions> for ExecOptions {
+    fn from(o: wit::ExecOptions) -> Self {
+        ExecOptions { cwd: o.cwd, env: o.env, timeout: o.timeout_ms.map(Duration::from_millis) }
+    }
+}
+
+impl From<lifecycle::ConnectorInfo> for ConnectorInfo {
+    fn from(i: lifecycle::ConnectorInfo) -> Self {
+        ConnectorInfo {
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            config: i
+                .config
+                .into_iter()
+                .map(|k| ConfigKey {
+                    name: k.name,
+                    description: k.description,
+                    secret: k.secret,
+                    required: k.required,
+                    default_value: k.default_value,
+                })
+                .collect(),
+            allowed_hosts: i.allowed_hosts,
+            merges_output: i.merges_output,
+        }
+    }
+}
+
+impl From<lifecycle::SandboxSummary> for SandboxSummary {
+    fn from(s: lifecycle::SandboxSummary) -> Self {
+        SandboxSummary { id: s.id, name: s.name, state: s.state, labels: s.labels }
+    }
+}
+
+impl super::bindings::agent::flue::sandbox::log::Level {
+    /// The level's name as events carry it (`info`, `warn`, …).
+    pub fn as_str(self) -> &'static str {
+        use super::bindings::agent::flue::sandbox::log::Level;
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}

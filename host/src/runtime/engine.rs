@@ -1,0 +1,78 @@
+//! The one wasmtime [`Engine`], and the deadlines stores run under.
+//!
+//! A narrow wrapper: each engine knob is set here, with its reason.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine, OptLevel, Store, UpdateDeadline};
+
+/// How often the epoch advances. Deadlines are checked at this granularity;
+/// 10 ms (as in Spin) costs nothing measurable and stops a runaway guest
+/// promptly.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Raised (as a trap) when a store passes its wall-clock deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded: {what} ran longer than {limit:?}")]
+pub struct DeadlineExceeded {
+    /// Who ran too long, e.g. "the agent" or "connector daytona (exec)".
+    pub what: String,
+    /// The deadline it was given.
+    pub limit: Duration,
+}
+
+/// Create the engine and start its epoch ticker.
+pub fn new_engine() -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    // Epoch interruption is how deadlines stop CPU-bound guests; tokio
+    // timeouts alone cannot pre-empt wasm.
+    config.epoch_interruption(true);
+    // Component-model async is unused; leaving it on makes every component
+    // call ~4x slower (wasmtime PR #14189).
+    config.concurrency_support(false);
+    config.cranelift_opt_level(OptLevel::Speed);
+    let engine = Engine::new(&config).map_err(wasm_error)?;
+    start_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] on a thread that holds only
+/// a weak reference, so the thread ends when the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("flue-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn epoch thread");
+}
+
+/// Arm `store` to trap with [`DeadlineExceeded`] once `limit` has passed, and
+/// to yield to the async runtime at every tick until then (so other tasks and
+/// timeouts keep running while a guest computes).
+///
+/// Deadlines are relative to now: a connector's store is re-armed before
+/// every call.
+pub fn arm_deadline<T: 'static>(store: &mut Store<T>, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let what = what.to_string();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded { what: what.clone(), limit }))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+/// `wasmtime::Error` is its own type since wasmtime 42; bring it into anyhow
+/// with its whole chain of causes.
+pub fn wasm_error(err: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{err:#}")
+}

@@ -1,0 +1,136 @@
+//! A guest's stdout/stderr, routed into the run's events.
+//!
+//! Complete lines become `log` events as they are written. Output past a cap
+//! is accepted and dropped (never an error: a failing write makes Rust's
+//! `println!` panic), and the last lines of stderr are kept so that a trap can
+//! be explained with the guest's own last words (e.g. a panic message).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use crate::events::EventLog;
+
+/// Bytes of one stream forwarded as events before the rest is dropped.
+const FORWARD_CAP: usize = 1024 * 1024;
+/// Last lines remembered for error messages.
+const TAIL_LINES: usize = 20;
+/// Longest single line forwarded; longer lines are split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// One guest output stream (stdout or stderr), as a WASI output.
+#[derive(Clone)]
+pub struct GuestOutput {
+    state: Arc<Mutex<OutputState>>,
+}
+
+struct OutputState {
+    source: String,
+    level: &'static str,
+    events: EventLog,
+    pending: Vec<u8>,
+    forwarded: usize,
+    dropped: usize,
+    tail: VecDeque<String>,
+}
+
+impl GuestOutput {
+    /// Lines become `log` events from `source` at `level`.
+    pub fn new(source: &str, level: &'static str, events: EventLog) -> Self {
+        GuestOutput {
+            state: Arc::new(Mutex::new(OutputState {
+                source: source.to_string(),
+                level,
+                events,
+                pending: Vec::new(),
+                forwarded: 0,
+                dropped: 0,
+                tail: VecDeque::new(),
+            })),
+        }
+    }
+
+    /// Emit any unterminated last line and a note on dropped output.
+    pub fn finish(&self) {
+        let mut state = self.state.lock().expect("output lock");
+        if !state.pending.is_empty() {
+            let line = std::mem::take(&mut state.pending);
+            state.emit(&line);
+        }
+        if state.dropped > 0 {
+            let note = format!("[flue: {} more bytes of output were dropped]", state.dropped);
+            state.events.log(&state.source.clone(), "warn", note);
+            state.dropped = 0;
+        }
+    }
+
+    /// The last lines written, oldest first.
+    pub fn tail(&self) -> Vec<String> {
+        let state = self.state.lock().expect("output lock");
+        let mut lines: Vec<String> = state.tail.iter().cloned().collect();
+        if !state.pending.is_empty() {
+            lines.push(String::from_utf8_lossy(&state.pending).into_owned());
+        }
+        lines
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().expect("output lock");
+        let room = FORWARD_CAP.saturating_sub(state.forwarded);
+        let (kept, dropped) = bytes.split_at(bytes.len().min(room));
+        state.forwarded += kept.len();
+        state.dropped += dropped.len();
+        state.pending.extend_from_slice(kept);
+        while let Some(newline) = state
+            .pending
+            .iter()
+            .position(|&b| b == b'\n')
+            .or_else(|| (state.pending.len() >= MAX_LINE).then_some(MAX_LINE - 1))
+        {
+            let line: Vec<u8> = state.pending.drain(..=newline).collect();
+            state.emit(&line);
+        }
+    }
+}
+
+impl OutputState {
+    fn emit(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line).trim_end_matches(['\n', '\r']).to_string();
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text.clone());
+        self.events.log(&self.source, self.level, text);
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,124 @@
+//! The wasm runtime: one engine, the component cache, one linker per world,
+//! and the one place stores are built.
+//!
+//! Every store — an agent's, a connector instance's — comes from
+//! [`Runtime::new_store`], which installs the [`Limiter`], caps the resource
+//! table and arms the deadline. Nothing else creates stores, so no store can
+//! miss a limit.
+
+pub mod bindings;
+pub mod cache;
+mod convert;
+pub mod engine;
+pub mod guest_output;
+pub mod limits;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+
+use crate::events::EventLog;
+use crate::run::imports::AgentState;
+use crate::sandbox::wasm::ConnectorState;
+use bindings::agent::AgentPre;
+use bindings::connector::ConnectorPre;
+use cache::{CacheOutcome, ComponentCache};
+use engine::{arm_deadline, new_engine, wasm_error};
+pub use limits::{Limiter, Limits, StoreLimitsConfig};
+
+/// What every store's data carries for the runtime: the resource table and
+/// the limiter. Built only by [`Runtime::new_store`].
+pub struct StoreBase {
+    /// Handles the guest holds (sandboxes, sessions, WASI streams).
+    pub table: ResourceTable,
+    /// Enforces the store's memory, table and instance caps.
+    pub limiter: Limiter,
+}
+
+/// Store data that has a [`StoreBase`].
+pub trait HasStoreBase: Send + 'static {
+    /// The store's base.
+    fn base(&mut self) -> &mut StoreBase;
+}
+
+/// The engine, the compiled-component cache, and a linker per world.
+pub struct Runtime {
+    /// The one engine every component is compiled for.
+    pub engine: Engine,
+    /// The limits stores are built with.
+    pub limits: Limits,
+    cache: ComponentCache,
+    agent_linker: Linker<AgentState>,
+    connector_linker: Linker<ConnectorState>,
+}
+
+impl Runtime {
+    /// A runtime caching compiled components in `cache_dir` (`None`: no cache).
+    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> anyhow::Result<Self> {
+        let engine = new_engine()?;
+        let cache = ComponentCache::new(&engine, cache_dir);
+
+        let mut agent_linker = Linker::new(&engine);
+        // WASI is linked because guest toolchains import it; what a guest can
+        // reach through it is set by each store's WasiCtx (nothing but output).
+        wasmtime_wasi::p2::add_to_linker_async(&mut agent_linker).map_err(wasm_error)?;
+        bindings::agent::Agent::add_to_linker::<_, HasSelf<AgentState>>(&mut agent_linker, |state| state)
+            .map_err(wasm_error)?;
+
+        let mut connector_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut connector_linker).map_err(wasm_error)?;
+        bindings::connector::Connector::add_to_linker::<_, HasSelf<ConnectorState>>(&mut connector_linker, |state| {
+            state
+        })
+        .map_err(wasm_error)?;
+
+        Ok(Runtime { engine, limits, cache, agent_linker, connector_linker })
+    }
+
+    /// Compile (or load from the cache) a component. Compiling shows as a
+    /// progress step in `events`.
+    pub fn load_component(&self, bytes: &[u8], label: &str, events: &EventLog) -> anyhow::Result<Component> {
+        let mut progress = None;
+        let (component, outcome) = self.cache.load(&self.engine, bytes, || {
+            progress = Some(events.progress(format!("compiling {label}")));
+        })?;
+        drop(progress);
+        tracing::debug!("{label}: {}", if outcome == CacheOutcome::Hit { "loaded precompiled" } else { "compiled" });
+        Ok(component)
+    }
+
+    /// Type-check an agent against the agent world.
+    pub fn agent_pre(&self, component: &Component) -> anyhow::Result<AgentPre<AgentState>> {
+        let pre = self.agent_linker.instantiate_pre(component).map_err(|err| {
+            anyhow::anyhow!("not a flue agent (expected the flue:sandbox/agent world): {}", wasm_error(err))
+        })?;
+        AgentPre::new(pre).map_err(|err| anyhow::anyhow!("not a flue agent: {}", wasm_error(err)))
+    }
+
+    /// Type-check a connector against the connector world.
+    pub fn connector_pre(&self, component: &Component) -> anyhow::Result<ConnectorPre<ConnectorState>> {
+        let pre = self.connector_linker.instantiate_pre(component).map_err(wasm_error)?;
+        ConnectorPre::new(pre).map_err(wasm_error)
+    }
+
+    /// A store with every per-store limit applied: the limiter for `limits`,
+    /// the resource-table cap, and a deadline of `deadline` from now for
+    /// `what` (re-arm it with [`engine::arm_deadline`] before later calls).
+    pub fn new_store<T: HasStoreBase>(
+        &self,
+        limits: &StoreLimitsConfig,
+        what: &str,
+        deadline: Duration,
+        data: impl FnOnce(StoreBase) -> T,
+    ) -> Store<T> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.handles);
+        let base = StoreBase { table, limiter: Limiter::new(limits.clone()) };
+        let mut store = Store::new(&self.engine, data(base));
+        store.limiter(|data| &mut data.base().limiter);
+        arm_deadline(&mut store, what, deadline);
+        store
+    }
+}

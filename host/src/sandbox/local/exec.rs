@@ -1,0 +1,262 @@
+//! Running a command for the local sandbox: `bash -c` in the sandbox
+//! directory, under bubblewrap when available.
+//!
+//! * Only an allowlisted environment reaches the command: a fixed `PATH`,
+//!   `HOME`, `LANG`, `TMPDIR`, then the sandbox's and the call's variables.
+//!   Nothing of the host's environment (where secrets live) is passed on.
+//! * The command leads its own process group. On timeout the whole group is
+//!   killed (under bubblewrap, killing bwrap tears down the PID namespace), the
+//!   result has exit code 124, what was printed so far, and a note on stderr.
+//!   When the command exits, stragglers it left in its group are killed too,
+//!   so no process outlives the `exec` call.
+//! * Each output stream is capped; past the cap the rest is read and dropped
+//!   and a marker says how much was cut.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::sandbox::error::{SandboxError, SandboxResult};
+use crate::sandbox::{ExecOutput, TIMEOUT_EXIT_CODE};
+
+/// The `PATH` commands see.
+const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long to wait for the output pipes to close after the command exited
+/// and its process group was killed (a daemon that escaped the group may
+/// hold them open).
+const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// How commands are isolated.
+#[derive(Clone, Debug)]
+pub enum Isolation {
+    /// bubblewrap: read-only system, only the sandbox writable, fresh
+    /// namespaces (no network unless allowed).
+    Bubblewrap {
+        /// The `bwrap` binary.
+        bwrap: PathBuf,
+        /// Share the host's network (`--allow-network`).
+        allow_network: bool,
+    },
+    /// A plain child process in the sandbox directory.
+    None,
+}
+
+impl Isolation {
+    /// Whether commands run isolated.
+    pub fn is_isolated(&self) -> bool {
+        matches!(self, Isolation::Bubblewrap { .. })
+    }
+}
+
+/// Where a sandbox lives: `root` on the host, seen as `visible_root` by commands.
+pub struct CommandSpec<'a> {
+    pub command: &'a str,
+    pub root: &'a Path,
+    pub visible_root: &'a str,
+    /// Absolute path as commands see it.
+    pub cwd: &'a str,
+    pub env: &'a [(String, String)],
+    pub timeout: Option<Duration>,
+    pub output_cap: usize,
+}
+
+pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<ExecOutput> {
+    let mut command = match isolation {
+        Isolation::Bubblewrap { bwrap, allow_network } => {
+            let mut command = Command::new(bwrap);
+            command.args(bubblewrap_args(spec.root, spec.visible_root, spec.cwd, *allow_network));
+            command.arg("--").arg("bash").arg("-c").arg(spec.command);
+            command
+        }
+        Isolation::None => {
+            let rel = crate::sandbox::paths::strip_root(spec.visible_root, spec.cwd).ok_or_else(|| {
+                SandboxError::permission_denied(format!(
+                    "working directory {} is outside the sandbox root {} (commands run without isolation here)",
+                    spec.cwd, spec.visible_root
+                ))
+            })?;
+            let mut command = Command::new("bash");
+            command.arg("-c").arg(spec.command).current_dir(spec.root.join(rel));
+            command
+        }
+    };
+    command
+        .env_clear()
+        .env("PATH", SANDBOX_PATH)
+        .env("HOME", spec.visible_root)
+        .env("LANG", "C.UTF-8")
+        .env("TMPDIR", "/tmp")
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+
+    let mut child = command
+        .spawn()
+        .map_err(|err| SandboxError::other(format!("could not start the command: {err} (is bash installed?)")))?;
+    let pgid = child.id().map(|pid| pid as i32);
+    // If this future is dropped (the run's deadline), take the group down too.
+    let _group_guard = KillGroupOnDrop(pgid);
+
+    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), spec.output_cap));
+    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), spec.output_cap));
+
+    let waited = match spec.timeout {
+        Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
+        None => Some(child.wait().await),
+    };
+    kill_group(pgid);
+    let (exit_code, timed_out) = match waited {
+        Some(status) => {
+            let status = status.map_err(|err| SandboxError::other(format!("waiting for the command failed: {err}")))?;
+            (exit_code_of(status), false)
+        }
+        None => {
+            let _ = child.wait().await;
+            (TIMEOUT_EXIT_CODE, true)
+        }
+    };
+
+    let stdout = drain(stdout).await;
+    let mut stderr = drain(stderr).await;
+    if timed_out {
+        let limit = spec.timeout.unwrap_or_default();
+        stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
+    }
+    Ok(ExecOutput { stdout, stderr, exit_code, timed_out })
+}
+
+fn bubblewrap_args(root: &Path, visible_root: &str, cwd: &str, allow_network: bool) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--unshare-all".into(),
+        "--die-with-parent".into(),
+        // A new session: the command cannot inject input into our terminal.
+        "--new-session".into(),
+        "--hostname".into(),
+        "flue-sandbox".into(),
+        "--ro-bind".into(),
+        "/usr".into(),
+        "/usr".into(),
+    ];
+    if allow_network {
+        args.push("--share-net".into());
+    }
+    // Merged-/usr systems have these as symlinks; older ones as directories.
+    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(top);
+        match std::fs::read_link(&host) {
+            Ok(target) => args.extend([
+                "--symlink".into(),
+                target.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
+            Err(_) if host.is_dir() => args.extend([
+                "--ro-bind".into(),
+                host.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
+            Err(_) => {}
+        }
+    }
+    args.extend(["--ro-bind".into(), "/etc".into(), "/etc".into()]);
+    // Hashes of the host's passwords stay on the host.
+    for secret in ["/etc/shadow", "/etc/gshadow", "/etc/sudoers"] {
+        if Path::new(secret).exists() {
+            args.extend(["--ro-bind".into(), "/dev/null".into(), secret.into()]);
+        }
+    }
+    args.extend([
+        "--proc".into(),
+        "/proc".into(),
+        "--dev".into(),
+        "/dev".into(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+        "--bind".into(),
+        root.to_string_lossy().into_owned(),
+        visible_root.into(),
+        "--chdir".into(),
+        cwd.into(),
+    ]);
+    args
+}
+
+fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn kill_group(pgid: Option<i32>) {
+    if let Some(pgid) = pgid.and_then(rustix::process::Pid::from_raw) {
+        // ESRCH (already gone) is the common, fine case.
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
+}
+
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
+/// Read a stream to its end, keeping the first `cap` bytes.
+async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> String {
+    let mut kept = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                dropped += (n - n.min(room)) as u64;
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!("\n[flue: output truncated: kept the first {cap} bytes, dropped {dropped} more]\n"));
+    }
+    text
+}
+
+async fn drain(reader: tokio::task::JoinHandle<String>) -> String {
+    let abort = reader.abort_handle();
+    match tokio::time::timeout(PIPE_DRAIN_GRACE, reader).await {
+        Ok(Ok(text)) => text,
+        _ => {
+            abort.abort();
+            String::new()
+        }
+    }
+}
+
+/// Find a working bubblewrap: on the PATH and able to create namespaces here.
+pub async fn probe_bubblewrap() -> Result<PathBuf, String> {
+    let Some(bwrap) = crate::guest::which::find_on_path("bwrap") else {
+        return Err("bubblewrap (bwrap) is not installed".into());
+    };
+    let output = Command::new(&bwrap)
+        .args(["--unshare-all", "--ro-bind", "/", "/", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|err| format!("could not run {}: {err}", bwrap.display()))?;
+    if output.status.success() {
+        Ok(bwrap)
+    } else {
+        Err(format!(
+            "{} cannot create namespaces here: {}",
+            bwrap.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}

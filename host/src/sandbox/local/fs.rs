@@ -1,0 +1,194 @@
+//! File operations confined to one directory, safe against symlink escapes.
+//!
+//! The local sandbox's file API runs in the host process, so a command that
+//! plants `ln -s / escape` must not let `read-file escape/etc/shadow` read the
+//! host. Every path is opened with `openat2(RESOLVE_BENEATH)` relative to a
+//! directory fd of the root: the kernel refuses (EXDEV) any resolution that
+//! would leave the root, whatever symlinks or races the sandbox sets up.
+//!
+//! Paths here are relative to the root, normalised, and contain no `..`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+
+use crate::sandbox::FileStat;
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+pub struct ConfinedRoot {
+    root: OwnedFd,
+}
+
+impl ConfinedRoot {
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let root = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(ConfinedRoot { root })
+    }
+
+    fn open_beneath(&self, rel: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        Ok(rustix::fs::openat2(&self.root, rel, flags | OFlags::CLOEXEC, mode, RESOLVE)?)
+    }
+
+    /// The directory containing `rel`'s last component, and that component.
+    fn parent_of<'a>(&self, rel: &'a str) -> io::Result<(OwnedFd, &'a str)> {
+        let (parent, name) = match rel.rfind('/') {
+            Some(at) => (&rel[..at], &rel[at + 1..]),
+            None => ("", rel),
+        };
+        if name.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the sandbox root itself"));
+        }
+        let dir = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+        Ok((dir, name))
+    }
+
+    pub fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        let fd = self.open_beneath(rel, OFlags::RDONLY, Mode::empty())?;
+        let mut file = File::from(fd);
+        if file.metadata()?.is_dir() {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        Ok(data)
+    }
+
+    /// Create or truncate `rel` and write `data`. The parent must exist.
+    pub fn write(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        let fd = self.open_beneath(rel, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, Mode::from_raw_mode(0o644))?;
+        let mut file = File::from(fd);
+        file.write_all(data)?;
+        file.flush()
+    }
+
+    pub fn mkdir(&self, rel: &str, recursive: bool) -> io::Result<()> {
+        if !recursive {
+            let (parent, name) = self.parent_of(rel)?;
+            return Ok(rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755))?);
+        }
+        // Create each missing component, resolving its parent afresh beneath
+        // the root every time so that no symlink can redirect the walk.
+        let mut end = 0;
+        while end < rel.len() {
+            end = rel[end..].find('/').map(|i| end + i).unwrap_or(rel.len());
+            let prefix = &rel[..end];
+            end += 1;
+            let (parent, name) = self.parent_of(prefix)?;
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => {
+                    // Exists: fine if it is (or leads, within the root, to) a directory.
+                    self.open_beneath(prefix, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `lstat` semantics for `is_symlink`; for a link, the other fields
+    /// describe its target when that lies inside the root.
+    pub fn stat(&self, rel: &str) -> io::Result<FileStat> {
+        if rel.is_empty() {
+            return Ok(to_file_stat(&rustix::fs::fstat(&self.root)?, false));
+        }
+        let (parent, name) = self.parent_of(rel)?;
+        let lstat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(lstat.st_mode) != FileType::Symlink {
+            return Ok(to_file_stat(&lstat, false));
+        }
+        match self.open_beneath(rel, OFlags::PATH, Mode::empty()).and_then(|fd| Ok(rustix::fs::fstat(&fd)?)) {
+            Ok(target) => Ok(to_file_stat(&target, true)),
+            // Dangling, or pointing outside the sandbox: say only what we know.
+            Err(_) => Ok(FileStat { is_symlink: Some(true), ..to_file_stat(&lstat, true) }),
+        }
+    }
+
+    pub fn readdir(&self, rel: &str) -> io::Result<Vec<String>> {
+        let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        let mut names = Vec::new();
+        for entry in Dir::new(fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn rm(&self, rel: &str, recursive: bool) -> io::Result<()> {
+        let (parent, name) = self.parent_of(rel)?;
+        let lstat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(lstat.st_mode) != FileType::Directory {
+            return Ok(rustix::fs::unlinkat(&parent, name, AtFlags::empty())?);
+        }
+        if !recursive {
+            return match rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+                Err(rustix::io::Errno::NOTEMPTY) => Err(io::Error::new(
+                    io::ErrorKind::DirectoryNotEmpty,
+                    "directory not empty (pass recursive to remove it with its contents)",
+                )),
+                other => Ok(other?),
+            };
+        }
+        // std's remove_dir_all never follows symlinks inside the tree; the
+        // /proc/self/fd path pins the already-confined parent directory.
+        std::fs::remove_dir_all(format!("/proc/self/fd/{}/{name}", parent.as_fd().as_raw_fd()))
+    }
+}
+
+fn to_file_stat(stat: &Stat, is_symlink: bool) -> FileStat {
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    FileStat {
+        is_file: file_type == FileType::RegularFile,
+        is_directory: file_type == FileType::Directory,
+        is_symlink: Some(is_symlink),
+        size: Some(stat.st_size as u64),
+        mtime_ms: Some(stat.st_mtime * 1000 + stat.st_mtime_nsec as i64 / 1_000_000),
+        mode: Some(stat.st_mode & 0o7777),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_cannot_escape_the_root() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink("/", root.path().join("slash")).unwrap();
+        let confined = ConfinedRoot::open(root.path()).unwrap();
+
+        let err = confined.read("escape/secret").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+        assert!(confined.write("escape/planted", b"x").is_err());
+        assert!(!outside.path().join("planted").exists());
+        assert!(confined.readdir("slash").is_err());
+        assert!(confined.mkdir("escape/sub", true).is_err());
+        // Removing the link removes the link, never what it points to.
+        confined.rm("escape", true).unwrap();
+        assert!(outside.path().join("secret").exists());
+    }
+
+    #[test]
+    fn symlinks_inside_the_root_work() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", root.path().join("link")).unwrap();
+        let confined = ConfinedRoot::open(root.path()).unwrap();
+        confined.write("link/f.txt", b"hi").unwrap();
+        assert_eq!(confined.read("real/f.txt").unwrap(), b"hi");
+        let stat = confined.stat("link").unwrap();
+        assert_eq!(stat.is_symlink, Some(true));
+        assert!(stat.is_directory);
+    }
+}

@@ -1,0 +1,360 @@
+//! The built-in `local` sandbox: a directory on this machine, commands run
+//! with `bash -c` in it, isolated with bubblewrap when available.
+//!
+//! Sandboxes live under a base directory as `<id>/` (the files) beside
+//! `<id>.json` (name, labels, env), so a kept sandbox can be reused by id in a
+//! later run. `--workdir DIR` instead uses DIR itself, which is never deleted.
+//! Under bubblewrap commands see the sandbox at [`VISIBLE_ROOT`]; without it
+//! they see the real directory, and the host says once that commands are not
+//! isolated.
+
+mod exec;
+mod fs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use exec::{Isolation, probe_bubblewrap};
+use fs::ConfinedRoot;
+
+use crate::sandbox::error::{SandboxError, SandboxResult};
+use crate::sandbox::{
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+};
+
+/// Where commands see the sandbox directory when isolated.
+pub const VISIBLE_ROOT: &str = "/workspace";
+/// Default cap per output stream of one command.
+pub const DEFAULT_OUTPUT_CAP: usize = 8 * 1024 * 1024;
+
+/// Settings of the local connector. The defaults are the safe ones: isolated
+/// when bubblewrap works, no network, sandboxes in the system temp directory.
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    /// Where sandboxes are created (default: `$TMPDIR/flue-local`).
+    pub base_dir: PathBuf,
+    /// Use this directory as the sandbox instead of a fresh one.
+    pub workdir: Option<PathBuf>,
+    /// How commands are isolated.
+    pub isolation: Isolation,
+    /// Bytes kept per output stream of one command.
+    pub output_cap: usize,
+    /// Where isolated commands see the sandbox (default [`VISIBLE_ROOT`]).
+    pub visible_root: String,
+}
+
+impl LocalConfig {
+    /// The defaults, with `isolation`.
+    pub fn new(isolation: Isolation) -> Self {
+        LocalConfig {
+            base_dir: std::env::temp_dir().join("flue-local"),
+            workdir: None,
+            isolation,
+            output_cap: DEFAULT_OUTPUT_CAP,
+            visible_root: VISIBLE_ROOT.into(),
+        }
+    }
+}
+
+/// The built-in `local` connector.
+pub struct LocalConnector {
+    config: LocalConfig,
+    info: ConnectorInfo,
+    warned_unisolated: AtomicBool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Metadata {
+    name: Option<String>,
+    labels: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+}
+
+impl LocalConnector {
+    /// A connector with `config`.
+    pub fn new(config: LocalConfig) -> Self {
+        let info = ConnectorInfo {
+            name: "local".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "A directory on this machine; commands run with bash, isolated by bubblewrap when available"
+                .into(),
+            config: Vec::new(),
+            allowed_hosts: Vec::new(),
+            merges_output: false,
+        };
+        LocalConnector { config, info, warned_unisolated: AtomicBool::new(false) }
+    }
+
+    fn warn_once_if_unisolated(&self) {
+        if !self.config.isolation.is_isolated() && !self.warned_unisolated.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "local sandbox is NOT isolated: commands run as your user with access to this machine's files and \
+                 network (install bubblewrap, e.g. `apt-get install bubblewrap`, for isolation)"
+            );
+        }
+    }
+
+    fn paths_for(&self, id: &str) -> SandboxResult<(PathBuf, PathBuf)> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(SandboxError::invalid_input(format!("{id:?} is not a local sandbox id (like local-1a2b3c4d)")));
+        }
+        Ok((self.config.base_dir.join(id), self.config.base_dir.join(format!("{id}.json"))))
+    }
+
+    fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        self.warn_once_if_unisolated();
+        let confined = ConfinedRoot::open(&root)
+            .map_err(|err| SandboxError::other(format!("cannot open sandbox directory {}: {err}", root.display())))?;
+        let visible_root = if self.config.isolation.is_isolated() {
+            self.config.visible_root.clone()
+        } else {
+            root.to_string_lossy().into_owned()
+        };
+        Ok(Arc::new(LocalSandbox {
+            id,
+            root,
+            visible_root,
+            confined: Arc::new(confined),
+            env: metadata.env,
+            isolation: self.config.isolation.clone(),
+            output_cap: self.config.output_cap,
+        }))
+    }
+}
+
+fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
+    SandboxError::other(format!("{context} {}: {err}", path.display()))
+}
+
+#[async_trait]
+impl Connector for LocalConnector {
+    fn info(&self) -> &ConnectorInfo {
+        &self.info
+    }
+
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        if options.image.is_some() || options.snapshot.is_some() || options.resources.is_some() {
+            tracing::warn!(
+                "the local sandbox ignores image, snapshot and resources: commands use this machine's system"
+            );
+        }
+        let metadata =
+            Metadata { name: options.name.clone(), labels: options.labels.clone(), env: options.env.clone() };
+        if let Some(dir) = &self.config.workdir {
+            std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
+            let dir = dir.canonicalize().map_err(|err| io_error("cannot resolve", dir, err))?;
+            return self.open("local-workdir".into(), dir, metadata);
+        }
+        let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (root, meta_path) = self.paths_for(&id)?;
+        std::fs::create_dir_all(&root).map_err(|err| io_error("cannot create sandbox directory", &root, err))?;
+        let json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+        std::fs::write(&meta_path, json).map_err(|err| io_error("cannot write", &meta_path, err))?;
+        self.open(id, root, metadata)
+    }
+
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let (root, meta_path) = self.paths_for(id)?;
+        let metadata: Metadata = match std::fs::read(&meta_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => {
+                return Err(SandboxError::not_found(format!(
+                    "no local sandbox {id} in {} (was it created with --keep?)",
+                    self.config.base_dir.display()
+                )));
+            }
+        };
+        self.open(id.to_string(), root, metadata)
+    }
+
+    async fn delete(&self, id: &str) -> SandboxResult<()> {
+        if id == "local-workdir" {
+            // The user's own directory: never ours to delete.
+            return Ok(());
+        }
+        let (root, meta_path) = self.paths_for(id)?;
+        if !meta_path.exists() {
+            return Err(SandboxError::not_found(format!("no local sandbox {id}")));
+        }
+        std::fs::remove_dir_all(&root).or_else(ignore_missing).map_err(|err| io_error("cannot remove", &root, err))?;
+        std::fs::remove_file(&meta_path)
+            .or_else(ignore_missing)
+            .map_err(|err| io_error("cannot remove", &meta_path, err))?;
+        Ok(())
+    }
+
+    async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.config.base_dir) else {
+            return Ok(found);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let (Some(id), Some("json")) =
+                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
+            else {
+                continue;
+            };
+            let Ok(metadata) = std::fs::read(&path).map(|b| serde_json::from_slice::<Metadata>(&b).unwrap_or_default())
+            else {
+                continue;
+            };
+            if labels.iter().all(|wanted| metadata.labels.contains(wanted)) {
+                found.push(SandboxSummary {
+                    id: id.to_string(),
+                    name: metadata.name,
+                    state: "started".into(),
+                    labels: metadata.labels,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+}
+
+fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
+    if err.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(err) }
+}
+
+/// One local sandbox: a directory, and how its commands run.
+pub struct LocalSandbox {
+    id: String,
+    root: PathBuf,
+    visible_root: String,
+    confined: Arc<ConfinedRoot>,
+    env: Vec<(String, String)>,
+    isolation: Isolation,
+    output_cap: usize,
+}
+
+impl LocalSandbox {
+    /// The part of `path` under the sandbox root, or a clear refusal.
+    fn relative<'a>(&self, path: &'a str) -> SandboxResult<&'a str> {
+        crate::sandbox::paths::strip_root(&self.visible_root, path).ok_or_else(|| {
+            SandboxError::permission_denied(format!(
+                "{path} is outside the sandbox root {}: the local sandbox's files live under it",
+                self.visible_root
+            ))
+        })
+    }
+
+    /// Run a blocking confined-filesystem call off the async runtime.
+    async fn with_fs<T: Send + 'static>(
+        &self,
+        path: &str,
+        op: impl FnOnce(&ConfinedRoot, &str) -> std::io::Result<T> + Send + 'static,
+    ) -> SandboxResult<T> {
+        let rel = self.relative(path)?.to_string();
+        let confined = self.confined.clone();
+        let shown = path.to_string();
+        tokio::task::spawn_blocking(move || op(&confined, &rel))
+            .await
+            .map_err(|err| SandboxError::other(format!("file operation failed: {err}")))?
+            .map_err(|err| SandboxError::from_io(&err, &shown))
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for LocalSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn workdir(&self) -> &str {
+        &self.visible_root
+    }
+
+    fn connector(&self) -> &str {
+        "local"
+    }
+
+    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>> {
+        self.with_fs(path, |fs, rel| fs.read(rel)).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {
+        let data = data.to_vec();
+        self.with_fs(path, move |fs, rel| fs.write(rel, &data)).await
+    }
+
+    async fn stat(&self, path: &str) -> SandboxResult<FileStat> {
+        self.with_fs(path, |fs, rel| fs.stat(rel)).await
+    }
+
+    async fn readdir(&self, path: &str) -> SandboxResult<Vec<String>> {
+        self.with_fs(path, |fs, rel| fs.readdir(rel)).await
+    }
+
+    async fn exists(&self, path: &str) -> SandboxResult<bool> {
+        if self.relative(path).is_err() {
+            return Ok(false);
+        }
+        self.with_fs(path, |fs, rel| match fs.stat(rel) {
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        })
+        .await
+    }
+
+    async fn mkdir(&self, path: &str, recursive: bool) -> SandboxResult<()> {
+        if self.relative(path)?.is_empty() {
+            return if recursive {
+                Ok(())
+            } else {
+                Err(SandboxError::new(crate::sandbox::error::ErrorKind::AlreadyExists, format!("{path}: File exists")))
+            };
+        }
+        self.with_fs(path, move |fs, rel| fs.mkdir(rel, recursive)).await
+    }
+
+    async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()> {
+        if self.relative(path)?.is_empty() {
+            return Err(SandboxError::permission_denied(format!("refusing to remove the sandbox root {path}")));
+        }
+        match self.with_fs(path, move |fs, rel| fs.rm(rel, recursive)).await {
+            Err(err) if force && err.kind == crate::sandbox::error::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {
+        // A missing working directory inside the sandbox gets a clear error
+        // rather than bubblewrap's or the shell's.
+        if let Some(rel) = crate::sandbox::paths::strip_root(&self.visible_root, &request.cwd) {
+            let rel = rel.to_string();
+            let stat = self
+                .with_fs(&request.cwd, move |fs, _| fs.stat(&rel))
+                .await
+                .map_err(|err| SandboxError::new(err.kind, format!("working directory {}", err.message)))?;
+            if !stat.is_directory {
+                return Err(SandboxError::new(
+                    crate::sandbox::error::ErrorKind::NotADirectory,
+                    format!("working directory {} is not a directory", request.cwd),
+                ));
+            }
+        }
+        let mut env = self.env.clone();
+        env.extend(request.env.iter().cloned());
+        exec::run(
+            &self.isolation,
+            exec::CommandSpec {
+                command: &request.command,
+                root: &self.root,
+                visible_root: &self.visible_root,
+                cwd: &request.cwd,
+                env: &env,
+                timeout: request.timeout,
+                output_cap: self.output_cap,
+            },
+        )
+        .await
+    }
+}

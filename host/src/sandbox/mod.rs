@@ -1,0 +1,214 @@
+//! Sandboxes: the seam between the host and whatever provides them.
+//!
+//! A [`Connector`] creates, finds and deletes sandboxes; a [`SandboxBackend`]
+//! is one sandbox. Built-in backends ([`local`]) implement these natively;
+//! wasm connectors ([`wasm`]) by calling into their component. The
+//! [`registry`] finds both by name. Backends see only absolute, normalised
+//! paths: session semantics (cwd, relative paths, parent creation, events)
+//! live once, in [`session`].
+//!
+//! A new built-in backend is a module here plus one line in
+//! [`builtin_backends`].
+
+pub mod conformance;
+pub mod error;
+pub mod local;
+pub mod paths;
+pub mod registry;
+pub mod session;
+pub mod wasm;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use error::SandboxResult;
+use local::{Isolation, LocalConfig, LocalConnector};
+
+/// What the user chose for the built-in backends (flags of `flue run` and
+/// the other commands).
+#[derive(Clone, Debug)]
+pub struct BuiltinSettings {
+    /// How `local` isolates commands.
+    pub isolation: Isolation,
+    /// `local`: use this directory as the sandbox (`--workdir`).
+    pub workdir: Option<PathBuf>,
+}
+
+/// The built-in backends, registered by name like any connector.
+pub fn builtin_backends(settings: &BuiltinSettings) -> Vec<Arc<dyn Connector>> {
+    let mut local = LocalConfig::new(settings.isolation.clone());
+    local.workdir = settings.workdir.clone();
+    vec![Arc::new(LocalConnector::new(local))]
+}
+
+/// A command to run, with its working directory already resolved.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    /// Shell command line.
+    pub command: String,
+    /// Absolute path inside the sandbox.
+    pub cwd: String,
+    /// Variables for this command only.
+    pub env: Vec<(String, String)>,
+    /// Kill the command after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What a command printed and how it ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExecOutput {
+    /// Standard output (UTF-8, invalid sequences replaced).
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exit code; 124 when killed by its timeout, 128+N when killed by signal N.
+    pub exit_code: i32,
+    /// Whether the command was killed by its timeout (its exit code is then
+    /// [`TIMEOUT_EXIT_CODE`]; a command may also exit 124 on its own).
+    pub timed_out: bool,
+}
+
+/// Exit code of a command killed by its timeout, as with coreutils `timeout`.
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// What is known about a path; unknown fields stay `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileStat {
+    /// A regular file.
+    pub is_file: bool,
+    /// A directory.
+    pub is_directory: bool,
+    /// Whether the path itself is a symbolic link.
+    pub is_symlink: Option<bool>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub mtime_ms: Option<i64>,
+    /// Unix permission bits.
+    pub mode: Option<u32>,
+}
+
+/// Machine size of a new sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    /// CPU cores.
+    pub cpu: Option<u32>,
+    /// Memory, GiB.
+    pub memory_gib: Option<u32>,
+    /// Disk, GiB.
+    pub disk_gib: Option<u32>,
+    /// GPUs.
+    pub gpu: Option<u32>,
+}
+
+/// How to create a sandbox (the WIT `create-options`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateOptions {
+    /// Container image (remote backends).
+    pub image: Option<String>,
+    /// Snapshot to start from (remote backends).
+    pub snapshot: Option<String>,
+    /// Variables every command sees.
+    pub env: Vec<(String, String)>,
+    /// Labels to find it again with `list`.
+    pub labels: Vec<(String, String)>,
+    /// A human-readable name.
+    pub name: Option<String>,
+    /// Stop after this many idle minutes.
+    pub auto_stop_minutes: Option<u32>,
+    /// Machine size.
+    pub resources: Option<Resources>,
+}
+
+/// One sandbox, as `list` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SandboxSummary {
+    /// Its id.
+    pub id: String,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// Provider state, e.g. `started`.
+    pub state: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+}
+
+/// A setting a connector reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigKey {
+    /// The variable's name, e.g. `DAYTONA_API_KEY`.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Never handed to the connector; filled into HTTP headers by the host.
+    pub secret: bool,
+    /// The connector cannot work without it.
+    pub required: bool,
+    /// Used when unset.
+    pub default_value: Option<String>,
+}
+
+/// What a connector says about itself (`lifecycle.info`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnectorInfo {
+    /// Its short name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// One line about it.
+    pub description: String,
+    /// The settings it reads.
+    pub config: Vec<ConfigKey>,
+    /// Origins it may call.
+    pub allowed_hosts: Vec<String>,
+    /// `exec` returns stderr merged into stdout.
+    pub merges_output: bool,
+}
+
+/// One sandbox. Paths are absolute and normalised.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync {
+    /// The provider's id.
+    fn id(&self) -> &str;
+    /// The default working directory, absolute.
+    fn workdir(&self) -> &str;
+    /// Name of the connector that owns this sandbox.
+    fn connector(&self) -> &str;
+
+    /// Read a whole file.
+    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>>;
+    /// Create or replace a file. May fail with `not-found` when the parent is
+    /// missing; the session layer then creates it and retries.
+    async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()>;
+    /// What is known about a path.
+    async fn stat(&self, path: &str) -> SandboxResult<FileStat>;
+    /// Entry names of a directory.
+    async fn readdir(&self, path: &str) -> SandboxResult<Vec<String>>;
+    /// `Ok(false)` for a missing path.
+    async fn exists(&self, path: &str) -> SandboxResult<bool>;
+    /// Create a directory.
+    async fn mkdir(&self, path: &str, recursive: bool) -> SandboxResult<()>;
+    /// Remove a path.
+    async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()>;
+    /// Run a command.
+    async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput>;
+}
+
+/// A provider of sandboxes.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// What it says about itself.
+    fn info(&self) -> &ConnectorInfo;
+    /// Create a sandbox and wait until it accepts commands.
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>>;
+    /// Attach to an existing sandbox.
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>>;
+    /// Delete a sandbox.
+    async fn delete(&self, id: &str) -> SandboxResult<()>;
+    /// Sandboxes carrying all of `labels`.
+    async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>>;
+}

@@ -1,0 +1,178 @@
+//! Finding connectors by name: the built-in backends, and every `*.wasm`
+//! file in the connectors directory.
+//!
+//! Built-ins are registered by their `info().name`; a file is known by its
+//! name (`connectors/daytona.wasm` is `daytona`) and loaded only when asked
+//! for, so one bad file never stops the others, nor a run that does not use
+//! it. Load failures are one line naming the file and the reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::{ErrorKind, SandboxError};
+use super::{Connector, ConnectorInfo};
+use crate::events::EventLog;
+use crate::runtime::Runtime;
+
+/// Why a connector could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The file exists but is not a usable connector.
+    #[error("{}: {reason}", file.display())]
+    Load {
+        /// The connector file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No built-in and no file has this name.
+    #[error("no connector named {name:?}: available are {available} (add one by dropping NAME.wasm into {})", dir.display())]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        available: String,
+        /// The connectors directory.
+        dir: PathBuf,
+    },
+    /// A required setting is not set.
+    #[error("connector {connector} needs {key}: {description} Set it in the environment or in an --env file.")]
+    MissingConfig {
+        /// The connector.
+        connector: String,
+        /// The setting.
+        key: String,
+        /// What the connector says it is for.
+        description: String,
+    },
+}
+
+impl ConnectorError {
+    /// The error as an agent sees it.
+    pub fn into_sandbox_error(self) -> SandboxError {
+        let kind = match &self {
+            ConnectorError::Unknown { .. } => ErrorKind::NotFound,
+            ConnectorError::MissingConfig { .. } => ErrorKind::Auth,
+            ConnectorError::Load { .. } => ErrorKind::Other,
+        };
+        SandboxError::new(kind, self.to_string())
+    }
+}
+
+/// One entry of `flue connectors`.
+pub struct ConnectorListing {
+    /// The name it is used by.
+    pub name: String,
+    /// `None` for built-in connectors.
+    pub file: Option<PathBuf>,
+    /// What it says about itself, or why it cannot be loaded.
+    pub info: Result<ConnectorInfo, ConnectorError>,
+}
+
+/// The connectors a host knows: built-ins by name, files by file name.
+pub struct ConnectorRegistry {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    builtins: BTreeMap<String, Arc<dyn Connector>>,
+    /// Configuration values (environment and --env files); connectors see
+    /// only the keys they declare.
+    config: HashMap<String, String>,
+}
+
+impl ConnectorRegistry {
+    /// A registry of `builtins` (by their `info().name`) and the `*.wasm`
+    /// files in `dir`, configured from `config`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+        builtins: Vec<Arc<dyn Connector>>,
+        config: HashMap<String, String>,
+    ) -> Self {
+        let builtins = builtins.into_iter().map(|c| (c.info().name.clone(), c)).collect();
+        ConnectorRegistry { runtime, dir, builtins, config }
+    }
+
+    /// The connectors directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `*.wasm` files in the connectors directory, sorted by name.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    fn available(&self) -> String {
+        let files = self.files();
+        let from_files = files.iter().filter_map(|f| f.file_stem()).map(|s| s.to_string_lossy());
+        self.builtins.keys().cloned().chain(from_files.map(|s| s.into_owned())).collect::<Vec<_>>().join(", ")
+    }
+
+    /// A connector ready for a run: a built-in, or `<dir>/<name>.wasm`
+    /// instantiated with its configuration checked.
+    pub async fn connector(&self, name: &str, events: &EventLog) -> Result<Arc<dyn Connector>, ConnectorError> {
+        if let Some(builtin) = self.builtins.get(name) {
+            return Ok(builtin.clone());
+        }
+        let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let file = self.dir.join(format!("{name}.wasm"));
+        if !valid_name || !file.is_file() {
+            return Err(ConnectorError::Unknown {
+                name: name.into(),
+                available: self.available(),
+                dir: self.dir.clone(),
+            });
+        }
+        self.connector_from_file(&file, events).await
+    }
+
+    /// A connector from any `.wasm` file, its required configuration checked.
+    pub async fn connector_from_file(
+        &self,
+        file: &Path,
+        events: &EventLog,
+    ) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let connector = super::wasm::load(&self.runtime, file, &self.config, events).await?;
+        for key in connector.info().config.iter().filter(|k| k.required) {
+            if !self.config.contains_key(&key.name) && key.default_value.is_none() {
+                return Err(ConnectorError::MissingConfig {
+                    connector: connector.info().name.clone(),
+                    key: key.name.clone(),
+                    description: key.description.clone(),
+                });
+            }
+        }
+        Ok(Arc::new(connector))
+    }
+
+    /// What a connector file says about itself (no configuration needed).
+    pub async fn inspect(&self, file: &Path) -> Result<ConnectorInfo, ConnectorError> {
+        super::wasm::load(&self.runtime, file, &self.config, &EventLog::discard()).await.map(|c| c.info().clone())
+    }
+
+    /// Every connector with its info or its load error: built-ins first.
+    pub async fn list(&self) -> Vec<ConnectorListing> {
+        let mut listings: Vec<ConnectorListing> = self
+            .builtins
+            .iter()
+            .map(|(name, c)| ConnectorListing { name: name.clone(), file: None, info: Ok(c.info().clone()) })
+            .collect();
+        for file in self.files() {
+            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let info = self.inspect(&file).await;
+            listings.push(ConnectorListing { name, file: Some(file), info });
+        }
+        listings
+    }
+}

@@ -1,0 +1,250 @@
+//! Wasm connectors: the [`Connector`]/[`SandboxBackend`] implementations
+//! that call a connector component's exports.
+//!
+//! Each connector instance runs in its own store ([`ConnectorState`]), with
+//! its own memory limit, a deadline re-armed before every call, and only the
+//! grants its `info()` declared ([`load`]). A trap poisons the instance:
+//! every later call, and every sandbox handle into it, fails with a clear
+//! error instead of a confusing one.
+
+mod imports;
+mod load;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+pub use imports::ConnectorState;
+pub(crate) use load::load;
+
+use crate::runtime::bindings::connector::Connector as ConnectorBindings;
+use crate::runtime::bindings::types;
+use crate::runtime::engine::arm_deadline;
+use crate::sandbox::error::{SandboxError, SandboxResult};
+use crate::sandbox::{
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+};
+
+type CallFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
+
+/// The live instance: its store and bindings, behind a lock (calls into one
+/// instance are serialised).
+pub(crate) struct Instance {
+    pub(crate) store: Store<ConnectorState>,
+    pub(crate) bindings: ConnectorBindings,
+    /// Why the instance is unusable, once it trapped.
+    pub(crate) poisoned: Option<String>,
+}
+
+/// A running wasm connector.
+pub struct WasmConnector {
+    info: ConnectorInfo,
+    instance: Arc<tokio::sync::Mutex<Instance>>,
+    call_limit: Duration,
+}
+
+impl WasmConnector {
+    pub(crate) fn new(info: ConnectorInfo, instance: Instance, call_limit: Duration) -> Self {
+        WasmConnector { info, instance: Arc::new(tokio::sync::Mutex::new(instance)), call_limit }
+    }
+}
+
+/// Call into a connector instance under a deadline, turning traps into
+/// errors and poisoning the instance.
+async fn call<T: Send>(
+    instance: &tokio::sync::Mutex<Instance>,
+    connector: &str,
+    what: &str,
+    limit: Duration,
+    f: impl for<'a> FnOnce(&'a mut Store<ConnectorState>, &'a ConnectorBindings) -> CallFuture<'a, T>,
+) -> SandboxResult<T> {
+    let mut guard = instance.lock().await;
+    let instance = &mut *guard;
+    if let Some(reason) = &instance.poisoned {
+        return Err(SandboxError::other(format!(
+            "connector {connector} crashed earlier ({reason}); its sandboxes cannot be used in this run"
+        )));
+    }
+    arm_deadline(&mut instance.store, &format!("connector {connector} ({what})"), limit);
+    match f(&mut instance.store, &instance.bindings).await {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let reason = match instance.store.data().base.limiter.memory_refused() {
+                Some(_) => format!(
+                    "it ran out of memory (its limit is {} MiB)",
+                    instance.store.data().base.limiter.config().memory_bytes >> 20
+                ),
+                None => instance.store.data().grants.http.redact(&crate::events::one_line(&format!("{err:#}"), 300)),
+            };
+            instance.poisoned = Some(reason.clone());
+            Err(SandboxError::other(format!("connector {connector} crashed during {what}: {reason}")))
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for WasmConnector {
+    fn info(&self) -> &ConnectorInfo {
+        &self.info
+    }
+
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let options = types::CreateOptions::from(options);
+        let resource = call(&self.instance, &self.info.name, "create", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_create(store, &options).await })
+        })
+        .await?
+        .map_err(SandboxError::from)?;
+        self.sandbox(resource).await
+    }
+
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let id = id.to_string();
+        let resource = call(&self.instance, &self.info.name, "connect", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_connect(store, &id).await })
+        })
+        .await?
+        .map_err(SandboxError::from)?;
+        self.sandbox(resource).await
+    }
+
+    async fn delete(&self, id: &str) -> SandboxResult<()> {
+        let id = id.to_string();
+        call(&self.instance, &self.info.name, "delete", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_delete(store, &id).await })
+        })
+        .await?
+        .map_err(SandboxError::from)
+    }
+
+    async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>> {
+        let labels = labels.to_vec();
+        let found = call(&self.instance, &self.info.name, "list", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_list(store, &labels).await })
+        })
+        .await?
+        .map_err(SandboxError::from)?;
+        Ok(found.into_iter().map(Into::into).collect())
+    }
+}
+
+impl WasmConnector {
+    async fn sandbox(&self, resource: ResourceAny) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let (id, workdir) = call(&self.instance, &self.info.name, "id", self.call_limit, |store, b| {
+            Box::pin(async move {
+                let api = b.flue_sandbox_sandbox_api().sandbox();
+                let id = api.call_id(&mut *store, resource).await?;
+                let workdir = api.call_workdir(&mut *store, resource).await?;
+                Ok((id, workdir))
+            })
+        })
+        .await?;
+        let workdir = crate::sandbox::paths::resolve("/", &workdir).map_err(|err| {
+            SandboxError::other(format!("connector {} gave an invalid workdir: {err}", self.info.name))
+        })?;
+        Ok(Arc::new(WasmSandbox {
+            connector: self.info.name.clone(),
+            id,
+            workdir,
+            resource,
+            instance: self.instance.clone(),
+            call_limit: self.call_limit,
+        }))
+    }
+}
+
+/// A sandbox served by a wasm connector.
+pub struct WasmSandbox {
+    connector: String,
+    id: String,
+    workdir: String,
+    resource: ResourceAny,
+    instance: Arc<tokio::sync::Mutex<Instance>>,
+    call_limit: Duration,
+}
+
+/// Call a `sandbox` method of the connector; flatten its `result`.
+macro_rules! sandbox_call {
+    ($self:ident, $what:literal, $limit:expr, |$api:ident, $store:ident, $res:ident| $body:expr) => {{
+        let $res = $self.resource;
+        call(&$self.instance, &$self.connector, $what, $limit, |$store, b| {
+            Box::pin(async move {
+                let $api = b.flue_sandbox_sandbox_api().sandbox();
+                $body.await
+            })
+        })
+        .await?
+        .map_err(SandboxError::from)
+    }};
+}
+
+#[async_trait]
+impl SandboxBackend for WasmSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn workdir(&self) -> &str {
+        &self.workdir
+    }
+
+    fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>> {
+        let path = path.to_string();
+        sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api.call_read_file(store, res, &path))
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {
+        let (path, data) = (path.to_string(), data.to_vec());
+        sandbox_call!(self, "write-file", self.call_limit, |api, store, res| api
+            .call_write_file(store, res, &path, &data))
+    }
+
+    async fn stat(&self, path: &str) -> SandboxResult<FileStat> {
+        let path = path.to_string();
+        sandbox_call!(self, "stat", self.call_limit, |api, store, res| api.call_stat(store, res, &path)).map(Into::into)
+    }
+
+    async fn readdir(&self, path: &str) -> SandboxResult<Vec<String>> {
+        let path = path.to_string();
+        sandbox_call!(self, "readdir", self.call_limit, |api, store, res| api.call_readdir(store, res, &path))
+    }
+
+    async fn exists(&self, path: &str) -> SandboxResult<bool> {
+        let path = path.to_string();
+        sandbox_call!(self, "exists", self.call_limit, |api, store, res| api.call_exists(store, res, &path))
+    }
+
+    async fn mkdir(&self, path: &str, recursive: bool) -> SandboxResult<()> {
+        let path = path.to_string();
+        let options = types::MkdirOptions { recursive };
+        sandbox_call!(self, "mkdir", self.call_limit, |api, store, res| api.call_mkdir(store, res, &path, options))
+    }
+
+    async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()> {
+        let path = path.to_string();
+        let options = types::RmOptions { recursive, force };
+        sandbox_call!(self, "rm", self.call_limit, |api, store, res| api.call_rm(store, res, &path, options))
+    }
+
+    async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {
+        let command = request.command.clone();
+        let options = types::ExecOptions {
+            cwd: Some(request.cwd.clone()),
+            env: request.env.clone(),
+            timeout_ms: request.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        };
+        // A command may legitimately run as long as its own timeout.
+        let limit = self.call_limit + request.timeout.unwrap_or_default();
+        sandbox_call!(self, "exec", limit, |api, store, res| api.call_exec(store, res, &command, &options))
+            .map(Into::into)
+    }
+}
