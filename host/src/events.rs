@@ -7,7 +7,7 @@
 //! presentation lives in `cli::render`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -106,12 +106,33 @@ pub trait EventSink: Send + Sync {
 #[derive(Clone)]
 pub struct EventLog {
     sink: Arc<dyn EventSink>,
+    /// Log bytes guests may still write; `None`: unlimited.
+    log_budget: Option<Arc<LogBudget>>,
 }
+
+/// How much guests may log in one run (agent `log` calls, its stdout and
+/// stderr, connector logs): a guest must not be able to flood the host's
+/// terminal, or a server's run store.
+struct LogBudget {
+    limit: usize,
+    left: AtomicUsize,
+    exhausted: AtomicBool,
+}
+
+/// The longest log line kept; longer ones are cut with a marker.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
 
 impl EventLog {
     /// An event log writing to `sink`.
     pub fn new(sink: Arc<dyn EventSink>) -> Self {
-        EventLog { sink }
+        EventLog { sink, log_budget: None }
+    }
+
+    /// The same log, with guests' log lines limited to `bytes` in all
+    /// (counted from now, shared by every clone of the returned log).
+    pub fn with_log_budget(&self, bytes: usize) -> Self {
+        let budget = LogBudget { limit: bytes, left: AtomicUsize::new(bytes), exhausted: AtomicBool::new(false) };
+        EventLog { sink: self.sink.clone(), log_budget: Some(Arc::new(budget)) }
     }
 
     /// An event log that drops everything.
@@ -160,9 +181,35 @@ impl EventLog {
         });
     }
 
-    /// Record a log line.
+    /// Record a log line. Lines from guests (any source but `flue`) count
+    /// against the log budget; past it they are dropped, after one marker.
     pub fn log(&self, source: &str, level: &str, message: impl Into<String>) {
-        self.record(Event::Log { source: source.into(), level: level.into(), message: message.into() });
+        let mut message = message.into();
+        if let Some(budget) = self.log_budget.as_ref().filter(|_| source != "flue") {
+            if message.len() > MAX_LOG_LINE {
+                let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+                let dropped = message.len() - cut;
+                message.truncate(cut);
+                message.push_str(&format!(" [flue: line cut, {dropped} more bytes dropped]"));
+            }
+            let taken =
+                budget.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(message.len()));
+            if taken.is_err() {
+                budget.left.store(0, Ordering::Relaxed);
+                if !budget.exhausted.swap(true, Ordering::Relaxed) {
+                    self.record(Event::Log {
+                        source: "flue".into(),
+                        level: "warn".into(),
+                        message: format!(
+                            "[flue: the run's log output reached its limit of {} bytes; further lines are dropped]",
+                            budget.limit
+                        ),
+                    });
+                }
+                return;
+            }
+        }
+        self.record(Event::Log { source: source.into(), level: level.into(), message });
     }
 }
 
@@ -192,4 +239,44 @@ pub fn one_line(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Event>>);
+
+    impl EventSink for Collect {
+        fn record(&self, event: &Event) {
+            self.0.lock().unwrap().push(event.clone());
+        }
+    }
+
+    fn messages(sink: &Collect) -> Vec<String> {
+        let events = sink.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| if let Event::Log { message, .. } = e { Some(message.clone()) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn guests_log_within_a_budget_and_long_lines_are_cut() {
+        let sink = Arc::new(Collect::default());
+        // Room for three cut lines (each a little over MAX_LOG_LINE), not four.
+        let events = EventLog::new(sink.clone()).with_log_budget(4 * MAX_LOG_LINE);
+        for _ in 0..100 {
+            events.log("agent", "info", "x".repeat(1024 * 1024));
+        }
+        events.log("flue", "error", "flue's own lines are never dropped");
+        let logged = messages(&sink);
+        assert_eq!(logged.len(), 3 + 1 + 1, "{:?}", logged.iter().map(|m| m.len()).collect::<Vec<_>>());
+        assert!(logged[0].len() < MAX_LOG_LINE + 100 && logged[0].ends_with("more bytes dropped]"));
+        assert!(logged[3].contains("reached its limit"), "{}", logged[3]);
+        assert_eq!(logged[4], "flue's own lines are never dropped");
+    }
 }

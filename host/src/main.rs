@@ -8,12 +8,15 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("FLUE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .without_time()
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if let Err(failure) = runtime.block_on(flue::cli::main(cli)) {
-        eprintln!("error: {:#}", failure.error);
+        // The message may quote guests (an agent's failure, a connector's
+        // error): escaped, so it cannot steer the terminal or forge lines.
+        eprintln!("error: {}", flue::cli::render::escape_block(&format!("{:#}", failure.error)));
         std::process::exit(failure.code);
     }
 }

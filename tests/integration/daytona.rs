@@ -87,6 +87,11 @@ fn the_api_key_is_redacted_even_when_daytona_echoes_it() {
     // it redacted, so the message carries the marker, not the key.
     assert!(out.stderr.contains("[redacted DAYTONA_API_KEY]"), "{}", out.stderr);
     assert!(!out.stderr.contains(TEST_API_KEY) && !out.stdout.contains(TEST_API_KEY), "{}", out.stderr);
+    // The server also echoed the key base64- and percent-encoded: redacted too.
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(TEST_API_KEY);
+    assert!(!out.stderr.contains(encoded.trim_end_matches('=')), "{encoded} leaked: {}", out.stderr);
+    assert!(out.stderr.matches("[redacted DAYTONA_API_KEY]").count() >= 3, "{}", out.stderr);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod connectors;
 mod contract;
 mod daytona;
 mod examples;
+mod hardening;
 mod isolation;
 mod languages;
 mod support;

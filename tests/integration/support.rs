@@ -125,6 +125,12 @@ pub fn flue() -> Command {
 
 /// Run a command to completion (with the hang guard).
 pub fn output(command: &mut Command) -> Output {
+    output_watching(command, |_| {})
+}
+
+/// Run a command to completion, calling `watch` with its pid every 20 ms
+/// while it runs (to look at its children, its memory, …).
+pub fn output_watching(command: &mut Command, mut watch: impl FnMut(u32)) -> Output {
     let mut child =
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn flue");
     let stdout = child.stdout.take().expect("piped");
@@ -133,6 +139,7 @@ pub fn output(command: &mut Command) -> Output {
     let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let started = Instant::now();
     let status = loop {
+        watch(child.id());
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
@@ -149,6 +156,41 @@ pub fn output(command: &mut Command) -> Output {
     }
 }
 
+/// Run a command and return its output and its peak resident memory in
+/// MiB, as the kernel tracked it (VmHWM), read until just before it exited.
+pub fn output_with_peak_rss(command: &mut Command) -> (Output, u64) {
+    let mut peak_kib = 0;
+    let out = output_watching(command, |pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+    });
+    (out, peak_kib / 1024)
+}
+
+/// The children of process `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// A process's state letter (`Z` for a zombie) and command name.
+pub fn process_state(pid: u32) -> Option<(char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let state = stat[close + 1..].trim_start().chars().next()?;
+    Some((state, stat[open + 1..close].to_string()))
+}
+
 /// `flue run <agent> <args…> --events json`, with local sandboxes under `tmp`.
 pub fn run_agent(agent: &Path, args: &[&str], tmp: &Path) -> Output {
     output(flue().arg("run").arg(agent).args(args).args(["--events", "json"]).env("TMPDIR", tmp))
@@ -156,10 +198,21 @@ pub fn run_agent(agent: &Path, args: &[&str], tmp: &Path) -> Output {
 
 /// The probe fixture run with `payload`.
 pub fn probe(payload: Value, args: &[&str], tmp: &Path) -> Output {
-    let payload = payload.to_string();
-    let mut all = vec!["--payload", payload.as_str()];
-    all.extend_from_slice(args);
-    run_agent(&fixture("probe"), &all, tmp)
+    output(&mut flue_probe(payload, args, tmp))
+}
+
+/// `flue run <probe> --payload PAYLOAD ARGS… --events json`, local
+/// sandboxes under `tmp`, not yet run.
+pub fn flue_probe(payload: Value, args: &[&str], tmp: &Path) -> Command {
+    let mut command = flue();
+    command
+        .arg("run")
+        .arg(fixture("probe"))
+        .args(["--payload", &payload.to_string()])
+        .args(args)
+        .args(["--events", "json"])
+        .env("TMPDIR", tmp);
+    command
 }
 
 /// Both isolation modes this machine supports.
@@ -212,9 +265,15 @@ pub struct TestDaytona {
 
 impl TestDaytona {
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A server whose configuration `adjust` changes first.
+    pub fn start_with(adjust: impl FnOnce(&mut daytona_test_server::ServerConfig)) -> Self {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let config = daytona_test_server::ServerConfig { api_key: TEST_API_KEY.into(), ..Default::default() };
+        let mut config = daytona_test_server::ServerConfig { api_key: TEST_API_KEY.into(), ..Default::default() };
+        adjust(&mut config);
         // A thread of its own: tests may already be inside a tokio runtime.
         let server = std::thread::scope(|scope| {
             scope

@@ -115,31 +115,49 @@ impl AllowedHosts {
         })
     }
 
-    /// Check a URL (each request, and each redirect hop).
-    pub fn check(&self, url: &Url) -> Result<(), Refusal> {
-        let origin = origin(url);
+    /// The scheme, lowercased host (without IPv6 brackets) and port of an
+    /// http(s) URL.
+    fn parts(url: &Url) -> Result<(&str, String, u16), Refusal> {
         let (scheme, Some(host), Some(port)) = (url.scheme(), url.host_str(), url.port_or_known_default()) else {
-            return Err(Refusal::BadUrl(origin));
+            return Err(Refusal::BadUrl(origin(url)));
         };
         if scheme != "http" && scheme != "https" {
-            return Err(Refusal::BadUrl(origin));
+            return Err(Refusal::BadUrl(origin(url)));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        Ok((scheme, host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(), port))
+    }
+
+    /// Check a URL (each request, and each redirect hop).
+    pub fn check(&self, url: &Url) -> Result<(), Refusal> {
+        let (scheme, host, port) = Self::parts(url)?;
         let mut rules = self.matching(scheme, &host, port).peekable();
         if rules.peek().is_none() {
-            return Err(Refusal::NotAllowed { origin, allowed: self.describe() });
+            return Err(Refusal::NotAllowed { origin: origin(url), allowed: self.describe() });
         }
         let allow_private = rules.any(|rule| rule.allow_private);
         if let Ok(ip) = host.parse::<IpAddr>()
             && !is_public(ip)
             && !allow_private
         {
-            return Err(Refusal::Private { origin });
+            return Err(Refusal::Private { origin: origin(url) });
         }
         Ok(())
     }
 
-    /// Whether the name `host` may resolve to non-public addresses.
+    /// Whether the origin of `url` is one a configured URL names as a
+    /// private address: the only origins the private-address exemption
+    /// covers (the same host on another port is not covered).
+    pub fn allows_private(&self, url: &Url) -> bool {
+        Self::parts(url).is_ok_and(|(scheme, host, port)| self.matching(scheme, &host, port).any(|r| r.allow_private))
+    }
+
+    /// Whether any configured URL names a private address.
+    pub fn has_private(&self) -> bool {
+        self.rules.iter().any(|rule| rule.allow_private)
+    }
+
+    /// Whether the name `host` may resolve to non-public addresses (asked
+    /// only for requests to origins [`AllowedHosts::allows_private`] covers).
     pub fn may_resolve_private(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         self.rules.iter().any(|rule| rule.allow_private && rule.host == HostPattern::Exact(host.clone()))
@@ -236,6 +254,16 @@ mod tests {
         assert!(!literal.may_resolve_private("127.0.0.1"));
         let localhost = hosts(&["{{API}}"], &[("API", "http://localhost:9")]);
         assert!(localhost.may_resolve_private("localhost"));
+    }
+
+    #[test]
+    fn the_private_exemption_covers_the_configured_origin_only() {
+        let h = hosts(&["{{API}}", "http://localhost:1"], &[("API", "http://localhost:4000/api")]);
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(h.allows_private(&url("http://localhost:4000/toolbox")));
+        assert!(!h.allows_private(&url("http://localhost:1/")), "another port of the same host");
+        assert!(!h.allows_private(&url("https://localhost:4000/")), "another scheme");
+        assert!(check(&h, "http://localhost:1/").is_ok(), "allowed by name, but only to public addresses");
     }
 
     #[test]

@@ -51,13 +51,18 @@ impl Default for HttpLimits {
     }
 }
 
-/// One connector's HTTP: its allowlist, its secrets, its client.
+/// One connector's HTTP: its allowlist, its secrets, its clients.
 pub struct HttpCapability {
     connector: String,
     policy: Arc<AllowedHosts>,
     secrets: Secrets,
+    /// For every allowed origin; names resolve to public addresses only.
     /// `None` when the connector may call nothing.
-    client: Option<reqwest::Client>,
+    public: Option<reqwest::Client>,
+    /// For the origins configured URLs name as private addresses (a test
+    /// server on 127.0.0.1, a self-hosted Daytona on the LAN), and only
+    /// those: its redirects may not leave them.
+    private: Option<reqwest::Client>,
     limits: HttpLimits,
 }
 
@@ -68,7 +73,8 @@ impl HttpCapability {
             connector: connector.into(),
             policy: Arc::default(),
             secrets: Secrets::default(),
-            client: None,
+            public: None,
+            private: None,
             limits: HttpLimits::default(),
         }
     }
@@ -79,26 +85,9 @@ impl HttpCapability {
             return Ok(HttpCapability { secrets, ..Self::deny_all(connector) });
         }
         let policy = Arc::new(policy);
-        let redirect_policy = {
-            let policy = policy.clone();
-            let max = limits.max_redirects;
-            reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= max {
-                    return attempt.error(format!("more than {max} redirects"));
-                }
-                match policy.check(attempt.url()) {
-                    Ok(()) => attempt.follow(),
-                    Err(refusal) => attempt.error(format!("redirect refused: {refusal}")),
-                }
-            })
-        };
-        let client = reqwest::Client::builder()
-            .redirect(redirect_policy)
-            .dns_resolver(Arc::new(PublicResolver { policy: policy.clone() }))
-            .connect_timeout(limits.connect_timeout)
-            .no_proxy()
-            .build()?;
-        Ok(HttpCapability { connector: connector.into(), policy, secrets, client: Some(client), limits })
+        let public = client(&policy, &limits, false)?;
+        let private = if policy.has_private() { Some(client(&policy, &limits, true)?) } else { None };
+        Ok(HttpCapability { connector: connector.into(), policy, secrets, public: Some(public), private, limits })
     }
 
     /// Replace every secret value in `text` with `[redacted NAME]`.
@@ -132,7 +121,8 @@ impl HttpCapability {
             http::HttpError::Denied(format!("connector {} may not call it: {refusal}", self.connector))
         };
         self.policy.check(&url).map_err(deny)?;
-        let Some(client) = &self.client else {
+        let client = if self.policy.allows_private(&url) { &self.private } else { &self.public };
+        let Some(client) = client else {
             return Err(deny(Refusal::NotAllowed { origin: origin(&url), allowed: "none".into() }));
         };
 
@@ -205,6 +195,37 @@ impl HttpCapability {
             http::HttpError::Transport(format!("{origin}: {detail}"))
         }
     }
+}
+
+/// A client that re-checks every redirect hop. With `private`, its resolver
+/// may return private addresses for configured names, and its redirects must
+/// stay on configured private origins; without, names resolve to public
+/// addresses only.
+fn client(policy: &Arc<AllowedHosts>, limits: &HttpLimits, private: bool) -> anyhow::Result<reqwest::Client> {
+    let redirect_policy = {
+        let policy = policy.clone();
+        let max = limits.max_redirects;
+        reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= max {
+                return attempt.error(format!("more than {max} redirects"));
+            }
+            if let Err(refusal) = policy.check(attempt.url()) {
+                return attempt.error(format!("redirect refused: {refusal}"));
+            }
+            if private && !policy.allows_private(attempt.url()) {
+                let to = origin(attempt.url());
+                return attempt
+                    .error(format!("redirect refused: from a configured private address to {to}, which is not one"));
+            }
+            attempt.follow()
+        })
+    };
+    Ok(reqwest::Client::builder()
+        .redirect(redirect_policy)
+        .dns_resolver(Arc::new(PublicResolver { policy: policy.clone(), private }))
+        .connect_timeout(limits.connect_timeout)
+        .no_proxy()
+        .build()?)
 }
 
 impl http::Host for ConnectorState {

@@ -1,39 +1,117 @@
 //! Secrets: the values a connector may name but never hold.
 //!
 //! A connector writes `{{NAME}}` in a header value; the host fills it in on
-//! the way out ([`Secrets::substitute`]) and redacts every secret value from
+//! the way out ([`Secrets::substitute`]) and redacts every secret from
 //! whatever comes back or is logged ([`Secrets::redact`]). This is the one
 //! place both happen.
+//!
+//! Redaction replaces a secret's value *and its common encodings* — base64
+//! (standard and URL-safe, at every alignment, as inside `Basic` credentials
+//! or a JSON web token) and percent-encoding — with `[redacted NAME]`.
+//! Secrets shorter than [`MIN_SECRET_LEN`] are refused before they are ever
+//! used: redacting a two-letter value would mangle unrelated output, and not
+//! redacting it would leak it.
 
 use std::collections::HashMap;
 
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+
 use crate::sandbox::ConfigKey;
 
-/// The secrets one connector declared and the user set: (name, value).
+/// The shortest secret flue accepts.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// One secret and the byte strings that give it away.
+#[derive(Clone, Debug)]
+struct Secret {
+    name: String,
+    value: String,
+    /// The value and its encodings, longest first.
+    needles: Vec<Vec<u8>>,
+}
+
+impl Secret {
+    fn new(name: String, value: String) -> Self {
+        let mut needles = vec![value.as_bytes().to_vec()];
+        for encoded in [percent_encode(&value, false), percent_encode(&value, true)] {
+            needles.push(encoded.into_bytes());
+        }
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            needles.extend(base64_needles(engine, value.as_bytes()));
+        }
+        // Only what is long enough to be specific, once each.
+        needles.retain(|n| n.len() >= MIN_SECRET_LEN);
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        needles.dedup();
+        Secret { name, value, needles }
+    }
+}
+
+/// The part of base64(`value`) that is the same wherever `value` starts in a
+/// longer base64 stream: for each of the three alignments, encode `value`
+/// after 0, 1 or 2 filler bytes and keep only the characters that depend on
+/// `value` alone.
+fn base64_needles(engine: &impl base64::Engine, value: &[u8]) -> Vec<Vec<u8>> {
+    (0..3)
+        .filter_map(|offset: usize| {
+            let mut padded = vec![0u8; offset];
+            padded.extend_from_slice(value);
+            let encoded = engine.encode(&padded).into_bytes();
+            // Characters carrying filler bits, and a last one that would carry
+            // bits of whatever follows the secret.
+            let skip = [0, 2, 3][offset];
+            let tail = usize::from(!padded.len().is_multiple_of(3));
+            (encoded.len() > skip + tail).then(|| encoded[skip..encoded.len() - tail].to_vec())
+        })
+        .collect()
+}
+
+/// `value` with everything but unreserved characters percent-encoded.
+fn percent_encode(value: &str, lowercase: bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            other if lowercase => out.push_str(&format!("%{other:02x}")),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// The secrets one connector declared and the user set.
 #[derive(Clone, Debug, Default)]
 pub struct Secrets {
-    values: Vec<(String, String)>,
+    secrets: Vec<Secret>,
 }
 
 impl Secrets {
     /// The declared `secret` keys of `keys` that are set in `config`.
     pub fn declared(keys: &[ConfigKey], config: &HashMap<String, String>) -> Self {
-        let values = keys
-            .iter()
-            .filter(|k| k.secret)
-            .filter_map(|k| config.get(&k.name).map(|v| (k.name.clone(), v.clone())))
-            .collect();
-        Secrets { values }
+        Self::from_pairs(
+            keys.iter()
+                .filter(|k| k.secret)
+                .filter_map(|k| config.get(&k.name).map(|v| (k.name.clone(), v.clone())))
+                .collect(),
+        )
     }
 
     /// Secrets from (name, value) pairs.
     pub fn from_pairs(values: Vec<(String, String)>) -> Self {
-        Secrets { values }
+        Secrets { secrets: values.into_iter().map(|(name, value)| Secret::new(name, value)).collect() }
+    }
+
+    /// The first secret shorter than [`MIN_SECRET_LEN`], with its length.
+    pub fn too_short(&self) -> Option<(String, usize)> {
+        self.secrets
+            .iter()
+            .find(|s| s.value.chars().count() < MIN_SECRET_LEN)
+            .map(|s| (s.name.clone(), s.value.chars().count()))
     }
 
     /// Whether `bytes` contain any secret value.
     pub fn appear_in(&self, bytes: &[u8]) -> bool {
-        self.values.iter().any(|(_, s)| !s.is_empty() && memchr::memmem::find(bytes, s.as_bytes()).is_some())
+        self.secrets.iter().any(|s| !s.value.is_empty() && memchr::memmem::find(bytes, s.value.as_bytes()).is_some())
     }
 
     /// Fill `{{NAME}}` placeholders of declared secrets in a header value.
@@ -43,41 +121,47 @@ impl Secrets {
         while let Some(start) = rest.find("{{") {
             let end = rest[start..].find("}}").ok_or("unterminated {{ placeholder")? + start;
             let name = rest[start + 2..end].trim();
-            let (_, secret) =
-                self.values.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            let secret =
+                self.secrets.iter().find(|s| s.name == name).ok_or_else(|| {
                     format!("{{{{{name}}}}} is not a secret this connector declared, or it is not set")
                 })?;
             out.push_str(&rest[..start]);
-            out.push_str(secret);
+            out.push_str(&secret.value);
             rest = &rest[end + 2..];
         }
         out.push_str(rest);
         Ok(out)
     }
 
-    /// Replace every secret value in `text` with `[redacted NAME]`.
+    /// Replace every secret, and its encodings, in `text` with `[redacted NAME]`.
     pub fn redact(&self, text: &str) -> String {
-        // Whole UTF-8 secrets replaced by ASCII leave valid UTF-8.
+        // Whole UTF-8 secrets replaced by ASCII leave valid UTF-8; encodings
+        // are ASCII.
         String::from_utf8_lossy(&self.redact_bytes(text.as_bytes().to_vec())).into_owned()
     }
 
     /// [`Secrets::redact`] for bytes.
     pub fn redact_bytes(&self, body: Vec<u8>) -> Vec<u8> {
         let mut body = body;
-        for (name, value) in &self.values {
-            if value.is_empty() || memchr::memmem::find(&body, value.as_bytes()).is_none() {
-                continue;
+        for secret in &self.secrets {
+            for needle in &secret.needles {
+                if memchr::memmem::find(&body, needle).is_none() {
+                    continue;
+                }
+                let replacement = format!("[redacted {}]", secret.name).into_bytes();
+                let mut out = Vec::with_capacity(body.len());
+                let mut at = 0;
+                for found in memchr::memmem::find_iter(&body, needle) {
+                    if found < at {
+                        continue; // overlapping match
+                    }
+                    out.extend_from_slice(&body[at..found]);
+                    out.extend_from_slice(&replacement);
+                    at = found + needle.len();
+                }
+                out.extend_from_slice(&body[at..]);
+                body = out;
             }
-            let replacement = format!("[redacted {name}]").into_bytes();
-            let mut out = Vec::with_capacity(body.len());
-            let mut at = 0;
-            for found in memchr::memmem::find_iter(&body, value.as_bytes()) {
-                out.extend_from_slice(&body[at..found]);
-                out.extend_from_slice(&replacement);
-                at = found + value.len();
-            }
-            out.extend_from_slice(&body[at..]);
-            body = out;
         }
         body
     }
@@ -85,16 +169,20 @@ impl Secrets {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
+    const KEY: &str = "dtn_s3cr3t+key/with=chars";
+
     fn secrets() -> Secrets {
-        Secrets::from_pairs(vec![("API_KEY".into(), "s3cr3t".into())])
+        Secrets::from_pairs(vec![("API_KEY".into(), KEY.into())])
     }
 
     #[test]
     fn placeholders_are_filled_only_for_declared_secrets() {
         let secrets = secrets();
-        assert_eq!(secrets.substitute("Bearer {{API_KEY}}").unwrap(), "Bearer s3cr3t");
+        assert_eq!(secrets.substitute("Bearer {{API_KEY}}").unwrap(), format!("Bearer {KEY}"));
         assert_eq!(secrets.substitute("plain").unwrap(), "plain");
         assert!(secrets.substitute("{{HOME}}").is_err());
         assert!(secrets.substitute("{{API_KEY").is_err());
@@ -103,7 +191,35 @@ mod tests {
     #[test]
     fn secrets_are_redacted_from_text_and_bodies() {
         let secrets = secrets();
-        assert_eq!(secrets.redact("key=s3cr3t!"), "key=[redacted API_KEY]!");
-        assert_eq!(secrets.redact_bytes(b"xs3cr3ts3cr3t".to_vec()), b"x[redacted API_KEY][redacted API_KEY]".to_vec());
+        assert_eq!(secrets.redact(&format!("key={KEY}!")), "key=[redacted API_KEY]!");
+        assert_eq!(
+            secrets.redact_bytes(format!("x{KEY}{KEY}").into_bytes()),
+            b"x[redacted API_KEY][redacted API_KEY]".to_vec()
+        );
+    }
+
+    #[test]
+    fn encodings_of_a_secret_are_redacted_at_every_alignment() {
+        let secrets = secrets();
+        for prefix in ["", "u", "us", "user:"] {
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{KEY}"));
+            let redacted = secrets.redact(&format!("Authorization: Basic {basic}"));
+            assert!(redacted.contains("[redacted API_KEY]"), "{prefix:?}: {redacted}");
+            let url_safe = URL_SAFE_NO_PAD.encode(format!("{prefix}{KEY}.tail"));
+            assert!(secrets.redact(&url_safe).contains("[redacted API_KEY]"), "{prefix:?} url-safe");
+        }
+        let query = format!("https://x/?token={}", percent_encode(KEY, false));
+        assert_eq!(secrets.redact(&query), "https://x/?token=[redacted API_KEY]");
+        let lower = format!("token={}", percent_encode(KEY, true));
+        assert_eq!(secrets.redact(&lower), "token=[redacted API_KEY]");
+    }
+
+    #[test]
+    fn unrelated_text_is_left_alone() {
+        let secrets = Secrets::from_pairs(vec![("K".into(), "kkkkkkkk".into())]);
+        let text = "a kid's kit in /home/k/keys: ok, k=1";
+        assert_eq!(secrets.redact(text), text);
+        assert_eq!(secrets.too_short(), None);
+        assert_eq!(Secrets::from_pairs(vec![("K".into(), "k".into())]).too_short(), Some(("K".into(), 1)));
     }
 }

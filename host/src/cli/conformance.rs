@@ -58,7 +58,7 @@ pub fn render_table(connector: &str, results: &[CheckResult]) -> String {
         let pad = " ".repeat(width - result.name.chars().count());
         match &result.outcome {
             Ok(()) => out.push_str(&format!("  PASS  {}{pad}  {:>6} ms\n", result.name, result.duration.as_millis())),
-            Err(why) => out.push_str(&format!("  FAIL  {}{pad}  {why}\n", result.name)),
+            Err(why) => out.push_str(&format!("  FAIL  {}{pad}  {}\n", result.name, super::render::escape(why))),
         }
     }
     let passed = results.iter().filter(|r| r.outcome.is_ok()).count();

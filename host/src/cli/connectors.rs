@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::host_args::HostArgs;
+use super::render::escape;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
 use crate::runtime::Limits;
@@ -32,6 +33,8 @@ pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
         let source = listing.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built in".into());
         match listing.info {
             Ok(info) => {
+                // Everything but the file name comes from the connector: escaped.
+                let info = escaped_info(&info);
                 out!("  {:<12} {} {} — {}", listing.name, info.name, info.version, info.description);
                 out!("  {:<12} source: {source}", "");
                 for key in &info.config {
@@ -53,7 +56,7 @@ pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
                     out!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));
                 }
             }
-            Err(err) => out!("  {:<12} error: {err}", listing.name),
+            Err(err) => out!("  {:<12} error: {}", listing.name, escape(&err.to_string())),
         }
     }
     Ok(())
@@ -84,7 +87,7 @@ pub async fn add(args: AddArgs, events: EventLog) -> Result<(), Failure> {
     }
     let built = crate::guest::build_rust(&sources.join(&name), &events).map_err(anyhow::Error::from)?;
     let host = args.host.host(Limits::default()).await?;
-    let info = host.registry().inspect(&built).await?;
+    let info = escaped_info(&host.registry().inspect(&built).await?);
     if !args.print {
         let dir = host.registry().dir();
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -94,6 +97,21 @@ pub async fn add(args: AddArgs, events: EventLog) -> Result<(), Failure> {
     }
     out!("{}", wiring_instructions(&name, &info).trim_end());
     Ok(())
+}
+
+/// A connector's self-description with every string escaped for a terminal.
+fn escaped_info(info: &ConnectorInfo) -> ConnectorInfo {
+    let mut info = info.clone();
+    for text in [&mut info.name, &mut info.version, &mut info.description] {
+        *text = escape(text);
+    }
+    for key in &mut info.config {
+        key.name = escape(&key.name);
+        key.description = escape(&key.description);
+        key.default_value = key.default_value.as_deref().map(escape);
+    }
+    info.allowed_hosts = info.allowed_hosts.iter().map(|h| escape(h)).collect();
+    info
 }
 
 /// How to configure and use a connector, from what it declares.

@@ -1,5 +1,12 @@
 //! How events look on stderr: readable lines (coloured on a terminal), JSON
 //! lines, or nothing; and a spinner for long work when stderr is a terminal.
+//!
+//! Text from guests (log lines, error messages, a connector's description)
+//! is escaped before it reaches the terminal: control characters (ESC, CR,
+//! backspace, C1 controls) and bidirectional overrides are shown as escapes,
+//! so a guest can neither recolour the terminal nor rewrite or forge a line
+//! of flue's own. A guest's multi-line log message becomes several lines,
+//! each under its `[source level]` tag.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -9,6 +16,58 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::events::{Event, EventSink, one_line};
+
+/// Characters that could steer a terminal or reorder what it shows.
+fn is_dangerous(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if (c as u32) < 0x80 {
+        out.push_str(&format!("\\x{:02x}", c as u32));
+    } else {
+        out.push_str(&format!("\\u{{{:x}}}", c as u32));
+    }
+}
+
+/// `text` on one line, every control character (newlines included) escaped.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_dangerous(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A multi-line message (an error) made safe to print: control characters
+/// escaped, and every line after the first indented, so that nothing inside
+/// can pass for a line of flue's own.
+pub fn escape_block(text: &str) -> String {
+    text.lines().map(escape).collect::<Vec<_>>().join("\n  ")
+}
+
+/// A JSON line with the characters serde leaves raw (DEL, C1 controls,
+/// bidirectional overrides) written as `\u` escapes: the same JSON value,
+/// but inert on a terminal.
+fn escape_json(line: String) -> String {
+    if !line.chars().any(is_dangerous) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if is_dangerous(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Output format of events on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,10 +108,10 @@ impl StderrSink {
     fn render_text(&self, event: &Event) -> String {
         match event {
             Event::Operation { op, target, duration_ms, detail, error, .. } => {
-                let target = one_line(target, 60);
+                let target = escape(&one_line(target, 60));
                 match error {
                     None => {
-                        let detail = detail.as_deref().unwrap_or("");
+                        let detail = escape(detail.as_deref().unwrap_or(""));
                         format!(
                             "  {} {op:<7} {target:<60} {}",
                             self.paint("32", "✓"),
@@ -64,16 +123,19 @@ impl StderrSink {
                         self.paint("31", "✗"),
                         self.paint(
                             "31",
-                            &format!("{duration_ms:>5} ms  {}: {}", err.kind, one_line(&err.message, 200))
+                            &format!("{duration_ms:>5} ms  {}: {}", err.kind, escape(&one_line(&err.message, 200)))
                         )
                     ),
                 }
             }
             Event::Sandbox { action, connector, id, detail } => {
                 format!(
-                    "{} sandbox {id} {action} ({connector}{}{detail})",
+                    "{} sandbox {} {action} ({}{}{})",
                     self.paint("36", "▸"),
-                    if detail.is_empty() { "" } else { ", " }
+                    escape(id),
+                    escape(connector),
+                    if detail.is_empty() { "" } else { ", " },
+                    escape(detail)
                 )
             }
             Event::Log { source, level, message } => {
@@ -82,10 +144,12 @@ impl StderrSink {
                     "warn" => "33",
                     _ => "2",
                 };
-                format!("  {} {}", self.paint(code, &format!("[{source} {level}]")), message.trim_end())
+                let tag = self.paint(code, &format!("[{} {}]", escape(source), escape(level)));
+                let lines: Vec<&str> = message.trim_end().split('\n').collect();
+                lines.iter().map(|line| format!("  {tag} {}", escape(line))).collect::<Vec<_>>().join("\n")
             }
             Event::RunStarted { run_id, agent } => {
-                format!("{} run {run_id}: {agent}", self.paint("36", "▸"))
+                format!("{} run {run_id}: {}", self.paint("36", "▸"), escape(agent))
             }
             Event::RunFinished { ok, duration_ms, .. } => {
                 let status = if *ok { self.paint("32", "ok") } else { self.paint("31", "failed") };
@@ -99,7 +163,7 @@ impl EventSink for StderrSink {
     fn record(&self, event: &Event) {
         let line = match self.format {
             EventFormat::None => return,
-            EventFormat::Json => serde_json::to_string(event).unwrap_or_default(),
+            EventFormat::Json => escape_json(serde_json::to_string(event).unwrap_or_default()),
             EventFormat::Text => self.render_text(event),
         };
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,5 +190,34 @@ impl EventSink for StderrSink {
         if let Some(bar) = self.state.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_steer_the_terminal() {
+        assert_eq!(escape("red \x1b[31mtext\r\x08"), "red \\x1b[31mtext\\x0d\\x08");
+        assert_eq!(escape("a\nb\u{9b}c\u{202e}d"), "a\\x0ab\\u{9b}c\\u{202e}d");
+        assert_eq!(escape("plain ünicode ✓\ttab"), "plain ünicode ✓\\x09tab");
+        assert_eq!(escape_block("first\nerror: forged\x1b[2K"), "first\n  error: forged\\x1b[2K");
+        let json = escape_json(serde_json::to_string("x\u{7f}\u{9b}\u{202e}\x1b").unwrap());
+        assert_eq!(json, "\"x\\u007f\\u009b\\u202e\\u001b\"");
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), "x\u{7f}\u{9b}\u{202e}\x1b");
+    }
+
+    #[test]
+    fn a_guest_log_line_cannot_pass_for_a_line_of_flues() {
+        let sink = StderrSink { format: EventFormat::Text, color: false, spinners: false, state: Mutex::default() };
+        let event = Event::Log {
+            source: "agent".into(),
+            level: "info".into(),
+            message: "hello\n▸ run ok in 1 ms\r\x1b[2Kerror: forged".into(),
+        };
+        let text = sink.render_text(&event);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, ["  [agent info] hello", "  [agent info] ▸ run ok in 1 ms\\x0d\\x1b[2Kerror: forged"]);
     }
 }

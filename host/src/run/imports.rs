@@ -18,6 +18,10 @@ use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::paths;
 use crate::sandbox::session::Session;
 
+/// The longest session name the host keeps (each handle's name lives in the
+/// host, so its size is bounded like the number of handles).
+const MAX_NAME_BYTES: usize = 256;
+
 /// The data of an agent's store.
 pub struct AgentState {
     pub(crate) wasi: WasiCtx,
@@ -66,7 +70,7 @@ impl AgentState {
     fn workdir_session(&self, this: &Resource<AgentSandbox>) -> wasmtime::Result<Session> {
         let sandbox = self.base.table.get(this)?.sandbox.clone();
         // A sandbox's workdir is absolute, so this cannot fail.
-        Session::new(sandbox, None, self.sandboxes.events.clone()).map_err(wasmtime::Error::new)
+        self.sandboxes.session(sandbox, None).map_err(wasmtime::Error::new)
     }
 
     fn session(&self, this: &Resource<AgentSession>) -> wasmtime::Result<Session> {
@@ -168,7 +172,7 @@ impl harness::Host for AgentState {
         options: harness::InitOptions,
     ) -> WitResult<Resource<AgentHarness>> {
         let sandbox = self.base.table.get(&sandbox)?.sandbox.clone();
-        let session = match Session::new(sandbox.clone(), options.cwd.as_deref(), self.sandboxes.events.clone()) {
+        let session = match self.sandboxes.session(sandbox.clone(), options.cwd.as_deref()) {
             Ok(session) => session,
             Err(err) => return wit(Err(err)),
         };
@@ -204,10 +208,18 @@ impl harness::HostHarness for AgentState {
         this: Resource<AgentHarness>,
         name: Option<String>,
     ) -> wasmtime::Result<Resource<AgentSession>> {
-        let harness = self.base.table.get(&this)?;
-        let session = Session::new(harness.sandbox.clone(), Some(&harness.cwd), self.sandboxes.events.clone())
-            .expect("harness cwd is absolute");
         let name = name.unwrap_or_else(|| "default".into());
+        if name.len() > MAX_NAME_BYTES {
+            // `session` cannot return an error in this WIT version: refuse by
+            // trapping, with the reason.
+            return Err(wasmtime::Error::msg(format!(
+                "session name of {} bytes refused: names are at most {MAX_NAME_BYTES} bytes",
+                name.len()
+            )));
+        }
+        let harness = self.base.table.get(&this)?;
+        let (sandbox, cwd) = (harness.sandbox.clone(), harness.cwd.clone());
+        let session = self.sandboxes.session(sandbox, Some(&cwd)).map_err(wasmtime::Error::new)?;
         Ok(self.base.table.push(AgentSession { session, name })?)
     }
 

@@ -92,8 +92,9 @@ pub async fn run_agent(
 ) -> RunOutcome {
     let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
     let started = Instant::now();
+    let events = events.with_log_budget(runtime.limits.log_bytes);
     events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
-    let services = RunSandboxes::new(registry, run.settings.clone(), events.clone());
+    let services = RunSandboxes::new(registry, run.settings.clone(), events.clone(), runtime.limits.max_read());
     let deadline = runtime.limits.deadline;
 
     // The epoch callback stops a guest that computes past the deadline; this
@@ -156,6 +157,13 @@ async fn execute(
             if limiter.memory_refused().is_some() {
                 return Err(RunError::OutOfMemory { limit_mib: limiter.config().memory_bytes >> 20 });
             }
+            if let Some(wasmtime::component::ResourceTableError::Full) = err.downcast_ref() {
+                let trap = format!(
+                    "it holds too many handles (sandboxes, harnesses, sessions, streams): at most {} at once",
+                    limiter.config().handles
+                );
+                return Err(RunError::Trapped { trap, guest_said: None });
+            }
             Err(classify_trap(err, &stderr))
         }
     }
@@ -167,8 +175,11 @@ fn classify_trap(err: wasmtime::Error, stderr: &GuestOutput) -> RunError {
         return RunError::DeadlineExceeded { limit: deadline.limit };
     }
     let trap = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => "it ran out of stack (recursion too deep)".to_string(),
         Some(trap) => trap.to_string(),
-        None => crate::events::one_line(&format!("{err:#}"), 300),
+        // An error a host function raised: its own words, not wasmtime's
+        // backtrace context around them.
+        None => crate::events::one_line(&err.root_cause().to_string(), 300),
     };
     // A Rust panic prints "thread … panicked at FILE:LINE:" then the message,
     // then a hint about RUST_BACKTRACE: keep the first two, drop the hint.

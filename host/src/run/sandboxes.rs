@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::events::{Event, EventLog, millis};
 use crate::sandbox::error::SandboxResult;
 use crate::sandbox::registry::ConnectorRegistry;
+use crate::sandbox::session::Session;
 use crate::sandbox::{Connector, CreateOptions, SandboxBackend};
 
 /// Where an agent's sandbox comes from (the WIT `sandbox-source`).
@@ -58,6 +59,8 @@ pub struct RunSandboxes {
     registry: Arc<ConnectorRegistry>,
     settings: RunSettings,
     pub(crate) events: EventLog,
+    /// The largest file a session reads at once.
+    max_read: u64,
     connectors: tokio::sync::Mutex<HashMap<String, Arc<dyn Connector>>>,
     default_sandbox: tokio::sync::Mutex<Option<Arc<dyn SandboxBackend>>>,
     owned: Mutex<Vec<OwnedSandbox>>,
@@ -65,11 +68,12 @@ pub struct RunSandboxes {
 
 impl RunSandboxes {
     /// Nothing opened yet.
-    pub fn new(registry: Arc<ConnectorRegistry>, settings: RunSettings, events: EventLog) -> Arc<Self> {
+    pub fn new(registry: Arc<ConnectorRegistry>, settings: RunSettings, events: EventLog, max_read: u64) -> Arc<Self> {
         Arc::new(RunSandboxes {
             registry,
             settings,
             events,
+            max_read,
             connectors: Default::default(),
             default_sandbox: Default::default(),
             owned: Default::default(),
@@ -87,6 +91,12 @@ impl RunSandboxes {
         let connector = self.registry.connector(name, &self.events).await.map_err(|err| err.into_sandbox_error())?;
         connectors.insert(name.to_string(), connector.clone());
         Ok(connector)
+    }
+
+    /// A session on `sandbox` in `cwd` (default: its workdir), recording
+    /// into the run's events, under the run's limits.
+    pub fn session(&self, sandbox: Arc<dyn SandboxBackend>, cwd: Option<&str>) -> SandboxResult<Session> {
+        Ok(Session::new(sandbox, cwd, self.events.clone())?.with_max_read(self.max_read))
     }
 
     /// A sandbox for the agent, from `source`.

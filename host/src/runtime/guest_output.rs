@@ -1,9 +1,10 @@
 //! A guest's stdout/stderr, routed into the run's events.
 //!
-//! Complete lines become `log` events as they are written. Output past a cap
-//! is accepted and dropped (never an error: a failing write makes Rust's
-//! `println!` panic), and the last lines of stderr are kept so that a trap can
-//! be explained with the guest's own last words (e.g. a panic message).
+//! Complete lines become `log` events as they are written, within the run's
+//! log budget ([`EventLog::with_log_budget`]). Output past it is accepted and
+//! dropped (never an error: a failing write makes Rust's `println!` panic),
+//! and the last lines are kept so that a trap can be explained with the
+//! guest's own last words (e.g. a panic message).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,14 +14,10 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::events::EventLog;
+use crate::events::{EventLog, MAX_LOG_LINE};
 
-/// Bytes of one stream forwarded as events before the rest is dropped.
-const FORWARD_CAP: usize = 1024 * 1024;
 /// Last lines remembered for error messages.
 const TAIL_LINES: usize = 20;
-/// Longest single line forwarded; longer lines are split.
-const MAX_LINE: usize = 16 * 1024;
 
 /// One guest output stream (stdout or stderr), as a WASI output.
 #[derive(Clone)]
@@ -33,8 +30,6 @@ struct OutputState {
     level: &'static str,
     events: EventLog,
     pending: Vec<u8>,
-    forwarded: usize,
-    dropped: usize,
     tail: VecDeque<String>,
 }
 
@@ -47,24 +42,17 @@ impl GuestOutput {
                 level,
                 events,
                 pending: Vec::new(),
-                forwarded: 0,
-                dropped: 0,
                 tail: VecDeque::new(),
             })),
         }
     }
 
-    /// Emit any unterminated last line and a note on dropped output.
+    /// Emit any unterminated last line.
     pub fn finish(&self) {
         let mut state = self.state.lock().expect("output lock");
         if !state.pending.is_empty() {
             let line = std::mem::take(&mut state.pending);
             state.emit(&line);
-        }
-        if state.dropped > 0 {
-            let note = format!("[flue: {} more bytes of output were dropped]", state.dropped);
-            state.events.log(&state.source.clone(), "warn", note);
-            state.dropped = 0;
         }
     }
 
@@ -78,20 +66,24 @@ impl GuestOutput {
         lines
     }
 
-    fn write(&self, bytes: &[u8]) {
+    /// Split `bytes` into lines of at most [`MAX_LOG_LINE`] bytes, looking
+    /// at each byte once.
+    fn write(&self, mut bytes: &[u8]) {
         let mut state = self.state.lock().expect("output lock");
-        let room = FORWARD_CAP.saturating_sub(state.forwarded);
-        let (kept, dropped) = bytes.split_at(bytes.len().min(room));
-        state.forwarded += kept.len();
-        state.dropped += dropped.len();
-        state.pending.extend_from_slice(kept);
-        while let Some(newline) = state
-            .pending
-            .iter()
-            .position(|&b| b == b'\n')
-            .or_else(|| (state.pending.len() >= MAX_LINE).then_some(MAX_LINE - 1))
-        {
-            let line: Vec<u8> = state.pending.drain(..=newline).collect();
+        while !bytes.is_empty() {
+            let room = MAX_LOG_LINE - state.pending.len();
+            let window = &bytes[..bytes.len().min(room)];
+            let end = match memchr::memchr(b'\n', window) {
+                Some(newline) => newline + 1,
+                None if window.len() == room => room,
+                None => {
+                    state.pending.extend_from_slice(window);
+                    return;
+                }
+            };
+            state.pending.extend_from_slice(&bytes[..end]);
+            bytes = &bytes[end..];
+            let line = std::mem::take(&mut state.pending);
             state.emit(&line);
         }
     }

@@ -24,6 +24,9 @@ pub struct Limits {
     /// Longest a single connector call may take (commands add their own
     /// timeout on top).
     pub connector_call: Duration,
+    /// Log output guests (the agent, its stdout and stderr, connectors) may
+    /// produce in one run; past it lines are dropped, after one marker.
+    pub log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             agent_memory: 512 * MIB,
             connector_memory: 256 * MIB,
             connector_call: Duration::from_secs(300),
+            log_bytes: 2 * MIB,
         }
     }
 }
@@ -41,6 +45,13 @@ impl Limits {
     /// The store limits of an agent.
     pub fn agent_store(&self) -> StoreLimitsConfig {
         StoreLimitsConfig::with_memory(self.agent_memory)
+    }
+
+    /// The largest file `read-file` returns at once: a quarter of the
+    /// agent's memory, so that the answer fits in the agent with room to
+    /// spare, and host memory a guest can drive stays bounded by its limit.
+    pub fn max_read(&self) -> u64 {
+        (self.agent_memory / 4) as u64
     }
 
     /// The store limits of a connector instance.
@@ -79,7 +90,7 @@ impl StoreLimitsConfig {
             instances: 1000,
             tables: 1000,
             memories: 100,
-            handles: 10_000,
+            handles: 1_000,
         }
     }
 }

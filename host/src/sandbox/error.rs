@@ -125,7 +125,7 @@ impl SandboxError {
             Io::NotADirectory => ErrorKind::NotADirectory,
             Io::IsADirectory => ErrorKind::IsADirectory,
             Io::DirectoryNotEmpty => ErrorKind::InvalidInput,
-            Io::InvalidInput | Io::InvalidFilename => ErrorKind::InvalidInput,
+            Io::InvalidInput | Io::InvalidFilename | Io::FileTooLarge => ErrorKind::InvalidInput,
             Io::TimedOut => ErrorKind::Timeout,
             _ => match err.raw_os_error() {
                 Some(libc::ELOOP) => ErrorKind::PermissionDenied,

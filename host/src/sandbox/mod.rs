@@ -179,8 +179,9 @@ pub trait SandboxBackend: Send + Sync {
     /// Name of the connector that owns this sandbox.
     fn connector(&self) -> &str;
 
-    /// Read a whole file.
-    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>>;
+    /// Read a whole file, refusing one larger than `max_bytes` (`invalid-input`)
+    /// without holding more than that in memory.
+    async fn read_file(&self, path: &str, max_bytes: u64) -> SandboxResult<Vec<u8>>;
     /// Create or replace a file. May fail with `not-found` when the parent is
     /// missing; the session layer then creates it and retries.
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()>;

@@ -7,6 +7,9 @@
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 
+/// The longest path accepted (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// Resolve `path` against the absolute directory `cwd`.
 ///
 /// Fails only for input no backend could handle: an empty path or one with a
@@ -14,6 +17,12 @@ use crate::sandbox::error::{SandboxError, SandboxResult};
 pub fn resolve(cwd: &str, path: &str) -> SandboxResult<String> {
     if path.is_empty() {
         return Err(SandboxError::invalid_input("empty path"));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(SandboxError::invalid_input(format!(
+            "a path of {} bytes is longer than the {MAX_PATH_BYTES} bytes paths may have",
+            path.len()
+        )));
     }
     if path.contains('\0') {
         return Err(SandboxError::invalid_input(format!("path {path:?} contains a NUL byte")));
@@ -84,6 +93,7 @@ mod tests {
     fn empty_and_nul_paths_are_invalid_input() {
         assert!(resolve("/w", "").is_err());
         assert!(resolve("/w", "a\0b").is_err());
+        assert!(resolve("/w", &"x".repeat(MAX_PATH_BYTES + 1)).is_err());
     }
 
     #[test]

@@ -31,13 +31,23 @@ pub struct Session {
     sandbox: Arc<dyn SandboxBackend>,
     cwd: String,
     events: EventLog,
+    max_read: u64,
 }
+
+/// The most `read-file` returns at once unless a run sets its own cap.
+pub const DEFAULT_MAX_READ: u64 = 256 * 1024 * 1024;
 
 impl Session {
     /// A session in `cwd` (resolved against the sandbox's workdir).
     pub fn new(sandbox: Arc<dyn SandboxBackend>, cwd: Option<&str>, events: EventLog) -> SandboxResult<Self> {
         let cwd = paths::resolve(sandbox.workdir(), cwd.unwrap_or("."))?;
-        Ok(Session { sandbox, cwd, events })
+        Ok(Session { sandbox, cwd, events, max_read: DEFAULT_MAX_READ })
+    }
+
+    /// The same session, reading files of at most `bytes` at once.
+    pub fn with_max_read(mut self, bytes: u64) -> Self {
+        self.max_read = bytes;
+        self
     }
 
     /// The working directory (absolute).
@@ -95,7 +105,7 @@ impl Session {
     pub async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>> {
         let path = self.resolve_for("read", path)?;
         let started = Instant::now();
-        let result = self.sandbox.read_file(&path).await;
+        let result = self.sandbox.read_file(&path, self.max_read).await;
         self.events
             .operation(self.sandbox.id(), "read", &path, started, &result, |data| Some(format_bytes(data.len())));
         result
@@ -220,10 +230,12 @@ pub fn valid_env_name(name: &str) -> bool {
 
 /// `1.5 KiB`, `3.0 MiB`: a size for people.
 pub fn format_bytes(len: usize) -> String {
-    match len {
-        n if n < 1024 => format!("{n} B"),
-        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+    const KIB: f64 = 1024.0;
+    match len as f64 {
+        n if n < KIB => format!("{len} B"),
+        n if n < KIB * KIB => format!("{:.1} KiB", n / KIB),
+        n if n < KIB * KIB * KIB => format!("{:.1} MiB", n / (KIB * KIB)),
+        n => format!("{:.1} GiB", n / (KIB * KIB * KIB)),
     }
 }
 

@@ -17,6 +17,7 @@ mod toolbox;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -32,7 +33,7 @@ use flue::sandbox::local::{Isolation, LocalConfig, LocalConnector};
 use flue::sandbox::{Connector, SandboxBackend};
 
 /// Largest request body accepted.
-const BODY_LIMIT: usize = 512 * 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 512 * 1024 * 1024;
 
 /// Where Daytona sandboxes keep their files; commands see the sandbox there.
 pub const HOME: &str = "/home/daytona";
@@ -40,15 +41,26 @@ pub const HOME: &str = "/home/daytona";
 pub struct ServerConfig {
     /// 0 picks a free port.
     pub port: u16,
+    /// The key clients must send.
     pub api_key: String,
     /// Use bubblewrap when it works here.
     pub isolated: bool,
+    /// Where sandboxes' files live (default: a fresh temporary directory).
+    /// Without isolation, commands see this path itself.
+    pub sandboxes_dir: Option<PathBuf>,
+    /// Faults to inject.
     pub faults: Faults,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { port: 0, api_key: "test-key".into(), isolated: true, faults: Faults::default() }
+        ServerConfig {
+            port: 0,
+            api_key: "test-key".into(),
+            isolated: true,
+            sandboxes_dir: None,
+            faults: Faults::default(),
+        }
     }
 }
 
@@ -108,7 +120,10 @@ impl DaytonaServer {
         };
         let dir = tempfile::Builder::new().prefix("daytona-test-server-").tempdir()?;
         let mut local = LocalConfig::new(isolation);
-        local.base_dir = dir.path().to_path_buf();
+        local.base_dir = config.sandboxes_dir.clone().unwrap_or_else(|| dir.path().join("sandboxes"));
+        if let Some(parent) = local.base_dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         local.visible_root = HOME.into();
         // The same host assembly as flue itself, with only the local backend.
         let host = flue::HostBuilder::new().cache_dir(None).backend(Arc::new(LocalConnector::new(local))).build()?;
@@ -163,6 +178,13 @@ impl DaytonaServer {
     /// The state of a sandbox, if it exists.
     pub fn sandbox_state(&self, id: &str) -> Option<String> {
         self.state.sandboxes.lock().expect("lock").get(id).map(|s| s.state.clone())
+    }
+
+    /// Move a sandbox to `state` (e.g. `stopped`), as if Daytona had.
+    pub fn set_sandbox_state(&self, id: &str, state: &str) {
+        if let Some(record) = self.state.sandboxes.lock().expect("lock").get_mut(id) {
+            record.state = state.into();
+        }
     }
 
     /// Every request received so far.
@@ -221,15 +243,48 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
     }
     if state.faults.fail_auth() || !authorized(request.headers(), &state.api_key) {
         let message = if state.faults.echo_credentials() {
-            let sent =
-                request.headers().get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            format!("Invalid credentials: {}", sent.unwrap_or_default())
+            let sent = request
+                .headers()
+                .get("authorization")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let key = sent.strip_prefix("Bearer ").unwrap_or(&sent);
+            // A careless server: the key as sent, and encoded two ways.
+            format!(
+                "Invalid credentials: {sent} (base64 {}, as a query parameter key={})",
+                base64_encode(key.as_bytes()),
+                url_encode(key)
+            )
         } else {
             "Invalid credentials".to_string()
         };
         return errors::api_error(StatusCode::UNAUTHORIZED, &path, message);
     }
     next.run(request).await
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn authorized(headers: &HeaderMap, key: &str) -> bool {

@@ -58,7 +58,13 @@ async fn main() -> anyhow::Result<()> {
     faults.set_start_polls(args.start_polls);
     faults.set_fail_start(args.fail_start);
     faults.set_fail_auth(args.fail_auth);
-    let config = ServerConfig { port: args.port, api_key: args.api_key, isolated: !args.no_isolation, faults };
+    let config = ServerConfig {
+        port: args.port,
+        api_key: args.api_key,
+        isolated: !args.no_isolation,
+        sandboxes_dir: None,
+        faults,
+    };
     let server = DaytonaServer::start(config).await?;
     println!("{}", server.api_url());
     eprintln!(

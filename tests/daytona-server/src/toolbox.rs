@@ -210,7 +210,7 @@ async fn bulk_download(
     for requested in &body.paths {
         let path = absolute(backend.as_ref(), requested);
         out.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        match backend.read_file(&path).await {
+        match backend.read_file(&path, crate::BODY_LIMIT as u64).await {
             Ok(data) => {
                 out.extend_from_slice(
                     format!(

@@ -1,9 +1,10 @@
 //! Running a command for the local sandbox: `bash -c` in the sandbox
-//! directory, under bubblewrap when available.
+//! directory, under bubblewrap when available ([`super::bwrap`]).
 //!
 //! * Only an allowlisted environment reaches the command: a fixed `PATH`,
 //!   `HOME`, `LANG`, `TMPDIR`, then the sandbox's and the call's variables.
-//!   Nothing of the host's environment (where secrets live) is passed on.
+//!   Nothing of the host's environment (where secrets live) is passed on,
+//!   and under bubblewrap the variables are set inside the sandbox only.
 //! * The command leads its own process group. On timeout the whole group is
 //!   killed (under bubblewrap, killing bwrap tears down the PID namespace), the
 //!   result has exit code 124, what was printed so far, and a note on stderr.
@@ -63,13 +64,33 @@ pub struct CommandSpec<'a> {
     pub output_cap: usize,
 }
 
+/// The environment a command sees: fixed variables, then the sandbox's and
+/// the call's (`env`), later ones winning.
+fn command_env(visible_root: &str, env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> =
+        [("PATH", SANDBOX_PATH), ("HOME", visible_root), ("LANG", "C.UTF-8"), ("TMPDIR", "/tmp")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec();
+    for (name, value) in env {
+        all.retain(|(k, _)| k != name);
+        all.push((name.clone(), value.clone()));
+    }
+    all
+}
+
+/// Run one command to its end (or its timeout).
 pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<ExecOutput> {
+    let env = command_env(spec.visible_root, spec.env);
     let mut command = match isolation {
         Isolation::Bubblewrap { bwrap, allow_network } => {
-            let mut command = Command::new(bwrap);
-            command.args(bubblewrap_args(spec.root, spec.visible_root, spec.cwd, *allow_network));
-            command.arg("--").arg("bash").arg("-c").arg(spec.command);
-            command
+            let isolated = super::bwrap::Isolated {
+                root: spec.root,
+                visible_root: spec.visible_root,
+                cwd: spec.cwd,
+                env: &env,
+                allow_network: *allow_network,
+            };
+            super::bwrap::command(bwrap, &isolated, spec.command)?
         }
         Isolation::None => {
             let rel = crate::sandbox::paths::strip_root(spec.visible_root, spec.cwd).ok_or_else(|| {
@@ -79,47 +100,38 @@ pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<
                 ))
             })?;
             let mut command = Command::new("bash");
-            command.arg("-c").arg(spec.command).current_dir(spec.root.join(rel));
+            command.arg("-c").arg(spec.command).current_dir(spec.root.join(rel)).env_clear().envs(env);
             command
         }
     };
-    command
-        .env_clear()
-        .env("PATH", SANDBOX_PATH)
-        .env("HOME", spec.visible_root)
-        .env("LANG", "C.UTF-8")
-        .env("TMPDIR", "/tmp")
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
 
-    let mut child = command
+    let child = command
         .spawn()
         .map_err(|err| SandboxError::other(format!("could not start the command: {err} (is bash installed?)")))?;
-    let pgid = child.id().map(|pid| pid as i32);
-    // If this future is dropped (the run's deadline), take the group down too.
-    let _group_guard = KillGroupOnDrop(pgid);
+    // If this future is dropped (the run's deadline), the guard takes the
+    // group down and still reaps the child.
+    let mut child = ReapOnDrop(Some(child));
+    let pgid = child.pgid();
 
-    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), spec.output_cap));
-    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), spec.output_cap));
+    let stdout = tokio::spawn(read_capped(child.stdout_pipe(), spec.output_cap));
+    let stderr = tokio::spawn(read_capped(child.stderr_pipe(), spec.output_cap));
 
     let waited = match spec.timeout {
         Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
         None => Some(child.wait().await),
     };
     kill_group(pgid);
+    if waited.is_none() {
+        let _ = child.wait().await;
+    }
+    child.done();
     let (exit_code, timed_out) = match waited {
         Some(status) => {
             let status = status.map_err(|err| SandboxError::other(format!("waiting for the command failed: {err}")))?;
             (exit_code_of(status), false)
         }
-        None => {
-            let _ = child.wait().await;
-            (TIMEOUT_EXIT_CODE, true)
-        }
+        None => (TIMEOUT_EXIT_CODE, true),
     };
 
     let stdout = drain(stdout).await;
@@ -129,61 +141,6 @@ pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<
         stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
     }
     Ok(ExecOutput { stdout, stderr, exit_code, timed_out })
-}
-
-fn bubblewrap_args(root: &Path, visible_root: &str, cwd: &str, allow_network: bool) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--unshare-all".into(),
-        "--die-with-parent".into(),
-        // A new session: the command cannot inject input into our terminal.
-        "--new-session".into(),
-        "--hostname".into(),
-        "flue-sandbox".into(),
-        "--ro-bind".into(),
-        "/usr".into(),
-        "/usr".into(),
-    ];
-    if allow_network {
-        args.push("--share-net".into());
-    }
-    // Merged-/usr systems have these as symlinks; older ones as directories.
-    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-        let host = Path::new("/").join(top);
-        match std::fs::read_link(&host) {
-            Ok(target) => args.extend([
-                "--symlink".into(),
-                target.to_string_lossy().into_owned(),
-                host.to_string_lossy().into_owned(),
-            ]),
-            Err(_) if host.is_dir() => args.extend([
-                "--ro-bind".into(),
-                host.to_string_lossy().into_owned(),
-                host.to_string_lossy().into_owned(),
-            ]),
-            Err(_) => {}
-        }
-    }
-    args.extend(["--ro-bind".into(), "/etc".into(), "/etc".into()]);
-    // Hashes of the host's passwords stay on the host.
-    for secret in ["/etc/shadow", "/etc/gshadow", "/etc/sudoers"] {
-        if Path::new(secret).exists() {
-            args.extend(["--ro-bind".into(), "/dev/null".into(), secret.into()]);
-        }
-    }
-    args.extend([
-        "--proc".into(),
-        "/proc".into(),
-        "--dev".into(),
-        "/dev".into(),
-        "--tmpfs".into(),
-        "/tmp".into(),
-        "--bind".into(),
-        root.to_string_lossy().into_owned(),
-        visible_root.into(),
-        "--chdir".into(),
-        cwd.into(),
-    ]);
-    args
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> i32 {
@@ -198,11 +155,60 @@ fn kill_group(pgid: Option<i32>) {
     }
 }
 
-struct KillGroupOnDrop(Option<i32>);
+/// A running command. Dropped before it was waited for (its exec call was
+/// abandoned), it kills the command's process group and reaps the child in
+/// the background, so no zombie is left behind — even in a long-lived host.
+struct ReapOnDrop(Option<tokio::process::Child>);
 
-impl Drop for KillGroupOnDrop {
+impl ReapOnDrop {
+    fn child(&mut self) -> &mut tokio::process::Child {
+        self.0.as_mut().expect("present until dropped")
+    }
+
+    fn pgid(&mut self) -> Option<i32> {
+        self.child().id().map(|pid| pid as i32)
+    }
+
+    fn stdout_pipe(&mut self) -> tokio::process::ChildStdout {
+        self.child().stdout.take().expect("piped")
+    }
+
+    fn stderr_pipe(&mut self) -> tokio::process::ChildStderr {
+        self.child().stderr.take().expect("piped")
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child().wait().await
+    }
+
+    /// The command was waited for: nothing left to do on drop.
+    fn done(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ReapOnDrop {
     fn drop(&mut self) {
-        kill_group(self.0);
+        let Some(mut child) = self.0.take() else { return };
+        // Not yet waited for, so the group id is still ours (a zombie leader
+        // keeps it reserved): kill the group, then reap.
+        kill_group(child.id().map(|pid| pid as i32));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                std::thread::spawn(move || {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: waitpid on our own child's pid.
+                        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -47,21 +47,59 @@ impl ConfinedRoot {
         Ok((dir, name))
     }
 
-    pub fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
-        let fd = self.open_beneath(rel, OFlags::RDONLY, Mode::empty())?;
-        let mut file = File::from(fd);
-        if file.metadata()?.is_dir() {
-            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+    /// Open `rel` for reading or writing, refusing at once anything that is
+    /// not a regular file: opening a FIFO would block until someone opens
+    /// its other end (`O_NONBLOCK` keeps the open itself from blocking).
+    fn open_regular(&self, rel: &str, flags: OFlags, mode: Mode) -> io::Result<File> {
+        let fd = match self.open_beneath(rel, flags | OFlags::NONBLOCK, mode) {
+            // Opening a FIFO (or a device) for writing, non-blocking, with
+            // nobody at the other end.
+            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file (a FIFO or a device): only regular files can be read and written",
+                ));
+            }
+            other => other?,
+        };
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+        match kind {
+            FileType::RegularFile => {
+                // Back to blocking I/O for the file itself.
+                rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+                Ok(File::from(fd))
+            }
+            FileType::Directory => Err(io::Error::from(io::ErrorKind::IsADirectory)),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a regular file (a {}): only regular files can be read and written", describe(other)),
+            )),
         }
-        let mut data = Vec::new();
-        file.read_to_end(&mut data)?;
+    }
+
+    /// Read `rel`, refusing (before reading anything) a file larger than
+    /// `max_bytes`.
+    pub fn read(&self, rel: &str, max_bytes: u64) -> io::Result<Vec<u8>> {
+        let file = self.open_regular(rel, OFlags::RDONLY, Mode::empty())?;
+        let size = file.metadata()?.len();
+        if size > max_bytes {
+            return Err(too_large(size, max_bytes));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        // The file may grow while it is read: never read past the cap.
+        file.take(max_bytes.saturating_add(1)).read_to_end(&mut data)?;
+        if data.len() as u64 > max_bytes {
+            return Err(too_large(data.len() as u64, max_bytes));
+        }
         Ok(data)
     }
 
     /// Create or truncate `rel` and write `data`. The parent must exist.
     pub fn write(&self, rel: &str, data: &[u8]) -> io::Result<()> {
-        let fd = self.open_beneath(rel, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, Mode::from_raw_mode(0o644))?;
-        let mut file = File::from(fd);
+        let flags = OFlags::WRONLY | OFlags::CREATE;
+        let mut file = self.open_regular(rel, flags, Mode::from_raw_mode(0o644))?;
+        // Truncate only once it is known to be a regular file.
+        file.set_len(0)?;
         file.write_all(data)?;
         file.flush()
     }
@@ -143,6 +181,37 @@ impl ConfinedRoot {
     }
 }
 
+/// A read refused by its size cap.
+fn too_large(size: u64, max: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::FileTooLarge, TooLarge { size, max })
+}
+
+/// The detail of a read refused by its size cap (found by the caller, which
+/// knows what the cap is called).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "it is {}; at most {} can be read at once (read large files in parts)",
+    crate::sandbox::session::format_bytes(*size as usize),
+    crate::sandbox::session::format_bytes(*max as usize)
+)]
+pub struct TooLarge {
+    /// The file's size.
+    pub size: u64,
+    /// The cap.
+    pub max: u64,
+}
+
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Symlink => "symbolic link",
+        _ => "special file",
+    }
+}
+
 fn to_file_stat(stat: &Stat, is_symlink: bool) -> FileStat {
     let file_type = FileType::from_raw_mode(stat.st_mode);
     FileStat {
@@ -160,6 +229,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fifos_are_refused_at_once_and_reads_are_capped() {
+        let root = tempfile::tempdir().unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, root.path().join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+            .unwrap();
+        let confined = ConfinedRoot::open(root.path()).unwrap();
+        // Would block forever (no writer) if the FIFO were opened plainly.
+        let err = confined.read("fifo", u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("not a regular file (a FIFO)"), "{err}");
+        assert!(confined.write("fifo", b"x").unwrap_err().to_string().contains("FIFO"));
+
+        // A sparse 1 GiB file: refused by size, nothing read.
+        let big = std::fs::File::create(root.path().join("big")).unwrap();
+        big.set_len(1 << 30).unwrap();
+        let err = confined.read("big", 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+        confined.write("small", b"12345").unwrap();
+        assert_eq!(confined.read("small", 5).unwrap(), b"12345");
+        assert_eq!(confined.read("small", 4).unwrap_err().kind(), io::ErrorKind::FileTooLarge);
+    }
+
+    #[test]
     fn symlinks_cannot_escape_the_root() {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "host secret").unwrap();
@@ -168,7 +258,7 @@ mod tests {
         std::os::unix::fs::symlink("/", root.path().join("slash")).unwrap();
         let confined = ConfinedRoot::open(root.path()).unwrap();
 
-        let err = confined.read("escape/secret").unwrap_err();
+        let err = confined.read("escape/secret", u64::MAX).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
         assert!(confined.write("escape/planted", b"x").is_err());
         assert!(!outside.path().join("planted").exists());
@@ -186,7 +276,7 @@ mod tests {
         std::os::unix::fs::symlink("real", root.path().join("link")).unwrap();
         let confined = ConfinedRoot::open(root.path()).unwrap();
         confined.write("link/f.txt", b"hi").unwrap();
-        assert_eq!(confined.read("real/f.txt").unwrap(), b"hi");
+        assert_eq!(confined.read("real/f.txt", u64::MAX).unwrap(), b"hi");
         let stat = confined.stat("link").unwrap();
         assert_eq!(stat.is_symlink, Some(true));
         assert!(stat.is_directory);

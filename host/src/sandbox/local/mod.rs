@@ -8,18 +8,21 @@
 //! they see the real directory, and the host says once that commands are not
 //! isolated.
 
+mod bwrap;
 mod exec;
 mod fs;
+mod seccomp;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 pub use exec::{Isolation, probe_bubblewrap};
 use fs::ConfinedRoot;
+use store::{Metadata, Store};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
@@ -64,14 +67,8 @@ impl LocalConfig {
 pub struct LocalConnector {
     config: LocalConfig,
     info: ConnectorInfo,
+    store: Store,
     warned_unisolated: AtomicBool,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct Metadata {
-    name: Option<String>,
-    labels: Vec<(String, String)>,
-    env: Vec<(String, String)>,
 }
 
 impl LocalConnector {
@@ -86,7 +83,8 @@ impl LocalConnector {
             allowed_hosts: Vec::new(),
             merges_output: false,
         };
-        LocalConnector { config, info, warned_unisolated: AtomicBool::new(false) }
+        let store = Store::new(config.base_dir.clone());
+        LocalConnector { config, info, store, warned_unisolated: AtomicBool::new(false) }
     }
 
     fn warn_once_if_unisolated(&self) {
@@ -98,13 +96,6 @@ impl LocalConnector {
         }
     }
 
-    fn paths_for(&self, id: &str) -> SandboxResult<(PathBuf, PathBuf)> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(SandboxError::invalid_input(format!("{id:?} is not a local sandbox id (like local-1a2b3c4d)")));
-        }
-        Ok((self.config.base_dir.join(id), self.config.base_dir.join(format!("{id}.json"))))
-    }
-
     fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn SandboxBackend>> {
         self.warn_once_if_unisolated();
         let confined = ConfinedRoot::open(&root)
@@ -112,7 +103,13 @@ impl LocalConnector {
         let visible_root = if self.config.isolation.is_isolated() {
             self.config.visible_root.clone()
         } else {
-            root.to_string_lossy().into_owned()
+            // Commands see the real directory: name it the way resolved
+            // paths will (absolute, no `//`, `.` or symlinks), or no path
+            // would ever be found under it.
+            root.canonicalize()
+                .map_err(|err| SandboxError::other(format!("cannot resolve {}: {err}", root.display())))?
+                .to_string_lossy()
+                .into_owned()
         };
         Ok(Arc::new(LocalSandbox {
             id,
@@ -150,24 +147,12 @@ impl Connector for LocalConnector {
             return self.open("local-workdir".into(), dir, metadata);
         }
         let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let (root, meta_path) = self.paths_for(&id)?;
-        std::fs::create_dir_all(&root).map_err(|err| io_error("cannot create sandbox directory", &root, err))?;
-        let json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
-        std::fs::write(&meta_path, json).map_err(|err| io_error("cannot write", &meta_path, err))?;
+        let root = self.store.create(&id, &metadata)?;
         self.open(id, root, metadata)
     }
 
     async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
-        let (root, meta_path) = self.paths_for(id)?;
-        let metadata: Metadata = match std::fs::read(&meta_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(_) => {
-                return Err(SandboxError::not_found(format!(
-                    "no local sandbox {id} in {} (was it created with --keep?)",
-                    self.config.base_dir.display()
-                )));
-            }
-        };
+        let (root, metadata) = self.store.open(id)?;
         self.open(id.to_string(), root, metadata)
     }
 
@@ -176,49 +161,23 @@ impl Connector for LocalConnector {
             // The user's own directory: never ours to delete.
             return Ok(());
         }
-        let (root, meta_path) = self.paths_for(id)?;
-        if !meta_path.exists() {
-            return Err(SandboxError::not_found(format!("no local sandbox {id}")));
-        }
-        std::fs::remove_dir_all(&root).or_else(ignore_missing).map_err(|err| io_error("cannot remove", &root, err))?;
-        std::fs::remove_file(&meta_path)
-            .or_else(ignore_missing)
-            .map_err(|err| io_error("cannot remove", &meta_path, err))?;
-        Ok(())
+        self.store.delete(id)
     }
 
     async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>> {
-        let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.config.base_dir) else {
-            return Ok(found);
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let (Some(id), Some("json")) =
-                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
-            else {
-                continue;
-            };
-            let Ok(metadata) = std::fs::read(&path).map(|b| serde_json::from_slice::<Metadata>(&b).unwrap_or_default())
-            else {
-                continue;
-            };
-            if labels.iter().all(|wanted| metadata.labels.contains(wanted)) {
-                found.push(SandboxSummary {
-                    id: id.to_string(),
-                    name: metadata.name,
-                    state: "started".into(),
-                    labels: metadata.labels,
-                });
-            }
-        }
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(found)
+        Ok(self
+            .store
+            .list()
+            .into_iter()
+            .filter(|(_, metadata)| labels.iter().all(|wanted| metadata.labels.contains(wanted)))
+            .map(|(id, metadata)| SandboxSummary {
+                id,
+                name: metadata.name,
+                state: "started".into(),
+                labels: metadata.labels,
+            })
+            .collect())
     }
-}
-
-fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
-    if err.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(err) }
 }
 
 /// One local sandbox: a directory, and how its commands run.
@@ -273,8 +232,8 @@ impl SandboxBackend for LocalSandbox {
         "local"
     }
 
-    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>> {
-        self.with_fs(path, |fs, rel| fs.read(rel)).await
+    async fn read_file(&self, path: &str, max_bytes: u64) -> SandboxResult<Vec<u8>> {
+        self.with_fs(path, move |fs, rel| fs.read(rel, max_bytes)).await
     }
 
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {

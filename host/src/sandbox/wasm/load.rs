@@ -63,8 +63,7 @@ pub(crate) async fn load(
         tracing::warn!("{}: declares the name {:?}; it is used as {name:?} (its file name)", file.display(), info.name);
     }
 
-    let (grants, warnings) = ConnectorGrants::grant(&name, &info, config)
-        .map_err(|err| fail(format!("cannot set up its HTTP client: {err}")))?;
+    let (grants, warnings) = ConnectorGrants::grant(&name, &info, config).map_err(|err| fail(err.to_string()))?;
     for warning in warnings {
         tracing::warn!("connector {name}: {warning}");
     }

@@ -74,12 +74,17 @@ async fn call<T: Send>(
     match f(&mut instance.store, &instance.bindings).await {
         Ok(value) => Ok(value),
         Err(err) => {
-            let reason = match instance.store.data().base.limiter.memory_refused() {
-                Some(_) => format!(
-                    "it ran out of memory (its limit is {} MiB)",
-                    instance.store.data().base.limiter.config().memory_bytes >> 20
-                ),
-                None => instance.store.data().grants.http.redact(&crate::events::one_line(&format!("{err:#}"), 300)),
+            let state = instance.store.data();
+            let reason = if state.base.limiter.memory_refused().is_some() {
+                format!("it ran out of memory (its limit is {} MiB)", state.base.limiter.config().memory_bytes >> 20)
+            } else if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
+                "it ran out of stack (recursion too deep)".to_string()
+            } else {
+                let cause = match err.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => err.root_cause().to_string(),
+                };
+                state.grants.http.redact(&crate::events::one_line(&cause, 300))
             };
             instance.poisoned = Some(reason.clone());
             Err(SandboxError::other(format!("connector {connector} crashed during {what}: {reason}")))
@@ -197,9 +202,20 @@ impl SandboxBackend for WasmSandbox {
         &self.connector
     }
 
-    async fn read_file(&self, path: &str) -> SandboxResult<Vec<u8>> {
+    async fn read_file(&self, path: &str, max_bytes: u64) -> SandboxResult<Vec<u8>> {
+        let shown = path.to_string();
         let path = path.to_string();
-        sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api.call_read_file(store, res, &path))
+        let data =
+            sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api.call_read_file(store, res, &path))?;
+        // The connector's memory limit bounded what it could return.
+        if data.len() as u64 > max_bytes {
+            return Err(SandboxError::invalid_input(format!(
+                "{shown}: it is {}; at most {} can be read at once (read large files in parts)",
+                crate::sandbox::session::format_bytes(data.len()),
+                crate::sandbox::session::format_bytes(max_bytes as usize)
+            )));
+        }
+        Ok(data)
     }
 
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {

@@ -1,0 +1,220 @@
+//! The bubblewrap invocation: what an isolated command can see and do.
+//!
+//! * Fresh namespaces (user, pid, ipc, uts, cgroup, and network unless
+//!   `--allow-network`); the system read-only (`/usr`, `/etc`, …), a private
+//!   `/tmp`, the sandbox directory read-write at its visible root. Bind
+//!   mounts are `nosuid` and `nodev`.
+//! * Host files an unprivileged user could not read stay unreadable:
+//!   everything under `/etc` that is not world-readable (`shadow`, SSH host
+//!   keys, …) is masked, because the command may run as root.
+//! * Every capability is dropped (`--cap-drop ALL`), whoever starts flue, and
+//!   a seccomp filter ([`super::seccomp`]) refuses setuid and setgid bits.
+//! * bubblewrap itself starts with an empty environment; the command's
+//!   variables are set *inside* by bubblewrap (`--clearenv`, `--setenv`), so
+//!   `LD_PRELOAD` and friends never reach a host-side process.
+//! * All arguments — variables, paths, the command itself — travel in a
+//!   memfd (`--args`), not in bubblewrap's command line, where other users of
+//!   the machine could read them with `ps`.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use tokio::process::Command;
+
+use super::seccomp;
+use crate::sandbox::error::SandboxError;
+
+/// The variable that carries the command to the shell inside.
+const COMMAND_VAR: &str = "__FLUE_COMMAND";
+/// Runs the command from [`COMMAND_VAR`], after removing it from the
+/// environment the command and its children see.
+const RUN_COMMAND: &str = "__flue_command=$__FLUE_COMMAND; unset __FLUE_COMMAND; eval \"$__flue_command\"";
+/// The first fd number handed to bubblewrap (0–2 are stdio).
+const FIRST_FD: i32 = 3;
+
+/// One isolated command: where its sandbox is and what it gets.
+pub(crate) struct Isolated<'a> {
+    /// The sandbox directory on the host.
+    pub root: &'a Path,
+    /// Where commands see it.
+    pub visible_root: &'a str,
+    /// The working directory, as commands see it.
+    pub cwd: &'a str,
+    /// The command's whole environment.
+    pub env: &'a [(String, String)],
+    /// Share the host's network.
+    pub allow_network: bool,
+}
+
+/// A `bwrap` command that runs `command` with `bash -c` inside the sandbox.
+pub(crate) fn command(bwrap: &Path, isolated: &Isolated<'_>, command: &str) -> Result<Command, SandboxError> {
+    let mut args = sandbox_args(isolated);
+    args.extend(["--setenv".into(), COMMAND_VAR.into(), command.into()]);
+    let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
+    let mut fds = Vec::new();
+    for (i, program) in programs.iter().enumerate() {
+        args.extend(["--add-seccomp-fd".into(), (FIRST_FD + 1 + i as i32).to_string()]);
+        fds.push(memfd("flue-seccomp", program)?);
+    }
+    let mut encoded = Vec::new();
+    for arg in &args {
+        encoded.extend_from_slice(arg.as_bytes());
+        encoded.push(0);
+    }
+    fds.insert(0, memfd("flue-bwrap-args", &encoded)?);
+
+    let mut cmd = Command::new(bwrap);
+    cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).args(["--", "bash", "-c", RUN_COMMAND]);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls dup2, which is async-signal-safe. The fds it duplicates are owned
+    // by the closure, so they stay open until the command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// The sandbox: namespaces, mounts, capabilities, environment.
+fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        // A new session: the command cannot inject input into our terminal.
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "flue-sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    .map(String::from)
+    .to_vec();
+    if isolated.allow_network {
+        args.push("--share-net".into());
+    }
+    // Merged-/usr systems have these as symlinks; older ones as directories.
+    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(top);
+        match std::fs::read_link(&host) {
+            Ok(target) => args.extend([
+                "--symlink".into(),
+                target.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
+            Err(_) if host.is_dir() => args.extend([
+                "--ro-bind".into(),
+                host.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
+            ]),
+            Err(_) => {}
+        }
+    }
+    args.extend(["--ro-bind".into(), "/etc".into(), "/etc".into()]);
+    for masked in private_etc() {
+        match masked {
+            Masked::File(path) => args.extend(["--ro-bind".into(), "/dev/null".into(), path.clone()]),
+            Masked::Dir(path) => args.extend(["--tmpfs".into(), path.clone()]),
+        }
+    }
+    args.extend([
+        "--proc".into(),
+        "/proc".into(),
+        "--dev".into(),
+        "/dev".into(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+        "--bind".into(),
+        isolated.root.to_string_lossy().into_owned(),
+        isolated.visible_root.into(),
+        "--chdir".into(),
+        isolated.cwd.into(),
+        "--clearenv".into(),
+    ]);
+    for (name, value) in isolated.env {
+        args.extend(["--setenv".into(), name.clone(), value.clone()]);
+    }
+    args
+}
+
+/// A host path hidden from commands.
+enum Masked {
+    /// Replaced by an empty file.
+    File(String),
+    /// Replaced by an empty directory.
+    Dir(String),
+}
+
+/// Everything under `/etc` that is not world-readable (found once).
+fn private_etc() -> &'static [Masked] {
+    static MASKED: OnceLock<Vec<Masked>> = OnceLock::new();
+    MASKED.get_or_init(|| {
+        let mut masked = Vec::new();
+        let mut pending = vec![std::path::PathBuf::from("/etc")];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let path = entry.path().to_string_lossy().into_owned();
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                if meta.is_dir() {
+                    if mode & 0o005 != 0o005 {
+                        masked.push(Masked::Dir(path));
+                    } else {
+                        pending.push(entry.path());
+                    }
+                } else if meta.is_file() && mode & 0o004 == 0 {
+                    masked.push(Masked::File(path));
+                }
+            }
+        }
+        masked
+    })
+}
+
+/// An anonymous in-memory file holding `data`, read from its start.
+fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd, SandboxError> {
+    let fail = |err: std::io::Error| SandboxError::other(format!("cannot prepare the sandbox ({name}): {err}"));
+    let name = CString::new(name).expect("no NUL in fd names");
+    let fd = rustix::fs::memfd_create(&name, rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| fail(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data).map_err(fail)?;
+    rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0)).map_err(|e| fail(e.into()))?;
+    // Keep it clear of the numbers the child dup2s onto.
+    let fd = rustix::io::fcntl_dupfd_cloexec(&file, 16).map_err(|e| fail(e.into()))?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_and_capabilities_are_set_inside() {
+        let env = vec![("LD_PRELOAD".to_string(), "/workspace/x.so".to_string())];
+        let isolated = Isolated {
+            root: Path::new("/tmp/x"),
+            visible_root: "/workspace",
+            cwd: "/workspace",
+            env: &env,
+            allow_network: false,
+        };
+        let args = sandbox_args(&isolated);
+        let joined = args.join(" ");
+        assert!(joined.contains("--cap-drop ALL"), "{joined}");
+        let clearenv = args.iter().position(|a| a == "--clearenv").unwrap();
+        assert_eq!(args[clearenv + 1..], ["--setenv", "LD_PRELOAD", "/workspace/x.so"]);
+        assert!(!joined.contains("--share-net"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Where local sandboxes live on disk: `<base>/<id>/` (the files) beside
+//! `<base>/<id>.json` (name, labels, environment).
+//!
+//! Everything here is private to the user running flue: the base directory
+//! and every sandbox directory are `0700`, metadata files `0600`. A base
+//! directory that is a symbolic link, or that someone else owns or can write
+//! to, is refused with a clear error rather than used: it could redirect
+//! sandboxes, or hand what they leave behind (say, a setuid binary) to other
+//! users of the machine.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::error::{SandboxError, SandboxResult};
+
+/// What is kept about a sandbox besides its files.
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub(crate) struct Metadata {
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The directory that holds local sandboxes.
+pub(crate) struct Store {
+    base: PathBuf,
+}
+
+fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
+    SandboxError::other(format!("{context} {}: {err}", path.display()))
+}
+
+impl Store {
+    pub fn new(base: PathBuf) -> Self {
+        Store { base }
+    }
+
+    fn paths_for(&self, id: &str) -> SandboxResult<(PathBuf, PathBuf)> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(SandboxError::invalid_input(format!("{id:?} is not a local sandbox id (like local-1a2b3c4d)")));
+        }
+        Ok((self.base.join(id), self.base.join(format!("{id}.json"))))
+    }
+
+    /// Create the base directory, or check that the existing one is ours
+    /// and private.
+    fn ensure_base(&self) -> SandboxResult<()> {
+        let base = &self.base;
+        let meta = match std::fs::symlink_metadata(base) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(base)
+                    .or_else(|err| if err.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(err) })
+                    .map_err(|err| io_error("cannot create the sandboxes directory", base, err))
+                    .and_then(|()| self.ensure_base());
+            }
+            Err(err) => return Err(io_error("cannot inspect the sandboxes directory", base, err)),
+        };
+        let refuse = |why: String| {
+            Err(SandboxError::permission_denied(format!(
+                "refusing to keep sandboxes in {}: {why}. Remove it, or point TMPDIR (or --workdir) at a directory \
+                 only you can write to",
+                base.display()
+            )))
+        };
+        if meta.file_type().is_symlink() {
+            return refuse("it is a symbolic link".into());
+        }
+        if !meta.is_dir() {
+            return refuse("it is not a directory".into());
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return refuse(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return refuse(format!("others can write to it (mode {:o})", meta.mode() & 0o777));
+        }
+        if meta.mode() & 0o077 != 0 {
+            // Ours, readable by others (made by an older flue): close it.
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700))
+                .map_err(|err| io_error("cannot make private", base, err))?;
+        }
+        Ok(())
+    }
+
+    /// A new, private sandbox directory with its metadata; returns its root.
+    pub fn create(&self, id: &str, metadata: &Metadata) -> SandboxResult<PathBuf> {
+        self.ensure_base()?;
+        let (root, meta_path) = self.paths_for(id)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(|err| io_error("cannot create sandbox directory", &root, err))?;
+        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&meta_path)
+            .and_then(|mut file| file.write_all(&json))
+            .map_err(|err| io_error("cannot write", &meta_path, err))?;
+        Ok(root)
+    }
+
+    /// An existing sandbox's root and metadata.
+    pub fn open(&self, id: &str) -> SandboxResult<(PathBuf, Metadata)> {
+        let (root, meta_path) = self.paths_for(id)?;
+        match std::fs::read(&meta_path) {
+            Ok(bytes) => Ok((root, serde_json::from_slice(&bytes).unwrap_or_default())),
+            Err(_) => Err(SandboxError::not_found(format!(
+                "no local sandbox {id} in {} (was it created with --keep?)",
+                self.base.display()
+            ))),
+        }
+    }
+
+    /// Delete a sandbox's files and metadata.
+    pub fn delete(&self, id: &str) -> SandboxResult<()> {
+        let (root, meta_path) = self.paths_for(id)?;
+        if !meta_path.exists() {
+            return Err(SandboxError::not_found(format!("no local sandbox {id}")));
+        }
+        std::fs::remove_dir_all(&root).or_else(ignore_missing).map_err(|err| io_error("cannot remove", &root, err))?;
+        std::fs::remove_file(&meta_path)
+            .or_else(ignore_missing)
+            .map_err(|err| io_error("cannot remove", &meta_path, err))?;
+        Ok(())
+    }
+
+    /// Every sandbox: (id, metadata), sorted by id.
+    pub fn list(&self) -> Vec<(String, Metadata)> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let (Some(id), Some("json")) =
+                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
+            else {
+                continue;
+            };
+            if let Ok(bytes) = std::fs::read(&path) {
+                found.push((id.to_string(), serde_json::from_slice::<Metadata>(&bytes).unwrap_or_default()));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+}
+
+fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
+    if err.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(err) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_are_private_and_a_symlinked_base_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("flue-local"));
+        let root = store.create("local-a", &Metadata::default()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(store.base.as_path()), 0o700);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&tmp.path().join("flue-local/local-a.json")), 0o600);
+
+        // An older flue's 0755 base is tightened, not refused.
+        std::fs::set_permissions(store.base.as_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        store.create("local-b", &Metadata::default()).unwrap();
+        assert_eq!(mode(store.base.as_path()), 0o700);
+
+        std::fs::set_permissions(store.base.as_path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = store.create("local-c", &Metadata::default()).unwrap_err();
+        assert!(err.message.contains("others can write to it"), "{err}");
+
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, tmp.path().join("linked")).unwrap();
+        let err = Store::new(tmp.path().join("linked")).create("local-d", &Metadata::default()).unwrap_err();
+        assert!(err.message.contains("is a symbolic link"), "{err}");
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing was created through the link");
+    }
+}
