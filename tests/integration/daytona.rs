@@ -327,7 +327,7 @@ fn the_connectors_own_unit_tests_pass() {
             .current_dir(crate::support::repo_root().join("connectors/daytona")),
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("test result: ok. 5 passed"), "{}", out.stdout);
+    assert!(out.stdout.contains("test result: ok. 7 passed"), "{}", out.stdout);
 }
 
 #[test]

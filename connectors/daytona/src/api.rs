@@ -107,21 +107,10 @@ impl From<ApiError> for SandboxError {
 
 /// Send `call`; a non-2xx status becomes an error.
 pub fn send(call: &Call) -> Result<Response, ApiError> {
-    let mut headers = vec![
-        // A placeholder: the host substitutes the key for allowed hosts only.
-        ("Authorization".to_string(), "Bearer {{DAYTONA_API_KEY}}".to_string()),
-        ("X-Daytona-Source".into(), SOURCE.into()),
-        ("X-Daytona-SDK-Version".into(), SDK_VERSION.into()),
-        ("User-Agent".into(), format!("{SOURCE}/{}", env!("CARGO_PKG_VERSION"))),
-        ("Accept".into(), call.accept.into()),
-    ];
-    if let Some(content_type) = &call.content_type {
-        headers.push(("Content-Type".into(), content_type.clone()));
-    }
     let request = Request {
         method: call.method.into(),
         url: call.url.clone(),
-        headers,
+        headers: headers(call.accept, call.content_type.as_deref()),
         body: call.body.clone(),
         timeout_ms: call.timeout_ms,
     };
@@ -146,6 +135,83 @@ pub fn send(call: &Call) -> Result<Response, ApiError> {
         attempt += 1;
     }
 }
+
+/// The headers of every request: the key as a placeholder, and the SDK's.
+fn headers(accept: &str, content_type: Option<&str>) -> Vec<(String, String)> {
+    let mut headers = vec![
+        // A placeholder: the host substitutes the key for allowed hosts only.
+        ("Authorization".to_string(), "Bearer {{DAYTONA_API_KEY}}".to_string()),
+        ("X-Daytona-Source".into(), SOURCE.into()),
+        ("X-Daytona-SDK-Version".into(), SDK_VERSION.into()),
+        ("User-Agent".into(), format!("{SOURCE}/{}", env!("CARGO_PKG_VERSION"))),
+        ("Accept".into(), accept.into()),
+    ];
+    if let Some(content_type) = content_type {
+        headers.push(("Content-Type".into(), content_type.into()));
+    }
+    headers
+}
+
+/// A download to read in parts: `GET url`, from byte `offset` on when the
+/// server honours `Range` (the reader skips to it when it does not).
+pub fn download(url: String, offset: u64) -> Result<(http::ResponseStream, u64), ApiError> {
+    let call = Call { accept: "*/*", ..Call::get(url) };
+    let mut headers = headers(call.accept, None);
+    if offset > 0 {
+        headers.push(("Range".into(), format!("bytes={offset}-")));
+    }
+    // Big files take time: allow what the host allows.
+    let request = Request {
+        method: "GET".into(),
+        url: call.url.clone(),
+        headers,
+        body: Vec::new(),
+        timeout_ms: Some(LONG_TRANSFER_MS),
+    };
+    let stream = http::fetch(&request).map_err(|err| transport_error(&call, err, 1))?;
+    match stream.status() {
+        200 => Ok((stream, offset)),
+        206 => Ok((stream, 0)),
+        // Past the end: nothing to read.
+        416 => Ok((stream, u64::MAX)),
+        _ => Err(stream_error(&call, &stream)),
+    }
+}
+
+/// An upload whose body follows in parts.
+pub fn upload(url: String, content_type: &str) -> Result<http::OutgoingBody, ApiError> {
+    let call = Call { method: "POST", accept: "*/*", content_type: Some(content_type.into()), ..Call::get(url) };
+    let head = http::RequestHead {
+        method: call.method.into(),
+        url: call.url.clone(),
+        headers: headers(call.accept, Some(content_type)),
+        timeout_ms: Some(LONG_TRANSFER_MS),
+    };
+    http::start(&head).map_err(|err| transport_error(&call, err, 1))
+}
+
+/// The error a finished upload's response reports, if any.
+pub fn upload_result(url: &str, body: http::OutgoingBody) -> Result<(), ApiError> {
+    let call = Call { method: "POST", ..Call::get(url.to_string()) };
+    let stream = body.finish().map_err(|err| transport_error(&call, err, 1))?;
+    if (200..300).contains(&stream.status()) { Ok(()) } else { Err(stream_error(&call, &stream)) }
+}
+
+/// A failed streamed response as an error: its (short) body read whole.
+fn stream_error(call: &Call, stream: &http::ResponseStream) -> ApiError {
+    let mut body = Vec::new();
+    while body.len() < 64 * 1024 {
+        match stream.read(16 * 1024) {
+            Ok(part) if !part.is_empty() => body.extend(part),
+            _ => break,
+        }
+    }
+    let response = Response { status: stream.status(), headers: stream.headers(), body };
+    status_error(call, &response, 1)
+}
+
+/// The longest a transfer of a large file may take (the host's cap).
+const LONG_TRANSFER_MS: u64 = 30 * 60 * 1000;
 
 fn retryable_status(status: u16) -> bool {
     status == 409 || status == 429 || (500..600).contains(&status)

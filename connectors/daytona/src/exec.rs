@@ -2,13 +2,18 @@
 //!
 //! Daytona's execute merges stdout and stderr into one `result`, and answers
 //! a timeout with 408 and no output at all. The connector does better with
-//! one request: it sends a small POSIX shell script that runs the command
-//! with stderr to a temporary file and under coreutils `timeout` (so a timed
-//! out command still returns what it printed, with exit code 124, and its
-//! whole process group is killed), then prints a per-call random marker and
-//! the captured stderr. The marker splits `result` back into the two streams.
-//! Daytona's own `timeout` (seconds, rounded up) stays as a safety net a few
-//! seconds later.
+//! one request, and without starting a process of its own: it sends a small
+//! shell script that runs the command in a subshell (`eval`, a fork but no
+//! exec), captures its stderr in a command substitution while stdout flows
+//! on, then prints a per-call random marker and the captured stderr. The
+//! marker splits `result` back into the two streams. Only when the daemon's
+//! shell is not bash does the script re-run itself under bash (one exec), so
+//! commands always get bash.
+//!
+//! A command with a timeout runs under coreutils `timeout` (so a timed out
+//! command still returns what it printed, with exit code 124, and its whole
+//! process group is killed); Daytona's own `timeout` (seconds, rounded up)
+//! stays as a safety net a few seconds later.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -35,28 +40,32 @@ fn marker(nonce: &str) -> String {
     format!("--FLUE-STDERR-{nonce}--")
 }
 
-/// The script sent to Daytona for `command`.
+/// The script sent to Daytona for `command`: shell builtins only, but for
+/// `timeout` when a timeout is asked for.
 pub fn script(command: &str, timeout_ms: Option<u64>, nonce: &str) -> String {
     let run = match timeout_ms {
         // `timeout` signals the command's whole process group; -k follows up with KILL.
         Some(ms) => format!(
-            "if command -v timeout >/dev/null 2>&1; then timeout -k 2 {}.{:03} \"$__flue_sh\" -c {q}; else \"$__flue_sh\" -c {q}; fi",
+            "if command -v timeout >/dev/null 2>&1; then timeout -k 2 {}.{:03} bash -c {q}; else eval {q}; fi",
             ms / 1000,
             ms % 1000,
             q = quote(command)
         ),
-        None => format!("\"$__flue_sh\" -c {}", quote(command)),
+        None => format!("eval {}", quote(command)),
     };
-    format!(
-        "__flue_sh=sh; command -v bash >/dev/null 2>&1 && __flue_sh=bash\n\
-         __flue_err=$(mktemp 2>/dev/null || echo /tmp/.flue-stderr-{nonce})\n\
-         {{ {run}; }} </dev/null 2>\"$__flue_err\"\n\
+    // The command's stdout goes straight on (fd 3); its stderr is captured.
+    // The `x` keeps trailing newlines, which a substitution would strip.
+    let body = format!(
+        "exec 3>&1\n\
+         __flue_err=$( ( {run} ) 2>&1 1>&3 3>&- </dev/null; __flue_rc=$?; printf x; exit $__flue_rc )\n\
          __flue_rc=$?\n\
+         exec 3>&-\n\
          printf '\\n%s\\n' '{marker}'\n\
-         cat \"$__flue_err\" 2>/dev/null; rm -f \"$__flue_err\"\n\
+         printf '%s' \"${{__flue_err%x}}\"\n\
          exit $__flue_rc\n",
         marker = marker(nonce)
-    )
+    );
+    format!("[ -z \"${{BASH_VERSION-}}\" ] && command -v bash >/dev/null 2>&1 && exec bash -c {}\n{body}", quote(&body))
 }
 
 /// Split Daytona's merged `result` into stdout and stderr.
@@ -101,6 +110,7 @@ pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecRe
                     options.timeout_ms.unwrap_or_default()
                 ),
                 exit_code: 124,
+                timed_out: true,
             });
         }
         Err(err) => return Err(err),
@@ -108,12 +118,11 @@ pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecRe
     let parsed: ExecuteResponse = api::json(&url, &response)?;
     let (stdout, mut stderr) = split(parsed.result.as_deref().unwrap_or(""), &nonce);
     let exit_code = parsed.exit_code.or(parsed.code).unwrap_or(-1);
-    if exit_code == 124
-        && let Some(ms) = options.timeout_ms
-    {
+    let timed_out = exit_code == 124 && options.timeout_ms.is_some();
+    if let Some(ms) = options.timeout_ms.filter(|_| timed_out) {
         stderr.push_str(&format!("\n[flue: command timed out after {ms} ms and was killed]\n"));
     }
-    Ok(ExecResult { stdout, stderr, exit_code })
+    Ok(ExecResult { stdout, stderr, exit_code, timed_out })
 }
 
 #[cfg(test)]
@@ -123,6 +132,41 @@ mod tests {
     #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    /// Run `script` with `shell` and split its output as the connector does.
+    fn run_with(shell: &str, command: &str, timeout_ms: Option<u64>) -> (String, String, i32) {
+        let script = script(command, timeout_ms, "n0nce");
+        let out = std::process::Command::new(shell).arg("-c").arg(&script).output().unwrap();
+        let (stdout, stderr) = split(&String::from_utf8_lossy(&out.stdout), "n0nce");
+        (stdout, stderr, out.status.code().unwrap_or(-1))
+    }
+
+    #[test]
+    fn the_wrapper_keeps_streams_and_exit_codes_apart_in_bash_and_sh() {
+        for shell in ["bash", "sh"] {
+            let got = run_with(shell, "echo out; echo err >&2; printf 'no newline' >&2; exit 3", None);
+            assert_eq!(got, ("out\n".into(), "err\nno newline".into(), 3), "{shell}");
+            let got = run_with(shell, "printf 'a\\n\\n'; echo 'e\n' >&2", None);
+            assert_eq!(got, ("a\n\n".into(), "e\n\n".into(), 0), "{shell}: trailing newlines");
+            // Bash features work whatever the daemon's shell is.
+            let got = run_with(shell, "x=([1]=b); echo \"${x[1]}\" ${BASH_VERSION:+bash}", None);
+            assert_eq!(got.0, "b bash\n", "{shell}");
+            let got = run_with(shell, "echo fine; )(", None);
+            assert_eq!(got.2, 2, "{shell}: a syntax error is the command's, exit 2: {got:?}");
+            let got = run_with(shell, "cat", None);
+            assert_eq!(got, (String::new(), String::new(), 0), "{shell}: stdin is empty");
+        }
+    }
+
+    #[test]
+    fn without_a_timeout_the_wrapper_starts_no_program() {
+        let script = script("true", None, "n");
+        for program in ["mktemp", "cat ", "rm ", "timeout"] {
+            assert!(!script.contains(program), "{program} in {script}");
+        }
+        let got = run_with("bash", "echo before; sleep 5; echo after", Some(300));
+        assert_eq!((got.0.as_str(), got.2), ("before\n", 124), "{got:?}");
     }
 
     #[test]

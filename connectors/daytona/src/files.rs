@@ -175,3 +175,74 @@ pub fn rm(toolbox: &str, path: &str, recursive: bool, force: bool) -> Result<()>
         other => other.map(|_| ()),
     }
 }
+
+/// A file read in parts through `GET /files/download`.
+pub struct Reader {
+    stream: crate::flue::sandbox::http::ResponseStream,
+    /// Bytes still to skip (a server that ignored `Range`).
+    skip: u64,
+    done: bool,
+}
+
+pub fn open_read(toolbox: &str, path: &str, offset: u64) -> Result<Reader> {
+    let url = format!("{toolbox}/files/download?path={}", encode(path));
+    let (stream, skip) = api::download(url, offset)?;
+    Ok(Reader { stream, skip, done: skip == u64::MAX })
+}
+
+impl Reader {
+    pub fn read(&mut self, max: u32) -> Result<Vec<u8>> {
+        let broken = |err| ApiError::Unreachable(SandboxError::Unavailable(format!("the download broke off: {err:?}")));
+        while self.skip > 0 && !self.done {
+            let part = self.stream.read(self.skip.min(1 << 20) as u32).map_err(broken)?;
+            if part.is_empty() {
+                self.done = true;
+            }
+            self.skip -= part.len() as u64;
+        }
+        if self.done {
+            return Ok(Vec::new());
+        }
+        self.stream.read(max).map_err(broken)
+    }
+}
+
+/// A file written in parts: one multipart upload, its body streamed.
+pub struct Writer {
+    url: String,
+    body: Option<crate::flue::sandbox::http::OutgoingBody>,
+    suffix: Vec<u8>,
+}
+
+pub fn open_write(toolbox: &str, path: &str) -> Result<Writer> {
+    let boundary = format!("flue-{}", nonce());
+    let url = format!("{toolbox}/files/bulk-upload");
+    let body = api::upload(url.clone(), &format!("multipart/form-data; boundary={boundary}"))?;
+    let writer = Writer { url, body: Some(body), suffix: multipart::upload_suffix(&boundary) };
+    writer.send(&multipart::upload_prefix(&boundary, path))?;
+    Ok(writer)
+}
+
+impl Writer {
+    fn send(&self, data: &[u8]) -> Result<()> {
+        let body = self
+            .body
+            .as_ref()
+            .ok_or_else(|| Answer(SandboxError::InvalidInput("the file was already finished".into())))?;
+        body.write(data)
+            .map_err(|err| ApiError::Unreachable(SandboxError::Unavailable(format!("the upload broke off: {err:?}"))))
+    }
+
+    pub fn write(&self, data: &[u8]) -> Result<()> {
+        self.send(data)
+    }
+
+    pub fn finish(&mut self) -> Result<()> {
+        self.send(&self.suffix)?;
+        let body = self
+            .body
+            .take()
+            .ok_or_else(|| Answer(SandboxError::InvalidInput("the file was already finished".into())))?;
+        api::upload_result(&self.url, body)
+    }
+}

@@ -21,8 +21,11 @@ mod time;
 
 use std::cell::RefCell;
 
-use exports::flue::sandbox::lifecycle::{ConnectorInfo, Guest as Lifecycle, SandboxSummary};
-use exports::flue::sandbox::sandbox_api::{Guest as Api, GuestSandbox, Sandbox as SandboxHandle};
+use exports::flue::sandbox::lifecycle::{ConnectorInfo, Guest as Lifecycle, SandboxSummary, VolumeInfo};
+use exports::flue::sandbox::sandbox_api::{
+    FileReader as ReaderHandle, FileWriter as WriterHandle, Guest as Api, GuestFileReader, GuestFileWriter,
+    GuestSandbox, Sandbox as SandboxHandle,
+};
 use flue::sandbox::types::{CreateOptions, ExecOptions, ExecResult, FileStat, MkdirOptions, RmOptions, SandboxError};
 
 /// One Daytona sandbox, as the connector holds it.
@@ -97,12 +100,46 @@ impl GuestSandbox for DaytonaSandbox {
     fn exec(&self, command: String, options: ExecOptions) -> Result<ExecResult, SandboxError> {
         self.guard(|| exec::run(&self.toolbox, &command, &options))
     }
+
+    fn open_read(&self, path: String, offset: u64) -> Result<ReaderHandle, SandboxError> {
+        let reader = self.guard(|| files::open_read(&self.toolbox, &path, offset))?;
+        Ok(ReaderHandle::new(DaytonaReader(RefCell::new(reader))))
+    }
+
+    fn open_write(&self, path: String) -> Result<WriterHandle, SandboxError> {
+        let writer = self.guard(|| files::open_write(&self.toolbox, &path))?;
+        Ok(WriterHandle::new(DaytonaWriter(RefCell::new(writer))))
+    }
+}
+
+/// A file being read from a Daytona sandbox.
+pub struct DaytonaReader(RefCell<files::Reader>);
+
+impl GuestFileReader for DaytonaReader {
+    fn read(&self, max: u32) -> Result<Vec<u8>, SandboxError> {
+        self.0.borrow_mut().read(max).map_err(Into::into)
+    }
+}
+
+/// A file being written to a Daytona sandbox.
+pub struct DaytonaWriter(RefCell<files::Writer>);
+
+impl GuestFileWriter for DaytonaWriter {
+    fn write(&self, data: Vec<u8>) -> Result<(), SandboxError> {
+        self.0.borrow().write(&data).map_err(Into::into)
+    }
+
+    fn finish(&self) -> Result<(), SandboxError> {
+        self.0.borrow_mut().finish().map_err(Into::into)
+    }
 }
 
 struct Daytona;
 
 impl Api for Daytona {
     type Sandbox = DaytonaSandbox;
+    type FileReader = DaytonaReader;
+    type FileWriter = DaytonaWriter;
 }
 
 impl Lifecycle for Daytona {
@@ -124,6 +161,18 @@ impl Lifecycle for Daytona {
 
     fn list(labels: Vec<(String, String)>) -> Result<Vec<SandboxSummary>, SandboxError> {
         lifecycle::list(&labels)
+    }
+
+    fn list_volumes() -> Result<Vec<VolumeInfo>, SandboxError> {
+        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
+    }
+
+    fn create_volume(_name: String) -> Result<VolumeInfo, SandboxError> {
+        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
+    }
+
+    fn delete_volume(_name: String) -> Result<(), SandboxError> {
+        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
     }
 }
 

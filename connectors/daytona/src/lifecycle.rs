@@ -71,10 +71,16 @@ fn failure(dto: &SandboxDto) -> SandboxError {
     ))
 }
 
+/// Pauses between polls of a starting sandbox: the first poll at once (a
+/// sandbox is often ready by then), then backing off to one a second — the
+/// SDK's steady rate, so a slow start costs no more requests than with it.
+const POLL_INTERVALS_MS: [u64; 5] = [0, 100, 200, 400, 800];
+const POLL_STEADY: Duration = Duration::from_secs(1);
+
 /// Poll until `started`; fail fast on `error`/`build_failed`.
 fn wait_started(mut dto: SandboxDto, limit: Duration) -> Result<SandboxDto, SandboxError> {
     let started = Instant::now();
-    let mut interval = Duration::from_millis(100);
+    let mut polls = 0;
     loop {
         match state(&dto) {
             "started" => return Ok(dto),
@@ -92,8 +98,11 @@ fn wait_started(mut dto: SandboxDto, limit: Duration) -> Result<SandboxDto, Sand
                 state(&dto)
             )));
         }
-        std::thread::sleep(interval);
-        interval = (interval * 3 / 2).min(Duration::from_secs(1));
+        let pause = POLL_INTERVALS_MS.get(polls).map(|ms| Duration::from_millis(*ms)).unwrap_or(POLL_STEADY);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        polls += 1;
         dto = get(&dto.id)?;
     }
 }
@@ -120,6 +129,9 @@ fn open(dto: &SandboxDto) -> Result<DaytonaSandbox, SandboxError> {
 }
 
 pub fn create(options: CreateOptions) -> Result<DaytonaSandbox, SandboxError> {
+    if !options.volumes.is_empty() {
+        return Err(SandboxError::Unsupported("volumes are not implemented yet".into()));
+    }
     let mut labels: serde_json::Map<String, serde_json::Value> =
         options.labels.into_iter().map(|(k, v)| (k, v.into())).collect();
     labels.insert("created-by".into(), "flue".into());
@@ -238,6 +250,7 @@ pub fn list(labels: &[(String, String)]) -> Result<Vec<SandboxSummary>, SandboxE
         };
         found.extend(items.into_iter().map(|dto| SandboxSummary {
             state: state(&dto).to_string(),
+            created_ms: dto.created_at.as_deref().and_then(crate::time::rfc3339_to_unix_ms),
             id: dto.id,
             name: dto.name,
             labels: dto.labels.into_iter().collect(),

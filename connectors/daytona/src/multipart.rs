@@ -12,21 +12,27 @@ pub struct Part<'a> {
 /// An upload body for one file: the path part first (the daemon rejects a
 /// file part whose path it has not seen), then the raw bytes.
 pub fn upload_body(boundary: &str, path: &str, data: &[u8]) -> Vec<u8> {
-    let filename = path.rsplit('/').next().unwrap_or(path).replace('"', "%22");
-    let mut body = Vec::with_capacity(data.len() + 512);
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"files[0].path\"\r\n\r\n{path}\r\n").as_bytes(),
-    );
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"files[0].file\"; filename=\"{filename}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
+    let mut body = upload_prefix(boundary, path);
     body.extend_from_slice(data);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body.extend_from_slice(&upload_suffix(boundary));
     body
+}
+
+/// What comes before the file's bytes in an upload body: the path part and
+/// the file part's headers (the daemon needs the path first).
+pub fn upload_prefix(boundary: &str, path: &str) -> Vec<u8> {
+    let filename = path.rsplit('/').next().unwrap_or(path).replace('"', "%22");
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"files[0].path\"\r\n\r\n{path}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"files[0].file\"; filename=\"{filename}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// What comes after the file's bytes in an upload body.
+pub fn upload_suffix(boundary: &str) -> Vec<u8> {
+    format!("\r\n--{boundary}--\r\n").into_bytes()
 }
 
 /// The `boundary` parameter of a `multipart/…` content type.

@@ -7,8 +7,8 @@
 //
 // Build and run from the repository root:  flue run js/persistent
 
-import { openSandbox, init } from "flue:sandbox/harness@0.1.0";
-import { log } from "flue:sandbox/log@0.1.0";
+import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
+import { log } from "flue:sandbox/log@0.2.0";
 
 const PROJECT = "project";
 

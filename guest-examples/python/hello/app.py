@@ -38,7 +38,7 @@ def hello(context) -> dict:
     name = payload.get("name", "world")
 
     sandbox = harness.open_sandbox(harness.SandboxSource_RunDefault())
-    session = harness.init(sandbox, harness.InitOptions(cwd=None)).session(None)
+    session = harness.init(sandbox, harness.InitOptions(cwd=None, model=None, id=None)).session(None)
     log.log(log.Level.INFO, f"hello agent in sandbox {sandbox.id()} at {session.cwd()}")
 
     uname = session.shell("uname -a", ExecOptions(cwd=None, env=[], timeout_ms=None))

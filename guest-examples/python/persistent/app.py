@@ -42,7 +42,7 @@ def persistent() -> dict:
     sandbox = harness.open_sandbox(harness.SandboxSource_RunDefault())
 
     # 1. Setup, from the sandbox's workdir.
-    setup = harness.init(sandbox, harness.InitOptions(cwd=None)).session("setup")
+    setup = harness.init(sandbox, harness.InitOptions(cwd=None, model=None, id=None)).session("setup")
     setup.mkdir(PROJECT, MkdirOptions(recursive=True))
     setup.write_text(f"{PROJECT}/README.md", "# Demo project\n")
     setup.write_text(f"{PROJECT}/src/app.txt", "alpha\nbeta\ngamma\n")
@@ -50,7 +50,7 @@ def persistent() -> dict:
     log.log(log.Level.INFO, f"setup done in {setup.resolve_path(PROJECT)}")
 
     # 2. Work, in a second harness whose cwd is the project.
-    work = harness.init(sandbox, harness.InitOptions(cwd=PROJECT)).session("work")
+    work = harness.init(sandbox, harness.InitOptions(cwd=PROJECT, model=None, id="project")).session("work")
     pwd = work.shell("pwd", sh())
     files = work.readdir(".")
     readme = work.read_text("README.md")

@@ -23,6 +23,7 @@ use super::egress::PublicResolver;
 use super::secrets::Secrets;
 use crate::runtime::bindings::connector::flue::sandbox::http;
 use crate::sandbox::wasm::ConnectorState;
+use wasmtime::component::Resource;
 
 /// Timeouts and caps of connector HTTP.
 #[derive(Clone, Debug)]
@@ -112,11 +113,19 @@ impl HttpCapability {
         result
     }
 
-    async fn perform(&self, request: http::Request) -> Result<http::Response, http::HttpError> {
+    /// Check a request and build it: the destination against the allowlist,
+    /// secrets filled into headers, the timeout capped. Every request, whole
+    /// or streamed, goes through here.
+    fn prepare(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        timeout_ms: Option<u64>,
+    ) -> Result<Prepared, http::HttpError> {
         let invalid = |m: String| http::HttpError::InvalidRequest(m);
-        let url = Url::parse(&request.url).map_err(|e| invalid(format!("{:?} is not a URL: {e}", request.url)))?;
-        let method = Method::from_bytes(request.method.as_bytes())
-            .map_err(|_| invalid(format!("bad method {:?}", request.method)))?;
+        let url = Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| invalid(format!("bad method {method:?}")))?;
         let deny = |refusal: Refusal| {
             http::HttpError::Denied(format!("connector {} may not call it: {refusal}", self.connector))
         };
@@ -126,8 +135,8 @@ impl HttpCapability {
             return Err(deny(Refusal::NotAllowed { origin: origin(&url), allowed: "none".into() }));
         };
 
-        let mut headers = HeaderMap::new();
-        for (name, value) in &request.headers {
+        let mut header_map = HeaderMap::new();
+        for (name, value) in headers {
             let name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("bad header name {name:?}")))?;
             let value = self.secrets.substitute(value).map_err(|e| invalid(format!("header {name}: {e}")))?;
@@ -136,41 +145,81 @@ impl HttpCapability {
             if self.secrets.appear_in(value.as_bytes()) {
                 value.set_sensitive(true);
             }
-            headers.append(name, value);
+            header_map.append(name, value);
         }
-        let timeout = request
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.limits.default_timeout)
-            .min(self.limits.max_timeout);
+        let timeout =
+            timeout_ms.map(Duration::from_millis).unwrap_or(self.limits.default_timeout).min(self.limits.max_timeout);
+        let builder = client.request(method, url.clone()).headers(header_map).timeout(timeout);
+        Ok(Prepared { builder, url, timeout })
+    }
 
-        let mut response = client
-            .request(method, url.clone())
-            .headers(headers)
-            .body(request.body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|err| self.transport_error(&url, timeout, err))?;
-
+    async fn perform(&self, request: http::Request) -> Result<http::Response, http::HttpError> {
+        let prepared = self.prepare(&request.method, &request.url, &request.headers, request.timeout_ms)?;
+        let (url, timeout) = (prepared.url.clone(), prepared.timeout);
+        let mut response =
+            prepared.builder.body(request.body).send().await.map_err(|err| self.transport_error(&url, timeout, err))?;
         let status = response.status().as_u16();
-        let headers: Vec<(String, String)> = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), self.redact(&String::from_utf8_lossy(v.as_bytes()))))
-            .collect();
+        let headers = self.response_headers(&response);
         let cap = self.limits.max_response_bytes;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|err| self.transport_error(&url, timeout, err))? {
             if body.len() + chunk.len() > cap {
                 return Err(http::HttpError::TooLarge(format!(
-                    "the response from {} is larger than {cap} bytes",
+                    "the response from {} is larger than {cap} bytes (read large bodies with fetch)",
                     origin(&url)
                 )));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(http::Response { status, headers, body: self.secrets.redact_bytes(body) })
+    }
+
+    /// A response's headers, secrets redacted.
+    fn response_headers(&self, response: &reqwest::Response) -> Vec<(String, String)> {
+        response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), self.redact(&String::from_utf8_lossy(v.as_bytes()))))
+            .collect()
+    }
+
+    /// Start `head`, its body to follow through the returned [`OutgoingBody`].
+    fn start(&self, head: http::RequestHead) -> Result<OutgoingBody, http::HttpError> {
+        let prepared = self.prepare(&head.method, &head.url, &head.headers, head.timeout_ms)?;
+        // Two parts in flight at most: the connector waits while the
+        // network catches up, so memory holds a part or two, never the body.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+        let parts = futures_util::stream::unfold(receiver, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+        let body = reqwest::Body::wrap_stream(parts);
+        let request = prepared.builder.body(body).send();
+        Ok(OutgoingBody {
+            sender: Some(sender),
+            response: Some(tokio::spawn(request)),
+            url: prepared.url,
+            timeout: prepared.timeout,
+        })
+    }
+
+    /// Send `request` and hand back its response to be read in parts.
+    async fn fetch(&self, request: http::Request) -> Result<ResponseStream, http::HttpError> {
+        let prepared = self.prepare(&request.method, &request.url, &request.headers, request.timeout_ms)?;
+        let (url, timeout) = (prepared.url.clone(), prepared.timeout);
+        let response =
+            prepared.builder.body(request.body).send().await.map_err(|err| self.transport_error(&url, timeout, err))?;
+        Ok(self.stream(response, url, timeout))
+    }
+
+    fn stream(&self, response: reqwest::Response, url: Url, timeout: Duration) -> ResponseStream {
+        ResponseStream {
+            status: response.status().as_u16(),
+            headers: self.response_headers(&response),
+            response,
+            url,
+            timeout,
+            pending: Vec::new(),
+            ready: Vec::new(),
+            done: false,
+        }
     }
 
     fn transport_error(&self, url: &Url, timeout: Duration, err: reqwest::Error) -> http::HttpError {
@@ -228,8 +277,165 @@ fn client(policy: &Arc<AllowedHosts>, limits: &HttpLimits, private: bool) -> any
         .build()?)
 }
 
+/// A checked request, ready for its body.
+struct Prepared {
+    builder: reqwest::RequestBuilder,
+    url: Url,
+    timeout: Duration,
+}
+
+/// The body of a request a connector is sending in parts.
+pub struct OutgoingBody {
+    /// Parts go to the request through here; `None` once finished.
+    sender: Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>>,
+    /// The request in flight.
+    response: Option<tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>>>,
+    url: Url,
+    timeout: Duration,
+}
+
+impl Drop for OutgoingBody {
+    fn drop(&mut self) {
+        // Abandoned: stop the request rather than send a truncated body.
+        if let Some(request) = self.response.take() {
+            request.abort();
+        }
+    }
+}
+
+/// A response a connector reads in parts, secrets redacted as it goes.
+pub struct ResponseStream {
+    status: u16,
+    headers: Vec<(String, String)>,
+    response: reqwest::Response,
+    url: Url,
+    timeout: Duration,
+    /// Read but not yet redacted: could be the start of a secret.
+    pending: Vec<u8>,
+    /// Redacted, not yet handed to the connector.
+    ready: Vec<u8>,
+    done: bool,
+}
+
 impl http::Host for ConnectorState {
     async fn send(&mut self, request: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         Ok(self.grants.http.send(request).await)
     }
+
+    async fn start(
+        &mut self,
+        request: http::RequestHead,
+    ) -> wasmtime::Result<Result<Resource<OutgoingBody>, http::HttpError>> {
+        match self.grants.http.start(request) {
+            Ok(body) => Ok(Ok(self.base.table.push(body)?)),
+            Err(err) => Ok(Err(err)),
+        }
+    }
+
+    async fn fetch(
+        &mut self,
+        request: http::Request,
+    ) -> wasmtime::Result<Result<Resource<ResponseStream>, http::HttpError>> {
+        match self.grants.http.fetch(request).await {
+            Ok(stream) => Ok(Ok(self.base.table.push(stream)?)),
+            Err(err) => Ok(Err(err)),
+        }
+    }
 }
+
+impl http::HostOutgoingBody for ConnectorState {
+    async fn write(
+        &mut self,
+        this: Resource<OutgoingBody>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), http::HttpError>> {
+        let body = self.base.table.get_mut(&this)?;
+        let Some(sender) = &body.sender else {
+            return Ok(Err(http::HttpError::InvalidRequest("the body was already finished".into())));
+        };
+        if sender.send(Ok(data.into())).await.is_ok() {
+            return Ok(Ok(()));
+        }
+        // The request ended early: say why.
+        let (url, timeout) = (body.url.clone(), body.timeout);
+        let outcome = match body.response.take() {
+            Some(request) => request.await,
+            None => return Ok(Err(http::HttpError::Transport("the request already failed".into()))),
+        };
+        Ok(Err(match outcome {
+            Ok(Err(err)) => self.grants.http.transport_error(&url, timeout, err),
+            _ => http::HttpError::Transport(format!("{}: the request ended before its body", origin(&url))),
+        }))
+    }
+
+    async fn finish(
+        &mut self,
+        this: Resource<OutgoingBody>,
+    ) -> wasmtime::Result<Result<Resource<ResponseStream>, http::HttpError>> {
+        let body = self.base.table.get_mut(&this)?;
+        body.sender = None; // the end of the body
+        let (url, timeout) = (body.url.clone(), body.timeout);
+        let Some(request) = body.response.take() else {
+            return Ok(Err(http::HttpError::InvalidRequest("the body was already finished".into())));
+        };
+        let response = match request.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Ok(Err(self.grants.http.transport_error(&url, timeout, err))),
+            Err(err) => return Ok(Err(http::HttpError::Transport(format!("{}: {err}", origin(&url))))),
+        };
+        let stream = self.grants.http.stream(response, url, timeout);
+        Ok(Ok(self.base.table.push(stream)?))
+    }
+
+    async fn drop(&mut self, this: Resource<OutgoingBody>) -> wasmtime::Result<()> {
+        self.base.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl http::HostResponseStream for ConnectorState {
+    async fn status(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<u16> {
+        Ok(self.base.table.get(&this)?.status)
+    }
+
+    async fn headers(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.base.table.get(&this)?.headers.clone())
+    }
+
+    async fn read(
+        &mut self,
+        this: Resource<ResponseStream>,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, http::HttpError>> {
+        let max = (max as usize).clamp(1, MAX_STREAM_PART);
+        let stream = self.base.table.get_mut(&this)?;
+        while stream.ready.is_empty() && !stream.done {
+            match stream.response.chunk().await {
+                Ok(Some(chunk)) => {
+                    stream.pending.extend_from_slice(&chunk);
+                    let redacted = self.grants.http.secrets.redact_stream(&mut stream.pending, false);
+                    stream.ready.extend(redacted);
+                }
+                Ok(None) => {
+                    let redacted = self.grants.http.secrets.redact_stream(&mut stream.pending, true);
+                    stream.ready.extend(redacted);
+                    stream.done = true;
+                }
+                Err(err) => {
+                    let (url, timeout) = (stream.url.clone(), stream.timeout);
+                    return Ok(Err(self.grants.http.transport_error(&url, timeout, err)));
+                }
+            }
+        }
+        let n = stream.ready.len().min(max);
+        Ok(Ok(stream.ready.drain(..n).collect()))
+    }
+
+    async fn drop(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<()> {
+        self.base.table.delete(this)?;
+        Ok(())
+    }
+}
+
+/// The most one `read` of a response stream returns.
+const MAX_STREAM_PART: usize = 8 * 1024 * 1024;

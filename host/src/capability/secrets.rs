@@ -142,28 +142,45 @@ impl Secrets {
 
     /// [`Secrets::redact`] for bytes.
     pub fn redact_bytes(&self, body: Vec<u8>) -> Vec<u8> {
-        let mut body = body;
+        let mut pending = body;
+        self.redact_stream(&mut pending, true)
+    }
+
+    /// Redact the part of a stream read so far: returns what can be passed
+    /// on and leaves in `pending` the tail that could still be the start of
+    /// a secret (nothing at the end of the stream, `eof`).
+    pub fn redact_stream(&self, pending: &mut Vec<u8>, eof: bool) -> Vec<u8> {
+        let longest = self.secrets.iter().flat_map(|s| s.needles.iter().map(Vec::len)).max().unwrap_or(0);
+        let hold = if eof { 0 } else { longest.saturating_sub(1) };
+        // A match that starts before `safe` lies wholly in `pending`.
+        let safe = pending.len().saturating_sub(hold);
+        let mut out = Vec::with_capacity(pending.len());
+        let mut at = 0;
+        while let Some((start, len, name)) = self.earliest(&pending[at..]).filter(|(start, ..)| at + start < safe) {
+            out.extend_from_slice(&pending[at..at + start]);
+            out.extend_from_slice(format!("[redacted {name}]").as_bytes());
+            at += start + len;
+        }
+        let end = safe.max(at);
+        out.extend_from_slice(&pending[at..end]);
+        pending.drain(..end);
+        out
+    }
+
+    /// The first secret (or encoding of one) in `haystack`: its offset,
+    /// length and the secret's name. At one offset the longest wins.
+    fn earliest(&self, haystack: &[u8]) -> Option<(usize, usize, &str)> {
+        let mut best: Option<(usize, usize, &str)> = None;
         for secret in &self.secrets {
             for needle in &secret.needles {
-                if memchr::memmem::find(&body, needle).is_none() {
-                    continue;
+                if let Some(at) = memchr::memmem::find(haystack, needle)
+                    && best.is_none_or(|(b_at, b_len, _)| at < b_at || (at == b_at && needle.len() > b_len))
+                {
+                    best = Some((at, needle.len(), &secret.name));
                 }
-                let replacement = format!("[redacted {}]", secret.name).into_bytes();
-                let mut out = Vec::with_capacity(body.len());
-                let mut at = 0;
-                for found in memchr::memmem::find_iter(&body, needle) {
-                    if found < at {
-                        continue; // overlapping match
-                    }
-                    out.extend_from_slice(&body[at..found]);
-                    out.extend_from_slice(&replacement);
-                    at = found + needle.len();
-                }
-                out.extend_from_slice(&body[at..]);
-                body = out;
             }
         }
-        body
+        best
     }
 }
 
@@ -212,6 +229,26 @@ mod tests {
         assert_eq!(secrets.redact(&query), "https://x/?token=[redacted API_KEY]");
         let lower = format!("token={}", percent_encode(KEY, true));
         assert_eq!(secrets.redact(&lower), "token=[redacted API_KEY]");
+    }
+
+    #[test]
+    fn a_secret_split_across_chunks_is_redacted() {
+        let secrets = secrets();
+        let body = format!("before {KEY} middle {KEY}");
+        for chunk in [1, 3, 7, 64] {
+            let mut pending = Vec::new();
+            let mut out = Vec::new();
+            for piece in body.as_bytes().chunks(chunk) {
+                pending.extend_from_slice(piece);
+                out.extend(secrets.redact_stream(&mut pending, false));
+            }
+            out.extend(secrets.redact_stream(&mut pending, true));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "before [redacted API_KEY] middle [redacted API_KEY]",
+                "chunks of {chunk}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ const WIT: &[(&str, &str)] = &[
     ("wit/sandbox-api.wit", include_str!("../../../wit/sandbox-api.wit")),
     ("wit/connector.wit", include_str!("../../../wit/connector.wit")),
     ("wit/agent.wit", include_str!("../../../wit/agent.wit")),
+    ("wit/log.wit", include_str!("../../../wit/log.wit")),
+    ("wit/model.wit", include_str!("../../../wit/model.wit")),
     ("wit/worlds.wit", include_str!("../../../wit/worlds.wit")),
 ];
 

@@ -4,6 +4,10 @@
 //! points at a backend sandbox. Every file and shell call goes through a
 //! [`Session`], so session semantics and events apply uniformly, whichever
 //! backend serves the sandbox.
+//!
+//! The work is done by version-independent methods on [`AgentState`], in
+//! the host's own types; the trait impls below adapt them to the current
+//! WIT, and [`crate::runtime::compat`] to earlier releases.
 
 use std::sync::Arc;
 
@@ -11,16 +15,16 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::sandboxes::{RunSandboxes, SandboxSource};
-use crate::runtime::bindings::agent::flue::sandbox::{harness, log, sandbox_api, types};
+use crate::runtime::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
 use crate::runtime::{HasStoreBase, StoreBase};
 use crate::sandbox::SandboxBackend;
-use crate::sandbox::error::{ErrorKind, SandboxError};
+use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
-use crate::sandbox::session::Session;
+use crate::sandbox::session::{Session, SessionReader, SessionWriter};
 
-/// The longest session name the host keeps (each handle's name lives in the
-/// host, so its size is bounded like the number of handles).
-const MAX_NAME_BYTES: usize = 256;
+/// The longest session or harness name the host keeps (each handle's name
+/// lives in the host, so its size is bounded like the number of handles).
+pub(crate) const MAX_NAME_BYTES: usize = 256;
 
 /// The data of an agent's store.
 pub struct AgentState {
@@ -50,56 +54,202 @@ pub struct AgentSandbox {
 pub struct AgentHarness {
     sandbox: Arc<dyn SandboxBackend>,
     cwd: String,
+    id: String,
+    /// The model `prompt` uses (`provider/model`), if the agent named one.
+    pub(crate) model: Option<String>,
 }
 
 /// An agent's `session` handle.
 pub struct AgentSession {
-    session: Session,
+    pub(crate) session: Session,
     name: String,
+    /// The harness's name and model, for `prompt`.
+    pub(crate) harness: String,
+    pub(crate) model: Option<String>,
 }
 
-type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;
+/// An agent's `file-reader` handle.
+pub struct AgentReader(SessionReader);
 
-fn wit<T>(result: Result<T, SandboxError>) -> WitResult<T> {
-    Ok(result.map_err(Into::into))
+/// An agent's `file-writer` handle.
+pub struct AgentWriter(SessionWriter);
+
+/// A name the host will keep, or why not.
+fn checked_name(name: Option<String>, what: &str) -> SandboxResult<String> {
+    let name = name.unwrap_or_else(|| "default".into());
+    if name.len() > MAX_NAME_BYTES {
+        return Err(SandboxError::invalid_input(format!(
+            "{what} name of {} bytes refused: names are at most {MAX_NAME_BYTES} bytes",
+            name.len()
+        )));
+    }
+    Ok(name)
 }
 
+/// Version-independent operations, in the host's types. A `wasmtime::Result`
+/// error is a trap (a bad handle); the inner result is the agent's answer.
 impl AgentState {
     /// A session rooted at the sandbox's workdir: raw `sandbox` calls resolve
     /// relative paths against it.
-    fn workdir_session(&self, this: &Resource<AgentSandbox>) -> wasmtime::Result<Session> {
+    pub(crate) fn workdir_session(&self, this: &Resource<AgentSandbox>) -> wasmtime::Result<Session> {
         let sandbox = self.base.table.get(this)?.sandbox.clone();
         // A sandbox's workdir is absolute, so this cannot fail.
         self.sandboxes.session(sandbox, None).map_err(wasmtime::Error::new)
     }
 
-    fn session(&self, this: &Resource<AgentSession>) -> wasmtime::Result<Session> {
+    pub(crate) fn session(&self, this: &Resource<AgentSession>) -> wasmtime::Result<Session> {
         Ok(self.base.table.get(this)?.session.clone())
+    }
+
+    pub(crate) fn sandbox_id(&self, this: &Resource<AgentSandbox>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(this)?.sandbox.id().to_string())
+    }
+
+    pub(crate) fn sandbox_workdir(&self, this: &Resource<AgentSandbox>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(this)?.sandbox.workdir().to_string())
+    }
+
+    pub(crate) async fn open(
+        &mut self,
+        source: SandboxSource,
+    ) -> wasmtime::Result<SandboxResult<Resource<AgentSandbox>>> {
+        match self.sandboxes.open_sandbox(source).await {
+            Ok(sandbox) => Ok(Ok(self.base.table.push(AgentSandbox { sandbox })?)),
+            Err(err) => Ok(Err(err)),
+        }
+    }
+
+    pub(crate) async fn init_harness(
+        &mut self,
+        sandbox: &Resource<AgentSandbox>,
+        cwd: Option<String>,
+        model: Option<String>,
+        id: Option<String>,
+    ) -> wasmtime::Result<SandboxResult<Resource<AgentHarness>>> {
+        let sandbox = self.base.table.get(sandbox)?.sandbox.clone();
+        let id = match checked_name(id, "harness") {
+            Ok(id) => id,
+            Err(err) => return Ok(Err(err)),
+        };
+        let session = match self.sandboxes.session(sandbox.clone(), cwd.as_deref()) {
+            Ok(session) => session,
+            Err(err) => return Ok(Err(err)),
+        };
+        // Fail at init, with the reason, rather than at the first command.
+        let cwd = session.cwd().to_string();
+        match session.stat(".").await {
+            Ok(stat) if stat.is_directory => {}
+            Ok(_) => {
+                return Ok(Err(SandboxError::new(
+                    ErrorKind::NotADirectory,
+                    format!("harness cwd {cwd} is not a directory"),
+                )));
+            }
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                return Ok(Err(SandboxError::not_found(format!(
+                    "harness cwd {cwd} does not exist in sandbox {}; create it first (e.g. session.mkdir)",
+                    sandbox.id()
+                ))));
+            }
+            Err(err) => return Ok(Err(err)),
+        }
+        Ok(Ok(self.base.table.push(AgentHarness { sandbox, cwd, id, model })?))
+    }
+
+    pub(crate) fn new_session(
+        &mut self,
+        this: &Resource<AgentHarness>,
+        name: Option<String>,
+    ) -> wasmtime::Result<SandboxResult<Resource<AgentSession>>> {
+        let name = match checked_name(name, "session") {
+            Ok(name) => name,
+            Err(err) => return Ok(Err(err)),
+        };
+        let harness = self.base.table.get(this)?;
+        let (sandbox, cwd, id, model) =
+            (harness.sandbox.clone(), harness.cwd.clone(), harness.id.clone(), harness.model.clone());
+        let session = match self.sandboxes.session(sandbox, Some(&cwd)) {
+            Ok(session) => session,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model })?))
+    }
+
+    pub(crate) fn harness_cwd(&self, this: &Resource<AgentHarness>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(this)?.cwd.clone())
+    }
+
+    pub(crate) fn session_name(&self, this: &Resource<AgentSession>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(this)?.name.clone())
+    }
+
+    pub(crate) fn session_cwd(&self, this: &Resource<AgentSession>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(this)?.session.cwd().to_string())
+    }
+
+    pub(crate) fn resolve_in_session(&self, this: &Resource<AgentSession>, path: &str) -> wasmtime::Result<String> {
+        let session = &self.base.table.get(this)?.session;
+        Ok(paths::resolve(session.cwd(), path).unwrap_or_else(|_| session.cwd().to_string()))
+    }
+
+    pub(crate) fn push_reader(
+        &mut self,
+        reader: SandboxResult<SessionReader>,
+    ) -> wasmtime::Result<SandboxResult<Resource<AgentReader>>> {
+        match reader {
+            Ok(reader) => Ok(Ok(self.base.table.push(AgentReader(reader))?)),
+            Err(err) => Ok(Err(err)),
+        }
+    }
+
+    pub(crate) fn push_writer(
+        &mut self,
+        writer: SandboxResult<SessionWriter>,
+    ) -> wasmtime::Result<SandboxResult<Resource<AgentWriter>>> {
+        match writer {
+            Ok(writer) => Ok(Ok(self.base.table.push(AgentWriter(writer))?)),
+            Err(err) => Ok(Err(err)),
+        }
+    }
+
+    /// Drop a handle of any kind. Dropping a sandbox handle never deletes
+    /// the sandbox: the run owns that.
+    pub(crate) fn drop_handle<T: 'static>(&mut self, this: Resource<T>) -> wasmtime::Result<()> {
+        self.base.table.delete(this)?;
+        Ok(())
     }
 }
 
+type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;
+
+fn wit<T>(result: wasmtime::Result<SandboxResult<T>>) -> WitResult<T> {
+    result.map(|inner| inner.map_err(Into::into))
+}
+
 /// The file methods `sandbox` and `session` share, for a handle type and
-/// the [`AgentState`] method that turns a handle into a [`Session`].
+/// the [`AgentState`] method that turns a handle into a [`Session`]. They
+/// name `types`, `WitResult` and `wit` as the caller's scope defines them,
+/// so each WIT version's impls use it with that version's types.
 macro_rules! file_methods {
     ($handle:ty, $session:ident) => {
         async fn read_file(&mut self, this: Resource<$handle>, path: String) -> WitResult<Vec<u8>> {
-            wit(self.$session(&this)?.read_file(&path).await)
+            wit(Ok(self.$session(&this)?.read_file(&path).await))
         }
 
         async fn write_file(&mut self, this: Resource<$handle>, path: String, data: Vec<u8>) -> WitResult<()> {
-            wit(self.$session(&this)?.write_file(&path, &data).await)
+            wit(Ok(self.$session(&this)?.write_file(&path, &data).await))
         }
 
         async fn stat(&mut self, this: Resource<$handle>, path: String) -> WitResult<types::FileStat> {
-            wit(self.$session(&this)?.stat(&path).await.map(Into::into))
+            wit(Ok(self.$session(&this)?.stat(&path).await.map(Into::into)))
         }
 
         async fn readdir(&mut self, this: Resource<$handle>, path: String) -> WitResult<Vec<String>> {
-            wit(self.$session(&this)?.readdir(&path).await)
+            wit(Ok(self.$session(&this)?.readdir(&path).await))
         }
 
         async fn exists(&mut self, this: Resource<$handle>, path: String) -> WitResult<bool> {
-            wit(self.$session(&this)?.exists(&path).await)
+            wit(Ok(self.$session(&this)?.exists(&path).await))
         }
 
         async fn mkdir(
@@ -108,28 +258,51 @@ macro_rules! file_methods {
             path: String,
             options: types::MkdirOptions,
         ) -> WitResult<()> {
-            wit(self.$session(&this)?.mkdir(&path, options.recursive).await)
+            wit(Ok(self.$session(&this)?.mkdir(&path, options.recursive).await))
         }
 
         async fn rm(&mut self, this: Resource<$handle>, path: String, options: types::RmOptions) -> WitResult<()> {
-            wit(self.$session(&this)?.rm(&path, options.recursive, options.force).await)
+            wit(Ok(self.$session(&this)?.rm(&path, options.recursive, options.force).await))
+        }
+    };
+}
+pub(crate) use file_methods;
+
+/// The streaming file methods `sandbox` and `session` share (added in 0.2.0).
+macro_rules! stream_methods {
+    ($handle:ty, $session:ident) => {
+        async fn open_read(
+            &mut self,
+            this: Resource<$handle>,
+            path: String,
+            offset: u64,
+        ) -> WitResult<Resource<AgentReader>> {
+            let reader = self.$session(&this)?.open_read(&path, offset).await;
+            wit(self.push_reader(reader))
+        }
+
+        async fn open_write(&mut self, this: Resource<$handle>, path: String) -> WitResult<Resource<AgentWriter>> {
+            let writer = self.$session(&this)?.open_write(&path).await;
+            wit(self.push_writer(writer))
         }
     };
 }
 
 impl types::Host for AgentState {}
 impl sandbox_api::Host for AgentState {}
+impl model::Host for AgentState {}
 
 impl sandbox_api::HostSandbox for AgentState {
     async fn id(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        Ok(self.base.table.get(&this)?.sandbox.id().to_string())
+        self.sandbox_id(&this)
     }
 
     async fn workdir(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        Ok(self.base.table.get(&this)?.sandbox.workdir().to_string())
+        self.sandbox_workdir(&this)
     }
 
     file_methods!(AgentSandbox, workdir_session);
+    stream_methods!(AgentSandbox, workdir_session);
 
     async fn exec(
         &mut self,
@@ -137,13 +310,35 @@ impl sandbox_api::HostSandbox for AgentState {
         command: String,
         options: types::ExecOptions,
     ) -> WitResult<types::ExecResult> {
-        wit(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into))
+        wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
     }
 
     async fn drop(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<()> {
-        // Dropping a handle never deletes the sandbox: the run owns that.
-        self.base.table.delete(this)?;
-        Ok(())
+        self.drop_handle(this)
+    }
+}
+
+impl sandbox_api::HostFileReader for AgentState {
+    async fn read(&mut self, this: Resource<AgentReader>, max: u32) -> WitResult<Vec<u8>> {
+        wit(Ok(self.base.table.get_mut(&this)?.0.read(max as usize).await))
+    }
+
+    async fn drop(&mut self, this: Resource<AgentReader>) -> wasmtime::Result<()> {
+        self.drop_handle(this)
+    }
+}
+
+impl sandbox_api::HostFileWriter for AgentState {
+    async fn write(&mut self, this: Resource<AgentWriter>, data: Vec<u8>) -> WitResult<()> {
+        wit(Ok(self.base.table.get_mut(&this)?.0.write(&data).await))
+    }
+
+    async fn finish(&mut self, this: Resource<AgentWriter>) -> WitResult<()> {
+        wit(Ok(self.base.table.get_mut(&this)?.0.finish().await))
+    }
+
+    async fn drop(&mut self, this: Resource<AgentWriter>) -> wasmtime::Result<()> {
+        self.drop_handle(this)
     }
 }
 
@@ -160,10 +355,7 @@ impl harness::Host for AgentState {
                 SandboxSource::Connect { connector: request.connector, id: request.id }
             }
         };
-        match self.sandboxes.open_sandbox(source).await {
-            Ok(sandbox) => Ok(Ok(self.base.table.push(AgentSandbox { sandbox })?)),
-            Err(err) => wit(Err(err)),
-        }
+        wit(self.open(source).await)
     }
 
     async fn init(
@@ -171,76 +363,43 @@ impl harness::Host for AgentState {
         sandbox: Resource<AgentSandbox>,
         options: harness::InitOptions,
     ) -> WitResult<Resource<AgentHarness>> {
-        let sandbox = self.base.table.get(&sandbox)?.sandbox.clone();
-        let session = match self.sandboxes.session(sandbox.clone(), options.cwd.as_deref()) {
-            Ok(session) => session,
-            Err(err) => return wit(Err(err)),
-        };
-        // Fail at init, with the reason, rather than at the first command.
-        let cwd = session.cwd().to_string();
-        match session.stat(".").await {
-            Ok(stat) if stat.is_directory => {}
-            Ok(_) => {
-                return wit(Err(SandboxError::new(
-                    ErrorKind::NotADirectory,
-                    format!("harness cwd {cwd} is not a directory"),
-                )));
-            }
-            Err(err) if err.kind == ErrorKind::NotFound => {
-                return wit(Err(SandboxError::not_found(format!(
-                    "harness cwd {cwd} does not exist in sandbox {}; create it first (e.g. session.mkdir)",
-                    sandbox.id()
-                ))));
-            }
-            Err(err) => return wit(Err(err)),
-        }
-        Ok(Ok(self.base.table.push(AgentHarness { sandbox, cwd })?))
+        wit(self.init_harness(&sandbox, options.cwd, options.model, options.id).await)
     }
 }
 
 impl harness::HostHarness for AgentState {
+    async fn id(&mut self, this: Resource<AgentHarness>) -> wasmtime::Result<String> {
+        Ok(self.base.table.get(&this)?.id.clone())
+    }
+
     async fn cwd(&mut self, this: Resource<AgentHarness>) -> wasmtime::Result<String> {
-        Ok(self.base.table.get(&this)?.cwd.clone())
+        self.harness_cwd(&this)
     }
 
     async fn session(
         &mut self,
         this: Resource<AgentHarness>,
         name: Option<String>,
-    ) -> wasmtime::Result<Resource<AgentSession>> {
-        let name = name.unwrap_or_else(|| "default".into());
-        if name.len() > MAX_NAME_BYTES {
-            // `session` cannot return an error in this WIT version: refuse by
-            // trapping, with the reason.
-            return Err(wasmtime::Error::msg(format!(
-                "session name of {} bytes refused: names are at most {MAX_NAME_BYTES} bytes",
-                name.len()
-            )));
-        }
-        let harness = self.base.table.get(&this)?;
-        let (sandbox, cwd) = (harness.sandbox.clone(), harness.cwd.clone());
-        let session = self.sandboxes.session(sandbox, Some(&cwd)).map_err(wasmtime::Error::new)?;
-        Ok(self.base.table.push(AgentSession { session, name })?)
+    ) -> WitResult<Resource<AgentSession>> {
+        wit(self.new_session(&this, name))
     }
 
     async fn drop(&mut self, this: Resource<AgentHarness>) -> wasmtime::Result<()> {
-        self.base.table.delete(this)?;
-        Ok(())
+        self.drop_handle(this)
     }
 }
 
 impl harness::HostSession for AgentState {
     async fn name(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        Ok(self.base.table.get(&this)?.name.clone())
+        self.session_name(&this)
     }
 
     async fn cwd(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        Ok(self.base.table.get(&this)?.session.cwd().to_string())
+        self.session_cwd(&this)
     }
 
     async fn resolve_path(&mut self, this: Resource<AgentSession>, path: String) -> wasmtime::Result<String> {
-        let session = &self.base.table.get(&this)?.session;
-        Ok(paths::resolve(session.cwd(), &path).unwrap_or_else(|_| session.cwd().to_string()))
+        self.resolve_in_session(&this, &path)
     }
 
     async fn shell(
@@ -249,22 +408,31 @@ impl harness::HostSession for AgentState {
         command: String,
         options: types::ExecOptions,
     ) -> WitResult<types::ExecResult> {
-        wit(self.session(&this)?.exec(&command, options.into()).await.map(Into::into))
+        wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
     }
 
     async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
-        wit(self.session(&this)?.read_text(&path).await)
+        wit(Ok(self.session(&this)?.read_text(&path).await))
     }
 
     async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
-        wit(self.session(&this)?.write_file(&path, text.as_bytes()).await)
+        wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
     }
 
     file_methods!(AgentSession, session);
+    stream_methods!(AgentSession, session);
+
+    async fn prompt(
+        &mut self,
+        this: Resource<AgentSession>,
+        text: String,
+        options: model::PromptOptions,
+    ) -> wasmtime::Result<Result<model::PromptResult, model::PromptError>> {
+        self.prompt_session(&this, text, options).await
+    }
 
     async fn drop(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<()> {
-        self.base.table.delete(this)?;
-        Ok(())
+        self.drop_handle(this)
     }
 }
 

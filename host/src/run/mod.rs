@@ -6,6 +6,7 @@
 //! trap, so cleanup cannot be left to the guest.
 
 pub mod imports;
+mod prompt;
 pub mod sandboxes;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::events::{Event, EventLog, millis};
 use crate::runtime::Runtime;
 use crate::runtime::bindings::agent::exports::flue::sandbox::run::Context;
+use crate::runtime::compat::{AnyAgentPre, v0_1_0};
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
 use crate::sandbox::registry::ConnectorRegistry;
@@ -137,12 +139,26 @@ async fn execute(
         sandboxes: services.clone(),
     });
 
-    let outcome = async {
-        let agent = pre.instantiate_async(&mut store).await?;
-        let context = Context { id: run.id.clone(), run_id: run_id.to_string(), payload: run.payload.clone() };
-        agent.flue_sandbox_run().call_run(&mut store, &context).await
-    }
-    .await;
+    let (id, payload) = (run.id.clone(), run.payload.clone());
+    let outcome = match &pre {
+        AnyAgentPre::Current(pre) => {
+            async {
+                let agent = pre.instantiate_async(&mut store).await?;
+                let context = Context { id, run_id: run_id.to_string(), payload };
+                agent.flue_sandbox_run().call_run(&mut store, &context).await
+            }
+            .await
+        }
+        AnyAgentPre::V0_1_0(pre) => {
+            async {
+                let agent = pre.instantiate_async(&mut store).await?;
+                let context =
+                    v0_1_0::bindings::exports::flue::sandbox::run::Context { id, run_id: run_id.to_string(), payload };
+                agent.flue_sandbox_run().call_run(&mut store, &context).await
+            }
+            .await
+        }
+    };
     stdout.finish();
     stderr.finish();
 

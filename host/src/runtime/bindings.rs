@@ -3,7 +3,8 @@
 //! The shared interfaces (`types`, `log`) are generated once, in the agent
 //! world's module; the connector world reuses them through `with:`, so each
 //! WIT type has one Rust type and every conversion in
-//! [`super::convert`] is written and compiled once.
+//! [`super::convert`] is written and compiled once. Agents built against an
+//! earlier release of the WIT are bound in [`super::compat`].
 
 /// The `agent` world: the host implements the agent's imports.
 #[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
@@ -15,6 +16,8 @@ pub mod agent {
         exports: { default: async },
         with: {
             "flue:sandbox/sandbox-api.sandbox": crate::run::imports::AgentSandbox,
+            "flue:sandbox/sandbox-api.file-reader": crate::run::imports::AgentReader,
+            "flue:sandbox/sandbox-api.file-writer": crate::run::imports::AgentWriter,
             "flue:sandbox/harness.harness": crate::run::imports::AgentHarness,
             "flue:sandbox/harness.session": crate::run::imports::AgentSession,
         },
@@ -33,6 +36,8 @@ pub mod connector {
         with: {
             "flue:sandbox/types": super::agent::flue::sandbox::types,
             "flue:sandbox/log": super::agent::flue::sandbox::log,
+            "flue:sandbox/http.outgoing-body": crate::capability::http::OutgoingBody,
+            "flue:sandbox/http.response-stream": crate::capability::http::ResponseStream,
         },
     });
 }

@@ -7,7 +7,7 @@ use super::bindings::connector::exports::flue::sandbox::lifecycle;
 use super::bindings::types as wit;
 use crate::sandbox::session::ExecOptions;
 use crate::sandbox::{
-    ConfigKey, ConnectorInfo, CreateOptions, ExecOutput, FileStat, Resources, SandboxSummary, TIMEOUT_EXIT_CODE,
+    ConfigKey, ConnectorInfo, CreateOptions, ExecOutput, FileStat, Resources, SandboxSummary, VolumeInfo, VolumeMount,
 };
 
 /// Records whose fields are the same on both sides: map both ways.
@@ -27,23 +27,13 @@ macro_rules! same_fields {
     };
 }
 
+pub(crate) use same_fields;
+
 same_fields!(FileStat, wit::FileStat, { is_file, is_directory, is_symlink, size, mtime_ms, mode });
 same_fields!(Resources, wit::Resources, { cpu, memory_gib, disk_gib, gpu });
 
-impl From<ExecOutput> for wit::ExecResult {
-    fn from(o: ExecOutput) -> Self {
-        wit::ExecResult { stdout: o.stdout, stderr: o.stderr, exit_code: o.exit_code }
-    }
-}
-
-impl From<wit::ExecResult> for ExecOutput {
-    fn from(o: wit::ExecResult) -> Self {
-        // This WIT version has no timed-out flag: a connector reports a
-        // timeout by exit code alone.
-        let timed_out = o.exit_code == TIMEOUT_EXIT_CODE;
-        ExecOutput { stdout: o.stdout, stderr: o.stderr, exit_code: o.exit_code, timed_out }
-    }
-}
+same_fields!(ExecOutput, wit::ExecResult, { stdout, stderr, exit_code, timed_out });
+same_fields!(VolumeMount, wit::VolumeMount, { volume, mount_path, subpath, create });
 
 impl From<wit::CreateOptions> for CreateOptions {
     fn from(o: wit::CreateOptions) -> Self {
@@ -55,6 +45,7 @@ impl From<wit::CreateOptions> for CreateOptions {
             name: o.name,
             auto_stop_minutes: o.auto_stop_minutes,
             resources: o.resources.map(Into::into),
+            volumes: o.volumes.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -69,6 +60,7 @@ impl From<&CreateOptions> for wit::CreateOptions {
             name: o.name.clone(),
             auto_stop_minutes: o.auto_stop_minutes,
             resources: o.resources.map(Into::into),
+            volumes: o.volumes.iter().cloned().map(Into::into).collect(),
         }
     }
 }
@@ -102,11 +94,8 @@ impl From<lifecycle::ConnectorInfo> for ConnectorInfo {
     }
 }
 
-impl From<lifecycle::SandboxSummary> for SandboxSummary {
-    fn from(s: lifecycle::SandboxSummary) -> Self {
-        SandboxSummary { id: s.id, name: s.name, state: s.state, labels: s.labels }
-    }
-}
+same_fields!(SandboxSummary, lifecycle::SandboxSummary, { id, name, state, labels, created_ms });
+same_fields!(VolumeInfo, lifecycle::VolumeInfo, { name, state, created_ms });
 
 impl super::bindings::agent::flue::sandbox::log::Level {
     /// The level's name as events carry it (`info`, `warn`, …).

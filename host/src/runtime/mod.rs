@@ -8,7 +8,8 @@
 
 pub mod bindings;
 pub mod cache;
-mod convert;
+pub mod compat;
+pub(crate) mod convert;
 pub mod engine;
 pub mod guest_output;
 pub mod limits;
@@ -22,9 +23,9 @@ use wasmtime::{Engine, Store};
 use crate::events::EventLog;
 use crate::run::imports::AgentState;
 use crate::sandbox::wasm::ConnectorState;
-use bindings::agent::AgentPre;
 use bindings::connector::ConnectorPre;
 use cache::{CacheOutcome, ComponentCache};
+use compat::AnyAgentPre;
 use engine::{arm_deadline, new_engine, wasm_error};
 pub use limits::{Limiter, Limits, StoreLimitsConfig};
 
@@ -66,6 +67,9 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut agent_linker).map_err(wasm_error)?;
         bindings::agent::Agent::add_to_linker::<_, HasSelf<AgentState>>(&mut agent_linker, |state| state)
             .map_err(wasm_error)?;
+        // Agents built against an earlier release of the WIT.
+        compat::v0_1_0::bindings::Agent::add_to_linker::<_, HasSelf<AgentState>>(&mut agent_linker, |state| state)
+            .map_err(wasm_error)?;
 
         let mut connector_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut connector_linker).map_err(wasm_error)?;
@@ -89,12 +93,10 @@ impl Runtime {
         Ok(component)
     }
 
-    /// Type-check an agent against the agent world.
-    pub fn agent_pre(&self, component: &Component) -> anyhow::Result<AgentPre<AgentState>> {
-        let pre = self.agent_linker.instantiate_pre(component).map_err(|err| {
-            anyhow::anyhow!("not a flue agent (expected the flue:sandbox/agent world): {}", wasm_error(err))
-        })?;
-        AgentPre::new(pre).map_err(|err| anyhow::anyhow!("not a flue agent: {}", wasm_error(err)))
+    /// Type-check an agent against the agent world (the current version,
+    /// or an earlier one the host still runs).
+    pub fn agent_pre(&self, component: &Component) -> anyhow::Result<AnyAgentPre> {
+        compat::agent_pre(&self.agent_linker, component)
     }
 
     /// Type-check a connector against the connector world.

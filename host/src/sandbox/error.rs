@@ -59,6 +59,8 @@ error_kinds! {
     IsADirectory => "is-a-directory",
     /// The operation did not finish in time.
     Timeout => "timeout",
+    /// More data than one call may move: move it in parts.
+    TooLarge => "too-large",
     /// The backend cannot honour this operation or option.
     Unsupported => "unsupported",
     /// Credentials are missing or were rejected.
@@ -125,7 +127,8 @@ impl SandboxError {
             Io::NotADirectory => ErrorKind::NotADirectory,
             Io::IsADirectory => ErrorKind::IsADirectory,
             Io::DirectoryNotEmpty => ErrorKind::InvalidInput,
-            Io::InvalidInput | Io::InvalidFilename | Io::FileTooLarge => ErrorKind::InvalidInput,
+            Io::InvalidInput | Io::InvalidFilename => ErrorKind::InvalidInput,
+            Io::FileTooLarge => ErrorKind::TooLarge,
             Io::TimedOut => ErrorKind::Timeout,
             _ => match err.raw_os_error() {
                 Some(libc::ELOOP) => ErrorKind::PermissionDenied,

@@ -122,6 +122,32 @@ pub struct CreateOptions {
     pub auto_stop_minutes: Option<u32>,
     /// Machine size.
     pub resources: Option<Resources>,
+    /// Volumes to mount.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume mounted into a new sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub volume: String,
+    /// Where commands see it (absolute).
+    pub mount_path: String,
+    /// Mount only this directory of the volume.
+    pub subpath: Option<String>,
+    /// Create the volume when it does not exist.
+    pub create: bool,
+}
+
+/// A volume, as a connector lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VolumeInfo {
+    /// Its name.
+    pub name: String,
+    /// Provider state, e.g. `ready`.
+    pub state: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: Option<i64>,
 }
 
 /// One sandbox, as `list` reports it.
@@ -135,6 +161,8 @@ pub struct SandboxSummary {
     pub state: String,
     /// Its labels.
     pub labels: Vec<(String, String)>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: Option<i64>,
 }
 
 /// A setting a connector reads.
@@ -197,6 +225,27 @@ pub trait SandboxBackend: Send + Sync {
     async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()>;
     /// Run a command.
     async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput>;
+    /// Read a file in parts, from byte `offset` on.
+    async fn open_read(&self, path: &str, offset: u64) -> SandboxResult<Box<dyn FileReader>>;
+    /// Create or replace a file, written in parts. May fail with `not-found`
+    /// when the parent is missing, like `write_file`.
+    async fn open_write(&self, path: &str) -> SandboxResult<Box<dyn FileWriter>>;
+}
+
+/// A file being read in parts.
+#[async_trait]
+pub trait FileReader: Send + Sync {
+    /// At most `max` next bytes; empty at the end of the file.
+    async fn read(&mut self, max: usize) -> SandboxResult<Vec<u8>>;
+}
+
+/// A file being written in parts; complete once `finish` returns.
+#[async_trait]
+pub trait FileWriter: Send + Sync {
+    /// Append `data`.
+    async fn write(&mut self, data: &[u8]) -> SandboxResult<()>;
+    /// Complete the file.
+    async fn finish(&mut self) -> SandboxResult<()>;
 }
 
 /// A provider of sandboxes.
@@ -212,4 +261,10 @@ pub trait Connector: Send + Sync {
     async fn delete(&self, id: &str) -> SandboxResult<()>;
     /// Sandboxes carrying all of `labels`.
     async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>>;
+    /// Every volume.
+    async fn list_volumes(&self) -> SandboxResult<Vec<VolumeInfo>>;
+    /// Create a volume.
+    async fn create_volume(&self, name: &str) -> SandboxResult<VolumeInfo>;
+    /// Delete a volume.
+    async fn delete_volume(&self, name: &str) -> SandboxResult<()>;
 }

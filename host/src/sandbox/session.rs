@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::events::{EventLog, one_line};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
-use crate::sandbox::{ExecOutput, ExecRequest, FileStat, SandboxBackend};
+use crate::sandbox::{ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend};
 
 /// Options of one `exec`, before resolution.
 #[derive(Clone, Debug, Default)]
@@ -200,6 +200,53 @@ impl Session {
         result
     }
 
+    /// Open a file to read in parts from byte `offset`.
+    pub async fn open_read(&self, path: &str, offset: u64) -> SandboxResult<SessionReader> {
+        let path = self.resolve_for("open-read", path)?;
+        let started = Instant::now();
+        let result = self.sandbox.open_read(&path, offset).await;
+        self.events.operation(self.sandbox.id(), "open-read", &path, started, &result, |_| {
+            (offset > 0).then(|| format!("from byte {offset}"))
+        });
+        result.map(|reader| SessionReader { reader })
+    }
+
+    /// Open a file to write in parts, creating missing parent directories.
+    pub async fn open_write(&self, path: &str) -> SandboxResult<SessionWriter> {
+        let path = self.resolve_for("open-write", path)?;
+        let started = Instant::now();
+        let result = match self.sandbox.open_write(&path).await {
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                if let Some((parent, _)) = paths::split_parent(&path) {
+                    self.sandbox.mkdir(parent, true).await?;
+                }
+                self.sandbox.open_write(&path).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(writer) => Ok(SessionWriter {
+                writer,
+                sandbox: self.sandbox.id().to_string(),
+                path,
+                events: self.events.clone(),
+                started,
+                written: 0,
+            }),
+            Err(err) => {
+                self.events.operation(
+                    self.sandbox.id(),
+                    "open-write",
+                    &path,
+                    started,
+                    &Err::<(), _>(err.clone()),
+                    |_| None,
+                );
+                Err(err)
+            }
+        }
+    }
+
     /// Remove a path (never `/`).
     pub async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()> {
         let path = self.resolve_for("rm", path)?;
@@ -216,6 +263,54 @@ impl Session {
                 .map(|(_, f)| f)
                 .collect();
             (!flags.is_empty()).then(|| flags.join(","))
+        });
+        result
+    }
+}
+
+/// The most one read of a file returns, whatever the agent asks for.
+pub const MAX_PART: usize = 8 * 1024 * 1024;
+
+/// A file read in parts through a session.
+pub struct SessionReader {
+    reader: Box<dyn FileReader>,
+}
+
+impl SessionReader {
+    /// At most `max` next bytes (and never more than [`MAX_PART`]); empty at
+    /// the end.
+    pub async fn read(&mut self, max: usize) -> SandboxResult<Vec<u8>> {
+        self.reader.read(max.clamp(1, MAX_PART)).await
+    }
+}
+
+/// A file written in parts through a session; recorded as one `write` event
+/// when finished.
+pub struct SessionWriter {
+    writer: Box<dyn FileWriter>,
+    sandbox: String,
+    path: String,
+    events: EventLog,
+    started: Instant,
+    written: usize,
+}
+
+impl SessionWriter {
+    /// Append `data`.
+    pub async fn write(&mut self, data: &[u8]) -> SandboxResult<()> {
+        let result = self.writer.write(data).await;
+        if result.is_ok() {
+            self.written += data.len();
+        }
+        result
+    }
+
+    /// Complete the file.
+    pub async fn finish(&mut self) -> SandboxResult<()> {
+        let result = self.writer.finish().await;
+        let written = self.written;
+        self.events.operation(&self.sandbox, "write", &self.path, self.started, &result, |_| {
+            Some(format!("{} in parts", format_bytes(written)))
         });
         result
     }

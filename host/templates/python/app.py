@@ -19,7 +19,7 @@ class Run(exports.Run):
 
 def agent(context) -> dict:
     sandbox = harness.open_sandbox(harness.SandboxSource_RunDefault())
-    session = harness.init(sandbox, harness.InitOptions(cwd=None)).session(None)
+    session = harness.init(sandbox, harness.InitOptions(cwd=None, model=None, id=None)).session(None)
 
     session.write_text("notes/hello.txt", "written by {{name}}\n")
     listing = session.shell("ls -R notes", ExecOptions(cwd=None, env=[], timeout_ms=10_000))

@@ -32,8 +32,10 @@ use flue::events::EventLog;
 use flue::sandbox::local::{Isolation, LocalConfig, LocalConnector};
 use flue::sandbox::{Connector, SandboxBackend};
 
-/// Largest request body accepted.
+/// Largest request body accepted whole (uploads stream, whatever their size).
 pub(crate) const BODY_LIMIT: usize = 512 * 1024 * 1024;
+/// How much of each request body is kept in the request record.
+const RECORD_CAP: usize = 4 * 1024 * 1024;
 
 /// Where Daytona sandboxes keep their files; commands see the sandbox there.
 pub const HOME: &str = "/home/daytona";
@@ -71,6 +73,7 @@ pub struct RecordedRequest {
     /// Path and query.
     pub uri: String,
     pub headers: Vec<(String, String)>,
+    /// The body, or its first 4 MiB.
     pub body: bytes::Bytes,
 }
 
@@ -204,13 +207,38 @@ impl Drop for DaytonaServer {
 /// Every request: record it, inject faults, check the bearer token.
 async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(body) => body,
-        Err(err) => return errors::api_error(StatusCode::PAYLOAD_TOO_LARGE, parts.uri.path(), err.to_string()),
+    // Keep the first RECORD_CAP bytes for the record; a larger body (a big
+    // upload) streams on to its handler rather than sitting in memory.
+    let mut stream = body.into_data_stream();
+    let mut head: Vec<bytes::Bytes> = Vec::new();
+    let mut head_len = 0;
+    let mut ended = false;
+    while head_len <= RECORD_CAP {
+        match futures_util::StreamExt::next(&mut stream).await {
+            Some(Ok(chunk)) => {
+                head_len += chunk.len();
+                head.push(chunk);
+            }
+            Some(Err(err)) => {
+                return errors::api_error(StatusCode::BAD_REQUEST, parts.uri.path(), err.to_string());
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let recorded: bytes::Bytes = head.concat().into();
+    let body = if ended {
+        Body::from(recorded.clone())
+    } else {
+        let rest = futures_util::StreamExt::map(stream, |chunk| chunk.map_err(std::io::Error::other));
+        let head = futures_util::stream::iter(head.into_iter().map(Ok::<_, std::io::Error>));
+        Body::from_stream(futures_util::StreamExt::chain(head, rest))
     };
-    let request = Request::from_parts(parts, Body::from(body.clone()));
+    let request = Request::from_parts(parts, body);
     state.requests.lock().expect("lock").push(RecordedRequest {
-        body,
+        body: recorded.slice(..recorded.len().min(RECORD_CAP)),
         method: request.method().to_string(),
         uri: request.uri().to_string(),
         headers: request

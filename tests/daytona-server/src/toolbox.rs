@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flue::sandbox::{ExecRequest, FileStat, SandboxBackend};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,8 +20,10 @@ use crate::{AppState, dropped_connection};
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/process/execute", post(execute))
-        .route("/files/bulk-upload", post(bulk_upload))
+        // Uploads stream to disk, whatever their size.
+        .route("/files/bulk-upload", post(bulk_upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/files/bulk-download", post(bulk_download))
+        .route("/files/download", get(download))
         .route("/files", get(list_files).delete(delete_file))
         .route("/files/info", get(file_info))
         .route("/files/folder", post(create_folder))
@@ -145,27 +148,51 @@ async fn bulk_upload(
             let text = field.text().await.unwrap_or_default();
             paths.insert(index.to_string(), text);
         } else if let Some(index) = name.strip_suffix(".file") {
+            let mut field = field;
             let Some(path) = paths.get(index).cloned() else {
                 errors.push(format!("{name}: no {index}.path part before it"));
                 continue;
             };
-            let data = match field.bytes().await {
-                Ok(data) => data,
-                Err(err) => {
-                    return Err(upload_failed(&[err.to_string()], &written));
-                }
-            };
             let path = absolute(backend.as_ref(), &path);
-            // The daemon creates parents (0755) and overwrites.
+            // The daemon creates parents (0755) and overwrites; the file's
+            // bytes stream to disk part by part.
             let parent =
                 flue::sandbox::paths::split_parent(&path).map(|(p, _)| p.to_string()).unwrap_or_else(|| "/".into());
-            let result = match backend.mkdir(&parent, true).await {
-                Ok(()) => backend.write_file(&path, &data).await,
-                Err(err) => Err(err),
+            let mut writer = match backend.mkdir(&parent, true).await {
+                Ok(()) => match backend.open_write(&path).await {
+                    Ok(writer) => writer,
+                    Err(err) => {
+                        errors.push(format!("{path}: {}", err.message));
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    errors.push(format!("{path}: {}", err.message));
+                    continue;
+                }
             };
-            match result {
-                Ok(()) => written.push(json!({ "path": path, "bytes": data.len() })),
-                Err(err) => errors.push(format!("{path}: {}", err.message)),
+            let mut bytes = 0usize;
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => {
+                        bytes += chunk.len();
+                        if let Err(err) = writer.write(&chunk).await {
+                            errors.push(format!("{path}: {}", err.message));
+                            break;
+                        }
+                    }
+                    Ok(None) => match writer.finish().await {
+                        Ok(()) => {
+                            written.push(json!({ "path": path, "bytes": bytes }));
+                            break;
+                        }
+                        Err(err) => {
+                            errors.push(format!("{path}: {}", err.message));
+                            break;
+                        }
+                    },
+                    Err(err) => return Err(upload_failed(&[err.to_string()], &written)),
+                }
             }
         }
     }
@@ -205,50 +232,145 @@ async fn bulk_download(
     if body.paths.is_empty() {
         return Err((StatusCode::BAD_REQUEST, Json(json!({ "error": "paths must not be empty" }))).into_response());
     }
-    const BOUNDARY: &str = "DAYTONA-FILE-BOUNDARY";
-    let mut out = Vec::new();
-    for requested in &body.paths {
-        let path = absolute(backend.as_ref(), requested);
-        out.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        match backend.read_file(&path, crate::BODY_LIMIT as u64).await {
-            Ok(data) => {
-                out.extend_from_slice(
-                    format!(
-                        "Content-Disposition: form-data; name=\"file\"; filename=\"{requested}\"; filename*=utf-8''{}\r\n\
-                         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-                        pct(requested),
-                        data.len()
-                    )
-                    .as_bytes(),
-                );
-                out.extend_from_slice(&data);
-            }
-            Err(err) => {
-                let (status, code) = match err.kind {
-                    flue::sandbox::error::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
-                    flue::sandbox::error::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "FILE_ACCESS_DENIED"),
-                    flue::sandbox::error::ErrorKind::IsADirectory => (StatusCode::BAD_REQUEST, "INVALID_FILE_PATH"),
-                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "FILE_READ_FAILED"),
-                };
-                let message = match code {
-                    "FILE_NOT_FOUND" => format!("file not found: {requested}"),
-                    _ => err.message.clone(),
-                };
-                let json = daemon_body(status, code, &message, route, "POST").to_string();
-                out.extend_from_slice(
-                    format!(
-                        "Content-Disposition: form-data; name=\"error\"; filename=\"{requested}\"\r\n\
-                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-                        json.len()
-                    )
-                    .as_bytes(),
-                );
-            }
+    // One part per path, in order; each file streams from disk, so a large
+    // download never sits in memory.
+    let parts = futures_util::stream::iter(body.paths).then(move |requested| {
+        let backend = backend.clone();
+        async move { download_part(backend, requested).await }
+    });
+    let stream = futures_util::StreamExt::flatten(parts)
+        .chain(futures_util::stream::once(async { Ok(bytes::Bytes::from(format!("--{BOUNDARY}--\r\n"))) }));
+    Ok((
+        StatusCode::OK,
+        [("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+const BOUNDARY: &str = "DAYTONA-FILE-BOUNDARY";
+
+type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
+
+/// One part of a bulk download: the file, or the daemon's error for it.
+async fn download_part(backend: Arc<dyn SandboxBackend>, requested: String) -> Chunks {
+    let route = "/files/bulk-download";
+    let path = absolute(backend.as_ref(), &requested);
+    let opened = match backend.stat(&path).await {
+        Ok(stat) if stat.is_directory => Err(flue::sandbox::error::SandboxError::new(
+            flue::sandbox::error::ErrorKind::IsADirectory,
+            format!("{path} is a directory"),
+        )),
+        Ok(stat) => backend.open_read(&path, 0).await.map(|reader| (stat.size.unwrap_or(0), reader)),
+        Err(err) => Err(err),
+    };
+    let mut head = format!("--{BOUNDARY}\r\n");
+    match opened {
+        Ok((size, reader)) => {
+            head.push_str(&format!(
+                "Content-Disposition: form-data; name=\"file\"; filename=\"{requested}\"; filename*=utf-8''{}\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n",
+                pct(&requested)
+            ));
+            let head = futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) });
+            let tail = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"\r\n")) });
+            Box::pin(head.chain(file_chunks(reader)).chain(tail))
         }
-        out.extend_from_slice(b"\r\n");
+        Err(err) => {
+            let (status, code) = match err.kind {
+                flue::sandbox::error::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
+                flue::sandbox::error::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "FILE_ACCESS_DENIED"),
+                flue::sandbox::error::ErrorKind::IsADirectory => (StatusCode::BAD_REQUEST, "INVALID_FILE_PATH"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "FILE_READ_FAILED"),
+            };
+            let message = match code {
+                "FILE_NOT_FOUND" => format!("file not found: {requested}"),
+                _ => err.message.clone(),
+            };
+            let json = daemon_body(status, code, &message, route, "POST").to_string();
+            head.push_str(&format!(
+                "Content-Disposition: form-data; name=\"error\"; filename=\"{requested}\"\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}\r\n",
+                json.len()
+            ));
+            Box::pin(futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }))
+        }
     }
-    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    Ok((StatusCode::OK, [("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))], out).into_response())
+}
+
+/// A file's bytes as a stream of parts.
+fn file_chunks(reader: Box<dyn flue::sandbox::FileReader>) -> Chunks {
+    Box::pin(futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        match reader.read(1 << 20).await {
+            Ok(part) if part.is_empty() => None,
+            Ok(part) => Some((Ok(bytes::Bytes::from(part)), Some(reader))),
+            Err(err) => Some((Err(std::io::Error::other(err.message)), None)),
+        }
+    }))
+}
+
+/// `GET /files/download?path=`: the raw file, honouring `Range: bytes=N-[M]`
+/// (206 with `Content-Range`, 416 past the end) as Go's file server does.
+async fn download(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<PathQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Response> {
+    let route = "/files/download";
+    let backend = sandbox(&state, &id, route, "GET")?;
+    let path = absolute(backend.as_ref(), &query.path);
+    let stat = stat_or_error(backend.as_ref(), &path, route, "GET").await?;
+    if stat.is_directory {
+        let message = format!("{path} is a directory");
+        return Err(daemon_error(StatusCode::BAD_REQUEST, "INVALID_FILE_PATH", message, route, "GET"));
+    }
+    let size = stat.size.unwrap_or(0);
+    let range = headers.get("range").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("bytes="));
+    let (start, end) = match range.and_then(|r| r.split_once('-')) {
+        Some((start, end)) => {
+            let start: u64 = start.trim().parse().unwrap_or(0);
+            let end = end.trim().parse::<u64>().map(|e| e + 1).unwrap_or(size).min(size);
+            if start >= size {
+                return Ok(
+                    (StatusCode::RANGE_NOT_SATISFIABLE, [("content-range", format!("bytes */{size}"))]).into_response()
+                );
+            }
+            (start, end)
+        }
+        None => (0, size),
+    };
+    let reader = backend.open_read(&path, start).await.map_err(|err| daemon_failure(&err, route, "GET"))?;
+    let limited = limit_stream(axum::body::Body::from_stream(file_chunks(reader)), end - start);
+    let mut response = Response::new(limited);
+    *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/octet-stream".parse().expect("valid"));
+    headers.insert("content-length", (end - start).to_string().parse().expect("valid"));
+    if range.is_some() {
+        headers
+            .insert("content-range", format!("bytes {start}-{}/{size}", end.saturating_sub(1)).parse().expect("valid"));
+    }
+    Ok(response)
+}
+
+/// At most `len` bytes of `body`.
+fn limit_stream(body: axum::body::Body, len: u64) -> axum::body::Body {
+    let stream = futures_util::stream::unfold((body.into_data_stream(), len), |(mut stream, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match futures_util::StreamExt::next(&mut stream).await? {
+            Ok(mut chunk) => {
+                chunk.truncate(left.min(chunk.len() as u64) as usize);
+                let left = left - chunk.len() as u64;
+                Some((Ok::<_, axum::Error>(chunk), (stream, left)))
+            }
+            Err(err) => Some((Err(err), (stream, 0))),
+        }
+    });
+    axum::body::Body::from_stream(stream)
 }
 
 #[derive(Deserialize)]

@@ -21,8 +21,8 @@ impl Guest for Hello {
         let name = payload.get("name").and_then(Value::as_str).unwrap_or("world");
 
         let sandbox = harness::open_sandbox(&SandboxSource::RunDefault).map_err(describe)?;
-        let harness = harness::init(&sandbox, &InitOptions { cwd: None }).map_err(describe)?;
-        let session = harness.session(None);
+        let harness = harness::init(&sandbox, &InitOptions { cwd: None, model: None, id: None }).map_err(describe)?;
+        let session = harness.session(None).map_err(describe)?;
         log(Level::Info, &format!("hello agent in sandbox {} at {}", sandbox.id(), session.cwd()));
 
         let uname = session.shell("uname -a", &no_options()).map_err(describe)?;
@@ -56,6 +56,7 @@ fn describe(err: SandboxError) -> String {
         SandboxError::NotADirectory(m) => ("not-a-directory", m),
         SandboxError::IsADirectory(m) => ("is-a-directory", m),
         SandboxError::Timeout(m) => ("timeout", m),
+        SandboxError::TooLarge(m) => ("too-large", m),
         SandboxError::Unsupported(m) => ("unsupported", m),
         SandboxError::Auth(m) => ("auth", m),
         SandboxError::Unavailable(m) => ("unavailable", m),

@@ -22,7 +22,10 @@ impl Guest for Persistent {
         let sandbox = harness::open_sandbox(&SandboxSource::RunDefault).map_err(describe)?;
 
         // 1. Setup, from the sandbox's workdir.
-        let setup = harness::init(&sandbox, &InitOptions { cwd: None }).map_err(describe)?.session(Some("setup"));
+        let setup = harness::init(&sandbox, &InitOptions { cwd: None, model: None, id: Some("setup".into()) })
+            .map_err(describe)?
+            .session(Some("setup"))
+            .map_err(describe)?;
         setup.mkdir(PROJECT, MkdirOptions { recursive: true }).map_err(describe)?;
         setup.write_text(&format!("{PROJECT}/README.md"), "# Demo project\n").map_err(describe)?;
         setup.write_text(&format!("{PROJECT}/src/app.txt"), "alpha\nbeta\ngamma\n").map_err(describe)?;
@@ -32,9 +35,13 @@ impl Guest for Persistent {
         log(Level::Info, &format!("setup done in {}", setup.resolve_path(PROJECT)));
 
         // 2. Work, in a second harness whose cwd is the project.
-        let work = harness::init(&sandbox, &InitOptions { cwd: Some(PROJECT.into()) })
-            .map_err(describe)?
-            .session(Some("work"));
+        let work = harness::init(
+            &sandbox,
+            &InitOptions { cwd: Some(PROJECT.into()), model: None, id: Some("project".into()) },
+        )
+        .map_err(describe)?
+        .session(Some("work"))
+        .map_err(describe)?;
         let pwd = work.shell("pwd", &in_dir(None)).map_err(describe)?;
         let files = work.readdir(".").map_err(describe)?;
         let readme = work.read_text("README.md").map_err(describe)?;
@@ -70,6 +77,7 @@ fn describe(err: SandboxError) -> String {
         SandboxError::NotADirectory(m) => ("not-a-directory", m),
         SandboxError::IsADirectory(m) => ("is-a-directory", m),
         SandboxError::Timeout(m) => ("timeout", m),
+        SandboxError::TooLarge(m) => ("too-large", m),
         SandboxError::Unsupported(m) => ("unsupported", m),
         SandboxError::Auth(m) => ("auth", m),
         SandboxError::Unavailable(m) => ("unavailable", m),

@@ -96,12 +96,24 @@ impl ConfinedRoot {
 
     /// Create or truncate `rel` and write `data`. The parent must exist.
     pub fn write(&self, rel: &str, data: &[u8]) -> io::Result<()> {
-        let flags = OFlags::WRONLY | OFlags::CREATE;
-        let mut file = self.open_regular(rel, flags, Mode::from_raw_mode(0o644))?;
-        // Truncate only once it is known to be a regular file.
-        file.set_len(0)?;
+        let mut file = self.create(rel)?;
         file.write_all(data)?;
         file.flush()
+    }
+
+    /// `rel` opened for reading from byte `offset` on.
+    pub fn open_read(&self, rel: &str, offset: u64) -> io::Result<File> {
+        let mut file = self.open_regular(rel, OFlags::RDONLY, Mode::empty())?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+        Ok(file)
+    }
+
+    /// `rel` created, or truncated, for writing. The parent must exist.
+    pub fn create(&self, rel: &str) -> io::Result<File> {
+        let file = self.open_regular(rel, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644))?;
+        // Truncate only once it is known to be a regular file.
+        file.set_len(0)?;
+        Ok(file)
     }
 
     pub fn mkdir(&self, rel: &str, recursive: bool) -> io::Result<()> {
@@ -190,7 +202,7 @@ fn too_large(size: u64, max: u64) -> io::Error {
 /// knows what the cap is called).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "it is {}; at most {} can be read at once (read large files in parts)",
+    "it is {}; at most {} can be read at once (read large files in parts, with open-read)",
     crate::sandbox::session::format_bytes(*size as usize),
     crate::sandbox::session::format_bytes(*max as usize)
 )]

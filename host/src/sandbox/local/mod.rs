@@ -26,7 +26,8 @@ use store::{Metadata, Store};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    SandboxSummary, VolumeInfo,
 };
 
 /// Where commands see the sandbox directory when isolated.
@@ -175,8 +176,65 @@ impl Connector for LocalConnector {
                 name: metadata.name,
                 state: "started".into(),
                 labels: metadata.labels,
+                created_ms: None,
             })
             .collect())
+    }
+
+    async fn list_volumes(&self) -> SandboxResult<Vec<VolumeInfo>> {
+        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+    }
+
+    async fn create_volume(&self, _name: &str) -> SandboxResult<VolumeInfo> {
+        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+    }
+
+    async fn delete_volume(&self, _name: &str) -> SandboxResult<()> {
+        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+    }
+}
+
+/// A local file being read.
+struct LocalReader {
+    file: tokio::fs::File,
+    path: String,
+}
+
+#[async_trait]
+impl FileReader for LocalReader {
+    async fn read(&mut self, max: usize) -> SandboxResult<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; max];
+        let mut filled = 0;
+        // Fill the buffer (short reads happen), stopping at the end.
+        while filled < max {
+            match self.file.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) => return Err(SandboxError::from_io(&err, &self.path)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+}
+
+/// A local file being written.
+struct LocalWriter {
+    file: tokio::fs::File,
+    path: String,
+}
+
+#[async_trait]
+impl FileWriter for LocalWriter {
+    async fn write(&mut self, data: &[u8]) -> SandboxResult<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.write_all(data).await.map_err(|err| SandboxError::from_io(&err, &self.path))
+    }
+
+    async fn finish(&mut self) -> SandboxResult<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await.map_err(|err| SandboxError::from_io(&err, &self.path))
     }
 }
 
@@ -282,6 +340,16 @@ impl SandboxBackend for LocalSandbox {
             Err(err) if force && err.kind == crate::sandbox::error::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    async fn open_read(&self, path: &str, offset: u64) -> SandboxResult<Box<dyn FileReader>> {
+        let file = self.with_fs(path, move |fs, rel| fs.open_read(rel, offset)).await?;
+        Ok(Box::new(LocalReader { file: tokio::fs::File::from_std(file), path: path.to_string() }))
+    }
+
+    async fn open_write(&self, path: &str) -> SandboxResult<Box<dyn FileWriter>> {
+        let file = self.with_fs(path, |fs, rel| fs.create(rel)).await?;
+        Ok(Box::new(LocalWriter { file: tokio::fs::File::from_std(file), path: path.to_string() }))
     }
 
     async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {

@@ -27,7 +27,8 @@ use crate::runtime::bindings::types;
 use crate::runtime::engine::arm_deadline;
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileStat, SandboxBackend, SandboxSummary,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    SandboxSummary, VolumeInfo,
 };
 
 type CallFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
@@ -136,6 +137,34 @@ impl Connector for WasmConnector {
         .map_err(SandboxError::from)?;
         Ok(found.into_iter().map(Into::into).collect())
     }
+
+    async fn list_volumes(&self) -> SandboxResult<Vec<VolumeInfo>> {
+        let found = call(&self.instance, &self.info.name, "list-volumes", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_list_volumes(store).await })
+        })
+        .await?
+        .map_err(SandboxError::from)?;
+        Ok(found.into_iter().map(Into::into).collect())
+    }
+
+    async fn create_volume(&self, name: &str) -> SandboxResult<VolumeInfo> {
+        let name = name.to_string();
+        call(&self.instance, &self.info.name, "create-volume", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_create_volume(store, &name).await })
+        })
+        .await?
+        .map(Into::into)
+        .map_err(SandboxError::from)
+    }
+
+    async fn delete_volume(&self, name: &str) -> SandboxResult<()> {
+        let name = name.to_string();
+        call(&self.instance, &self.info.name, "delete-volume", self.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_lifecycle().call_delete_volume(store, &name).await })
+        })
+        .await?
+        .map_err(SandboxError::from)
+    }
 }
 
 impl WasmConnector {
@@ -209,11 +238,14 @@ impl SandboxBackend for WasmSandbox {
             sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api.call_read_file(store, res, &path))?;
         // The connector's memory limit bounded what it could return.
         if data.len() as u64 > max_bytes {
-            return Err(SandboxError::invalid_input(format!(
-                "{shown}: it is {}; at most {} can be read at once (read large files in parts)",
-                crate::sandbox::session::format_bytes(data.len()),
-                crate::sandbox::session::format_bytes(max_bytes as usize)
-            )));
+            return Err(SandboxError::new(
+                crate::sandbox::error::ErrorKind::TooLarge,
+                format!(
+                    "{shown}: it is {}; at most {} can be read at once (read large files in parts, with open-read)",
+                    crate::sandbox::session::format_bytes(data.len()),
+                    crate::sandbox::session::format_bytes(max_bytes as usize)
+                ),
+            ));
         }
         Ok(data)
     }
@@ -262,5 +294,99 @@ impl SandboxBackend for WasmSandbox {
         let limit = self.call_limit + request.timeout.unwrap_or_default();
         sandbox_call!(self, "exec", limit, |api, store, res| api.call_exec(store, res, &command, &options))
             .map(Into::into)
+    }
+
+    async fn open_read(&self, path: &str, offset: u64) -> SandboxResult<Box<dyn FileReader>> {
+        let path = path.to_string();
+        let resource = sandbox_call!(self, "open-read", self.call_limit, |api, store, res| api
+            .call_open_read(store, res, &path, offset))?;
+        Ok(Box::new(WasmReader(self.handle(resource))))
+    }
+
+    async fn open_write(&self, path: &str) -> SandboxResult<Box<dyn FileWriter>> {
+        let path = path.to_string();
+        let resource = sandbox_call!(self, "open-write", self.call_limit, |api, store, res| api
+            .call_open_write(store, res, &path))?;
+        Ok(Box::new(WasmWriter(self.handle(resource))))
+    }
+}
+
+impl WasmSandbox {
+    fn handle(&self, resource: ResourceAny) -> Handle {
+        Handle {
+            connector: self.connector.clone(),
+            resource,
+            instance: self.instance.clone(),
+            call_limit: self.call_limit,
+        }
+    }
+}
+
+/// A resource the connector handed out (a reader, a writer); released in
+/// the connector when dropped, so that its handle table does not fill up.
+struct Handle {
+    connector: String,
+    resource: ResourceAny,
+    instance: Arc<tokio::sync::Mutex<Instance>>,
+    call_limit: Duration,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let (resource, instance) = (self.resource, self.instance.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut instance = instance.lock().await;
+                if instance.poisoned.is_none() {
+                    // The connector's own drop code may trap: then the
+                    // instance is as unusable as after any other trap.
+                    if let Err(err) = resource.resource_drop_async(&mut instance.store).await {
+                        instance.poisoned = Some(format!("dropping a handle failed: {err}"));
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A file a connector reads in parts.
+struct WasmReader(Handle);
+
+#[async_trait]
+impl FileReader for WasmReader {
+    async fn read(&mut self, max: usize) -> SandboxResult<Vec<u8>> {
+        let h = &self.0;
+        let (resource, max) = (h.resource, u32::try_from(max).unwrap_or(u32::MAX));
+        call(&h.instance, &h.connector, "file-reader.read", h.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_sandbox_api().file_reader().call_read(store, resource, max).await })
+        })
+        .await?
+        .map_err(SandboxError::from)
+    }
+}
+
+/// A file a connector writes in parts.
+struct WasmWriter(Handle);
+
+#[async_trait]
+impl FileWriter for WasmWriter {
+    async fn write(&mut self, data: &[u8]) -> SandboxResult<()> {
+        let h = &self.0;
+        let (resource, data) = (h.resource, data.to_vec());
+        call(&h.instance, &h.connector, "file-writer.write", h.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_sandbox_api().file_writer().call_write(store, resource, &data).await })
+        })
+        .await?
+        .map_err(SandboxError::from)
+    }
+
+    async fn finish(&mut self) -> SandboxResult<()> {
+        let h = &self.0;
+        let resource = h.resource;
+        call(&h.instance, &h.connector, "file-writer.finish", h.call_limit, |store, b| {
+            Box::pin(async move { b.flue_sandbox_sandbox_api().file_writer().call_finish(store, resource).await })
+        })
+        .await?
+        .map_err(SandboxError::from)
     }
 }

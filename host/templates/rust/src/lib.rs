@@ -13,7 +13,10 @@ struct Agent;
 impl Guest for Agent {
     fn run(ctx: Context) -> Result<String, String> {
         let sandbox = harness::open_sandbox(&SandboxSource::RunDefault).map_err(describe)?;
-        let session = harness::init(&sandbox, &InitOptions { cwd: None }).map_err(describe)?.session(None);
+        let session = harness::init(&sandbox, &InitOptions { cwd: None, model: None, id: None })
+            .map_err(describe)?
+            .session(None)
+            .map_err(describe)?;
 
         session.write_text("notes/hello.txt", "written by {{name}}\n").map_err(describe)?;
         let listing = session

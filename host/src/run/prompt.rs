@@ -1,0 +1,19 @@
+//! `session.prompt`: the model loop, run by the host for the agent.
+
+use wasmtime::component::Resource;
+
+use super::imports::{AgentSession, AgentState};
+use crate::runtime::bindings::agent::flue::sandbox::model;
+
+impl AgentState {
+    /// Run one prompt in the session's conversation.
+    pub(crate) async fn prompt_session(
+        &mut self,
+        this: &Resource<AgentSession>,
+        _text: String,
+        _options: model::PromptOptions,
+    ) -> wasmtime::Result<Result<model::PromptResult, model::PromptError>> {
+        let _ = self.base.table.get(this)?;
+        Ok(Err(model::PromptError::InvalidInput("session.prompt is not available in this build".into())))
+    }
+}

@@ -1,0 +1,51 @@
+//! Earlier releases of the WIT that the host still runs agents for.
+//!
+//! Each released version is frozen in `host/wit-compat/` and bound here in a
+//! module of its own, the way Zed keeps its extension API versions. Its
+//! imports are served by the same version-independent operations as the
+//! current WIT ([`crate::run::imports`]); only the types are converted.
+
+pub mod v0_1_0;
+
+use wasmtime::component::{Component, Linker};
+
+use super::bindings::agent::AgentPre;
+use super::engine::wasm_error;
+use crate::run::imports::AgentState;
+
+/// An agent checked against one of the WIT versions the host runs.
+pub enum AnyAgentPre {
+    /// The current version.
+    Current(AgentPre<AgentState>),
+    /// `flue:sandbox@0.1.0`.
+    V0_1_0(v0_1_0::bindings::AgentPre<AgentState>),
+}
+
+impl AnyAgentPre {
+    /// The version the agent was built against.
+    pub fn version(&self) -> &'static str {
+        match self {
+            AnyAgentPre::Current(_) => "0.2.0",
+            AnyAgentPre::V0_1_0(_) => "0.1.0",
+        }
+    }
+}
+
+/// Type-check `component` against the current agent world, then the earlier
+/// ones; the current version's complaint if none fits.
+pub fn agent_pre(linker: &Linker<AgentState>, component: &Component) -> anyhow::Result<AnyAgentPre> {
+    let current =
+        linker.instantiate_pre(component).map_err(wasm_error).and_then(|pre| AgentPre::new(pre).map_err(wasm_error));
+    let err = match current {
+        Ok(pre) => return Ok(AnyAgentPre::Current(pre)),
+        Err(err) => err,
+    };
+    if let Ok(pre) = linker
+        .instantiate_pre(component)
+        .map_err(wasm_error)
+        .and_then(|pre| v0_1_0::bindings::AgentPre::new(pre).map_err(wasm_error))
+    {
+        return Ok(AnyAgentPre::V0_1_0(pre));
+    }
+    Err(anyhow::anyhow!("not a flue agent (expected the flue:sandbox/agent world, version 0.2.0 or 0.1.0): {err}"))
+}

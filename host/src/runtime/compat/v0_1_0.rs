@@ -1,0 +1,211 @@
+//! `flue:sandbox@0.1.0` agents: no streaming file I/O, no `prompt`, and a
+//! `session` that cannot fail (a refused name traps, with the reason).
+
+use std::time::Duration;
+
+use wasmtime::component::Resource;
+
+use crate::run::imports::{AgentHarness, AgentSandbox, AgentSession, AgentState, file_methods};
+use crate::run::sandboxes::SandboxSource;
+use crate::runtime::convert::same_fields;
+use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
+use crate::sandbox::session::ExecOptions;
+use crate::sandbox::{CreateOptions, ExecOutput, FileStat, Resources};
+use bindings::flue::sandbox::{harness, log, sandbox_api, types};
+
+/// The 0.1.0 agent world, from its frozen WIT.
+#[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit-compat/v0_1_0",
+        world: "flue:sandbox/agent",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "flue:sandbox/sandbox-api.sandbox": crate::run::imports::AgentSandbox,
+            "flue:sandbox/harness.harness": crate::run::imports::AgentHarness,
+            "flue:sandbox/harness.session": crate::run::imports::AgentSession,
+        },
+    });
+}
+
+impl From<SandboxError> for types::SandboxError {
+    fn from(err: SandboxError) -> Self {
+        use types::SandboxError as Old;
+        let m = err.message;
+        match err.kind {
+            ErrorKind::NotFound => Old::NotFound(m),
+            ErrorKind::PermissionDenied => Old::PermissionDenied(m),
+            ErrorKind::AlreadyExists => Old::AlreadyExists(m),
+            ErrorKind::NotADirectory => Old::NotADirectory(m),
+            ErrorKind::IsADirectory => Old::IsADirectory(m),
+            ErrorKind::Timeout => Old::Timeout(m),
+            // 0.1.0 has no `too-large`: the nearest is a refused argument.
+            ErrorKind::TooLarge | ErrorKind::InvalidInput => Old::InvalidInput(m),
+            ErrorKind::Unsupported => Old::Unsupported(m),
+            ErrorKind::Auth => Old::Auth(m),
+            ErrorKind::Unavailable => Old::Unavailable(m),
+            ErrorKind::SandboxDied => Old::SandboxDied(m),
+            ErrorKind::Other => Old::Other(m),
+        }
+    }
+}
+
+same_fields!(FileStat, types::FileStat, { is_file, is_directory, is_symlink, size, mtime_ms, mode });
+same_fields!(Resources, types::Resources, { cpu, memory_gib, disk_gib, gpu });
+
+impl From<ExecOutput> for types::ExecResult {
+    fn from(o: ExecOutput) -> Self {
+        types::ExecResult { stdout: o.stdout, stderr: o.stderr, exit_code: o.exit_code }
+    }
+}
+
+impl From<types::ExecOptions> for ExecOptions {
+    fn from(o: types::ExecOptions) -> Self {
+        ExecOptions { cwd: o.cwd, env: o.env, timeout: o.timeout_ms.map(Duration::from_millis) }
+    }
+}
+
+impl From<types::CreateOptions> for CreateOptions {
+    fn from(o: types::CreateOptions) -> Self {
+        CreateOptions {
+            image: o.image,
+            snapshot: o.snapshot,
+            env: o.env,
+            labels: o.labels,
+            name: o.name,
+            auto_stop_minutes: o.auto_stop_minutes,
+            resources: o.resources.map(Into::into),
+            volumes: Vec::new(),
+        }
+    }
+}
+
+type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;
+
+fn wit<T>(result: wasmtime::Result<SandboxResult<T>>) -> WitResult<T> {
+    result.map(|inner| inner.map_err(Into::into))
+}
+
+impl types::Host for AgentState {}
+impl sandbox_api::Host for AgentState {}
+
+impl sandbox_api::HostSandbox for AgentState {
+    async fn id(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
+        self.sandbox_id(&this)
+    }
+
+    async fn workdir(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
+        self.sandbox_workdir(&this)
+    }
+
+    file_methods!(AgentSandbox, workdir_session);
+
+    async fn exec(
+        &mut self,
+        this: Resource<AgentSandbox>,
+        command: String,
+        options: types::ExecOptions,
+    ) -> WitResult<types::ExecResult> {
+        wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+    }
+
+    async fn drop(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<()> {
+        self.drop_handle(this)
+    }
+}
+
+impl harness::Host for AgentState {
+    async fn open_sandbox(&mut self, source: harness::SandboxSource) -> WitResult<Resource<AgentSandbox>> {
+        let source = match source {
+            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
+            harness::SandboxSource::Create(request) => SandboxSource::Create {
+                connector: request.connector,
+                options: request.options.into(),
+                keep: request.keep,
+            },
+            harness::SandboxSource::Connect(request) => {
+                SandboxSource::Connect { connector: request.connector, id: request.id }
+            }
+        };
+        wit(self.open(source).await)
+    }
+
+    async fn init(
+        &mut self,
+        sandbox: Resource<AgentSandbox>,
+        options: harness::InitOptions,
+    ) -> WitResult<Resource<AgentHarness>> {
+        wit(self.init_harness(&sandbox, options.cwd, None, None).await)
+    }
+}
+
+impl harness::HostHarness for AgentState {
+    async fn cwd(&mut self, this: Resource<AgentHarness>) -> wasmtime::Result<String> {
+        self.harness_cwd(&this)
+    }
+
+    async fn session(
+        &mut self,
+        this: Resource<AgentHarness>,
+        name: Option<String>,
+    ) -> wasmtime::Result<Resource<AgentSession>> {
+        // This version's `session` cannot return an error: a refusal traps.
+        self.new_session(&this, name)?.map_err(|err| wasmtime::Error::msg(err.message))
+    }
+
+    async fn drop(&mut self, this: Resource<AgentHarness>) -> wasmtime::Result<()> {
+        self.drop_handle(this)
+    }
+}
+
+impl harness::HostSession for AgentState {
+    async fn name(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
+        self.session_name(&this)
+    }
+
+    async fn cwd(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
+        self.session_cwd(&this)
+    }
+
+    async fn resolve_path(&mut self, this: Resource<AgentSession>, path: String) -> wasmtime::Result<String> {
+        self.resolve_in_session(&this, &path)
+    }
+
+    async fn shell(
+        &mut self,
+        this: Resource<AgentSession>,
+        command: String,
+        options: types::ExecOptions,
+    ) -> WitResult<types::ExecResult> {
+        wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+    }
+
+    async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
+        wit(Ok(self.session(&this)?.read_text(&path).await))
+    }
+
+    async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
+        wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
+    }
+
+    file_methods!(AgentSession, session);
+
+    async fn drop(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<()> {
+        self.drop_handle(this)
+    }
+}
+
+impl log::Host for AgentState {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.sandboxes.events.log("agent", level, message);
+        Ok(())
+    }
+}
