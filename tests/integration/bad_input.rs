@@ -82,6 +82,22 @@ fn unknown_agents_and_connectors_are_named_with_the_alternatives() {
 }
 
 #[test]
+fn a_connector_with_source_but_not_installed_says_to_add_it() {
+    let tmp = scratch();
+    let out = crate::support::run_agent(
+        &example("hello"),
+        &["--sandbox", "daytona", "--connectors", tmp.path().to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("connector \"daytona\" is not installed: install it with `flue add daytona`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_file_that_is_not_an_agent_is_refused_clearly() {
     let tmp = scratch();
     let out = crate::support::run_agent(&fixture("memory-connector"), &[], tmp.path());

@@ -80,6 +80,49 @@ fn a_kept_sandbox_is_reused_by_id_in_a_later_run() {
 }
 
 #[test]
+fn an_agent_built_against_the_released_0_1_0_wit_still_runs() {
+    let tmp = scratch();
+    let legacy = crate::support::fixture("legacy-agent");
+    let result = run_agent(&legacy, &["--payload", r#"{"name":"Ada"}"#], tmp.path()).ok();
+    assert!(result["readBack"].as_str().unwrap().starts_with("Hello, Ada!"), "{result}");
+    assert_eq!(result["roundTrip"], true);
+    assert_eq!(result["files"], json!(["hello.txt"]));
+}
+
+#[test]
+fn a_rust_agent_is_rebuilt_only_when_its_sources_change() {
+    let dir = scratch();
+    assert_eq!(
+        crate::support::output(crate::support::flue().args(["new", "rust", "fresh"]).current_dir(dir.path())).code,
+        0
+    );
+    let agent = dir.path().join("fresh");
+    let run = |path: &str| {
+        crate::support::output(
+            crate::support::flue()
+                .arg("run")
+                .arg(&agent)
+                .args(["--events", "none"])
+                .env("TMPDIR", dir.path())
+                .env("PATH", path)
+                .env_remove("CARGO"),
+        )
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert_eq!(run(&path).ok()["agent"], "fresh");
+    // Fresh: no cargo needed (there is none on this PATH).
+    assert_eq!(run("/usr/bin:/bin").ok()["agent"], "fresh", "a fresh agent was rebuilt");
+    // Stale: flue must rebuild, and says it cannot without cargo.
+    let source = agent.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, text.replace("\"agent\": \"fresh\"", "\"agent\": \"edited\"")).unwrap();
+    let stale = run("/usr/bin:/bin");
+    assert_eq!(stale.code, 2, "{}", stale.stderr);
+    assert!(stale.stderr.contains("cannot run rustc") || stale.stderr.contains("cannot run cargo"), "{}", stale.stderr);
+    assert_eq!(run(&path).ok()["agent"], "edited", "the edit was not rebuilt");
+}
+
+#[test]
 fn workdir_uses_and_keeps_the_given_directory() {
     let tmp = scratch();
     let dir = tmp.path().join("mine");

@@ -162,3 +162,52 @@ async fn command_output_is_capped_with_a_marker() {
         connector.delete(sandbox.id()).await.unwrap();
     }
 }
+
+#[test]
+fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails() {
+    if !bwrap_available() {
+        return;
+    }
+    let tmp = scratch();
+    let cache = tmp.path().join("cache");
+    let record = cache.join("bwrap-probe");
+    let run = |path: &std::ffi::OsStr| {
+        let payload = json!({"mode": "exec", "command": "echo ran"}).to_string();
+        crate::support::output(
+            crate::support::flue()
+                .arg("run")
+                .arg(crate::support::fixture("probe"))
+                .args(["--payload", &payload, "--isolation", "auto", "--events", "json", "--cache-dir"])
+                .arg(&cache)
+                .env("TMPDIR", tmp.path())
+                .env("PATH", path),
+        )
+    };
+    let real_path = std::env::var_os("PATH").unwrap_or_default();
+
+    // A successful probe is recorded with what it depends on, then trusted.
+    assert_eq!(run(&real_path).ok()["stdout"], "ran\n");
+    let recorded = std::fs::read_to_string(&record).expect("the probe was recorded");
+    assert!(recorded.starts_with("boot ") && recorded.contains("bwrap /"), "{recorded}");
+    assert_eq!(run(&real_path).ok()["stdout"], "ran\n");
+
+    // A bwrap that passes the probe but cannot set up a sandbox: the command
+    // never runs unisolated, the error says why, and the record goes.
+    let fake = tmp.path().join("fake-bin");
+    std::fs::create_dir(&fake).unwrap();
+    let script = fake.join("bwrap");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$*\" in *'--ro-bind / / -- true'*) exit 0;; esac\n\
+         echo 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake_path = std::env::join_paths(std::iter::once(fake).chain(std::env::split_paths(&real_path))).unwrap();
+    let failed = run(&fake_path);
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    assert!(failed.stderr.contains("bubblewrap could not set up the sandbox"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("Operation not permitted"), "{}", failed.stderr);
+    assert!(!failed.stdout.contains("ran"), "{}", failed.stdout);
+    assert!(!record.exists(), "the wrong record was kept");
+}

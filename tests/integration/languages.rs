@@ -113,20 +113,68 @@ fn run_rebuilds_a_python_agent_only_when_its_source_changed() {
 }
 
 #[test]
-fn a_missing_toolchain_is_named_with_how_to_install_it() {
-    for (lang, tool, install) in [
-        ("python", "componentize-py", "pip install componentize-py"),
-        ("js", "componentize-js", "npm install -g @bytecodealliance/componentize-js"),
+fn a_missing_toolchain_that_cannot_be_installed_says_why() {
+    for (lang, tool, missing) in [("python", "componentize-py", "python3"), ("js", "componentize-js", "npm")] {
+        let dir = scratch();
+        assert_eq!(output(flue().args(["new", lang, "a"]).current_dir(dir.path())).code, 0);
+        // A cache without flue's own toolchains, and a PATH without anything.
+        let out = output(
+            flue()
+                .args(["build", "a"])
+                .current_dir(dir.path())
+                .env("FLUE_CACHE_DIR", dir.path().join("cache"))
+                .env("PATH", "/nonexistent"),
+        );
+        assert_eq!(out.code, 2, "{lang}: {}", out.stderr);
+        let want = format!("{tool} is not installed, and flue cannot install it: {missing} is not on the PATH");
+        assert!(out.stderr.contains(&want), "{lang}: {}", out.stderr);
+    }
+}
+
+/// A PATH holding only python3, node and npm (the real programs, linked),
+/// so that no installed componentize tool is found.
+fn interpreters_only(dir: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let python = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output();
+    let python = String::from_utf8(python.expect("python3").stdout).unwrap();
+    std::os::unix::fs::symlink(python.trim(), bin.join("python3")).unwrap();
+    for tool in ["node", "npm"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} is not installed"));
+        std::os::unix::fs::symlink(found.canonicalize().unwrap(), bin.join(tool)).unwrap();
+    }
+    bin
+}
+
+#[test]
+fn an_unreachable_registry_is_named() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (lang, registry_env, registry, names) in [
+        ("python", "PIP_INDEX_URL", format!("http://{closed}/simple"), "componentize-py 0.25.1 from PyPI"),
+        ("js", "npm_config_registry", format!("http://{closed}/"), "componentize-js 0.23.0 from the npm registry"),
     ] {
         let dir = scratch();
         assert_eq!(output(flue().args(["new", lang, "a"]).current_dir(dir.path())).code, 0);
-        let out = output(flue().args(["build", "a"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
-        assert_eq!(out.code, 2, "{lang}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(&format!("{tool} is not installed")) && out.stderr.contains(install),
-            "{lang}: {}",
-            out.stderr
+        // flue's own toolchains are not in this fresh cache, and the PATH has
+        // the interpreters only: flue installs, from a registry nobody
+        // answers at.
+        let out = output(
+            flue()
+                .args(["build", "a"])
+                .current_dir(dir.path())
+                .env("FLUE_CACHE_DIR", dir.path().join("cache"))
+                .env("PATH", interpreters_only(dir.path()))
+                .env(registry_env, &registry)
+                .env_remove("PIP_FIND_LINKS")
+                .env_remove("PIP_EXTRA_INDEX_URL")
+                .env("PIP_RETRIES", "0")
+                .env("npm_config_fetch_retries", "0"),
         );
+        assert_eq!(out.code, 2, "{lang}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("could not install {names} ({registry})")), "{lang}: {}", out.stderr);
     }
 }
 

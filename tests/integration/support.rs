@@ -34,8 +34,11 @@ fn build_once(dir: PathBuf) -> PathBuf {
     if let Some(wasm) = built.get(&dir) {
         return wasm.clone();
     }
-    let wasm = flue::guest::build(&dir, &flue::events::EventLog::discard())
-        .unwrap_or_else(|err| panic!("building {}: {err}", dir.display()));
+    // Through the binary, as a user would: it shares the tests' cache, and
+    // so their toolchain installs.
+    let out = output(flue().arg("build").arg(&dir));
+    assert_eq!(out.code, 0, "building {}: {}", dir.display(), out.stderr);
+    let wasm = PathBuf::from(out.stdout.trim());
     built.insert(dir, wasm.clone());
     wasm
 }
@@ -115,12 +118,28 @@ pub fn flue() -> Command {
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("FLUE_CACHE_DIR", cache_dir())
         .env("NO_COLOR", "1");
-    for keep in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR"] {
-        if let Some(value) = std::env::var_os(keep) {
-            command.env(keep, value);
+    for (name, value) in std::env::vars_os() {
+        if name.to_str().is_some_and(reaches_package_registries) {
+            command.env(name, value);
         }
     }
     command
+}
+
+/// Settings the toolchains (rustup, pip, npm) need to reach their registries
+/// on this machine: proxies, extra CA bundles, mirrors. Kept so that a
+/// clean-environment `flue` can still provision what it installs itself.
+fn reaches_package_registries(name: &str) -> bool {
+    const EXACT: [&str; 5] =
+        ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "NODE_EXTRA_CA_CERTS"];
+    let upper = name.to_ascii_uppercase();
+    EXACT.contains(&name)
+        || upper.ends_with("_PROXY")
+        || upper.starts_with("SSL_CERT_")
+        || upper.ends_with("_CA_BUNDLE")
+        || upper.starts_with("PIP_")
+        || upper.starts_with("NPM_CONFIG_")
+        || upper.starts_with("RUSTUP_DIST_")
 }
 
 /// Run a command to completion (with the hang guard).

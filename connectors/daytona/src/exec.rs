@@ -3,9 +3,9 @@
 //! Daytona's execute merges stdout and stderr into one `result`, and answers
 //! a timeout with 408 and no output at all. The connector does better with
 //! one request, and without starting a process of its own: it sends a small
-//! shell script that runs the command in a subshell (`eval`, a fork but no
-//! exec), captures its stderr in a command substitution while stdout flows
-//! on, then prints a per-call random marker and the captured stderr. The
+//! shell script that runs the command with `eval` inside a command
+//! substitution (one fork, no exec) that captures its stderr while stdout
+//! flows on, then prints a per-call random marker and the captured stderr. The
 //! marker splits `result` back into the two streams. Only when the daemon's
 //! shell is not bash does the script re-run itself under bash (one exec), so
 //! commands always get bash.
@@ -40,6 +40,11 @@ fn marker(nonce: &str) -> String {
     format!("--FLUE-STDERR-{nonce}--")
 }
 
+/// Ends the captured stderr (see [`script`]); never quoted, so plain.
+fn sentinel(nonce: &str) -> String {
+    format!("FLUE_END_{nonce}")
+}
+
 /// The script sent to Daytona for `command`: shell builtins only, but for
 /// `timeout` when a timeout is asked for.
 pub fn script(command: &str, timeout_ms: Option<u64>, nonce: &str) -> String {
@@ -53,17 +58,21 @@ pub fn script(command: &str, timeout_ms: Option<u64>, nonce: &str) -> String {
         ),
         None => format!("eval {}", quote(command)),
     };
-    // The command's stdout goes straight on (fd 3); its stderr is captured.
-    // The `x` keeps trailing newlines, which a substitution would strip.
+    // The command's stdout goes straight on (fd 3); its stderr is captured by
+    // the one subshell, the substitution. A substitution strips trailing
+    // newlines, so an EXIT trap (which also runs after an `exit` in the
+    // command) appends a sentinel that is taken off again. A command that
+    // sets its own EXIT trap replaces ours: only its trailing newlines go.
     let body = format!(
         "exec 3>&1\n\
-         __flue_err=$( ( {run} ) 2>&1 1>&3 3>&- </dev/null; __flue_rc=$?; printf x; exit $__flue_rc )\n\
+         __flue_err=$( exec 4>&1 2>&1 1>&3 3>&- </dev/null; trap 'printf %s {sentinel} >&4' EXIT; {run} 4>&- )\n\
          __flue_rc=$?\n\
          exec 3>&-\n\
          printf '\\n%s\\n' '{marker}'\n\
-         printf '%s' \"${{__flue_err%x}}\"\n\
+         printf '%s' \"${{__flue_err%{sentinel}}}\"\n\
          exit $__flue_rc\n",
-        marker = marker(nonce)
+        marker = marker(nonce),
+        sentinel = sentinel(nonce),
     );
     format!("[ -z \"${{BASH_VERSION-}}\" ] && command -v bash >/dev/null 2>&1 && exec bash -c {}\n{body}", quote(&body))
 }
@@ -156,6 +165,11 @@ mod tests {
             assert_eq!(got.2, 2, "{shell}: a syntax error is the command's, exit 2: {got:?}");
             let got = run_with(shell, "cat", None);
             assert_eq!(got, (String::new(), String::new(), 0), "{shell}: stdin is empty");
+            // The command's own EXIT trap wins; its stderr is left whole.
+            let got = run_with(shell, "trap 'echo bye' EXIT; printf 'endsx' >&2; exit 4", None);
+            assert_eq!(got, ("bye\n".into(), "endsx".into(), 4), "{shell}: own EXIT trap");
+            let got = run_with(shell, "echo e >&2; exec true", None);
+            assert_eq!(got, (String::new(), "e".into(), 0), "{shell}: exec replaces the shell");
         }
     }
 

@@ -216,8 +216,8 @@ impl HttpCapability {
             response,
             url,
             timeout,
-            pending: Vec::new(),
-            ready: Vec::new(),
+            buffer: Vec::new(),
+            redacted: 0,
             done: false,
         }
     }
@@ -310,10 +310,10 @@ pub struct ResponseStream {
     response: reqwest::Response,
     url: Url,
     timeout: Duration,
-    /// Read but not yet redacted: could be the start of a secret.
-    pending: Vec<u8>,
-    /// Redacted, not yet handed to the connector.
-    ready: Vec<u8>,
+    /// Read, not yet handed to the connector: redacted up to `redacted`;
+    /// past it, what could still be the start of a secret.
+    buffer: Vec<u8>,
+    redacted: usize,
     done: bool,
 }
 
@@ -409,26 +409,38 @@ impl http::HostResponseStream for ConnectorState {
     ) -> wasmtime::Result<Result<Vec<u8>, http::HttpError>> {
         let max = (max as usize).clamp(1, MAX_STREAM_PART);
         let stream = self.base.table.get_mut(&this)?;
-        while stream.ready.is_empty() && !stream.done {
-            match stream.response.chunk().await {
-                Ok(Some(chunk)) => {
-                    stream.pending.extend_from_slice(&chunk);
-                    let redacted = self.grants.http.secrets.redact_stream(&mut stream.pending, false);
-                    stream.ready.extend(redacted);
+        let secrets = &self.grants.http.secrets;
+        // Wait for the first part; then take what has already arrived, up to
+        // `max`, so that a big download crosses into the guest in few calls.
+        // Each byte is copied once here: into `buffer`, redacted in place.
+        while stream.redacted < max && !stream.done {
+            let chunk = if stream.redacted == 0 {
+                stream.response.chunk().await
+            } else {
+                // `chunk` takes nothing from the body until it is ready.
+                match futures_util::FutureExt::now_or_never(stream.response.chunk()) {
+                    Some(chunk) => chunk,
+                    None => break,
                 }
-                Ok(None) => {
-                    let redacted = self.grants.http.secrets.redact_stream(&mut stream.pending, true);
-                    stream.ready.extend(redacted);
-                    stream.done = true;
-                }
+            };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
                 Err(err) => {
                     let (url, timeout) = (stream.url.clone(), stream.timeout);
                     return Ok(Err(self.grants.http.transport_error(&url, timeout, err)));
                 }
-            }
+            };
+            stream.done = chunk.is_none();
+            stream.buffer.extend_from_slice(chunk.as_deref().unwrap_or_default());
+            stream.redacted = secrets.redact_tail(&mut stream.buffer, stream.redacted, stream.done);
         }
-        let n = stream.ready.len().min(max);
-        Ok(Ok(stream.ready.drain(..n).collect()))
+        let n = stream.redacted.min(max);
+        stream.redacted -= n;
+        if n == stream.buffer.len() {
+            return Ok(Ok(std::mem::take(&mut stream.buffer)));
+        }
+        let rest = stream.buffer.split_off(n);
+        Ok(Ok(std::mem::replace(&mut stream.buffer, rest)))
     }
 
     async fn drop(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<()> {

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 
 use crate::sandbox::ConfigKey;
@@ -83,6 +84,12 @@ fn percent_encode(value: &str, lowercase: bool) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct Secrets {
     secrets: Vec<Secret>,
+    /// Every needle of every secret, found in one pass; `None` without secrets.
+    matcher: Option<AhoCorasick>,
+    /// For each of the matcher's patterns, the index of its secret.
+    owners: Vec<usize>,
+    /// The longest needle's length.
+    longest: usize,
 }
 
 impl Secrets {
@@ -98,7 +105,19 @@ impl Secrets {
 
     /// Secrets from (name, value) pairs.
     pub fn from_pairs(values: Vec<(String, String)>) -> Self {
-        Secrets { secrets: values.into_iter().map(|(name, value)| Secret::new(name, value)).collect() }
+        let secrets: Vec<Secret> = values.into_iter().map(|(name, value)| Secret::new(name, value)).collect();
+        let (owners, needles): (Vec<usize>, Vec<&[u8]>) =
+            secrets.iter().enumerate().flat_map(|(i, s)| s.needles.iter().map(move |n| (i, n.as_slice()))).unzip();
+        let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+        // At one offset the longest needle wins, as a whole secret beats the
+        // base64 of its prefix.
+        let matcher = (!needles.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&needles)
+                .expect("a handful of short literal needles always builds")
+        });
+        Secrets { secrets, matcher, owners, longest }
     }
 
     /// The first secret shorter than [`MIN_SECRET_LEN`], with its length.
@@ -150,37 +169,39 @@ impl Secrets {
     /// on and leaves in `pending` the tail that could still be the start of
     /// a secret (nothing at the end of the stream, `eof`).
     pub fn redact_stream(&self, pending: &mut Vec<u8>, eof: bool) -> Vec<u8> {
-        let longest = self.secrets.iter().flat_map(|s| s.needles.iter().map(Vec::len)).max().unwrap_or(0);
-        let hold = if eof { 0 } else { longest.saturating_sub(1) };
-        // A match that starts before `safe` lies wholly in `pending`.
-        let safe = pending.len().saturating_sub(hold);
-        let mut out = Vec::with_capacity(pending.len());
-        let mut at = 0;
-        while let Some((start, len, name)) = self.earliest(&pending[at..]).filter(|(start, ..)| at + start < safe) {
-            out.extend_from_slice(&pending[at..at + start]);
-            out.extend_from_slice(format!("[redacted {name}]").as_bytes());
-            at += start + len;
-        }
-        let end = safe.max(at);
-        out.extend_from_slice(&pending[at..end]);
-        pending.drain(..end);
-        out
+        let end = self.redact_tail(pending, 0, eof);
+        let held = pending.split_off(end);
+        std::mem::replace(pending, held)
     }
 
-    /// The first secret (or encoding of one) in `haystack`: its offset,
-    /// length and the secret's name. At one offset the longest wins.
-    fn earliest(&self, haystack: &[u8]) -> Option<(usize, usize, &str)> {
-        let mut best: Option<(usize, usize, &str)> = None;
-        for secret in &self.secrets {
-            for needle in &secret.needles {
-                if let Some(at) = memchr::memmem::find(haystack, needle)
-                    && best.is_none_or(|(b_at, b_len, _)| at < b_at || (at == b_at && needle.len() > b_len))
-                {
-                    best = Some((at, needle.len(), &secret.name));
-                }
-            }
+    /// Redact, in place, what follows `buf[..done]` (already final) as far
+    /// as it can be told, and return where the final part now ends: past it
+    /// lies at most a secret's length less one byte that could still be the
+    /// start of one (nothing at the end of the stream, `eof`). Without a
+    /// match, nothing is copied.
+    pub fn redact_tail(&self, buf: &mut Vec<u8>, done: usize, eof: bool) -> usize {
+        let Some(matcher) = &self.matcher else { return buf.len() };
+        let hold = if eof { 0 } else { self.longest.saturating_sub(1) };
+        // A match that starts before `safe` lies wholly in `buf`.
+        let safe = buf.len().saturating_sub(hold).max(done);
+        let mut found = matcher.find_iter(&buf[done..]).take_while(|m| done + m.start() < safe).peekable();
+        if found.peek().is_none() {
+            return safe;
         }
-        best
+        let mut tail = Vec::with_capacity(buf.len() - done);
+        let mut at = done;
+        for hit in found {
+            tail.extend_from_slice(&buf[at..done + hit.start()]);
+            let name = &self.secrets[self.owners[hit.pattern().as_usize()]].name;
+            tail.extend_from_slice(format!("[redacted {name}]").as_bytes());
+            at = done + hit.end();
+        }
+        // Past the last match, the final part ends where it would have.
+        let end = done + tail.len() + safe.saturating_sub(at);
+        tail.extend_from_slice(&buf[at..]);
+        buf.truncate(done);
+        buf.extend_from_slice(&tail);
+        end
     }
 }
 
@@ -247,6 +268,32 @@ mod tests {
                 String::from_utf8(out).unwrap(),
                 "before [redacted API_KEY] middle [redacted API_KEY]",
                 "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn redacting_in_place_hands_on_parts_as_a_stream_reader_takes_them() {
+        // As a response stream does: append each chunk, redact the tail,
+        // take some of the final part, keep the rest.
+        let secrets = secrets();
+        let body = format!("{KEY}{KEY} before {KEY} middle {KEY}");
+        for (chunk, take) in [(1, 1), (3, 2), (7, 100), (64, 5), (4, 4)] {
+            let (mut buffer, mut redacted, mut out) = (Vec::new(), 0, Vec::new());
+            let mut pieces = body.as_bytes().chunks(chunk).peekable();
+            while let Some(piece) = pieces.next() {
+                buffer.extend_from_slice(piece);
+                redacted = secrets.redact_tail(&mut buffer, redacted, pieces.peek().is_none());
+                let n = redacted.min(take);
+                out.extend(buffer.drain(..n));
+                redacted -= n;
+            }
+            out.extend(buffer.drain(..redacted));
+            assert!(buffer.is_empty(), "chunks of {chunk}: {buffer:?} left");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "[redacted API_KEY][redacted API_KEY] before [redacted API_KEY] middle [redacted API_KEY]",
+                "chunks of {chunk}, taking {take}"
             );
         }
     }

@@ -85,9 +85,10 @@ pub async fn add(args: AddArgs, events: EventLog) -> Result<(), Failure> {
     if !available.contains(&name) {
         return Err(usage(anyhow::anyhow!("no connector source named {name:?}; available: {}", available.join(", "))));
     }
-    let built = crate::guest::build_rust(&sources.join(&name), &events).map_err(anyhow::Error::from)?;
+    // Always through cargo: it sees every change, path dependencies included.
+    let built = crate::guest::rust::build_with(&sources.join(&name), true, &events).map_err(anyhow::Error::from)?;
     let host = args.host.host(Limits::default()).await?;
-    let info = escaped_info(&host.registry().inspect(&built).await?);
+    let info = escaped_info(&host.registry().inspect(&built, &name).await?);
     if !args.print {
         let dir = host.registry().dir();
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

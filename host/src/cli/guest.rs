@@ -50,7 +50,7 @@ impl From<LanguageArg> for Language {
 
 /// `flue build`: print the component's path.
 pub fn build(args: BuildArgs, events: EventLog) -> Result<(), Failure> {
-    let wasm = crate::guest::build(&args.dir, &events).map_err(usage)?;
+    let wasm = crate::guest::build::build_with(&args.dir, true, &events).map_err(usage)?;
     out!("{}", wasm.display());
     Ok(())
 }

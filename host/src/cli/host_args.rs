@@ -8,7 +8,7 @@ use super::{Failure, usage};
 use crate::host::{Host, HostBuilder};
 use crate::runtime::Limits;
 use crate::runtime::cache::ComponentCache;
-use crate::sandbox::local::{Isolation, probe_bubblewrap};
+use crate::sandbox::local::{Isolation, IsolationSetting, probe_bubblewrap};
 use crate::sandbox::{BuiltinSettings, builtin_backends};
 
 /// Where connectors, configuration and the local sandbox come from.
@@ -57,26 +57,19 @@ impl HostArgs {
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
         let config = crate::config::load(&self.env_files, std::env::vars()).map_err(usage)?;
+        let cache_dir = self.cache_dir.clone().or_else(ComponentCache::default_dir);
         let isolation = match self.isolation {
-            IsolationChoice::None => Isolation::None,
+            IsolationChoice::None => Isolation::None.into(),
+            // Asked for by name: fail before anything starts if it cannot work.
             IsolationChoice::Bwrap => match probe_bubblewrap().await {
-                Ok(bwrap) => Isolation::Bubblewrap { bwrap, allow_network: self.allow_network },
+                Ok(bwrap) => Isolation::Bubblewrap { bwrap, allow_network: self.allow_network }.into(),
                 Err(reason) => return Err(usage(anyhow::anyhow!("--isolation bwrap: {reason}"))),
             },
-            IsolationChoice::Auto => match probe_bubblewrap().await {
-                Ok(bwrap) => Isolation::Bubblewrap { bwrap, allow_network: self.allow_network },
-                Err(reason) => {
-                    tracing::debug!("no isolation for the local sandbox: {reason}");
-                    Isolation::None
-                }
-            },
+            IsolationChoice::Auto => IsolationSetting::probe_in_background(self.allow_network, cache_dir.clone()),
         };
         let settings = BuiltinSettings { isolation, workdir: self.workdir.clone() };
-        let mut builder = HostBuilder::new()
-            .limits(limits)
-            .cache_dir(self.cache_dir.clone().or_else(ComponentCache::default_dir))
-            .config(config)
-            .backends(builtin_backends(&settings));
+        let mut builder =
+            HostBuilder::new().limits(limits).cache_dir(cache_dir).config(config).backends(builtin_backends(&settings));
         if let Some(dir) = &self.connectors {
             builder = builder.connectors_dir(dir);
         }

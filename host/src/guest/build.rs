@@ -11,9 +11,10 @@
 //! | `app.py`     | Python     | `componentize-py … componentize app`             |
 //! | `agent.js`   | JavaScript | `componentize-js agent.js …`                     |
 //!
-//! Python and JavaScript components are written to `<dir>/target/flue/` and
-//! rebuilt only when a source file (or the WIT) is newer; cargo tracks
-//! staleness for Rust itself.
+//! Components are written to `<dir>/target/flue/` and rebuilt only when a
+//! source file (or the manifest, or the WIT) is newer: a warm `flue run`
+//! starts no toolchain at all. Missing toolchains are installed by
+//! [`super::toolchains`].
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,20 +142,26 @@ pub fn detect(dir: &Path) -> Option<Language> {
 
 /// Build the agent in `dir` (if stale) and return its component.
 pub fn build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
+    build_with(dir, false, events)
+}
+
+/// [`build`]; with `force`, a Rust agent is handed to cargo even when its
+/// sources look unchanged (cargo sees changes outside the crate too).
+pub fn build_with(dir: &Path, force: bool, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
     // Toolchains run inside `dir`: every path handed to them must be absolute.
     let dir =
         &dir.canonicalize().map_err(|err| AgentSourceError::Read { path: dir.into(), reason: err.to_string() })?;
     match detect(dir) {
-        Some(Language::Rust) => build_rust(dir, events),
-        Some(Language::Python) => componentize(dir, &PYTHON, events),
-        Some(Language::JavaScript) => componentize(dir, &JAVASCRIPT, events),
+        Some(Language::Rust) => super::rust::build_with(dir, force, events),
+        Some(Language::Python) => super::componentize::build(dir, &super::componentize::PYTHON, events),
+        Some(Language::JavaScript) => super::componentize::build(dir, &super::componentize::JAVASCRIPT, events),
         None => Err(AgentSourceError::UnknownLanguage { dir: dir.into() }),
     }
 }
 
 /// The WIT an agent builds against: its own `wit/` (as `flue new` makes),
 /// else this project's.
-fn wit_dir(dir: &Path) -> PathBuf {
+pub(crate) fn wit_dir(dir: &Path) -> PathBuf {
     let own = dir.join("wit");
     if own.is_dir() { own } else { project_root().join("wit") }
 }
@@ -181,20 +188,22 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
     newest
 }
 
-/// Whether `output` is missing or older than the sources in `dir` or the WIT.
-fn stale(output: &Path, dir: &Path, wit: &Path) -> bool {
+/// Whether `output` is missing or older than any of `inputs` (files, or
+/// directories searched as [`newest_source`] does).
+pub(crate) fn stale(output: &Path, inputs: &[PathBuf]) -> bool {
     let Ok(built) = std::fs::metadata(output).and_then(|m| m.modified()) else { return true };
-    [newest_source(dir), newest_source(wit)].into_iter().flatten().any(|source| source > built)
-}
-
-/// A tool from `node_modules/.bin` of `dir` or an ancestor, else the PATH.
-fn find_tool(name: &str, dir: &Path) -> Option<PathBuf> {
-    let local = dir.ancestors().map(|d| d.join("node_modules/.bin").join(name)).find(|p| p.is_file());
-    local.or_else(|| super::which::find_on_path(name))
+    inputs
+        .iter()
+        .filter_map(|input| match std::fs::metadata(input) {
+            Ok(meta) if meta.is_dir() => newest_source(input),
+            Ok(meta) => meta.modified().ok(),
+            Err(_) => None,
+        })
+        .any(|source| source > built)
 }
 
 /// Run a guest toolchain in `dir`, turning failures into readable errors.
-fn run_tool(
+pub(crate) fn run_tool(
     mut command: std::process::Command,
     dir: &Path,
     what: &str,
@@ -218,7 +227,7 @@ fn run_tool(
 
 /// A toolchain's failure output without its own internal stack trace, and
 /// not longer than a screen.
-fn readable_log(log: &str) -> String {
+pub(crate) fn readable_log(log: &str) -> String {
     const MAX_LINES: usize = 40;
     let log = log.split("\nStack backtrace:").next().unwrap_or(log).trim_end();
     let lines: Vec<&str> = log.lines().collect();
@@ -230,129 +239,12 @@ fn readable_log(log: &str) -> String {
 
 /// Where a build writes before it is published: never a half-written
 /// component at the final path, even with two builds at once.
-fn partial_output(output: &Path) -> PathBuf {
+pub(crate) fn partial_output(output: &Path) -> PathBuf {
     output.with_extension(format!("wasm.partial-{}", std::process::id()))
 }
 
-fn publish(partial: &Path, output: &Path) -> Result<PathBuf, AgentSourceError> {
+pub(crate) fn publish(partial: &Path, output: &Path) -> Result<PathBuf, AgentSourceError> {
     std::fs::rename(partial, output)
         .map_err(|err| AgentSourceError::Read { path: output.into(), reason: err.to_string() })?;
     Ok(output.to_path_buf())
-}
-
-/// A componentize toolchain: what it is called, how to install it, and its
-/// arguments given the WIT directory and the output path.
-struct Componentizer {
-    tool: &'static str,
-    install: &'static str,
-    args: fn(&Path, &Path) -> Vec<std::ffi::OsString>,
-}
-
-const PYTHON: Componentizer = Componentizer {
-    tool: "componentize-py",
-    install: "`pip install componentize-py==0.25.1`",
-    args: |wit, out| {
-        [
-            "-d".as_ref(),
-            wit.as_os_str(),
-            "-w".as_ref(),
-            "agent".as_ref(),
-            "componentize".as_ref(),
-            "app".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ]
-        .map(std::ffi::OsStr::to_os_string)
-        .to_vec()
-    },
-};
-
-const JAVASCRIPT: Componentizer = Componentizer {
-    tool: "componentize-js",
-    install: "`npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` in the agent's directory)",
-    // Agents get no HTTP: leave out the runtime's fetch and http features so
-    // the component imports nothing the host does not grant.
-    args: |wit, out| {
-        let args: [&std::ffi::OsStr; 11] = [
-            "agent.js".as_ref(),
-            "--wit".as_ref(),
-            wit.as_os_str(),
-            "--world-name".as_ref(),
-            "agent".as_ref(),
-            "-d".as_ref(),
-            "http".as_ref(),
-            "-d".as_ref(),
-            "fetch-event".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ];
-        args.map(std::ffi::OsStr::to_os_string).to_vec()
-    },
-};
-
-/// Build `dir` with a componentize toolchain into `target/flue/agent.wasm`,
-/// unless that is newer than every source.
-fn componentize(dir: &Path, toolchain: &Componentizer, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    let output = dir.join("target/flue/agent.wasm");
-    let wit = wit_dir(dir);
-    if !stale(&output, dir, &wit) {
-        return Ok(output);
-    }
-    let tool = find_tool(toolchain.tool, dir).ok_or_else(|| {
-        AgentSourceError::Toolchain(format!(
-            "{} is not installed; install it with {}",
-            toolchain.tool, toolchain.install
-        ))
-    })?;
-    std::fs::create_dir_all(dir.join("target/flue"))
-        .map_err(|err| AgentSourceError::Read { path: dir.join("target"), reason: err.to_string() })?;
-    let partial = partial_output(&output);
-    let mut command = std::process::Command::new(tool);
-    command.args((toolchain.args)(&wit, &partial));
-    run_tool(command, dir, toolchain.tool, events)?;
-    publish(&partial, &output)
-}
-
-/// `cargo build --release --target wasm32-wasip2`, returning the `.wasm` of
-/// the package's cdylib.
-pub fn build_rust(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    let _progress = events.progress(format!("building {}", dir.display()));
-    let output = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| {
-            AgentSourceError::Toolchain(format!("cannot run cargo ({err}): install Rust from https://rustup.rs"))
-        })?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        if stderr.contains("wasm32-wasip2")
-            && (stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`"))
-        {
-            return Err(AgentSourceError::Toolchain(
-                "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`".into(),
-            ));
-        }
-        return Err(AgentSourceError::BuildFailed { dir: dir.into(), log: stderr.trim_end().to_string() });
-    }
-    // The last cdylib artifact of the package in `dir` is the component.
-    let manifest = dir
-        .join("Cargo.toml")
-        .canonicalize()
-        .map_err(|err| AgentSourceError::Read { path: dir.join("Cargo.toml"), reason: err.to_string() })?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let wasm = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|msg| msg["reason"] == "compiler-artifact")
-        .filter(|msg| msg["manifest_path"].as_str().is_some_and(|p| Path::new(p) == manifest))
-        .filter_map(|msg| msg["filenames"].as_array().cloned())
-        .flatten()
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .rfind(|f| f.extension().is_some_and(|e| e == "wasm"));
-    wasm.ok_or_else(|| AgentSourceError::BuildFailed {
-        dir: dir.into(),
-        log: "cargo built no .wasm: the package needs `[lib] crate-type = [\"cdylib\"]`".into(),
-    })
 }

@@ -2,7 +2,10 @@
 //! toolchain, and creating new ones from templates.
 
 pub mod build;
+mod componentize;
+pub mod rust;
 pub mod scaffold;
+pub mod toolchains;
 pub(crate) mod which;
 
-pub use build::{AgentSourceError, Language, build, build_rust, detect, project_root, resolve};
+pub use build::{AgentSourceError, Language, build, detect, project_root, resolve};

@@ -34,7 +34,7 @@ fn template(language: Language) -> Template {
                 ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
                 (".gitignore", "target/\n"),
             ],
-            toolchain: "It needs Rust with the wasm32-wasip2 target: `rustup target add wasm32-wasip2`.",
+            toolchain: "It needs Rust (rustup); flue adds the wasm32-wasip2 target when it is missing.",
         },
         Language::Python => Template {
             language: "Python",
@@ -42,7 +42,8 @@ fn template(language: Language) -> Template {
                 ("app.py", include_str!("../../templates/python/app.py")),
                 (".gitignore", "target/\n__pycache__/\n"),
             ],
-            toolchain: "It needs componentize-py: `pip install componentize-py==0.25.1`.",
+            toolchain: "It needs python3; flue installs componentize-py 0.25.1 (from PyPI) into its cache \
+                        the first time it builds a Python agent.",
         },
         Language::JavaScript => Template {
             language: "JavaScript",
@@ -51,8 +52,8 @@ fn template(language: Language) -> Template {
                 ("package.json", include_str!("../../templates/js/package.json")),
                 (".gitignore", "target/\nnode_modules/\n"),
             ],
-            toolchain: "It needs componentize-js: `npm install` here, or \
-                        `npm install -g @bytecodealliance/componentize-js@0.23.0`.",
+            toolchain: "It needs node and npm; flue installs componentize-js 0.23.0 (from the npm \
+                        registry) into its cache the first time it builds a JavaScript agent.",
         },
     }
 }

@@ -13,7 +13,12 @@ impl AgentState {
         _text: String,
         _options: model::PromptOptions,
     ) -> wasmtime::Result<Result<model::PromptResult, model::PromptError>> {
-        let _ = self.base.table.get(this)?;
-        Ok(Err(model::PromptError::InvalidInput("session.prompt is not available in this build".into())))
+        let session = self.base.table.get(this)?;
+        let model = session.model.as_deref().unwrap_or("no model given in init");
+        Ok(Err(model::PromptError::InvalidInput(format!(
+            "session.prompt (harness {}, model {model}) is not available in this build of flue: \
+             it runs shell and file calls only",
+            session.harness
+        ))))
     }
 }

@@ -73,6 +73,8 @@ checks! {
     "exec env" => exec_env,
     "non-zero exit is a result" => nonzero_exit,
     "timeout returns 124 and the process is gone" => timeout_kills,
+    "streamed write and read in parts (12 MiB)" => streamed_round_trip,
+    "streamed read from an offset" => streamed_offset,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -129,17 +131,21 @@ async fn binary_round_trip(s: &Suite) -> Result<(), String> {
     Ok(())
 }
 
-async fn large_file(s: &Suite) -> Result<(), String> {
-    // Deterministic pseudo-random bytes (xorshift), so corruption shows.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..5 * 1024 * 1024)
+/// Deterministic pseudo-random bytes (xorshift), so corruption shows.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed;
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 24) as u8
         })
-        .collect();
+        .collect()
+}
+
+async fn large_file(s: &Suite) -> Result<(), String> {
+    let data = pseudo_random(5 * 1024 * 1024, 0);
     s.scratch.write_file("large.bin", &data).await.map_err(err)?;
     let back = s.scratch.read_file("large.bin").await.map_err(err)?;
     ensure!(back.len() == data.len(), "size differs: wrote {}, read {}", data.len(), back.len());
@@ -309,6 +315,57 @@ async fn timeout_kills(s: &Suite) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(started.elapsed())).await;
     ensure!(!s.scratch.exists("late.txt").await.map_err(err)?, "the timed-out command kept running");
     Ok(())
+}
+
+const MIB: usize = 1024 * 1024;
+
+async fn streamed_round_trip(s: &Suite) -> Result<(), String> {
+    let parts: Vec<Vec<u8>> = (0..12).map(|i| pseudo_random(MIB, i)).collect();
+    let mut writer = s.scratch.open_write("deep/streamed.bin").await.map_err(err)?;
+    for part in &parts {
+        writer.write(part).await.map_err(err)?;
+    }
+    writer.finish().await.map_err(err)?;
+    let stat = s.scratch.stat("deep/streamed.bin").await.map_err(err)?;
+    ensure!(stat.size.is_none_or(|size| size == 12 * MIB as u64), "stat size {:?}, want {}", stat.size, 12 * MIB);
+    let mut reader = s.scratch.open_read("deep/streamed.bin", 0).await.map_err(err)?;
+    let mut back = Vec::new();
+    loop {
+        let part = reader.read(MIB).await.map_err(err)?;
+        if part.is_empty() {
+            break;
+        }
+        ensure!(part.len() <= MIB, "a read returned {} bytes, more than the {MIB} asked for", part.len());
+        back.extend(part);
+    }
+    let want = parts.concat();
+    ensure!(back.len() == want.len(), "read back {} bytes, wrote {}", back.len(), want.len());
+    ensure!(back == want, "content differs at byte {}", back.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0));
+    Ok(())
+}
+
+async fn streamed_offset(s: &Suite) -> Result<(), String> {
+    let data = pseudo_random(3 * MIB + 17, 42);
+    s.scratch.write_file("offset.bin", &data).await.map_err(err)?;
+    let offset = 2 * MIB + 5;
+    let mut reader = s.scratch.open_read("offset.bin", offset as u64).await.map_err(err)?;
+    let mut back = Vec::new();
+    loop {
+        let part = reader.read(256 * 1024).await.map_err(err)?;
+        if part.is_empty() {
+            break;
+        }
+        back.extend(part);
+    }
+    ensure!(back == data[offset..], "from offset {offset}: read {} bytes, want {}", back.len(), data.len() - offset);
+    let mut past = s.scratch.open_read("offset.bin", data.len() as u64 + 10).await.map_err(err)?;
+    let tail = past.read(1024).await.map_err(err)?;
+    ensure!(tail.is_empty(), "reading past the end gave {} bytes", tail.len());
+    match s.scratch.open_read("missing.bin", 0).await {
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("open-read of a missing file: want not-found, got {e}")),
+        Ok(_) => Err("open-read of a missing file succeeded".into()),
+    }
 }
 
 /// Run every check against `sandbox`.

@@ -26,14 +26,14 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use error::SandboxResult;
-use local::{Isolation, LocalConfig, LocalConnector};
+use local::{IsolationSetting, LocalConfig, LocalConnector};
 
 /// What the user chose for the built-in backends (flags of `flue run` and
 /// the other commands).
 #[derive(Clone, Debug)]
 pub struct BuiltinSettings {
     /// How `local` isolates commands.
-    pub isolation: Isolation,
+    pub isolation: IsolationSetting,
     /// `local`: use this directory as the sandbox (`--workdir`).
     pub workdir: Option<PathBuf>,
 }

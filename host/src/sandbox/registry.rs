@@ -26,6 +26,14 @@ pub enum ConnectorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// This project has the connector's source, but it is not installed.
+    #[error("connector {name:?} is not installed: install it with `flue add {name}` (it builds connectors/{name}/ into {})", dir.display())]
+    NotInstalled {
+        /// The name asked for.
+        name: String,
+        /// The connectors directory.
+        dir: PathBuf,
+    },
     /// No built-in and no file has this name.
     #[error("no connector named {name:?}: available are {available} (add one by dropping NAME.wasm into {})", dir.display())]
     Unknown {
@@ -52,7 +60,7 @@ impl ConnectorError {
     /// The error as an agent sees it.
     pub fn into_sandbox_error(self) -> SandboxError {
         let kind = match &self {
-            ConnectorError::Unknown { .. } => ErrorKind::NotFound,
+            ConnectorError::Unknown { .. } | ConnectorError::NotInstalled { .. } => ErrorKind::NotFound,
             ConnectorError::MissingConfig { .. } => ErrorKind::Auth,
             ConnectorError::Load { .. } => ErrorKind::Other,
         };
@@ -127,6 +135,12 @@ impl ConnectorRegistry {
         }
         let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let file = self.dir.join(format!("{name}.wasm"));
+        if valid_name
+            && !file.is_file()
+            && crate::guest::project_root().join("connectors").join(name).join("Cargo.toml").is_file()
+        {
+            return Err(ConnectorError::NotInstalled { name: name.into(), dir: self.dir.clone() });
+        }
         if !valid_name || !file.is_file() {
             return Err(ConnectorError::Unknown {
                 name: name.into(),
@@ -143,7 +157,7 @@ impl ConnectorRegistry {
         file: &Path,
         events: &EventLog,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        let connector = super::wasm::load(&self.runtime, file, &self.config, events).await?;
+        let connector = super::wasm::load(&self.runtime, file, &file_name(file), &self.config, events).await?;
         for key in connector.info().config.iter().filter(|k| k.required) {
             if !self.config.contains_key(&key.name) && key.default_value.is_none() {
                 return Err(ConnectorError::MissingConfig {
@@ -156,9 +170,10 @@ impl ConnectorRegistry {
         Ok(Arc::new(connector))
     }
 
-    /// What a connector file says about itself (no configuration needed).
-    pub async fn inspect(&self, file: &Path) -> Result<ConnectorInfo, ConnectorError> {
-        super::wasm::load(&self.runtime, file, &self.config, &EventLog::discard()).await.map(|c| c.info().clone())
+    /// What a connector file says about itself when installed as `name`
+    /// (no configuration needed).
+    pub async fn inspect(&self, file: &Path, name: &str) -> Result<ConnectorInfo, ConnectorError> {
+        super::wasm::load(&self.runtime, file, name, &self.config, &EventLog::discard()).await.map(|c| c.info().clone())
     }
 
     /// Every connector with its info or its load error: built-ins first.
@@ -169,10 +184,16 @@ impl ConnectorRegistry {
             .map(|(name, c)| ConnectorListing { name: name.clone(), file: None, info: Ok(c.info().clone()) })
             .collect();
         for file in self.files() {
-            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let info = self.inspect(&file).await;
+            let name = file_name(&file);
+            let info = self.inspect(&file, &name).await;
             listings.push(ConnectorListing { name, file: Some(file), info });
         }
         listings
     }
+}
+
+/// A connector file's name as a connector: its file stem (`daytona.wasm` is
+/// `daytona`).
+fn file_name(file: &Path) -> String {
+    file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub sandboxes_dir: Option<PathBuf>,
     /// Faults to inject.
     pub faults: Faults,
+    /// Keep every request (bodies up to 4 MiB) for [`DaytonaServer::requests`].
+    /// Tests want this; a long-running server or a benchmark does not.
+    pub record_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             isolated: true,
             sandboxes_dir: None,
             faults: Faults::default(),
+            record_requests: true,
         }
     }
 }
@@ -101,7 +105,8 @@ pub(crate) struct AppState {
     /// flue's local backend: each Daytona sandbox is one of its sandboxes.
     pub local: Arc<dyn Connector>,
     pub sandboxes: Mutex<HashMap<String, SandboxRecord>>,
-    pub requests: Mutex<Vec<RecordedRequest>>,
+    /// `None` when requests are not recorded.
+    pub requests: Option<Mutex<Vec<RecordedRequest>>>,
     pub next_id: Mutex<u64>,
     _dir: tempfile::TempDir,
 }
@@ -137,7 +142,7 @@ impl DaytonaServer {
             base_url: format!("http://{addr}"),
             local,
             sandboxes: Mutex::default(),
-            requests: Mutex::default(),
+            requests: config.record_requests.then(Mutex::default),
             next_id: Mutex::new(1),
             _dir: dir,
         });
@@ -190,25 +195,18 @@ impl DaytonaServer {
         }
     }
 
-    /// Every request received so far.
+    /// Every request received so far (none unless
+    /// [`ServerConfig::record_requests`]).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.requests.lock().expect("lock").clone()
+        self.state.requests.as_ref().map(|r| r.lock().expect("lock").clone()).unwrap_or_default()
     }
 }
 
-impl Drop for DaytonaServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// Every request: record it, inject faults, check the bearer token.
-async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Record `request` (its body's first RECORD_CAP bytes) and hand it on. A
+/// larger body (a big upload) streams on to its handler rather than sitting
+/// in memory.
+async fn record(request: Request, requests: &Mutex<Vec<RecordedRequest>>) -> Result<Request, Response> {
     let (parts, body) = request.into_parts();
-    // Keep the first RECORD_CAP bytes for the record; a larger body (a big
-    // upload) streams on to its handler rather than sitting in memory.
     let mut stream = body.into_data_stream();
     let mut head: Vec<bytes::Bytes> = Vec::new();
     let mut head_len = 0;
@@ -220,7 +218,7 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
                 head.push(chunk);
             }
             Some(Err(err)) => {
-                return errors::api_error(StatusCode::BAD_REQUEST, parts.uri.path(), err.to_string());
+                return Err(errors::api_error(StatusCode::BAD_REQUEST, parts.uri.path(), err.to_string()));
             }
             None => {
                 ended = true;
@@ -237,7 +235,7 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
         Body::from_stream(futures_util::StreamExt::chain(head, rest))
     };
     let request = Request::from_parts(parts, body);
-    state.requests.lock().expect("lock").push(RecordedRequest {
+    requests.lock().expect("lock").push(RecordedRequest {
         body: recorded.slice(..recorded.len().min(RECORD_CAP)),
         method: request.method().to_string(),
         uri: request.uri().to_string(),
@@ -247,6 +245,26 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect(),
     });
+    Ok(request)
+}
+
+impl Drop for DaytonaServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Every request: record it, inject faults, check the bearer token.
+async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let request = match &state.requests {
+        Some(requests) => match record(request, requests).await {
+            Ok(request) => request,
+            Err(refused) => return refused,
+        },
+        None => request,
+    };
     let path = request.uri().path().to_string();
     let latency = state.faults.latency_ms();
     if latency > 0 {

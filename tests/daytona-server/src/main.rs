@@ -64,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         isolated: !args.no_isolation,
         sandboxes_dir: None,
         faults,
+        // Nobody reads the record of a standalone server: it would only grow.
+        record_requests: false,
     };
     let server = DaytonaServer::start(config).await?;
     println!("{}", server.api_url());

@@ -148,6 +148,13 @@ fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
     args
 }
 
+/// Compute, once per process, what every isolated command's arguments
+/// need: the seccomp programs and the private `/etc` entries.
+pub(crate) fn prepare() {
+    let _ = super::seccomp::programs();
+    let _ = private_etc();
+}
+
 /// A host path hidden from commands.
 enum Masked {
     /// Replaced by an empty file.

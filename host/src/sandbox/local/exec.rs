@@ -13,13 +13,14 @@
 //! * Each output stream is capped; past the cap the rest is read and dropped
 //!   and a marker says how much was cut.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::Isolation;
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{ExecOutput, TIMEOUT_EXIT_CODE};
 
@@ -29,28 +30,6 @@ const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// and its process group was killed (a daemon that escaped the group may
 /// hold them open).
 const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
-
-/// How commands are isolated.
-#[derive(Clone, Debug)]
-pub enum Isolation {
-    /// bubblewrap: read-only system, only the sandbox writable, fresh
-    /// namespaces (no network unless allowed).
-    Bubblewrap {
-        /// The `bwrap` binary.
-        bwrap: PathBuf,
-        /// Share the host's network (`--allow-network`).
-        allow_network: bool,
-    },
-    /// A plain child process in the sandbox directory.
-    None,
-}
-
-impl Isolation {
-    /// Whether commands run isolated.
-    pub fn is_isolated(&self) -> bool {
-        matches!(self, Isolation::Bubblewrap { .. })
-    }
-}
 
 /// Where a sandbox lives: `root` on the host, seen as `visible_root` by commands.
 pub struct CommandSpec<'a> {
@@ -136,6 +115,14 @@ pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<
 
     let stdout = drain(stdout).await;
     let mut stderr = drain(stderr).await;
+    // bwrap itself failed (it says so, exit 1, before the command ran).
+    if isolation.is_isolated() && exit_code == 1 && stdout.is_empty() && stderr.starts_with("bwrap: ") {
+        super::isolation::forget_probe();
+        return Err(SandboxError::other(format!(
+            "bubblewrap could not set up the sandbox: {} (the command did not run)",
+            stderr.trim()
+        )));
+    }
     if timed_out {
         let limit = spec.timeout.unwrap_or_default();
         stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
@@ -242,27 +229,5 @@ async fn drain(reader: tokio::task::JoinHandle<String>) -> String {
             abort.abort();
             String::new()
         }
-    }
-}
-
-/// Find a working bubblewrap: on the PATH and able to create namespaces here.
-pub async fn probe_bubblewrap() -> Result<PathBuf, String> {
-    let Some(bwrap) = crate::guest::which::find_on_path("bwrap") else {
-        return Err("bubblewrap (bwrap) is not installed".into());
-    };
-    let output = Command::new(&bwrap)
-        .args(["--unshare-all", "--ro-bind", "/", "/", "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|err| format!("could not run {}: {err}", bwrap.display()))?;
-    if output.status.success() {
-        Ok(bwrap)
-    } else {
-        Err(format!(
-            "{} cannot create namespaces here: {}",
-            bwrap.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
     }
 }

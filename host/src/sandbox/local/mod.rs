@@ -11,6 +11,7 @@
 mod bwrap;
 mod exec;
 mod fs;
+mod isolation;
 mod seccomp;
 mod store;
 
@@ -20,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-pub use exec::{Isolation, probe_bubblewrap};
 use fs::ConfinedRoot;
+pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 use store::{Metadata, Store};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
@@ -44,7 +45,7 @@ pub struct LocalConfig {
     /// Use this directory as the sandbox instead of a fresh one.
     pub workdir: Option<PathBuf>,
     /// How commands are isolated.
-    pub isolation: Isolation,
+    pub isolation: IsolationSetting,
     /// Bytes kept per output stream of one command.
     pub output_cap: usize,
     /// Where isolated commands see the sandbox (default [`VISIBLE_ROOT`]).
@@ -53,11 +54,11 @@ pub struct LocalConfig {
 
 impl LocalConfig {
     /// The defaults, with `isolation`.
-    pub fn new(isolation: Isolation) -> Self {
+    pub fn new(isolation: impl Into<IsolationSetting>) -> Self {
         LocalConfig {
             base_dir: std::env::temp_dir().join("flue-local"),
             workdir: None,
-            isolation,
+            isolation: isolation.into(),
             output_cap: DEFAULT_OUTPUT_CAP,
             visible_root: VISIBLE_ROOT.into(),
         }
@@ -88,8 +89,8 @@ impl LocalConnector {
         LocalConnector { config, info, store, warned_unisolated: AtomicBool::new(false) }
     }
 
-    fn warn_once_if_unisolated(&self) {
-        if !self.config.isolation.is_isolated() && !self.warned_unisolated.swap(true, Ordering::Relaxed) {
+    fn warn_once_if_unisolated(&self, isolation: &Isolation) {
+        if !isolation.is_isolated() && !self.warned_unisolated.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "local sandbox is NOT isolated: commands run as your user with access to this machine's files and \
                  network (install bubblewrap, e.g. `apt-get install bubblewrap`, for isolation)"
@@ -97,11 +98,12 @@ impl LocalConnector {
         }
     }
 
-    fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn SandboxBackend>> {
-        self.warn_once_if_unisolated();
+    async fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let isolation = self.config.isolation.get().await;
+        self.warn_once_if_unisolated(&isolation);
         let confined = ConfinedRoot::open(&root)
             .map_err(|err| SandboxError::other(format!("cannot open sandbox directory {}: {err}", root.display())))?;
-        let visible_root = if self.config.isolation.is_isolated() {
+        let visible_root = if isolation.is_isolated() {
             self.config.visible_root.clone()
         } else {
             // Commands see the real directory: name it the way resolved
@@ -118,7 +120,7 @@ impl LocalConnector {
             visible_root,
             confined: Arc::new(confined),
             env: metadata.env,
-            isolation: self.config.isolation.clone(),
+            isolation,
             output_cap: self.config.output_cap,
         }))
     }
@@ -145,16 +147,16 @@ impl Connector for LocalConnector {
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
             let dir = dir.canonicalize().map_err(|err| io_error("cannot resolve", dir, err))?;
-            return self.open("local-workdir".into(), dir, metadata);
+            return self.open("local-workdir".into(), dir, metadata).await;
         }
         let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let root = self.store.create(&id, &metadata)?;
-        self.open(id, root, metadata)
+        self.open(id, root, metadata).await
     }
 
     async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
         let (root, metadata) = self.store.open(id)?;
-        self.open(id.to_string(), root, metadata)
+        self.open(id.to_string(), root, metadata).await
     }
 
     async fn delete(&self, id: &str) -> SandboxResult<()> {

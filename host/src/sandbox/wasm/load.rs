@@ -18,6 +18,7 @@ use crate::sandbox::registry::ConnectorError;
 pub(crate) async fn load(
     runtime: &Runtime,
     file: &Path,
+    name: &str,
     config: &HashMap<String, String>,
     events: &EventLog,
 ) -> Result<WasmConnector, ConnectorError> {
@@ -32,7 +33,7 @@ pub(crate) async fn load(
         fail(format!("does not fit the flue:sandbox/connector world: {}", one_line(&format!("{err:#}"), 200)))
     })?;
 
-    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = name.to_string();
     let stderr = GuestOutput::new(&format!("connector {name}"), "warn", events.clone());
     // Secure defaults: no env, args, files or sockets; stderr to events.
     let wasi = WasiCtxBuilder::new().stderr(stderr).build();
@@ -60,7 +61,7 @@ pub(crate) async fn load(
         .map_err(|err| fail(format!("trapped in info(): {}", one_line(&format!("{err:#}"), 200))))?
         .into();
     if info.name != name {
-        tracing::warn!("{}: declares the name {:?}; it is used as {name:?} (its file name)", file.display(), info.name);
+        tracing::warn!("{}: declares the name {:?}; it is used as {name:?}", file.display(), info.name);
     }
 
     let (grants, warnings) = ConnectorGrants::grant(&name, &info, config).map_err(|err| fail(err.to_string()))?;
