@@ -4,6 +4,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // Inside a local sandbox, this binary is the sandbox's supervisor.
+    flue::sandbox::local::run_supervisor_if_requested();
     let cli = flue::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("FLUE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -198,33 +198,8 @@ fn isolation_holds_for_an_unprivileged_user_too() {
     if !rustix::process::geteuid().is_root() || !bwrap_available() {
         return;
     }
-    let ids = |flag: &str| -> u32 {
-        let out = Command::new("id").arg(flag).arg(&user).output().expect("id");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no user {user}"))
-    };
-    let (uid, gid) = (ids("-u"), ids("-g"));
-    // Everything the user needs, in a directory it can reach.
-    let home = tempfile::Builder::new().prefix("flue-unprivileged-").tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for (from, name) in [(PathBuf::from(env!("CARGO_BIN_EXE_flue")), "flue"), (fixture("probe"), "probe.wasm")] {
-        std::fs::copy(from, home.path().join(name)).unwrap();
-    }
-    let work = home.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    std::os::unix::fs::chown(&work, Some(uid), Some(gid)).unwrap();
-    let mut command = Command::new(home.path().join("flue"));
-    std::os::unix::process::CommandExt::uid(&mut command, uid);
-    std::os::unix::process::CommandExt::gid(&mut command, gid);
-    command
-        .current_dir(&work)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &work)
-        .env("TMPDIR", &work)
-        .env("FLUE_CACHE_DIR", work.join("cache"))
-        .args(["run", "../probe.wasm", "--isolation", "bwrap", "--events", "none", "--payload"])
-        .arg(json!({"mode": "exec", "command": PRIVILEGE_PROBE}).to_string());
-    let out = output(&mut command);
+    let payload = json!({"mode": "exec", "command": PRIVILEGE_PROBE});
+    let out = crate::support::probe_as(&user, payload, &["--isolation", "bwrap"]);
     let result = out.ok();
     assert_contained(result["stdout"].as_str().unwrap(), &format!("flue as {user}"));
 }

@@ -14,5 +14,6 @@ mod files;
 mod hardening;
 mod isolation;
 mod languages;
+mod limits;
 mod support;
 mod workspace;

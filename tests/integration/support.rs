@@ -379,3 +379,36 @@ impl Drop for TestDaytona {
         }
     }
 }
+
+/// The probe fixture run by `user` (flue started unprivileged), with
+/// everything it needs in a fresh directory that user can reach.
+pub fn probe_as(user: &str, payload: Value, args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let ids = |flag: &str| -> u32 {
+        let out = Command::new("id").arg(flag).arg(user).output().expect("id");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no user {user}"))
+    };
+    let (uid, gid) = (ids("-u"), ids("-g"));
+    let home = tempfile::Builder::new().prefix("flue-unprivileged-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (from, name) in [(PathBuf::from(env!("CARGO_BIN_EXE_flue")), "flue"), (fixture("probe"), "probe.wasm")] {
+        std::fs::copy(from, home.path().join(name)).unwrap();
+    }
+    let work = home.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(uid), Some(gid)).unwrap();
+    let mut command = Command::new(home.path().join("flue"));
+    std::os::unix::process::CommandExt::uid(&mut command, uid);
+    std::os::unix::process::CommandExt::gid(&mut command, gid);
+    command
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &work)
+        .env("TMPDIR", &work)
+        .env("FLUE_CACHE_DIR", work.join("cache"))
+        .args(["run", "../probe.wasm", "--events", "none", "--payload"])
+        .arg(payload.to_string())
+        .args(args);
+    output(&mut command)
+}

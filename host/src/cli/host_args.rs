@@ -8,7 +8,7 @@ use super::{Failure, usage};
 use crate::host::{Host, HostBuilder};
 use crate::runtime::Limits;
 use crate::runtime::cache::ComponentCache;
-use crate::sandbox::local::{Isolation, IsolationSetting, probe_bubblewrap};
+use crate::sandbox::local::{Isolation, IsolationSetting, SandboxLimits, probe_bubblewrap};
 use crate::sandbox::{BuiltinSettings, builtin_backends};
 
 /// Where connectors, configuration and the local sandbox come from.
@@ -37,6 +37,17 @@ pub struct HostArgs {
     #[arg(long)]
     pub allow_network: bool,
 
+    /// local sandbox: how isolated commands start. `supervisor` keeps one
+    /// process alive in each sandbox that starts every command (a command
+    /// costs a fork); `per-command` sets up a new bubblewrap sandbox for each.
+    #[arg(long, value_enum, default_value = "supervisor", env = "FLUE_EXEC_MODE")]
+    pub exec_mode: ExecMode,
+
+    /// local sandbox: the most processes (and threads) its commands may run
+    /// at once.
+    #[arg(long, value_name = "N", default_value_t = SandboxLimits::default().max_processes)]
+    pub max_processes: u64,
+
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/flue].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -53,6 +64,15 @@ pub enum IsolationChoice {
     None,
 }
 
+/// `--exec-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecMode {
+    /// One supervisor process per sandbox starts each command.
+    Supervisor,
+    /// A new bubblewrap sandbox for each command.
+    PerCommand,
+}
+
 impl HostArgs {
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
@@ -67,7 +87,13 @@ impl HostArgs {
             },
             IsolationChoice::Auto => IsolationSetting::probe_in_background(self.allow_network, cache_dir.clone()),
         };
-        let settings = BuiltinSettings { isolation, workdir: self.workdir.clone() };
+        let supervisor = match self.exec_mode {
+            // This very binary answers `__flue-supervisor` (see main.rs).
+            ExecMode::Supervisor => std::env::current_exe().ok(),
+            ExecMode::PerCommand => None,
+        };
+        let sandbox_limits = SandboxLimits { max_processes: self.max_processes, ..SandboxLimits::default() };
+        let settings = BuiltinSettings { isolation, workdir: self.workdir.clone(), limits: sandbox_limits, supervisor };
         let mut builder =
             HostBuilder::new().limits(limits).cache_dir(cache_dir).config(config).backends(builtin_backends(&settings));
         if let Some(dir) = &self.connectors {

@@ -46,6 +46,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub memory: usize,
 
+    /// CPU cores for the run's sandbox (local: a CPU quota; Daytona: the
+    /// sandbox's size).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+
+    /// Memory for the run's sandbox, in GiB (local: all its commands
+    /// together; default 2).
+    #[arg(long, value_name = "GIB")]
+    pub memory_gib: Option<u32>,
+
+    /// Disk for the run's sandbox, in GiB (local: the largest file a command
+    /// may write; default 10).
+    #[arg(long, value_name = "GIB")]
+    pub disk_gib: Option<u32>,
+
     /// Host flags.
     #[command(flatten)]
     pub host: HostArgs,
@@ -77,7 +92,19 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         wasm,
         id: args.id,
         payload: payload.to_string(),
-        settings: RunSettings { default_connector: args.sandbox, keep: args.keep, reuse: args.reuse },
+        settings: RunSettings {
+            default_connector: args.sandbox,
+            keep: args.keep,
+            reuse: args.reuse,
+            default_resources: (args.cpus.is_some() || args.memory_gib.is_some() || args.disk_gib.is_some()).then_some(
+                crate::sandbox::Resources {
+                    cpu: args.cpus,
+                    memory_gib: args.memory_gib,
+                    disk_gib: args.disk_gib,
+                    gpu: None,
+                },
+            ),
+        },
     };
     let outcome = host.run(run, events).await;
     match outcome.result {

@@ -9,7 +9,7 @@ use crate::events::{Event, EventLog, millis};
 use crate::sandbox::error::SandboxResult;
 use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
-use crate::sandbox::{Connector, CreateOptions, SandboxBackend};
+use crate::sandbox::{Connector, CreateOptions, Resources, SandboxBackend};
 
 /// Where an agent's sandbox comes from (the WIT `sandbox-source`).
 #[derive(Clone, Debug)]
@@ -43,6 +43,9 @@ pub struct RunSettings {
     pub keep: bool,
     /// Reuse this sandbox (by id) as the run's default instead of creating one.
     pub reuse: Option<String>,
+    /// Resources of the run's default sandbox (`--cpus`, `--memory-gib`,
+    /// `--disk-gib`); `None`: the connector's defaults.
+    pub default_resources: Option<Resources>,
 }
 
 /// A sandbox created by this run.
@@ -109,7 +112,11 @@ impl RunSandboxes {
                 }
                 let sandbox = match self.settings.reuse.clone() {
                     Some(id) => self.connect(None, &id).await?,
-                    None => self.create(None, &CreateOptions::default(), self.settings.keep).await?,
+                    None => {
+                        let options =
+                            CreateOptions { resources: self.settings.default_resources, ..Default::default() };
+                        self.create(None, &options, self.settings.keep).await?
+                    }
                 };
                 *default = Some(sandbox.clone());
                 Ok(sandbox)
@@ -165,6 +172,9 @@ impl RunSandboxes {
 
     /// Delete what the run created and was not asked to keep.
     pub async fn cleanup(&self) {
+        // Let go of the run's sandbox first: a local one then stops its
+        // processes at once, before slower deletions elsewhere.
+        self.default_sandbox.lock().await.take();
         let owned = std::mem::take(&mut *self.owned.lock().expect("owned lock"));
         for sandbox in owned {
             let connector = sandbox.connector.info().name.clone();

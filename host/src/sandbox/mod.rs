@@ -36,12 +36,19 @@ pub struct BuiltinSettings {
     pub isolation: IsolationSetting,
     /// `local`: use this directory as the sandbox (`--workdir`).
     pub workdir: Option<PathBuf>,
+    /// `local`: limits of a sandbox created without `resources`.
+    pub limits: local::SandboxLimits,
+    /// `local`: the `flue` binary, run as each isolated sandbox's supervisor
+    /// (`None`: a new bubblewrap sandbox per command).
+    pub supervisor: Option<PathBuf>,
 }
 
 /// The built-in backends, registered by name like any connector.
 pub fn builtin_backends(settings: &BuiltinSettings) -> Vec<Arc<dyn Connector>> {
     let mut local = LocalConfig::new(settings.isolation.clone());
     local.workdir = settings.workdir.clone();
+    local.limits = settings.limits;
+    local.supervisor = settings.supervisor.clone();
     vec![Arc::new(LocalConnector::new(local))]
 }
 

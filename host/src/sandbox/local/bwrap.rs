@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 
 use tokio::process::Command;
 
+use super::limits::Launch;
 use super::seccomp;
 use crate::sandbox::error::SandboxError;
 
@@ -49,10 +50,48 @@ pub(crate) struct Isolated<'a> {
     pub allow_network: bool,
 }
 
-/// A `bwrap` command that runs `command` with `bash -c` inside the sandbox.
-pub(crate) fn command(bwrap: &Path, isolated: &Isolated<'_>, command: &str) -> Result<Command, SandboxError> {
+/// Where the supervisor binary appears inside the sandbox.
+const SUPERVISOR_PATH: &str = "/run/flue/supervisor";
+
+/// What bubblewrap starts inside the sandbox.
+pub(crate) enum Program<'a> {
+    /// One command, with `bash -c`; `nproc` limits processes inside.
+    Shell { command: &'a str, nproc: Option<u64> },
+    /// The sandbox's supervisor ([`super::supervise`]): `program` is the
+    /// `flue` binary, `socket` its end of the host's socket.
+    Supervisor { program: &'a Path, socket: OwnedFd, nproc: Option<u64> },
+}
+
+/// A `bwrap` command that starts `program` inside the sandbox; `launch`
+/// puts bubblewrap in the sandbox's cgroups and rlimits before it starts.
+pub(crate) fn command(
+    bwrap: &Path,
+    isolated: &Isolated<'_>,
+    program: Program<'_>,
+    launch: Launch,
+) -> Result<Command, SandboxError> {
     let mut args = sandbox_args(isolated);
-    args.extend(["--setenv".into(), COMMAND_VAR.into(), command.into()]);
+    let mut tail: Vec<String> = Vec::new();
+    let mut passed: Option<OwnedFd> = None;
+    match program {
+        Program::Shell { command, nproc } => {
+            args.extend(["--setenv".into(), COMMAND_VAR.into(), command.into()]);
+            let run = match nproc {
+                Some(n) => format!("ulimit -u {n}; {RUN_COMMAND}"),
+                None => RUN_COMMAND.to_string(),
+            };
+            tail.extend(["bash".into(), "-c".into(), run]);
+        }
+        Program::Supervisor { program, socket, nproc } => {
+            args.extend(["--ro-bind".into(), program.to_string_lossy().into_owned(), SUPERVISOR_PATH.into()]);
+            passed = Some(socket);
+            tail.push(SUPERVISOR_PATH.into());
+            tail.push(super::supervise::SUPERVISOR_ARG.into());
+            // The fd number is filled in below, once the others are placed.
+            tail.push(String::new());
+            tail.push(nproc.unwrap_or(0).to_string());
+        }
+    }
     let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
     let mut fds = Vec::new();
     for (i, program) in programs.iter().enumerate() {
@@ -65,12 +104,19 @@ pub(crate) fn command(bwrap: &Path, isolated: &Isolated<'_>, command: &str) -> R
         encoded.push(0);
     }
     fds.insert(0, memfd("flue-bwrap-args", &encoded)?);
+    if let Some(socket) = passed {
+        // bubblewrap passes on fds it was given; this one reaches the supervisor.
+        let slot = tail.len() - 2;
+        tail[slot] = (FIRST_FD + fds.len() as i32).to_string();
+        fds.push(socket);
+    }
 
     let mut cmd = Command::new(bwrap);
-    cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).args(["--", "bash", "-c", RUN_COMMAND]);
+    cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").args(&tail);
     // SAFETY: the closure runs in the child between fork and exec and only
-    // calls dup2, which is async-signal-safe. The fds it duplicates are owned
-    // by the closure, so they stay open until the command is dropped.
+    // makes async-signal-safe calls (dup2, write, setrlimit). The fds it
+    // uses are owned by the closure, so they stay open until the command is
+    // dropped.
     unsafe {
         cmd.pre_exec(move || {
             for (i, fd) in fds.iter().enumerate() {
@@ -78,7 +124,7 @@ pub(crate) fn command(bwrap: &Path, isolated: &Isolated<'_>, command: &str) -> R
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            Ok(())
+            launch.apply()
         });
     }
     Ok(cmd)

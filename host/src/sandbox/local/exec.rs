@@ -1,26 +1,35 @@
 //! Running a command for the local sandbox: `bash -c` in the sandbox
-//! directory, under bubblewrap when available ([`super::bwrap`]).
+//! directory, started by the sandbox's supervisor ([`super::supervisor`])
+//! when isolated, else under a bubblewrap sandbox of its own
+//! ([`super::bwrap`], `--exec-mode per-command`) or, without isolation, as a
+//! plain child.
 //!
 //! * Only an allowlisted environment reaches the command: a fixed `PATH`,
 //!   `HOME`, `LANG`, `TMPDIR`, then the sandbox's and the call's variables.
 //!   Nothing of the host's environment (where secrets live) is passed on,
-//!   and under bubblewrap the variables are set inside the sandbox only.
-//! * The command leads its own process group. On timeout the whole group is
-//!   killed (under bubblewrap, killing bwrap tears down the PID namespace), the
-//!   result has exit code 124, what was printed so far, and a note on stderr.
-//!   When the command exits, stragglers it left in its group are killed too,
-//!   so no process outlives the `exec` call.
+//!   and when isolated the variables are set inside the sandbox only.
+//! * On timeout the command and everything it started are killed (its
+//!   session under the supervisor; its process group, or bubblewrap's PID
+//!   namespace, otherwise); the result has exit code 124, what was printed
+//!   so far, and a note on stderr. When the command exits, stragglers are
+//!   killed too, so no process outlives the `exec` call.
 //! * Each output stream is capped; past the cap the rest is read and dropped
 //!   and a marker says how much was cut.
+//! * Everything runs inside the sandbox's limits ([`super::limits`]); a
+//!   command a limit stopped gets a note saying which.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::Isolation;
+use super::bwrap::{Isolated, Program};
+use super::limits::{Counters, Enforced, Launch, SandboxLimits};
+use super::supervisor::{Ended, Supervisor};
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{ExecOutput, TIMEOUT_EXIT_CODE};
 
@@ -31,16 +40,14 @@ const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// hold them open).
 const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Where a sandbox lives: `root` on the host, seen as `visible_root` by commands.
+/// One command to run.
 pub struct CommandSpec<'a> {
     pub command: &'a str,
-    pub root: &'a Path,
-    pub visible_root: &'a str,
     /// Absolute path as commands see it.
     pub cwd: &'a str,
+    /// The sandbox's and the call's variables.
     pub env: &'a [(String, String)],
     pub timeout: Option<Duration>,
-    pub output_cap: usize,
 }
 
 /// The environment a command sees: fixed variables, then the sandbox's and
@@ -57,77 +64,225 @@ fn command_env(visible_root: &str, env: &[(String, String)]) -> Vec<(String, Str
     all
 }
 
-/// Run one command to its end (or its timeout).
-pub async fn run(isolation: &Isolation, spec: CommandSpec<'_>) -> SandboxResult<ExecOutput> {
-    let env = command_env(spec.visible_root, spec.env);
-    let mut command = match isolation {
-        Isolation::Bubblewrap { bwrap, allow_network } => {
-            let isolated = super::bwrap::Isolated {
-                root: spec.root,
-                visible_root: spec.visible_root,
-                cwd: spec.cwd,
-                env: &env,
-                allow_network: *allow_network,
-            };
-            super::bwrap::command(bwrap, &isolated, spec.command)?
+/// How one sandbox runs its commands: its isolation, its limits, and (when
+/// isolated) its supervisor, started at the first command.
+pub(crate) struct Runner {
+    pub isolation: Isolation,
+    /// The `flue` binary, to run as the supervisor; `None`: a new bubblewrap
+    /// sandbox per command.
+    pub supervisor_program: Option<PathBuf>,
+    pub root: PathBuf,
+    pub visible_root: String,
+    pub output_cap: usize,
+    pub limits: SandboxLimits,
+    pub enforced: Enforced,
+    supervisor: tokio::sync::Mutex<Option<Arc<Supervisor>>>,
+}
+
+/// A command that was started: its output readers and how to wait for it.
+struct Running {
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Runner {
+    /// A runner; nothing is started yet.
+    pub fn new(
+        isolation: Isolation,
+        supervisor_program: Option<PathBuf>,
+        root: PathBuf,
+        visible_root: String,
+        output_cap: usize,
+        limits: SandboxLimits,
+        enforced: Enforced,
+    ) -> Self {
+        Runner {
+            isolation,
+            supervisor_program,
+            root,
+            visible_root,
+            output_cap,
+            limits,
+            enforced,
+            supervisor: Default::default(),
         }
-        Isolation::None => {
-            let rel = crate::sandbox::paths::strip_root(spec.visible_root, spec.cwd).ok_or_else(|| {
-                SandboxError::permission_denied(format!(
-                    "working directory {} is outside the sandbox root {} (commands run without isolation here)",
-                    spec.cwd, spec.visible_root
+    }
+
+    fn isolated<'a>(&'a self, cwd: &'a str, env: &'a [(String, String)]) -> Option<(&'a Path, Isolated<'a>)> {
+        match &self.isolation {
+            Isolation::Bubblewrap { bwrap, allow_network } => Some((
+                bwrap.as_path(),
+                Isolated {
+                    root: &self.root,
+                    visible_root: &self.visible_root,
+                    cwd,
+                    env,
+                    allow_network: *allow_network,
+                },
+            )),
+            Isolation::None => None,
+        }
+    }
+
+    /// `RLIMIT_NPROC` to set inside the sandbox, when no cgroup limits processes.
+    fn nproc(&self) -> Option<u64> {
+        self.enforced.rlimits.nproc
+    }
+
+    /// Run one command to its end (or its timeout).
+    pub async fn run(&self, spec: CommandSpec<'_>) -> SandboxResult<ExecOutput> {
+        let env = command_env(&self.visible_root, spec.env);
+        let before = self.counters();
+        let (exit_code, timed_out, running) = match (&self.supervisor_program, self.isolation.is_isolated()) {
+            (Some(program), true) => self.run_supervised(program, &spec, &env).await?,
+            _ => self.run_spawned(&spec, &env).await?,
+        };
+        let stdout = drain(running.stdout).await;
+        let mut stderr = drain(running.stderr).await;
+        // bwrap itself failed (it says so, exit 1, before the command ran).
+        if self.isolation.is_isolated()
+            && self.supervisor_program.is_none()
+            && exit_code == 1
+            && stdout.is_empty()
+            && stderr.starts_with("bwrap: ")
+        {
+            super::isolation::forget_probe();
+            return Err(SandboxError::other(format!(
+                "bubblewrap could not set up the sandbox: {} (the command did not run)",
+                stderr.trim()
+            )));
+        }
+        if timed_out {
+            let limit = spec.timeout.unwrap_or_default();
+            stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
+        } else if let Some(note) = super::limits::note(&self.limits, before, self.counters(), exit_code) {
+            stderr.push_str(&format!("\n{note}\n"));
+        }
+        Ok(ExecOutput { stdout, stderr, exit_code, timed_out })
+    }
+
+    fn counters(&self) -> Counters {
+        self.enforced.cgroup.as_ref().map(|cgroup| cgroup.counters()).unwrap_or_default()
+    }
+
+    /// The live supervisor, started (or replaced, if it died) as needed.
+    async fn supervisor(&self, program: &Path) -> SandboxResult<Arc<Supervisor>> {
+        let mut slot = self.supervisor.lock().await;
+        if let Some(live) = slot.as_ref().filter(|s| !s.is_dead()) {
+            return Ok(live.clone());
+        }
+        if slot.is_some() {
+            tracing::debug!("the local sandbox's supervisor died; starting a new one");
+        }
+        let (bwrap, isolated) = self.isolated(&self.visible_root, &[]).expect("isolated");
+        let started =
+            Arc::new(Supervisor::start(bwrap, &isolated, program, self.nproc(), Launch::new(&self.enforced)).await?);
+        *slot = Some(started.clone());
+        Ok(started)
+    }
+
+    async fn run_supervised(
+        &self,
+        program: &Path,
+        spec: &CommandSpec<'_>,
+        env: &[(String, String)],
+    ) -> SandboxResult<(i32, bool, Running)> {
+        let supervisor = self.supervisor(program).await?;
+        let mut started = supervisor.start_command(spec.command, spec.cwd, env)?;
+        let (stdout, stderr) = started.take_outputs();
+        let running = Running {
+            stdout: tokio::spawn(read_capped(stdout, self.output_cap)),
+            stderr: tokio::spawn(read_capped(stderr, self.output_cap)),
+        };
+        let (ended, timed_out) = started.wait(spec.timeout).await?;
+        match ended {
+            Ended::Exited(code) => Ok((if timed_out { TIMEOUT_EXIT_CODE } else { code }, timed_out, running)),
+            Ended::NotStarted(why) => {
+                let counters = self.counters();
+                let _ = (drain(running.stdout).await, drain(running.stderr).await);
+                let note = if why.contains("Resource temporarily unavailable") || counters.refused_forks > 0 {
+                    format!(" (the sandbox's limit of {} processes is reached)", self.limits.max_processes)
+                } else {
+                    String::new()
+                };
+                Ok((
+                    126,
+                    false,
+                    Running {
+                        stdout: tokio::spawn(async { String::new() }),
+                        stderr: tokio::spawn(
+                            async move { format!("flue: the command could not start: {why}{note}\n") },
+                        ),
+                    },
                 ))
-            })?;
-            let mut command = Command::new("bash");
-            command.arg("-c").arg(spec.command).current_dir(spec.root.join(rel)).env_clear().envs(env);
-            command
+            }
         }
-    };
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-
-    let child = command
-        .spawn()
-        .map_err(|err| SandboxError::other(format!("could not start the command: {err} (is bash installed?)")))?;
-    // If this future is dropped (the run's deadline), the guard takes the
-    // group down and still reaps the child.
-    let mut child = ReapOnDrop(Some(child));
-    let pgid = child.pgid();
-
-    let stdout = tokio::spawn(read_capped(child.stdout_pipe(), spec.output_cap));
-    let stderr = tokio::spawn(read_capped(child.stderr_pipe(), spec.output_cap));
-
-    let waited = match spec.timeout {
-        Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
-        None => Some(child.wait().await),
-    };
-    kill_group(pgid);
-    if waited.is_none() {
-        let _ = child.wait().await;
     }
-    child.done();
-    let (exit_code, timed_out) = match waited {
-        Some(status) => {
-            let status = status.map_err(|err| SandboxError::other(format!("waiting for the command failed: {err}")))?;
-            (exit_code_of(status), false)
+
+    async fn run_spawned(
+        &self,
+        spec: &CommandSpec<'_>,
+        env: &[(String, String)],
+    ) -> SandboxResult<(i32, bool, Running)> {
+        let launch = Launch::new(&self.enforced);
+        let mut command = match self.isolated(spec.cwd, env) {
+            Some((bwrap, isolated)) => super::bwrap::command(
+                bwrap,
+                &isolated,
+                Program::Shell { command: spec.command, nproc: self.nproc() },
+                launch,
+            )?,
+            None => {
+                let rel = crate::sandbox::paths::strip_root(&self.visible_root, spec.cwd).ok_or_else(|| {
+                    SandboxError::permission_denied(format!(
+                        "working directory {} is outside the sandbox root {} (commands run without isolation here)",
+                        spec.cwd, self.visible_root
+                    ))
+                })?;
+                let mut command = Command::new("bash");
+                command
+                    .arg("-c")
+                    .arg(spec.command)
+                    .current_dir(self.root.join(rel))
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+                // SAFETY: `Launch::apply` is async-signal-safe.
+                unsafe { command.pre_exec(move || launch.apply()) };
+                command
+            }
+        };
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+
+        let child = command
+            .spawn()
+            .map_err(|err| SandboxError::other(format!("could not start the command: {err} (is bash installed?)")))?;
+        // If this future is dropped (the run's deadline), the guard takes the
+        // group down and still reaps the child.
+        let mut child = ReapOnDrop(Some(child));
+        let pgid = child.pgid();
+
+        let running = Running {
+            stdout: tokio::spawn(read_capped(child.stdout_pipe(), self.output_cap)),
+            stderr: tokio::spawn(read_capped(child.stderr_pipe(), self.output_cap)),
+        };
+        let waited = match spec.timeout {
+            Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        kill_group(pgid);
+        if waited.is_none() {
+            let _ = child.wait().await;
         }
-        None => (TIMEOUT_EXIT_CODE, true),
-    };
-
-    let stdout = drain(stdout).await;
-    let mut stderr = drain(stderr).await;
-    // bwrap itself failed (it says so, exit 1, before the command ran).
-    if isolation.is_isolated() && exit_code == 1 && stdout.is_empty() && stderr.starts_with("bwrap: ") {
-        super::isolation::forget_probe();
-        return Err(SandboxError::other(format!(
-            "bubblewrap could not set up the sandbox: {} (the command did not run)",
-            stderr.trim()
-        )));
+        child.done();
+        match waited {
+            Some(status) => {
+                let status =
+                    status.map_err(|err| SandboxError::other(format!("waiting for the command failed: {err}")))?;
+                Ok((exit_code_of(status), false, running))
+            }
+            None => Ok((TIMEOUT_EXIT_CODE, true, running)),
+        }
     }
-    if timed_out {
-        let limit = spec.timeout.unwrap_or_default();
-        stderr.push_str(&format!("\n[flue: command timed out after {} ms and was killed]\n", limit.as_millis()));
-    }
-    Ok(ExecOutput { stdout, stderr, exit_code, timed_out })
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> i32 {

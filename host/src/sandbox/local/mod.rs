@@ -6,14 +6,18 @@
 //! later run. `--workdir DIR` instead uses DIR itself, which is never deleted.
 //! Under bubblewrap commands see the sandbox at [`VISIBLE_ROOT`]; without it
 //! they see the real directory, and the host says once that commands are not
-//! isolated.
+//! isolated. Each sandbox has resource limits ([`limits`]), and an isolated
+//! one a supervisor process that starts its commands ([`supervise`]).
 
 mod bwrap;
 mod exec;
 mod fs;
 mod isolation;
+mod limits;
 mod seccomp;
 mod store;
+mod supervise;
+mod supervisor;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +27,9 @@ use async_trait::async_trait;
 
 use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
+pub use limits::SandboxLimits;
 use store::{Metadata, Store};
+pub use supervise::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
@@ -50,6 +56,12 @@ pub struct LocalConfig {
     pub output_cap: usize,
     /// Where isolated commands see the sandbox (default [`VISIBLE_ROOT`]).
     pub visible_root: String,
+    /// Limits of a sandbox created without `resources` (which override them).
+    pub limits: SandboxLimits,
+    /// The `flue` binary, run inside each isolated sandbox as its supervisor
+    /// (one process per sandbox that starts every command: a command costs a
+    /// fork, not new namespaces). `None`: a new bubblewrap sandbox per command.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl LocalConfig {
@@ -61,6 +73,8 @@ impl LocalConfig {
             isolation: isolation.into(),
             output_cap: DEFAULT_OUTPUT_CAP,
             visible_root: VISIBLE_ROOT.into(),
+            limits: SandboxLimits::default(),
+            supervisor: None,
         }
     }
 }
@@ -114,15 +128,18 @@ impl LocalConnector {
                 .to_string_lossy()
                 .into_owned()
         };
-        Ok(Arc::new(LocalSandbox {
-            id,
-            root,
-            visible_root,
-            confined: Arc::new(confined),
-            env: metadata.env,
+        let limits = metadata.limits.unwrap_or(self.config.limits);
+        let enforced = limits::enforce(&id, &limits, isolation.is_isolated());
+        let runner = exec::Runner::new(
             isolation,
-            output_cap: self.config.output_cap,
-        }))
+            self.config.supervisor.clone(),
+            root,
+            visible_root.clone(),
+            self.config.output_cap,
+            limits,
+            enforced,
+        );
+        Ok(Arc::new(LocalSandbox { id, visible_root, confined: Arc::new(confined), env: metadata.env, runner }))
     }
 }
 
@@ -137,13 +154,18 @@ impl Connector for LocalConnector {
     }
 
     async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
-        if options.image.is_some() || options.snapshot.is_some() || options.resources.is_some() {
-            tracing::warn!(
-                "the local sandbox ignores image, snapshot and resources: commands use this machine's system"
-            );
+        if options.image.is_some()
+            || options.snapshot.is_some()
+            || options.resources.as_ref().is_some_and(|r| r.gpu.is_some())
+        {
+            tracing::warn!("the local sandbox ignores image, snapshot and gpu: commands use this machine's system");
         }
-        let metadata =
-            Metadata { name: options.name.clone(), labels: options.labels.clone(), env: options.env.clone() };
+        let metadata = Metadata {
+            name: options.name.clone(),
+            labels: options.labels.clone(),
+            env: options.env.clone(),
+            limits: Some(self.config.limits.with_resources(options.resources.as_ref())),
+        };
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
             let dir = dir.canonicalize().map_err(|err| io_error("cannot resolve", dir, err))?;
@@ -243,12 +265,10 @@ impl FileWriter for LocalWriter {
 /// One local sandbox: a directory, and how its commands run.
 pub struct LocalSandbox {
     id: String,
-    root: PathBuf,
     visible_root: String,
     confined: Arc<ConfinedRoot>,
     env: Vec<(String, String)>,
-    isolation: Isolation,
-    output_cap: usize,
+    runner: exec::Runner,
 }
 
 impl LocalSandbox {
@@ -372,18 +392,13 @@ impl SandboxBackend for LocalSandbox {
         }
         let mut env = self.env.clone();
         env.extend(request.env.iter().cloned());
-        exec::run(
-            &self.isolation,
-            exec::CommandSpec {
+        self.runner
+            .run(exec::CommandSpec {
                 command: &request.command,
-                root: &self.root,
-                visible_root: &self.visible_root,
                 cwd: &request.cwd,
                 env: &env,
                 timeout: request.timeout,
-                output_cap: self.output_cap,
-            },
-        )
-        .await
+            })
+            .await
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct Metadata {
     pub name: Option<String>,
     pub labels: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
+    /// Its limits (absent in sandboxes kept by older versions: defaults).
+    #[serde(default)]
+    pub limits: Option<super::SandboxLimits>,
 }
 
 /// The directory that holds local sandboxes.
