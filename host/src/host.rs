@@ -129,6 +129,17 @@ impl Host {
 
     /// Run one agent to its end.
     pub async fn run(&self, run: AgentRun, events: EventLog) -> RunOutcome {
-        run_agent(&self.runtime, self.registry.clone(), run, events).await
+        run_agent(&self.runtime, self.registry.clone(), run, events, std::future::pending()).await
+    }
+
+    /// Run one agent to its end, or until `stop` resolves (with why); its
+    /// sandboxes are deleted either way.
+    pub async fn run_until(
+        &self,
+        run: AgentRun,
+        events: EventLog,
+        stop: impl std::future::Future<Output = String>,
+    ) -> RunOutcome {
+        run_agent(&self.runtime, self.registry.clone(), run, events, stop).await
     }
 }

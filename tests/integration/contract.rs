@@ -1,7 +1,7 @@
 //! The sandbox contract suite against every backend this repository has.
 
 use flue::events::EventLog;
-use flue::sandbox::conformance::{self, CHECK_NAMES};
+use flue::sandbox::conformance::{self, CHECK_NAMES, VOLUME_CHECK_NAMES};
 
 use crate::support::{bwrap_available, fixture, flue, host, isolation, isolation_modes, output, scratch};
 
@@ -38,8 +38,9 @@ fn conformance_command_prints_a_table_and_exit_status() {
     for mode in isolation_modes() {
         let out = output(flue().args(["conformance", "local", "--isolation", mode]));
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-        assert!(out.stdout.contains(&format!("{} passed, 0 failed", CHECK_NAMES.len())), "{}", out.stdout);
-        for name in CHECK_NAMES {
+        let summary = format!("{} passed, 0 failed\n", CHECK_NAMES.len() + VOLUME_CHECK_NAMES.len());
+        assert!(out.stdout.contains(&summary), "{mode}: {}", out.stdout);
+        for name in CHECK_NAMES.iter().chain(VOLUME_CHECK_NAMES) {
             assert!(out.stdout.contains(&format!("PASS  {name}")), "{name} missing from\n{}", out.stdout);
         }
     }
@@ -56,5 +57,11 @@ fn conformance_reports_what_a_connector_gets_wrong() {
     assert!(out.stdout.contains("unsupported: the memory connector cannot run commands"), "{}", out.stdout);
     assert!(out.stdout.contains("PASS  binary round trip (all 256 byte values)"), "{}", out.stdout);
     assert!(out.stdout.contains("PASS  rm recursive/force semantics"), "{}", out.stdout);
+    // No volumes: skipped with the connector's reason, not failed.
+    for name in VOLUME_CHECK_NAMES {
+        assert!(out.stdout.contains(&format!("SKIP  {name}")), "{}", out.stdout);
+    }
+    assert!(out.stdout.contains("the memory connector has no volumes"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 skipped (unsupported)"), "{}", out.stdout);
     assert!(out.stderr.contains("memory does not conform to the sandbox contract"), "{}", out.stderr);
 }

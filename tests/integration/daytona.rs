@@ -300,7 +300,8 @@ fn conformance_and_add_commands_work_with_daytona() {
         daytona.flue().args(["conformance", "daytona", "--connectors"]).arg(daytona.connectors.path()),
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains(&format!("{} passed, 0 failed", CHECK_NAMES.len())), "{}", out.stdout);
+    let all = CHECK_NAMES.len() + conformance::VOLUME_CHECK_NAMES.len();
+    assert!(out.stdout.contains(&format!("{all} passed, 0 failed")), "{}", out.stdout);
     daytona.assert_no_sandboxes_left();
 
     let print = crate::support::output(crate::support::flue().args(["add", "daytona", "--print"]));
@@ -437,5 +438,64 @@ async fn create_sends_what_the_sdk_sends() {
     };
     assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
     assert_eq!(daytona.server.requests().len(), before);
+    daytona.assert_no_sandboxes_left();
+}
+
+/// The SDK gives up on a 503 or 429 while it polls a starting sandbox; the
+/// connector retries, and the run goes on.
+#[test]
+fn polling_a_creating_sandbox_rides_out_503_and_429() {
+    let daytona = TestDaytona::start();
+    daytona.faults().set_start_polls(3);
+    daytona.faults().fail_next_polls(2, 1);
+    let tmp = scratch();
+    let out = daytona.run(&example("hello"), &[], tmp.path());
+    let result = out.ok();
+    assert!(result["readBack"].as_str().unwrap().starts_with("Hello"), "{result}");
+    // Every injected fault was served (and ridden out).
+    assert_eq!(daytona.faults().next_poll(), daytona_test_server::Injected::None, "the faults were not hit");
+    daytona.assert_no_sandboxes_left();
+}
+
+/// Test server fidelity the SDK relies on: the normal error envelope for a
+/// failed bulk upload, and `GET /sandbox` filtering by labels and showing
+/// volumes; `flue sandboxes ls` reads the same labels.
+#[test]
+fn uploads_below_a_file_and_label_filters_answer_as_daytona_does() {
+    let daytona = TestDaytona::start();
+    let tmp = scratch();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let connector = daytona.connector().await;
+        let sandbox = connector.create(&flue::sandbox::CreateOptions::default()).await.unwrap();
+        sandbox.write_file("/home/daytona/plain", b"x").await.unwrap();
+        let err = sandbox.write_file("/home/daytona/plain/below", b"y").await.unwrap_err();
+        assert!(err.message.contains("failed to upload 1 file(s)"), "{err}");
+        assert!(!err.message.contains("\"files\""), "a bare upload body leaked into the error: {err}");
+        connector.delete(sandbox.id()).await.unwrap();
+    });
+
+    let kept = daytona.run(&example("hello"), &["--keep"], tmp.path()).ok();
+    let id = kept["sandbox"].as_str().unwrap().to_string();
+    let ls = |label: &str| {
+        let out = crate::support::output(
+            daytona
+                .flue()
+                .args(["sandboxes", "ls", "--sandbox", "daytona", "--label", label, "--connectors"])
+                .arg(daytona.connectors.path()),
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let mine = ls("flue.keep=true");
+    assert!(mine.lines().any(|l| l.contains(&id) && l.contains("kept")), "{mine}");
+    assert!(!ls("flue.agent=someone-else").contains(&id));
+    let body = crate::support::output(
+        daytona
+            .flue()
+            .args(["sandboxes", "rm", &id, "--sandbox", "daytona", "--connectors"])
+            .arg(daytona.connectors.path()),
+    );
+    assert_eq!(body.code, 0, "{}", body.stderr);
     daytona.assert_no_sandboxes_left();
 }

@@ -54,6 +54,8 @@ fn persistent_keeps_state_between_harnesses() {
     assert_eq!(result["sorted"], json!(["gamma", "beta", "alpha"]));
     assert_eq!(result["lineCount"], 3);
     assert_eq!(result["summaryExists"], true);
+    // Step 3: a volume carried a file from one new sandbox to the next.
+    assert_eq!(result["volume"], json!({"handedOver": "written by the first sandbox\n", "twoSandboxes": true}));
 }
 
 #[test]

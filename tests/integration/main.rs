@@ -14,6 +14,8 @@ mod files;
 mod hardening;
 mod isolation;
 mod languages;
+mod lifecycle;
 mod limits;
 mod support;
+mod volumes;
 mod workspace;

@@ -117,6 +117,8 @@ pub fn flue() -> Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("FLUE_CACHE_DIR", cache_dir())
+        // Volumes of runs that do not choose: never the user's own data dir.
+        .env("FLUE_DATA_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flue-data"))
         .env("NO_COLOR", "1");
     for (name, value) in std::env::vars_os() {
         if name.to_str().is_some_and(reaches_package_registries) {

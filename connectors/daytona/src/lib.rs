@@ -18,6 +18,7 @@ mod lifecycle;
 mod model;
 mod multipart;
 mod time;
+mod volumes;
 
 use std::cell::RefCell;
 
@@ -164,15 +165,15 @@ impl Lifecycle for Daytona {
     }
 
     fn list_volumes() -> Result<Vec<VolumeInfo>, SandboxError> {
-        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
+        volumes::list()
     }
 
-    fn create_volume(_name: String) -> Result<VolumeInfo, SandboxError> {
-        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
+    fn create_volume(name: String) -> Result<VolumeInfo, SandboxError> {
+        volumes::create(&name)
     }
 
-    fn delete_volume(_name: String) -> Result<(), SandboxError> {
-        Err(SandboxError::Unsupported("volumes are not implemented yet".into()))
+    fn delete_volume(name: String) -> Result<(), SandboxError> {
+        volumes::delete(&name)
     }
 }
 

@@ -129,14 +129,15 @@ fn open(dto: &SandboxDto) -> Result<DaytonaSandbox, SandboxError> {
 }
 
 pub fn create(options: CreateOptions) -> Result<DaytonaSandbox, SandboxError> {
-    if !options.volumes.is_empty() {
-        return Err(SandboxError::Unsupported("volumes are not implemented yet".into()));
-    }
+    let volumes = crate::volumes::mounts(&options.volumes)?;
     let mut labels: serde_json::Map<String, serde_json::Value> =
         options.labels.into_iter().map(|(k, v)| (k, v.into())).collect();
     labels.insert("created-by".into(), "flue".into());
     let env: serde_json::Map<String, serde_json::Value> = options.env.into_iter().map(|(k, v)| (k, v.into())).collect();
     let mut body = serde_json::json!({ "env": env, "labels": labels });
+    if !volumes.is_empty() {
+        body["volumes"] = volumes.into();
+    }
     if let Some(image) = options.image {
         if options.snapshot.is_some() {
             return Err(SandboxError::InvalidInput("give an image or a snapshot, not both".into()));

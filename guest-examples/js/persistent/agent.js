@@ -3,7 +3,8 @@
 // A setup harness prepares a project directory in the sandbox (files and a
 // command's output); a second harness on the same sandbox, with its working
 // directory set to that project, then works in it — proving the state
-// persisted between harnesses.
+// persisted between harnesses. Then a volume carries a file from one new
+// sandbox to the next (volumes outlive sandboxes, and runs).
 //
 // Build and run from the repository root:  flue run js/persistent
 
@@ -11,6 +12,8 @@ import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
 import { log } from "flue:sandbox/log@0.2.0";
 
 const PROJECT = "project";
+// The volume step 3 uses (created on first use, kept afterwards).
+const VOLUME = "flue-persistent-example";
 
 /** A sandbox error as `kind: message`, e.g. `not-found: /x: No such file`. */
 function describe(error) {
@@ -40,6 +43,31 @@ function persistent() {
   const lines = work.shell("wc -l < src/app.txt", sh());
   work.writeText("notes/summary.txt", `${lines.stdout.trim()} lines\n`);
 
+  // 3. A volume: one new sandbox writes to it, the next reads it back.
+  const mount = `${sandbox.workdir()}/shared`;
+  const withVolume = () =>
+    openSandbox({
+      tag: "create",
+      val: {
+        connector: undefined,
+        options: {
+          image: undefined,
+          snapshot: undefined,
+          env: [],
+          labels: [],
+          name: undefined,
+          autoStopMinutes: undefined,
+          resources: undefined,
+          volumes: [{ volume: VOLUME, mountPath: mount, subpath: undefined, create: true }],
+        },
+        keep: false,
+      },
+    });
+  const writer = withVolume();
+  init(writer, { cwd: undefined }).session("volume").writeText(`${mount}/handoff.txt`, "written by the first sandbox\n");
+  const reader = withVolume();
+  const handedOver = init(reader, { cwd: undefined }).session("volume").readText(`${mount}/handoff.txt`);
+
   return {
     sandbox: sandbox.id(),
     setupCwd: setup.cwd(),
@@ -51,6 +79,7 @@ function persistent() {
     sorted,
     lineCount: Number(lines.stdout.trim()),
     summaryExists: setup.exists(`${PROJECT}/notes/summary.txt`),
+    volume: { handedOver, twoSandboxes: writer.id() !== reader.id() },
   };
 }
 

@@ -3,7 +3,8 @@
 A setup harness prepares a project directory in the sandbox (files and a
 command's output); a second harness on the same sandbox, with its working
 directory set to that project, then works in it — proving the state
-persisted between harnesses.
+persisted between harnesses. Then a volume carries a file from one new
+sandbox to the next (volumes outlive sandboxes, and runs).
 
 Build and run from the repository root:  flue run python/persistent
 """
@@ -13,9 +14,11 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import harness, log
-from wit_world.imports.types import ExecOptions, MkdirOptions
+from wit_world.imports.types import CreateOptions, ExecOptions, MkdirOptions, VolumeMount
 
 PROJECT = "project"
+# The volume step 3 uses (created on first use, kept afterwards).
+VOLUME = "flue-persistent-example"
 
 
 def describe(error: Err) -> str:
@@ -58,6 +61,26 @@ def persistent() -> dict:
     lines = work.shell("wc -l < src/app.txt", sh())
     work.write_text("notes/summary.txt", f"{lines.stdout.strip()} lines\n")
 
+    # 3. A volume: one new sandbox writes to it, the next reads it back.
+    mount = f"{sandbox.workdir()}/shared"
+
+    def with_volume():
+        volume = VolumeMount(volume=VOLUME, mount_path=mount, subpath=None, create=True)
+        options = CreateOptions(
+            image=None, snapshot=None, env=[], labels=[], name=None,
+            auto_stop_minutes=None, resources=None, volumes=[volume],
+        )
+        request = harness.CreateRequest(connector=None, options=options, keep=False)
+        return harness.open_sandbox(harness.SandboxSource_Create(request))
+
+    no_options = harness.InitOptions(cwd=None, model=None, id=None)
+    writer = with_volume()
+    harness.init(writer, no_options).session("volume").write_text(
+        f"{mount}/handoff.txt", "written by the first sandbox\n"
+    )
+    reader = with_volume()
+    handed_over = harness.init(reader, no_options).session("volume").read_text(f"{mount}/handoff.txt")
+
     return {
         "sandbox": sandbox.id(),
         "setupCwd": setup.cwd(),
@@ -69,4 +92,5 @@ def persistent() -> dict:
         "sorted": sorted_lines,
         "lineCount": int(lines.stdout.strip()),
         "summaryExists": setup.exists(f"{PROJECT}/notes/summary.txt"),
+        "volume": {"handedOver": handed_over, "twoSandboxes": writer.id() != reader.id()},
     }

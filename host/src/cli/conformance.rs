@@ -37,7 +37,8 @@ pub async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), 
     }
     .map_err(usage)?;
     let sandbox = connector.create(&CreateOptions::default()).await.context("could not create a sandbox")?;
-    let results = conformance::run(sandbox.clone(), connector.info().merges_output, EventLog::discard()).await;
+    let mut results = conformance::run(sandbox.clone(), connector.info().merges_output, EventLog::discard()).await;
+    results.extend(conformance::run_volumes(connector.as_ref(), sandbox.workdir()).await);
     if args.keep {
         eprintln!("kept sandbox {}", sandbox.id());
     } else if let Err(err) = connector.delete(sandbox.id()).await {
@@ -57,11 +58,22 @@ pub fn render_table(connector: &str, results: &[CheckResult]) -> String {
     for result in results {
         let pad = " ".repeat(width - result.name.chars().count());
         match &result.outcome {
+            Ok(()) if result.skipped.is_some() => out.push_str(&format!(
+                "  SKIP  {}{pad}  {}\n",
+                result.name,
+                super::render::escape(result.skipped.as_deref().unwrap_or_default())
+            )),
             Ok(()) => out.push_str(&format!("  PASS  {}{pad}  {:>6} ms\n", result.name, result.duration.as_millis())),
             Err(why) => out.push_str(&format!("  FAIL  {}{pad}  {}\n", result.name, super::render::escape(why))),
         }
     }
-    let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
-    out.push_str(&format!("{passed} passed, {} failed\n", results.len() - passed));
+    let skipped = results.iter().filter(|r| r.skipped.is_some()).count();
+    let passed = results.iter().filter(|r| r.outcome.is_ok()).count() - skipped;
+    let failed = results.len() - passed - skipped;
+    out.push_str(&format!("{passed} passed, {failed} failed"));
+    if skipped > 0 {
+        out.push_str(&format!(", {skipped} skipped (unsupported)"));
+    }
+    out.push('\n');
     out
 }

@@ -7,6 +7,8 @@ mod guest;
 mod host_args;
 pub mod render;
 mod run;
+mod sandboxes;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -40,6 +42,9 @@ Examples:
   flue build my-agent                         build it to a component (flue run rebuilds when stale)
   flue connectors                             list connectors and their settings
   flue conformance local                      check a connector against the sandbox contract
+  flue sandboxes ls                           sandboxes flue runs created, and whether their run is gone
+  flue sandboxes gc --older-than 1h           delete what crashed or killed runs left behind
+  flue volumes create cache                   a volume agents can mount into their sandboxes
 
 Exit codes: 0 success, 1 the run or check failed, 2 bad usage or input.
 Set FLUE_LOG=debug for more detail on stderr.";
@@ -76,6 +81,11 @@ pub enum Command {
     Connectors(host_args::HostArgs),
     /// Run the sandbox contract suite against a connector and print a pass/fail table.
     Conformance(conformance::ConformanceArgs),
+    /// List the sandboxes flue runs created, delete some, or collect the ones
+    /// crashed or killed runs left behind (`flue sandboxes gc`).
+    Sandboxes(sandboxes::SandboxesArgs),
+    /// List, create or delete volumes: storage that outlives sandboxes.
+    Volumes(volumes::VolumesArgs),
     /// Install a connector from this project's source into the connectors directory.
     Add(connectors::AddArgs),
     /// Build the agent in DIR (Rust, Python or JavaScript) to a component.
@@ -111,8 +121,18 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => run::run(args, events).await,
         Command::Connectors(args) => connectors::list(args, events).await,
         Command::Conformance(args) => conformance::conformance(args, events).await,
+        Command::Sandboxes(args) => sandboxes::sandboxes(args, events).await,
+        Command::Volumes(args) => volumes::volumes(args, events).await,
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

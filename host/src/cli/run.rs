@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::host_args::HostArgs;
-use super::{Failure, out, usage};
+use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
 use crate::run::{AgentRun, RunSettings};
 use crate::runtime::Limits;
@@ -106,12 +106,45 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
             ),
         },
     };
-    let outcome = host.run(run, events).await;
+    let signal_code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(EXIT_FAILED));
+    let outcome = host.run_until(run, events, stop_on_signal(signal_code.clone())).await;
     match outcome.result {
         Ok(result) => {
             out!("{}", serde_json::to_string_pretty(&result).expect("JSON value serialises"));
             Ok(())
         }
-        Err(err) => Err(anyhow::Error::new(err).context(format!("run {} failed", outcome.run_id)).into()),
+        Err(err) => Err(Failure {
+            code: signal_code.load(std::sync::atomic::Ordering::Relaxed),
+            error: anyhow::Error::new(err).context(format!("run {} failed", outcome.run_id)),
+        }),
     }
+}
+
+/// Resolves at the first SIGINT or SIGTERM (with why, and the exit code
+/// stored in `code`: 130 or 143), so that the run stops and deletes its
+/// sandboxes; a second signal then exits at once, saying what may be left.
+async fn stop_on_signal(code: std::sync::Arc<std::sync::atomic::AtomicI32>) -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    let (reason, exit) = tokio::select! {
+        _ = interrupt.recv() => ("interrupted by SIGINT", 130),
+        _ = terminate.recv() => ("terminated by SIGTERM", 143),
+    };
+    code.store(exit, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("flue: {reason}: stopping the agent and deleting its sandboxes (send it again to exit at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        eprintln!(
+            "flue: exiting at once; sandboxes this run created may be left behind: \
+             `flue sandboxes gc` deletes them"
+        );
+        std::process::exit(exit);
+    });
+    reason.to_string()
 }

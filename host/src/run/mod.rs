@@ -6,6 +6,7 @@
 //! trap, so cleanup cannot be left to the guest.
 
 pub mod imports;
+pub mod ownership;
 mod prompt;
 pub mod sandboxes;
 
@@ -61,6 +62,12 @@ pub enum RunError {
         /// The deadline.
         limit: Duration,
     },
+    /// The run was stopped from outside (a signal).
+    #[error("{reason}: the agent was stopped")]
+    Interrupted {
+        /// Why, e.g. `interrupted by SIGINT`.
+        reason: String,
+    },
     /// The agent tried to grow its memory past the limit.
     #[error("the agent ran out of memory: it tried to grow past its limit of {limit_mib} MiB (raise it with --memory)")]
     OutOfMemory {
@@ -85,25 +92,36 @@ pub struct RunOutcome {
     pub result: Result<serde_json::Value, RunError>,
 }
 
-/// Run one agent to its end, then delete the sandboxes it owns.
+/// Run one agent to its end — or until `stop` says why it must stop (a
+/// signal) — then delete the sandboxes it owns.
 pub async fn run_agent(
     runtime: &Runtime,
     registry: Arc<ConnectorRegistry>,
     run: AgentRun,
     events: EventLog,
+    stop: impl std::future::Future<Output = String>,
 ) -> RunOutcome {
     let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
     let started = Instant::now();
     let events = events.with_log_budget(runtime.limits.log_bytes);
     events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
-    let services = RunSandboxes::new(registry, run.settings.clone(), events.clone(), runtime.limits.max_read());
+    let services = RunSandboxes::new(
+        registry,
+        (&run_id, &run.label),
+        run.settings.clone(),
+        events.clone(),
+        runtime.limits.max_read(),
+    );
     let deadline = runtime.limits.deadline;
 
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
-    let result = match tokio::time::timeout(deadline, execute(runtime, &services, &run, &run_id)).await {
-        Ok(result) => result,
-        Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
+    let result = tokio::select! {
+        finished = tokio::time::timeout(deadline, execute(runtime, &services, &run, &run_id)) => match finished {
+            Ok(result) => result,
+            Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
+        },
+        reason = stop => Err(RunError::Interrupted { reason }),
     };
     services.cleanup().await;
     events.record(Event::RunFinished {

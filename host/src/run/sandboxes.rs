@@ -60,6 +60,9 @@ struct OwnedSandbox {
 /// The sandboxes of one run, shared by the agent's imports.
 pub struct RunSandboxes {
     registry: Arc<ConnectorRegistry>,
+    /// The run's id and agent, for the labels of the sandboxes it creates.
+    run_id: String,
+    agent: String,
     settings: RunSettings,
     pub(crate) events: EventLog,
     /// The largest file a session reads at once.
@@ -71,9 +74,17 @@ pub struct RunSandboxes {
 
 impl RunSandboxes {
     /// Nothing opened yet.
-    pub fn new(registry: Arc<ConnectorRegistry>, settings: RunSettings, events: EventLog, max_read: u64) -> Arc<Self> {
+    pub fn new(
+        registry: Arc<ConnectorRegistry>,
+        (run_id, agent): (&str, &str),
+        settings: RunSettings,
+        events: EventLog,
+        max_read: u64,
+    ) -> Arc<Self> {
         Arc::new(RunSandboxes {
             registry,
+            run_id: run_id.to_string(),
+            agent: agent.to_string(),
             settings,
             events,
             max_read,
@@ -138,9 +149,13 @@ impl RunSandboxes {
         let connector = self.connector(connector).await?;
         let name = connector.info().name.clone();
         let started = Instant::now();
+        let mut options = options.clone();
+        let ours = super::ownership::labels(&self.run_id, &self.agent, keep);
+        options.labels.retain(|(key, _)| !ours.iter().any(|(k, _)| k == key));
+        options.labels.extend(ours);
         let sandbox = {
             let _progress = self.events.progress(format!("creating a sandbox on {name}"));
-            connector.create(options).await?
+            connector.create(&options).await?
         };
         // Record ownership before anything else can fail.
         self.owned.lock().expect("owned lock").push(OwnedSandbox {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::events::EventLog;
-use crate::sandbox::error::ErrorKind;
+use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::session::{ExecOptions, Session};
-use crate::sandbox::{SandboxBackend, TIMEOUT_EXIT_CODE};
+use crate::sandbox::{Connector, CreateOptions, SandboxBackend, TIMEOUT_EXIT_CODE};
 
 /// The outcome of one check.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub struct CheckResult {
     pub outcome: Result<(), String>,
     /// How long it took.
     pub duration: Duration,
+    /// Not run, and why: the connector does not support what it checks.
+    pub skipped: Option<String>,
 }
 
 type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -378,6 +380,7 @@ pub async fn run(sandbox: Arc<dyn SandboxBackend>, merges_output: bool, events: 
             name: "create a scratch directory",
             outcome: Err(e.to_string()),
             duration: Duration::ZERO,
+            skipped: None,
         });
         return results;
     }
@@ -391,13 +394,105 @@ pub async fn run(sandbox: Arc<dyn SandboxBackend>, merges_output: bool, events: 
                 let suite = Suite { scratch, merges_output };
                 let started = Instant::now();
                 let outcome = check(&suite).await;
-                results.push(CheckResult { name, outcome, duration: started.elapsed() });
+                results.push(CheckResult { name, outcome, duration: started.elapsed(), skipped: None });
                 continue;
             }
             Err(e) => Err(format!("could not create its scratch directory: {e}")),
         };
-        results.push(CheckResult { name, outcome, duration: Duration::ZERO });
+        results.push(CheckResult { name, outcome, duration: Duration::ZERO, skipped: None });
     }
     let _ = root.rm(&scratch_name, true, true).await;
     results
+}
+
+/// The volume checks, by name.
+pub const VOLUME_CHECK_NAMES: &[&str] = &["volumes: create, list, delete", "volume data outlives its sandbox"];
+
+/// The volume checks against `connector`, whose sandboxes work in
+/// `workdir`. A connector without volumes (`unsupported`) has them skipped
+/// with its reason, not failed.
+pub async fn run_volumes(connector: &dyn Connector, workdir: &str) -> Vec<CheckResult> {
+    let name = format!("flue-conformance-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut results = Vec::new();
+    let started = Instant::now();
+    let lifecycle = volume_lifecycle(connector, &name).await;
+    let unsupported = matches!(&lifecycle, Err(err) if err.kind == ErrorKind::Unsupported);
+    results.push(volume_result(VOLUME_CHECK_NAMES[0], lifecycle, started));
+    if unsupported {
+        let why = results[0].skipped.clone();
+        results.push(CheckResult {
+            name: VOLUME_CHECK_NAMES[1],
+            outcome: Ok(()),
+            duration: Duration::ZERO,
+            skipped: why,
+        });
+        return results;
+    }
+    let started = Instant::now();
+    let outlives = volume_outlives_sandbox(connector, &name, workdir).await;
+    let _ = connector.delete_volume(&name).await;
+    results.push(volume_result(VOLUME_CHECK_NAMES[1], outlives, started));
+    results
+}
+
+fn volume_result(name: &'static str, outcome: SandboxResult<()>, started: Instant) -> CheckResult {
+    match outcome {
+        Err(err) if err.kind == ErrorKind::Unsupported => {
+            CheckResult { name, outcome: Ok(()), duration: started.elapsed(), skipped: Some(err.message) }
+        }
+        outcome => CheckResult {
+            name,
+            outcome: outcome.map_err(|err| err.to_string()),
+            duration: started.elapsed(),
+            skipped: None,
+        },
+    }
+}
+
+async fn volume_lifecycle(connector: &dyn Connector, name: &str) -> SandboxResult<()> {
+    let fail = |message: String| Err(SandboxError::other(message));
+    let created = connector.create_volume(name).await?;
+    if created.name != name {
+        return fail(format!("created volume is called {}, not {name}", created.name));
+    }
+    match connector.create_volume(name).await {
+        Err(err) if err.kind == ErrorKind::AlreadyExists => {}
+        other => return fail(format!("creating {name} twice: expected already-exists, got {other:?}")),
+    }
+    if !connector.list_volumes().await?.iter().any(|v| v.name == name) {
+        return fail(format!("{name} is not listed after create"));
+    }
+    connector.delete_volume(name).await?;
+    if connector.list_volumes().await?.iter().any(|v| v.name == name) {
+        return fail(format!("{name} is still listed after delete"));
+    }
+    match connector.delete_volume(name).await {
+        Err(err) if err.kind == ErrorKind::NotFound => Ok(()),
+        other => fail(format!("deleting {name} twice: expected not-found, got {other:?}")),
+    }
+}
+
+async fn volume_outlives_sandbox(connector: &dyn Connector, name: &str, workdir: &str) -> SandboxResult<()> {
+    let mount_path = format!("{}/flue-volume", workdir.trim_end_matches('/'));
+    let options = CreateOptions {
+        volumes: vec![crate::sandbox::VolumeMount {
+            volume: name.to_string(),
+            mount_path: mount_path.clone(),
+            subpath: None,
+            create: true,
+        }],
+        ..Default::default()
+    };
+    let file = format!("{mount_path}/note.txt");
+    let first = connector.create(&options).await?;
+    let wrote = first.write_file(&file, b"kept across sandboxes").await;
+    connector.delete(first.id()).await?;
+    wrote?;
+    let second = connector.create(&options).await?;
+    let read = second.read_file(&file, 1024).await;
+    connector.delete(second.id()).await?;
+    match read? {
+        data if data == b"kept across sandboxes" => Ok(()),
+        other => Err(SandboxError::other(format!("the next sandbox read {:?}", String::from_utf8_lossy(&other)))),
+    }
 }

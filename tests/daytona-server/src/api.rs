@@ -51,6 +51,16 @@ struct CreateSandbox {
     memory: Option<u32>,
     disk: Option<u32>,
     auto_stop_interval: Option<u64>,
+    #[serde(default)]
+    volumes: Vec<SandboxVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxVolume {
+    volume_id: String,
+    mount_path: String,
+    subpath: Option<String>,
 }
 
 pub(crate) fn dto(state: &AppState, s: &SandboxRecord) -> Value {
@@ -72,6 +82,7 @@ pub(crate) fn dto(state: &AppState, s: &SandboxRecord) -> Value {
         "autoStopInterval": s.auto_stop.unwrap_or(15),
         "createdAt": s.created_at,
         "updatedAt": now_rfc3339(),
+        "volumes": s.volumes,
         "toolboxProxyUrl": state.faults.toolbox_url_override().unwrap_or_else(|| format!("{}/toolbox", state.base_url)),
     });
     if state.faults.omit_toolbox_url() {
@@ -104,7 +115,26 @@ async fn create(State(state): State<Arc<AppState>>, Json(body): Json<CreateSandb
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
         .collect();
-    let backend = match state.local.create(&CreateOptions { env, ..Default::default() }).await {
+    // Volumes: by id or name (resolved to the id, as Daytona does), ready.
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    for volume in &body.volumes {
+        let Some(found) = crate::volumes::find(&state, &volume.volume_id) else {
+            return api_error(StatusCode::NOT_FOUND, path, format!("Volume {} not found", volume.volume_id));
+        };
+        if found["state"] != "ready" {
+            return api_error(StatusCode::BAD_REQUEST, path, format!("Volume {} is not ready", volume.volume_id));
+        }
+        let id = found["id"].as_str().unwrap_or_default().to_string();
+        mounts.push(flue::sandbox::VolumeMount {
+            volume: id.clone(),
+            mount_path: volume.mount_path.clone(),
+            subpath: volume.subpath.clone(),
+            create: false,
+        });
+        volumes.push(json!({ "volumeId": id, "mountPath": volume.mount_path, "subpath": volume.subpath }));
+    }
+    let backend = match state.local.create(&CreateOptions { env, volumes: mounts, ..Default::default() }).await {
         Ok(backend) => backend,
         Err(err) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, path, err.to_string()),
     };
@@ -128,6 +158,7 @@ async fn create(State(state): State<Arc<AppState>>, Json(body): Json<CreateSandb
         created_at: now_rfc3339(),
         auto_stop: body.auto_stop_interval,
         backend,
+        volumes,
     };
     let response = dto(&state, &record);
     state.sandboxes.lock().expect("lock").insert(id, record);
@@ -137,6 +168,20 @@ async fn create(State(state): State<Arc<AppState>>, Json(body): Json<CreateSandb
 async fn get_one(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let mut sandboxes = state.sandboxes.lock().expect("lock");
     let Some(record) = sandboxes.get_mut(&id) else { return not_found(&id) };
+    if record.state == "creating" {
+        let path = format!("/api/sandbox/{id}");
+        match state.faults.next_poll() {
+            crate::faults::Injected::ServiceUnavailable => {
+                return api_error(StatusCode::SERVICE_UNAVAILABLE, &path, "Service temporarily unavailable");
+            }
+            crate::faults::Injected::RateLimited => {
+                let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, &path, "Too many requests");
+                response.headers_mut().insert("retry-after", "0".parse().expect("valid header"));
+                return response;
+            }
+            _ => {}
+        }
+    }
     // Each poll moves a new sandbox along: creating → started (or build_failed).
     if record.state == "creating" {
         record.polls_left = record.polls_left.saturating_sub(1);

@@ -16,6 +16,9 @@ pub struct Faults {
     next_503: AtomicU32,
     next_429: AtomicU32,
     next_drop: AtomicU32,
+    /// Faults for the next polls of a creating sandbox only.
+    poll_503: AtomicU32,
+    poll_429: AtomicU32,
     /// 0 = never.
     die_after_calls: AtomicU64,
     /// Polls before `creating` becomes `started`.
@@ -142,6 +145,24 @@ impl Faults {
         x ^= x >> 27;
         self.rng.store(x, Ordering::Relaxed);
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000) < u64::from(per_million)
+    }
+
+    /// Answer the next `n503` polls of a sandbox that is still creating
+    /// with 503, then `n429` with 429 (the SDK does not retry these).
+    pub fn fail_next_polls(&self, n503: u32, n429: u32) {
+        self.poll_503.store(n503, Ordering::SeqCst);
+        self.poll_429.store(n429, Ordering::SeqCst);
+    }
+
+    /// The fault (if any) for this poll of a creating sandbox.
+    pub fn next_poll(&self) -> Injected {
+        if take(&self.poll_503) {
+            Injected::ServiceUnavailable
+        } else if take(&self.poll_429) {
+            Injected::RateLimited
+        } else {
+            Injected::None
+        }
     }
 
     /// Decide the fault (if any) for the next request.

@@ -14,6 +14,7 @@ mod faults;
 mod time;
 #[allow(clippy::result_large_err, reason = "handlers return ready-made error responses")]
 mod toolbox;
+mod volumes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,6 +97,16 @@ pub(crate) struct SandboxRecord {
     pub created_at: String,
     pub auto_stop: Option<u64>,
     pub backend: Arc<dyn SandboxBackend>,
+    /// Its `SandboxVolume`s, volume ids resolved.
+    pub volumes: Vec<serde_json::Value>,
+}
+
+/// A volume.
+pub(crate) struct VolumeRecord {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub created_at: String,
 }
 
 pub(crate) struct AppState {
@@ -105,6 +116,7 @@ pub(crate) struct AppState {
     /// flue's local backend: each Daytona sandbox is one of its sandboxes.
     pub local: Arc<dyn Connector>,
     pub sandboxes: Mutex<HashMap<String, SandboxRecord>>,
+    pub volumes: Mutex<HashMap<String, VolumeRecord>>,
     /// `None` when requests are not recorded.
     pub requests: Option<Mutex<Vec<RecordedRequest>>>,
     pub next_id: Mutex<u64>,
@@ -133,6 +145,7 @@ impl DaytonaServer {
             std::fs::create_dir_all(parent)?;
         }
         local.visible_root = HOME.into();
+        local.volumes_dir = dir.path().join("volumes");
         // The same host assembly as flue itself, with only the local backend.
         let host = flue::HostBuilder::new().cache_dir(None).backend(Arc::new(LocalConnector::new(local))).build()?;
         let local = host.connector("local", &EventLog::discard()).await?;
@@ -142,12 +155,13 @@ impl DaytonaServer {
             base_url: format!("http://{addr}"),
             local,
             sandboxes: Mutex::default(),
+            volumes: Mutex::default(),
             requests: config.record_requests.then(Mutex::default),
             next_id: Mutex::new(1),
             _dir: dir,
         });
         let app = Router::new()
-            .nest("/api", api::routes())
+            .nest("/api", api::routes().merge(volumes::routes()))
             .nest("/toolbox/{id}", toolbox::routes())
             .layer(middleware::from_fn_with_state(state.clone(), gate))
             .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))

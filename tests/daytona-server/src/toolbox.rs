@@ -202,9 +202,12 @@ async fn bulk_upload(
     Ok(Json(json!({ "files": written })).into_response())
 }
 
-/// The daemon's 400 for an upload: what failed, and what was written anyway.
+/// The daemon's 400 for an upload, in its normal error envelope: what
+/// failed (and how many files were written before it).
 fn upload_failed(errors: &[String], written: &[Value]) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors, "files": written }))).into_response()
+    let message =
+        format!("failed to upload {} file(s): {} ({} written)", errors.len(), errors.join("; "), written.len());
+    daemon_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", message, "/files/bulk-upload", "POST")
 }
 
 #[derive(Deserialize)]

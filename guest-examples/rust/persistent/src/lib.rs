@@ -3,19 +3,22 @@
 //! A setup harness prepares a project directory in the sandbox (files and a
 //! command's output); a second harness on the same sandbox, with its working
 //! directory set to that project, then works in it — proving the state
-//! persisted between harnesses.
+//! persisted between harnesses. Then a volume carries a file from one new
+//! sandbox to the next (volumes outlive sandboxes, and runs).
 
 wit_bindgen::generate!({ path: "../../../wit", world: "flue:sandbox/agent" });
 
 use exports::flue::sandbox::run::{Context, Guest};
-use flue::sandbox::harness::{self, InitOptions, SandboxSource};
+use flue::sandbox::harness::{self, CreateRequest, InitOptions, SandboxSource};
 use flue::sandbox::log::{Level, log};
-use flue::sandbox::types::{ExecOptions, MkdirOptions, SandboxError};
+use flue::sandbox::types::{CreateOptions, ExecOptions, MkdirOptions, SandboxError, VolumeMount};
 use serde_json::json;
 
 struct Persistent;
 
 const PROJECT: &str = "project";
+/// The volume step 3 uses (created on first use, kept afterwards).
+const VOLUME: &str = "flue-persistent-example";
 
 impl Guest for Persistent {
     fn run(_ctx: Context) -> Result<String, String> {
@@ -49,6 +52,38 @@ impl Guest for Persistent {
         let lines = work.shell("wc -l < src/app.txt", &in_dir(None)).map_err(describe)?;
         work.write_text("notes/summary.txt", &format!("{} lines\n", lines.stdout.trim())).map_err(describe)?;
 
+        // 3. A volume: one new sandbox writes to it, the next reads it back.
+        let mount = format!("{}/shared", sandbox.workdir());
+        let with_volume = || {
+            let volume =
+                VolumeMount { volume: VOLUME.into(), mount_path: mount.clone(), subpath: None, create: true };
+            let options = CreateOptions {
+                image: None,
+                snapshot: None,
+                env: Vec::new(),
+                labels: Vec::new(),
+                name: None,
+                auto_stop_minutes: None,
+                resources: None,
+                volumes: vec![volume],
+            };
+            harness::open_sandbox(&SandboxSource::Create(CreateRequest { connector: None, options, keep: false }))
+        };
+        let writer = with_volume().map_err(describe)?;
+        harness::init(&writer, &InitOptions { cwd: None, model: None, id: None })
+            .map_err(describe)?
+            .session(Some("volume"))
+            .map_err(describe)?
+            .write_text(&format!("{mount}/handoff.txt"), "written by the first sandbox\n")
+            .map_err(describe)?;
+        let reader = with_volume().map_err(describe)?;
+        let handed_over = harness::init(&reader, &InitOptions { cwd: None, model: None, id: None })
+            .map_err(describe)?
+            .session(Some("volume"))
+            .map_err(describe)?
+            .read_text(&format!("{mount}/handoff.txt"))
+            .map_err(describe)?;
+
         let result = json!({
             "sandbox": sandbox.id(),
             "setupCwd": setup.cwd(),
@@ -60,6 +95,7 @@ impl Guest for Persistent {
             "sorted": sorted.lines().collect::<Vec<_>>(),
             "lineCount": lines.stdout.trim().parse::<u64>().ok(),
             "summaryExists": setup.exists(&format!("{PROJECT}/notes/summary.txt")).map_err(describe)?,
+            "volume": { "handedOver": handed_over, "twoSandboxes": writer.id() != reader.id() },
         });
         Ok(result.to_string())
     }

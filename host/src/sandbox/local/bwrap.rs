@@ -46,6 +46,8 @@ pub(crate) struct Isolated<'a> {
     pub cwd: &'a str,
     /// The command's whole environment.
     pub env: &'a [(String, String)],
+    /// Volumes, bind-mounted where they belong.
+    pub mounts: &'a [super::volumes::Mounted],
     /// Share the host's network.
     pub allow_network: bool,
 }
@@ -108,7 +110,7 @@ pub(crate) fn command(
         // bubblewrap passes on fds it was given; this one reaches the supervisor.
         let slot = tail.len() - 2;
         tail[slot] = (FIRST_FD + fds.len() as i32).to_string();
-        fds.push(socket);
+        fds.push(clear_of_targets(socket)?);
     }
 
     let mut cmd = Command::new(bwrap);
@@ -119,12 +121,15 @@ pub(crate) fn command(
     // dropped.
     unsafe {
         cmd.pre_exec(move || {
+            // First: its fds may have any number, including those the
+            // dup2 calls below take over.
+            launch.apply()?;
             for (i, fd) in fds.iter().enumerate() {
                 if libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            launch.apply()
+            Ok(())
         });
     }
     Ok(cmd)
@@ -184,10 +189,11 @@ fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
         "--bind".into(),
         isolated.root.to_string_lossy().into_owned(),
         isolated.visible_root.into(),
-        "--chdir".into(),
-        isolated.cwd.into(),
-        "--clearenv".into(),
     ]);
+    for mount in isolated.mounts {
+        args.extend(["--bind".into(), mount.host.to_string_lossy().into_owned(), mount.visible.clone()]);
+    }
+    args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
     for (name, value) in isolated.env {
         args.extend(["--setenv".into(), name.clone(), value.clone()]);
     }
@@ -236,6 +242,12 @@ fn private_etc() -> &'static [Masked] {
     })
 }
 
+/// `fd` moved to a number clear of those the child dup2s onto.
+fn clear_of_targets(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
+    rustix::io::fcntl_dupfd_cloexec(&fd, 16)
+        .map_err(|e| SandboxError::other(format!("cannot prepare the sandbox: {e}")))
+}
+
 /// An anonymous in-memory file holding `data`, read from its start.
 fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd, SandboxError> {
     let fail = |err: std::io::Error| SandboxError::other(format!("cannot prepare the sandbox ({name}): {err}"));
@@ -244,9 +256,7 @@ fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd, SandboxError> {
     let mut file = std::fs::File::from(fd);
     file.write_all(data).map_err(fail)?;
     rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0)).map_err(|e| fail(e.into()))?;
-    // Keep it clear of the numbers the child dup2s onto.
-    let fd = rustix::io::fcntl_dupfd_cloexec(&file, 16).map_err(|e| fail(e.into()))?;
-    Ok(fd)
+    clear_of_targets(file.into())
 }
 
 #[cfg(test)]
@@ -261,6 +271,7 @@ mod tests {
             visible_root: "/workspace",
             cwd: "/workspace",
             env: &env,
+            mounts: &[],
             allow_network: false,
         };
         let args = sandbox_args(&isolated);

@@ -30,6 +30,7 @@ use super::Isolation;
 use super::bwrap::{Isolated, Program};
 use super::limits::{Counters, Enforced, Launch, SandboxLimits};
 use super::supervisor::{Ended, Supervisor};
+use super::volumes::Mounted;
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{ExecOutput, TIMEOUT_EXIT_CODE};
 
@@ -64,6 +65,14 @@ fn command_env(visible_root: &str, env: &[(String, String)]) -> Vec<(String, Str
     all
 }
 
+/// Where a sandbox is: its directory on the host, where commands see it,
+/// and the volumes bind-mounted into it (isolated only).
+pub(crate) struct Place {
+    pub root: PathBuf,
+    pub visible_root: String,
+    pub mounts: Vec<Mounted>,
+}
+
 /// How one sandbox runs its commands: its isolation, its limits, and (when
 /// isolated) its supervisor, started at the first command.
 pub(crate) struct Runner {
@@ -76,6 +85,8 @@ pub(crate) struct Runner {
     pub output_cap: usize,
     pub limits: SandboxLimits,
     pub enforced: Enforced,
+    /// Volumes bind-mounted into the sandbox (isolated only).
+    pub mounts: Vec<Mounted>,
     supervisor: tokio::sync::Mutex<Option<Arc<Supervisor>>>,
 }
 
@@ -90,12 +101,12 @@ impl Runner {
     pub fn new(
         isolation: Isolation,
         supervisor_program: Option<PathBuf>,
-        root: PathBuf,
-        visible_root: String,
+        place: Place,
         output_cap: usize,
         limits: SandboxLimits,
         enforced: Enforced,
     ) -> Self {
+        let Place { root, visible_root, mounts } = place;
         Runner {
             isolation,
             supervisor_program,
@@ -104,6 +115,7 @@ impl Runner {
             output_cap,
             limits,
             enforced,
+            mounts,
             supervisor: Default::default(),
         }
     }
@@ -117,6 +129,7 @@ impl Runner {
                     visible_root: &self.visible_root,
                     cwd,
                     env,
+                    mounts: &self.mounts,
                     allow_network: *allow_network,
                 },
             )),

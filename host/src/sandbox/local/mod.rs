@@ -18,6 +18,7 @@ mod seccomp;
 mod store;
 mod supervise;
 mod supervisor;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
 use store::{Metadata, Store};
 pub use supervise::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
+pub use volumes::default_data_dir;
+use volumes::{Mounted, Volumes};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
@@ -56,6 +59,8 @@ pub struct LocalConfig {
     pub output_cap: usize,
     /// Where isolated commands see the sandbox (default [`VISIBLE_ROOT`]).
     pub visible_root: String,
+    /// Where volumes live (default: `volumes/` in [`default_data_dir`]).
+    pub volumes_dir: PathBuf,
     /// Limits of a sandbox created without `resources` (which override them).
     pub limits: SandboxLimits,
     /// The `flue` binary, run inside each isolated sandbox as its supervisor
@@ -73,6 +78,7 @@ impl LocalConfig {
             isolation: isolation.into(),
             output_cap: DEFAULT_OUTPUT_CAP,
             visible_root: VISIBLE_ROOT.into(),
+            volumes_dir: default_data_dir().join("volumes"),
             limits: SandboxLimits::default(),
             supervisor: None,
         }
@@ -84,6 +90,7 @@ pub struct LocalConnector {
     config: LocalConfig,
     info: ConnectorInfo,
     store: Store,
+    volumes: Volumes,
     warned_unisolated: AtomicBool,
 }
 
@@ -100,7 +107,8 @@ impl LocalConnector {
             merges_output: false,
         };
         let store = Store::new(config.base_dir.clone());
-        LocalConnector { config, info, store, warned_unisolated: AtomicBool::new(false) }
+        let volumes = Volumes::new(config.volumes_dir.clone());
+        LocalConnector { config, info, store, volumes, warned_unisolated: AtomicBool::new(false) }
     }
 
     fn warn_once_if_unisolated(&self, isolation: &Isolation) {
@@ -128,18 +136,96 @@ impl LocalConnector {
                 .to_string_lossy()
                 .into_owned()
         };
+        let mounts = self.place_mounts(&root, &visible_root, &isolation, &metadata.mounts)?;
+        let mut mounted_fs = Vec::new();
+        // The file API also finds a volume at the path it was asked for
+        // (unisolated, that may name another sandbox's directory).
+        for mount in mounts.iter().chain(&metadata.mounts) {
+            let confined = ConfinedRoot::open(&mount.host).map_err(|err| {
+                SandboxError::other(format!("cannot open volume directory {}: {err}", mount.host.display()))
+            })?;
+            mounted_fs.push((mount.visible.clone(), Arc::new(confined)));
+        }
+        // Longest first: a path goes to the innermost mount that holds it.
+        mounted_fs.sort_by_key(|(visible, _)| std::cmp::Reverse(visible.len()));
         let limits = metadata.limits.unwrap_or(self.config.limits);
-        let enforced = limits::enforce(&id, &limits, isolation.is_isolated());
+        let isolated = isolation.is_isolated();
+        let enforced = limits::enforce(&id, &limits, isolated);
+        let place = exec::Place {
+            root,
+            visible_root: visible_root.clone(),
+            mounts: if isolated { mounts } else { Vec::new() },
+        };
         let runner = exec::Runner::new(
             isolation,
             self.config.supervisor.clone(),
-            root,
-            visible_root.clone(),
+            place,
             self.config.output_cap,
             limits,
             enforced,
         );
-        Ok(Arc::new(LocalSandbox { id, visible_root, confined: Arc::new(confined), env: metadata.env, runner }))
+        Ok(Arc::new(LocalSandbox {
+            id,
+            visible_root,
+            confined: Arc::new(confined),
+            mounts: mounted_fs,
+            env: metadata.env,
+            runner,
+        }))
+    }
+}
+
+impl LocalConnector {
+    /// Where each volume appears. Isolated: bind mounts at their paths.
+    /// Unisolated: only inside the sandbox directory, as a symbolic link (a
+    /// mount path under the isolated view's root, e.g. `/workspace/data`, or
+    /// under any local sandbox's directory).
+    fn place_mounts(
+        &self,
+        root: &Path,
+        visible_root: &str,
+        isolation: &Isolation,
+        mounts: &[Mounted],
+    ) -> SandboxResult<Vec<Mounted>> {
+        if isolation.is_isolated() {
+            return Ok(mounts.to_vec());
+        }
+        mounts
+            .iter()
+            .map(|mount| {
+                // Unisolated, every local sandbox has its own real path: a
+                // mount path in any of them (or under the isolated view's
+                // root) means the same place in this one.
+                let base = self.config.base_dir.canonicalize().ok();
+                let in_any_sandbox = || {
+                    let base = base.as_ref()?.to_string_lossy().into_owned();
+                    crate::sandbox::paths::strip_root(&base, &mount.visible)?.split_once('/').map(|(_, rest)| rest)
+                };
+                let rel = crate::sandbox::paths::strip_root(&self.config.visible_root, &mount.visible)
+                    .or_else(|| crate::sandbox::paths::strip_root(visible_root, &mount.visible))
+                    .or_else(in_any_sandbox)
+                    .filter(|rel| !rel.is_empty())
+                    .ok_or_else(|| {
+                        SandboxError::new(
+                            crate::sandbox::error::ErrorKind::Unsupported,
+                            format!(
+                                "without isolation a volume can only be mounted inside the sandbox (under {}), not \
+                                 at {}: install bubblewrap, or mount it under {}",
+                                self.config.visible_root, mount.visible, self.config.visible_root
+                            ),
+                        )
+                    })?;
+                let link = root.join(rel);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    if let Some(parent) = link.parent() {
+                        std::fs::create_dir_all(parent).map_err(|err| io_error("cannot create", parent, err))?;
+                    }
+                    std::os::unix::fs::symlink(&mount.host, &link)
+                        .map_err(|err| io_error("cannot link the volume at", &link, err))?;
+                }
+                Ok(Mounted { host: mount.host.clone(), visible: format!("{visible_root}/{rel}") })
+            })
+            .collect()
     }
 }
 
@@ -165,6 +251,7 @@ impl Connector for LocalConnector {
             labels: options.labels.clone(),
             env: options.env.clone(),
             limits: Some(self.config.limits.with_resources(options.resources.as_ref())),
+            mounts: self.volumes.resolve(&options.volumes)?,
         };
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
@@ -196,25 +283,25 @@ impl Connector for LocalConnector {
             .into_iter()
             .filter(|(_, metadata)| labels.iter().all(|wanted| metadata.labels.contains(wanted)))
             .map(|(id, metadata)| SandboxSummary {
+                created_ms: self.store.created_ms(&id),
                 id,
                 name: metadata.name,
                 state: "started".into(),
                 labels: metadata.labels,
-                created_ms: None,
             })
             .collect())
     }
 
     async fn list_volumes(&self) -> SandboxResult<Vec<VolumeInfo>> {
-        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+        self.volumes.list()
     }
 
-    async fn create_volume(&self, _name: &str) -> SandboxResult<VolumeInfo> {
-        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+    async fn create_volume(&self, name: &str) -> SandboxResult<VolumeInfo> {
+        self.volumes.create(name)
     }
 
-    async fn delete_volume(&self, _name: &str) -> SandboxResult<()> {
-        Err(SandboxError::new(crate::sandbox::error::ErrorKind::Unsupported, "the local sandbox has no volumes yet"))
+    async fn delete_volume(&self, name: &str) -> SandboxResult<()> {
+        self.volumes.delete(name)
     }
 }
 
@@ -267,6 +354,8 @@ pub struct LocalSandbox {
     id: String,
     visible_root: String,
     confined: Arc<ConfinedRoot>,
+    /// Volumes, by where commands see them (innermost first).
+    mounts: Vec<(String, Arc<ConfinedRoot>)>,
     env: Vec<(String, String)>,
     runner: exec::Runner,
 }
@@ -282,14 +371,25 @@ impl LocalSandbox {
         })
     }
 
+    /// The confined root that holds `path` (a volume's, or the sandbox's)
+    /// and the part of `path` under it.
+    fn locate<'a>(&self, path: &'a str) -> SandboxResult<(Arc<ConfinedRoot>, &'a str)> {
+        for (visible, confined) in &self.mounts {
+            if let Some(rel) = crate::sandbox::paths::strip_root(visible, path) {
+                return Ok((confined.clone(), rel));
+            }
+        }
+        Ok((self.confined.clone(), self.relative(path)?))
+    }
+
     /// Run a blocking confined-filesystem call off the async runtime.
     async fn with_fs<T: Send + 'static>(
         &self,
         path: &str,
         op: impl FnOnce(&ConfinedRoot, &str) -> std::io::Result<T> + Send + 'static,
     ) -> SandboxResult<T> {
-        let rel = self.relative(path)?.to_string();
-        let confined = self.confined.clone();
+        let (confined, rel) = self.locate(path)?;
+        let rel = rel.to_string();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || op(&confined, &rel))
             .await
@@ -330,7 +430,7 @@ impl SandboxBackend for LocalSandbox {
     }
 
     async fn exists(&self, path: &str) -> SandboxResult<bool> {
-        if self.relative(path).is_err() {
+        if self.locate(path).is_err() {
             return Ok(false);
         }
         self.with_fs(path, |fs, rel| match fs.stat(rel) {
@@ -377,10 +477,9 @@ impl SandboxBackend for LocalSandbox {
     async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {
         // A missing working directory inside the sandbox gets a clear error
         // rather than bubblewrap's or the shell's.
-        if let Some(rel) = crate::sandbox::paths::strip_root(&self.visible_root, &request.cwd) {
-            let rel = rel.to_string();
+        if self.locate(&request.cwd).is_ok() {
             let stat = self
-                .with_fs(&request.cwd, move |fs, _| fs.stat(&rel))
+                .with_fs(&request.cwd, |fs, rel| fs.stat(rel))
                 .await
                 .map_err(|err| SandboxError::new(err.kind, format!("working directory {}", err.message)))?;
             if !stat.is_directory {

@@ -25,6 +25,9 @@ pub(crate) struct Metadata {
     /// Its limits (absent in sandboxes kept by older versions: defaults).
     #[serde(default)]
     pub limits: Option<super::SandboxLimits>,
+    /// Its volumes.
+    #[serde(default)]
+    pub mounts: Vec<super::Mounted>,
 }
 
 /// The directory that holds local sandboxes.
@@ -137,6 +140,14 @@ impl Store {
     }
 
     /// Every sandbox: (id, metadata), sorted by id.
+    /// When sandbox `id` was created (its metadata file's time), in
+    /// milliseconds since the Unix epoch.
+    pub fn created_ms(&self, id: &str) -> Option<i64> {
+        let (_, meta) = self.paths_for(id).ok()?;
+        let modified = std::fs::metadata(meta).ok()?.modified().ok()?;
+        Some(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+    }
+
     pub fn list(&self) -> Vec<(String, Metadata)> {
         let mut found = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.base) else {

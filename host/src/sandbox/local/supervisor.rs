@@ -209,13 +209,29 @@ impl Drop for Started<'_> {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         // Closing the socket makes the supervisor kill everything and exit;
-        // bubblewrap is killed too, and reaped by tokio.
+        // bubblewrap is killed too, and reaped at once (it dies within
+        // microseconds of SIGKILL), so not even a short-lived zombie is left.
         self.reader.abort();
-        if let Some(mut child) = self.bwrap.lock().expect("not poisoned").take() {
-            let _ = child.start_kill();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let Some(mut child) = self.bwrap.lock().expect("not poisoned").take() else { return };
+        let _ = child.start_kill();
+        for _ in 0..200 {
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_micros(250)),
+                _ => return,
+            }
+        }
+        // Still there (stuck in the kernel?): reap it in the background.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
                 runtime.spawn(async move {
                     let _ = child.wait().await;
+                });
+            }
+            Err(_) => {
+                std::thread::spawn(move || {
+                    while let Ok(None) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 });
             }
         }

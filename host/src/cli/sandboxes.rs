@@ -1,0 +1,250 @@
+//! `flue sandboxes ls|rm|gc`: see the sandboxes flue runs created, on every
+//! connector that can list them, and clean up what crashed or killed runs
+//! left behind.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+
+use super::host_args::HostArgs;
+use super::{Failure, out, usage};
+use crate::events::EventLog;
+use crate::host::Host;
+use crate::run::ownership::{self, Owner};
+use crate::runtime::Limits;
+use crate::sandbox::{Connector, SandboxSummary};
+
+/// `flue sandboxes` arguments.
+#[derive(Args, Debug)]
+pub struct SandboxesArgs {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Action {
+    /// List sandboxes with their state, age and whether their run is still
+    /// going (`orphaned`: its run is gone and it was not kept).
+    Ls {
+        /// Only this connector (repeatable) [default: local and every installed connector].
+        #[arg(long = "sandbox", value_name = "NAME")]
+        only: Vec<String>,
+        /// Only sandboxes with this label (repeatable), e.g. `flue.agent=hello`.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Also sandboxes flue did not create.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Delete sandboxes by id.
+    Rm {
+        /// Their ids, as `flue sandboxes ls` shows them.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// The connector they are on.
+        #[arg(long = "sandbox", value_name = "NAME", default_value = "local")]
+        connector: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Delete the sandboxes flue runs created, did not mean to keep, and
+    /// whose run is gone (a crash, a kill), and say what was deleted.
+    Gc {
+        /// Only sandboxes at least this old, e.g. `30m`, `2h`, `1d`.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Only this connector (repeatable) [default: local and every installed connector].
+        #[arg(long = "sandbox", value_name = "NAME")]
+        only: Vec<String>,
+        /// Say what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// `90`, `90s`, `30m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30m, 2h or 1d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * seconds))
+}
+
+/// `flue sandboxes`.
+pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Failure> {
+    match args.action {
+        Action::Ls { only, labels, all, host } => {
+            let host = host.host(Limits::default()).await?;
+            let mut rows = Vec::new();
+            for (name, listed) in listings(&host, &only, &labels, &events).await? {
+                for sandbox in listed {
+                    let owner = Owner::of(&sandbox.labels);
+                    if all || owner != Owner::NotFlue {
+                        rows.push((name.clone(), sandbox, owner));
+                    }
+                }
+            }
+            out!("{:<10} {:<40} {:<10} {:>8}  {:<12} {:<16} RUN", "CONNECTOR", "ID", "STATE", "AGE", "OWNER", "AGENT");
+            for (connector, sandbox, owner) in &rows {
+                let label = |key: &str| {
+                    sandbox.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("-").to_string()
+                };
+                out!(
+                    "{:<10} {:<40} {:<10} {:>8}  {:<12} {:<16} {}",
+                    connector,
+                    sandbox.id,
+                    sandbox.state,
+                    age(sandbox).map(show_age).unwrap_or_else(|| "-".into()),
+                    owner.describe(),
+                    label(ownership::AGENT),
+                    label(ownership::RUN)
+                );
+            }
+            if rows.is_empty() {
+                out!("(no sandboxes)");
+            }
+            Ok(())
+        }
+        Action::Rm { ids, connector, host } => {
+            let host = host.host(Limits::default()).await?;
+            let connector = host.connector(&connector, &events).await.map_err(usage)?;
+            let mut failed = 0;
+            for id in &ids {
+                match connector.delete(id).await {
+                    Ok(()) => out!("deleted {id}"),
+                    Err(err) => {
+                        failed += 1;
+                        eprintln!("error: could not delete {id}: {err}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(anyhow::anyhow!("{failed} of {} sandboxes could not be deleted", ids.len()).into());
+            }
+            Ok(())
+        }
+        Action::Gc { older_than, only, dry_run, host } => {
+            let host = host.host(Limits::default()).await?;
+            let wanted = [(ownership::CREATED_BY.to_string(), "flue".to_string())];
+            let (mut deleted, mut failed) = (0, 0);
+            for (name, listed) in listings(&host, &only, &wanted, &events).await? {
+                let connector = host.connector(&name, &events).await.map_err(usage)?;
+                for sandbox in listed {
+                    if Owner::of(&sandbox.labels) != Owner::Orphaned {
+                        continue;
+                    }
+                    if let (Some(min), Some(age)) = (older_than, age(&sandbox))
+                        && age < min
+                    {
+                        continue;
+                    }
+                    if dry_run {
+                        out!("would delete {name} sandbox {} (orphaned)", sandbox.id);
+                        continue;
+                    }
+                    match connector.delete(&sandbox.id).await {
+                        Ok(()) => {
+                            deleted += 1;
+                            out!("deleted {name} sandbox {} (orphaned)", sandbox.id);
+                        }
+                        Err(err) => {
+                            failed += 1;
+                            eprintln!("error: could not delete {name} sandbox {}: {err}", sandbox.id);
+                        }
+                    }
+                }
+            }
+            if !dry_run {
+                out!("{deleted} orphaned sandbox(es) deleted");
+            }
+            if failed > 0 {
+                return Err(anyhow::anyhow!("{failed} orphaned sandboxes could not be deleted").into());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Each connector's sandboxes with `labels`: the named connectors, or local
+/// and every installed one (those that cannot list are noted and skipped).
+async fn listings(
+    host: &Host,
+    names: &[String],
+    labels: &[(String, String)],
+    events: &EventLog,
+) -> Result<Vec<(String, Vec<SandboxSummary>)>, Failure> {
+    let explicit = !names.is_empty();
+    let names: Vec<String> = if explicit {
+        names.to_vec()
+    } else {
+        host.registry().list().await.into_iter().filter(|l| l.info.is_ok()).map(|l| l.name).collect()
+    };
+    let mut all = Vec::new();
+    for name in names {
+        let listed = match host.connector(&name, events).await {
+            Ok(connector) => list(connector, labels).await,
+            Err(err) if explicit => return Err(usage(err)),
+            Err(err) => Err(err.to_string()),
+        };
+        match listed {
+            Ok(sandboxes) => all.push((name, sandboxes)),
+            Err(why) if explicit => return Err(anyhow::anyhow!("cannot list sandboxes on {name}: {why}").into()),
+            Err(why) => eprintln!("note: skipped {name}: {why}"),
+        }
+    }
+    Ok(all)
+}
+
+async fn list(connector: Arc<dyn Connector>, labels: &[(String, String)]) -> Result<Vec<SandboxSummary>, String> {
+    connector.list(labels).await.map_err(|err| err.to_string())
+}
+
+fn age(sandbox: &SandboxSummary) -> Option<Duration> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_millis() as i64;
+    sandbox.created_ms.map(|created| Duration::from_millis(now.saturating_sub(created).max(0) as u64))
+}
+
+fn show_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse_or_say_why_not() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("2w").unwrap_err().contains("s, m, h or d"));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_label("flue.agent=hello").unwrap(), ("flue.agent".into(), "hello".into()));
+        assert!(parse_label("nope").is_err());
+        assert_eq!(show_age(Duration::from_secs(7200)), "2h");
+    }
+}

@@ -1,0 +1,102 @@
+//! Volumes: data one sandbox writes is read by the next, on local and on
+//! Daytona (the test server), and `flue volumes` manages them.
+
+use serde_json::json;
+
+use crate::support::{TestDaytona, bwrap_available, fixture, flue, flue_probe, output, scratch};
+
+#[test]
+fn a_local_volume_carries_data_from_one_sandbox_to_the_next() {
+    let data = scratch();
+    let volumes = |args: &[&str]| output(flue().arg("volumes").args(args).env("FLUE_DATA_DIR", data.path()));
+    let created = volumes(&["create", "shared"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert_eq!(volumes(&["create", "shared"]).code, 1, "a second create must say it exists");
+    assert!(volumes(&["ls"]).stdout.contains("shared"));
+    // Mounted inside the sandbox works in every mode (commands reach it
+    // relative to the sandbox); outside it only isolated.
+    let mut places = vec![("none", "/workspace/data", "data")];
+    if bwrap_available() {
+        places.extend([("bwrap", "/workspace/data", "data"), ("bwrap", "/data", "/data")]);
+    }
+    for (i, (mode, mount, path)) in places.into_iter().enumerate() {
+        let tmp = scratch();
+        let volume = json!({"name": "shared", "path": mount, "subpath": "runs"});
+        let run = |command: String| {
+            let payload = json!({"mode": "exec", "command": command, "volume": volume});
+            output(flue_probe(payload, &["--isolation", mode], tmp.path()).env("FLUE_DATA_DIR", data.path()))
+        };
+        let wrote = run(format!("echo 'from sandbox {i}' > {path}/note-{i}; cat {path}/note-{i}"));
+        let first = std::fs::read_to_string(data.path().join("volumes/shared/runs").join(format!("note-{i}")));
+        assert_eq!(
+            first.ok().as_deref(),
+            Some(format!("from sandbox {i}\n").as_str()),
+            "{mode} {path}: {}",
+            wrote.stderr
+        );
+        let read = run(format!("cat {path}/note-{i}")).ok();
+        assert_eq!(read["stdout"], format!("from sandbox {i}\n"), "{mode} {path}: the next sandbox did not see it");
+    }
+    // Without isolation a path outside the sandbox cannot be a mount.
+    let tmp = scratch();
+    let refused = output(
+        flue_probe(
+            json!({"mode": "exec", "command": "true", "volume": {"name": "shared", "path": "/data"}}),
+            &["--isolation", "none"],
+            tmp.path(),
+        )
+        .env("FLUE_DATA_DIR", data.path()),
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("without isolation a volume can only be mounted inside the sandbox"),
+        "{}",
+        refused.stderr
+    );
+    let missing = output(
+        flue_probe(
+            json!({"mode": "exec", "command": "true", "volume": {"name": "nope", "path": "/workspace/x"}}),
+            &[],
+            tmp.path(),
+        )
+        .env("FLUE_DATA_DIR", data.path()),
+    );
+    assert!(missing.stderr.contains("no local volume named nope"), "{}", missing.stderr);
+    assert_eq!(volumes(&["rm", "shared"]).code, 0);
+    assert!(!data.path().join("volumes/shared").exists());
+}
+
+#[test]
+fn a_daytona_volume_carries_data_from_one_sandbox_to_the_next() {
+    let daytona = TestDaytona::start();
+    let tmp = scratch();
+    let run = |command: &str| {
+        let payload = json!({"mode": "exec", "command": command, "volume": {"name": "cache", "path": "/home/daytona/cache", "create": true}});
+        daytona.run(&fixture("probe"), &["--payload", &payload.to_string()], tmp.path())
+    };
+    let wrote = run("echo kept > /home/daytona/cache/file && echo done").ok();
+    assert_eq!(wrote["stdout"], "done\n", "{wrote}");
+    let read = run("cat /home/daytona/cache/file").ok();
+    assert_eq!(read["stdout"], "kept\n", "the second Daytona sandbox did not see the volume's data");
+    daytona.assert_no_sandboxes_left();
+
+    let volumes = |args: &[&str]| {
+        output(
+            daytona
+                .flue()
+                .arg("volumes")
+                .args(args)
+                .args(["--sandbox", "daytona", "--connectors"])
+                .arg(daytona.connectors.path()),
+        )
+    };
+    let listed = volumes(&["ls"]);
+    assert!(listed.stdout.contains("cache") && listed.stdout.contains("ready"), "{}{}", listed.stdout, listed.stderr);
+    assert_eq!(volumes(&["rm", "cache"]).code, 0);
+    let gone = volumes(&["rm", "cache"]);
+    assert!(gone.stderr.contains("no Daytona volume named cache"), "{}", gone.stderr);
+    // Mounting a missing volume without create is a clear error.
+    let payload = json!({"mode": "exec", "command": "true", "volume": {"name": "cache", "path": "/home/daytona/c"}});
+    let missing = daytona.run(&fixture("probe"), &["--payload", &payload.to_string()], tmp.path());
+    assert!(missing.stderr.contains("no Daytona volume named cache"), "{}", missing.stderr);
+}
