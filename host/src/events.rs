@@ -55,6 +55,39 @@ pub enum Event {
         /// The line, as written (renderers escape it for terminals).
         message: String,
     },
+    /// Text the model streamed (a delta).
+    ModelText {
+        /// The new text.
+        text: String,
+    },
+    /// One model turn ended.
+    ModelTurn {
+        /// `provider/model`.
+        model: String,
+        /// Its number in the prompt, from 1.
+        turn: u32,
+        /// How long the provider took.
+        duration_ms: u64,
+        /// Tokens in.
+        input_tokens: u64,
+        /// Tokens out.
+        output_tokens: u64,
+        /// Tool calls the model asked for.
+        tool_calls: usize,
+    },
+    /// A tool call the model made, run by the host.
+    ToolCall {
+        /// `read`, `bash`, …
+        tool: String,
+        /// Its arguments as JSON, cut short.
+        arguments: String,
+        /// The size of the result the model got back.
+        result_bytes: usize,
+        /// Whether it failed (the model got the error).
+        is_error: bool,
+        /// How long it took.
+        duration_ms: u64,
+    },
     /// A run began.
     RunStarted {
         /// The run's id.
@@ -241,6 +274,29 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
+/// Today's date (UTC) as `YYYY-MM-DD`.
+pub fn today_utc() -> String {
+    let days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0)
+            as i64;
+    date_of_day(days)
+}
+
+/// The date `days` after 1970-01-01.
+fn date_of_day(days: i64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -278,5 +334,13 @@ mod tests {
         assert!(logged[0].len() < MAX_LOG_LINE + 100 && logged[0].ends_with("more bytes dropped]"));
         assert!(logged[3].contains("reached its limit"), "{}", logged[3]);
         assert_eq!(logged[4], "flue's own lines are never dropped");
+    }
+
+    #[test]
+    fn days_since_the_epoch_become_calendar_dates() {
+        assert_eq!(date_of_day(0), "1970-01-01");
+        assert_eq!(date_of_day(11_016), "2000-02-29");
+        assert_eq!(date_of_day(20_000), "2024-10-04");
+        assert_eq!(today_utc().len(), 10);
     }
 }

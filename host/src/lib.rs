@@ -11,6 +11,7 @@
 //!          ├─ sandbox::local: a directory + bash, under bubblewrap
 //!          └─ sandbox::wasm: connector.wasm in its own Store
 //!               └─ imports http/config ─▶ capability (allowed hosts, egress, secrets) ─▶ network
+//!     └─ session.prompt ─▶ model (provider HTTP in the host, tools on the session)
 //!   run::sandboxes owns what the run created and deletes it when the run ends
 //! events: every operation, log line and lifecycle step ─▶ EventSink (cli::render, tests)
 //! ```
@@ -18,7 +19,8 @@
 //! Modules by role: [`cli`] (commands and presentation), [`host`] (the
 //! builder), [`runtime`] (engine, limits, stores, cache, WIT bindings),
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
-//! the contract suite), [`capability`] (what connectors are granted),
+//! the contract suite), [`model`] (the model loop behind `session.prompt`),
+//! [`capability`] (what connectors are granted),
 //! [`guest`] (building agents from source), [`events`], [`config`].
 
 #![deny(missing_docs)]
@@ -29,6 +31,7 @@ pub mod config;
 pub mod events;
 pub mod guest;
 pub mod host;
+pub mod model;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;

@@ -16,6 +16,7 @@ mod isolation;
 mod languages;
 mod lifecycle;
 mod limits;
+mod model;
 mod support;
 mod volumes;
 mod workspace;

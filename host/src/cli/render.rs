@@ -148,6 +148,21 @@ impl StderrSink {
                 let lines: Vec<&str> = message.trim_end().split('\n').collect();
                 lines.iter().map(|line| format!("  {tag} {}", escape(line))).collect::<Vec<_>>().join("\n")
             }
+            // Streamed text is for JSON consumers; the turn line sums it up.
+            Event::ModelText { .. } => String::new(),
+            Event::ModelTurn { model, turn, duration_ms, input_tokens, output_tokens, tool_calls } => format!(
+                "{} {} turn {turn}: {} {}",
+                self.paint("35", "◆"),
+                escape(model),
+                if *tool_calls == 0 { "answered".to_string() } else { format!("{tool_calls} tool call(s)") },
+                self.paint("2", &format!("{duration_ms} ms, {input_tokens} in / {output_tokens} out tokens"))
+            ),
+            Event::ToolCall { tool, arguments, result_bytes, is_error, duration_ms } => format!(
+                "  {} {tool:<7} {:<60} {}",
+                if *is_error { self.paint("31", "✗") } else { self.paint("35", "⚒") },
+                escape(&one_line(arguments, 60)),
+                self.paint("2", &format!("{duration_ms:>5} ms  {result_bytes} B back"))
+            ),
             Event::RunStarted { run_id, agent } => {
                 format!("{} run {run_id}: {}", self.paint("36", "▸"), escape(agent))
             }
@@ -163,6 +178,7 @@ impl EventSink for StderrSink {
     fn record(&self, event: &Event) {
         let line = match self.format {
             EventFormat::None => return,
+            EventFormat::Text if matches!(event, Event::ModelText { .. }) => return,
             EventFormat::Json => escape_json(serde_json::to_string(event).unwrap_or_default()),
             EventFormat::Text => self.render_text(event),
         };

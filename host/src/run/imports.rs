@@ -63,9 +63,12 @@ pub struct AgentHarness {
 pub struct AgentSession {
     pub(crate) session: Session,
     name: String,
-    /// The harness's name and model, for `prompt`.
+    /// The harness's name, for `prompt`'s errors.
     pub(crate) harness: String,
+    /// The model `prompt` uses, if the agent named one.
     pub(crate) model: Option<String>,
+    /// `prompt`'s conversation so far: a second prompt continues it.
+    pub(crate) conversation: Vec<crate::model::Message>,
 }
 
 /// An agent's `file-reader` handle.
@@ -172,7 +175,7 @@ impl AgentState {
             Ok(session) => session,
             Err(err) => return Ok(Err(err)),
         };
-        Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model })?))
+        Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model, conversation: Vec::new() })?))
     }
 
     pub(crate) fn harness_cwd(&self, this: &Resource<AgentHarness>) -> wasmtime::Result<String> {

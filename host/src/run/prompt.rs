@@ -1,24 +1,65 @@
-//! `session.prompt`: the model loop, run by the host for the agent.
+//! `session.prompt`: the model loop ([`crate::model`]), run by the host for
+//! the agent on its session. The provider's key comes from the user's
+//! configuration and never reaches the agent.
 
 use wasmtime::component::Resource;
 
 use super::imports::{AgentSession, AgentState};
-use crate::runtime::bindings::agent::flue::sandbox::model;
+use crate::model::{self, ModelError, PromptOptions, provider::Provider};
+use crate::runtime::bindings::agent::flue::sandbox::model as wit;
 
 impl AgentState {
     /// Run one prompt in the session's conversation.
     pub(crate) async fn prompt_session(
         &mut self,
         this: &Resource<AgentSession>,
-        _text: String,
-        _options: model::PromptOptions,
-    ) -> wasmtime::Result<Result<model::PromptResult, model::PromptError>> {
-        let session = self.base.table.get(this)?;
-        let model = session.model.as_deref().unwrap_or("no model given in init");
-        Ok(Err(model::PromptError::InvalidInput(format!(
-            "session.prompt (harness {}, model {model}) is not available in this build of flue: \
-             it runs shell and file calls only",
-            session.harness
-        ))))
+        text: String,
+        options: wit::PromptOptions,
+    ) -> wasmtime::Result<Result<wit::PromptResult, wit::PromptError>> {
+        let entry = self.base.table.get_mut(this)?;
+        let session = entry.session.clone();
+        let chosen = entry.model.clone().or_else(|| self.sandboxes.config().get("FLUE_MODEL").cloned());
+        let Some(model_name) = chosen.filter(|m| !m.trim().is_empty()) else {
+            return Ok(Err(wit::PromptError::InvalidInput(format!(
+                "no model for harness {}: name one in init (model: \"anthropic/claude-sonnet-4-6\") or set FLUE_MODEL",
+                entry.harness
+            ))));
+        };
+        let provider = match Provider::from_config(&model_name, self.sandboxes.config()) {
+            Ok(provider) => provider,
+            Err(err) => return Ok(Err(to_wit(err))),
+        };
+        let mut conversation = std::mem::take(&mut entry.conversation);
+        let options = PromptOptions {
+            system: options.system,
+            max_turns: options.max_turns,
+            tools: options.tools,
+            result_schema: options.result_schema,
+        };
+        let events = self.sandboxes.events.clone();
+        let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events).await;
+        self.base.table.get_mut(this)?.conversation = conversation;
+        Ok(answer.map_err(to_wit).map(|answer| wit::PromptResult {
+            text: answer.text,
+            json: answer.json,
+            model: answer.model,
+            turns: answer.turns,
+            usage: wit::Usage {
+                input_tokens: answer.usage.input,
+                output_tokens: answer.usage.output,
+                cache_read_tokens: answer.usage.cache_read,
+            },
+        }))
+    }
+}
+
+fn to_wit(err: ModelError) -> wit::PromptError {
+    match err {
+        ModelError::Auth(m) => wit::PromptError::Auth(m),
+        ModelError::RateLimited(m) => wit::PromptError::RateLimited(m),
+        ModelError::ContextOverflow(m) => wit::PromptError::ContextOverflow(m),
+        ModelError::MaxTurns(m) => wit::PromptError::MaxTurns(m),
+        ModelError::Provider(m) => wit::PromptError::Provider(m),
+        ModelError::InvalidInput(m) => wit::PromptError::InvalidInput(m),
     }
 }

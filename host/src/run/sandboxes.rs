@@ -94,6 +94,12 @@ impl RunSandboxes {
         })
     }
 
+    /// The user's configuration (`--env` files and the environment): where
+    /// model keys come from. Agents never see it.
+    pub fn config(&self) -> &std::collections::HashMap<String, String> {
+        self.registry.config()
+    }
+
     /// The named connector (the run's default when `None`), instantiated
     /// once per run.
     pub async fn connector(&self, name: Option<&str>) -> SandboxResult<Arc<dyn Connector>> {

@@ -101,6 +101,11 @@ impl ConnectorRegistry {
         ConnectorRegistry { runtime, dir, builtins, config }
     }
 
+    /// The user's configuration, as given to the builder.
+    pub fn config(&self) -> &HashMap<String, String> {
+        &self.config
+    }
+
     /// The connectors directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,0 +1,306 @@
+//! The model loop behind `session.prompt`, run by the host: call the model,
+//! run the tools it asks for against the agent's session, feed the results
+//! back, until it answers (or runs out of turns, or the run's deadline).
+//!
+//! * [`provider`]: Anthropic and OpenAI-compatible wire formats, streaming,
+//!   retries; the API key stays here.
+//! * [`tools`]: `read`, `write`, `edit`, `bash`, `grep`, `glob`.
+//!
+//! Each model turn and each tool call is an event; a tool's arguments are
+//! shown (redacted, cut short) and its result only by size.
+
+pub mod provider;
+pub mod tools;
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::events::{Event, EventLog, millis};
+use crate::sandbox::session::Session;
+
+/// Default model turns per prompt.
+pub const DEFAULT_MAX_TURNS: u32 = 50;
+/// The longest `AGENTS.md` put in the system prompt.
+const MAX_AGENTS_MD: usize = 32 * 1024;
+
+/// One message of a conversation, provider-neutral.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// The user's (agent's) prompt.
+    User(String),
+    /// The model's answer: text and tool calls.
+    Assistant {
+        /// Its text.
+        text: String,
+        /// The tools it asked for.
+        calls: Vec<ToolCall>,
+    },
+    /// Tool results, answering the previous message's calls.
+    Results(Vec<ToolResult>),
+}
+
+/// A tool call the model made.
+#[derive(Clone, Debug)]
+pub struct ToolCall {
+    /// The provider's id for it, which its result quotes.
+    pub id: String,
+    /// The tool.
+    pub name: String,
+    /// Its arguments.
+    pub input: Value,
+}
+
+/// What a tool call returned.
+#[derive(Clone, Debug)]
+pub struct ToolResult {
+    /// The call's id.
+    pub id: String,
+    /// What the model reads.
+    pub content: String,
+    /// Whether the tool failed.
+    pub is_error: bool,
+}
+
+/// Why a turn ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stop {
+    /// The model answered.
+    #[default]
+    EndTurn,
+    /// The model wants tool results.
+    ToolUse,
+    /// The answer hit the output limit.
+    MaxTokens,
+}
+
+/// Tokens used.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// Tokens sent.
+    pub input: u64,
+    /// Tokens generated.
+    pub output: u64,
+    /// Tokens read from the provider's prompt cache, when it says.
+    pub cache_read: Option<u64>,
+}
+
+/// One model turn's answer.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    /// Its text.
+    pub text: String,
+    /// The tools it asked for.
+    pub calls: Vec<ToolCall>,
+    /// Why it ended.
+    pub stop: Stop,
+    /// Tokens it used.
+    pub usage: Usage,
+}
+
+/// Why a prompt produced no answer (the WIT `prompt-error`).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The key is missing or was rejected.
+    #[error("auth: {0}")]
+    Auth(String),
+    /// 429s outlasted the retries.
+    #[error("rate-limited: {0}")]
+    RateLimited(String),
+    /// The conversation no longer fits.
+    #[error("context-overflow: {0}")]
+    ContextOverflow(String),
+    /// No answer within the turns allowed.
+    #[error("max-turns: {0}")]
+    MaxTurns(String),
+    /// The provider failed otherwise.
+    #[error("provider: {0}")]
+    Provider(String),
+    /// Bad input: no model, an unknown tool, a bad schema.
+    #[error("invalid-input: {0}")]
+    InvalidInput(String),
+}
+
+impl ModelError {
+    /// The same error with its message passed through `f`.
+    pub fn map_message(self, f: impl Fn(&str) -> String) -> ModelError {
+        match self {
+            ModelError::Auth(m) => ModelError::Auth(f(&m)),
+            ModelError::RateLimited(m) => ModelError::RateLimited(f(&m)),
+            ModelError::ContextOverflow(m) => ModelError::ContextOverflow(f(&m)),
+            ModelError::MaxTurns(m) => ModelError::MaxTurns(f(&m)),
+            ModelError::Provider(m) => ModelError::Provider(f(&m)),
+            ModelError::InvalidInput(m) => ModelError::InvalidInput(f(&m)),
+        }
+    }
+}
+
+/// How to run one prompt (the WIT `prompt-options`).
+#[derive(Clone, Debug, Default)]
+pub struct PromptOptions {
+    /// The agent's instructions.
+    pub system: Option<String>,
+    /// Turns allowed (default [`DEFAULT_MAX_TURNS`]).
+    pub max_turns: Option<u32>,
+    /// Tools allowed (`None`: all).
+    pub tools: Option<Vec<String>>,
+    /// A JSON Schema the final answer follows.
+    pub result_schema: Option<String>,
+}
+
+/// A prompt's answer (the WIT `prompt-result`).
+#[derive(Clone, Debug)]
+pub struct PromptAnswer {
+    /// The final text.
+    pub text: String,
+    /// With a schema: the answer as JSON text.
+    pub json: Option<String>,
+    /// `provider/model`.
+    pub model: String,
+    /// Turns used.
+    pub turns: u32,
+    /// Tokens used over all turns.
+    pub usage: Usage,
+}
+
+/// The system prompt: the agent's instructions, then `AGENTS.md` from the
+/// cwd, the cwd itself, the date and the cwd's top level.
+async fn system_prompt(session: &Session, options: &PromptOptions, tools: &[String]) -> String {
+    let mut parts = Vec::new();
+    if let Some(system) = options.system.as_deref().filter(|s| !s.trim().is_empty()) {
+        parts.push(system.trim().to_string());
+    }
+    parts.push(format!(
+        "You work in a sandbox through tools ({}). Paths are relative to the working directory unless \
+         absolute. Use the tools to inspect and change files and to run commands; when the task is done, \
+         answer with a short summary.",
+        tools.join(", ")
+    ));
+    if let Ok(agents) = session.read_text("AGENTS.md").await {
+        let agents: String = agents.chars().take(MAX_AGENTS_MD).collect();
+        parts.push(format!("Project instructions (AGENTS.md):\n{}", agents.trim()));
+    }
+    let today = crate::events::today_utc();
+    parts.push(format!("Working directory: {}\nToday's date: {today}", session.cwd()));
+    if let Ok(mut entries) = session.readdir(".").await {
+        entries.truncate(100);
+        if !entries.is_empty() {
+            parts.push(format!("Top level of the working directory:\n{}", entries.join("\n")));
+        }
+    }
+    if let Some(schema) = &options.result_schema {
+        parts.push(format!(
+            "Your final answer must be only a JSON value that follows this JSON Schema, with no other text:\n{schema}"
+        ));
+    }
+    parts.join("\n\n")
+}
+
+/// Run one prompt on `conversation` (which keeps growing: a second prompt
+/// continues it) with `provider`'s model working in `session`.
+pub async fn prompt(
+    provider: &provider::Provider,
+    session: &Session,
+    conversation: &mut Vec<Message>,
+    text: String,
+    options: &PromptOptions,
+    events: &EventLog,
+) -> Result<PromptAnswer, ModelError> {
+    let tools: Vec<String> = match &options.tools {
+        None => tools::ALL.iter().map(|t| t.to_string()).collect(),
+        Some(names) => {
+            if let Some(unknown) = names.iter().find(|n| !tools::ALL.contains(&n.as_str())) {
+                return Err(ModelError::InvalidInput(format!(
+                    "there is no tool {unknown:?}: the tools are {}",
+                    tools::ALL.join(", ")
+                )));
+            }
+            names.clone()
+        }
+    };
+    if let Some(schema) = &options.result_schema
+        && serde_json::from_str::<Value>(schema).is_err()
+    {
+        return Err(ModelError::InvalidInput("result-schema is not valid JSON".into()));
+    }
+    let definitions = tools::definitions(&tools);
+    let system = system_prompt(session, options, &tools).await;
+    let max_turns = options.max_turns.unwrap_or(DEFAULT_MAX_TURNS).max(1);
+    conversation.push(Message::User(text));
+    let mut usage = Usage::default();
+    for turn in 1..=max_turns {
+        let started = Instant::now();
+        let request = provider::TurnRequest { system: &system, messages: conversation, tools: &definitions };
+        let mut on_text = |delta: &str| events.record(Event::ModelText { text: provider.redact(delta) });
+        let reply = provider.turn(&request, &mut on_text).await?;
+        usage.input += reply.usage.input;
+        usage.output += reply.usage.output;
+        if let Some(read) = reply.usage.cache_read {
+            usage.cache_read = Some(usage.cache_read.unwrap_or(0) + read);
+        }
+        events.record(Event::ModelTurn {
+            model: provider.label.clone(),
+            turn,
+            duration_ms: millis(started.elapsed()),
+            input_tokens: reply.usage.input,
+            output_tokens: reply.usage.output,
+            tool_calls: reply.calls.len(),
+        });
+        conversation.push(Message::Assistant { text: reply.text.clone(), calls: reply.calls.clone() });
+        if reply.calls.is_empty() {
+            let json = match &options.result_schema {
+                Some(_) => Some(answer_json(&reply.text)?),
+                None => None,
+            };
+            return Ok(PromptAnswer { text: reply.text, json, model: provider.label.clone(), turns: turn, usage });
+        }
+        let mut results = Vec::new();
+        for call in &reply.calls {
+            let started = Instant::now();
+            let outcome = if tools.contains(&call.name) {
+                tools::call(session, &call.name, &call.input).await
+            } else {
+                tools::Outcome { content: format!("the tool {} is not available here", call.name), is_error: true }
+            };
+            let arguments: String = provider.redact(&call.input.to_string()).chars().take(200).collect();
+            events.record(Event::ToolCall {
+                tool: call.name.clone(),
+                arguments,
+                result_bytes: outcome.content.len(),
+                is_error: outcome.is_error,
+                duration_ms: millis(started.elapsed()),
+            });
+            results.push(ToolResult { id: call.id.clone(), content: outcome.content, is_error: outcome.is_error });
+        }
+        conversation.push(Message::Results(results));
+    }
+    Err(ModelError::MaxTurns(format!(
+        "the model did not finish within {max_turns} turns (raise max-turns, or narrow the task)"
+    )))
+}
+
+/// The JSON in a final answer (alone, or in a fenced block).
+fn answer_json(text: &str) -> Result<String, ModelError> {
+    let trimmed = text.trim();
+    let candidate = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed)
+        .trim();
+    serde_json::from_str::<Value>(candidate)
+        .map(|value| value.to_string())
+        .map_err(|err| ModelError::Provider(format!("the final answer is not the JSON the schema asks for: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_answer_is_found_alone_or_fenced() {
+        assert_eq!(answer_json(" {\"a\": 1} ").unwrap(), "{\"a\":1}");
+        assert_eq!(answer_json("```json\n[1, 2]\n```").unwrap(), "[1,2]");
+        assert!(answer_json("sure! {").is_err());
+    }
+}
