@@ -20,7 +20,7 @@
 //! builder), [`runtime`] (engine, limits, stores, cache, WIT bindings),
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
 //! the contract suite), [`model`] (the model loop behind `session.prompt`),
-//! [`capability`] (what connectors are granted),
+//! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
 //! [`guest`] (building agents from source), [`events`], [`config`].
 
 #![deny(missing_docs)]
@@ -35,5 +35,6 @@ pub mod model;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
+pub mod serve;
 
 pub use host::{Host, HostBuilder};

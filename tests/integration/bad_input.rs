@@ -149,6 +149,8 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
         id: "t".into(),
         payload: payload.to_string(),
         settings: settings(),
+        limits: None,
+        run_id: None,
     };
     let outcome = host.run(run(json!({"mode": "loop"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::DeadlineExceeded { .. })), "{:?}", outcome.result.err());

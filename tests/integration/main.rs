@@ -17,6 +17,7 @@ mod languages;
 mod lifecycle;
 mod limits;
 mod model;
+mod serve;
 mod support;
 mod volumes;
 mod workspace;

@@ -8,6 +8,7 @@ mod host_args;
 pub mod render;
 mod run;
 mod sandboxes;
+mod serve;
 mod volumes;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ Examples:
   flue sandboxes ls                           sandboxes flue runs created, and whether their run is gone
   flue sandboxes gc --older-than 1h           delete what crashed or killed runs left behind
   flue volumes create cache                   a volume agents can mount into their sandboxes
+  flue dev ./my-project --env .env.local      webhook agents on http://127.0.0.1:3583
 
 Exit codes: 0 success, 1 the run or check failed, 2 bad usage or input.
 Set FLUE_LOG=debug for more detail on stderr.";
@@ -86,6 +88,12 @@ pub enum Command {
     Sandboxes(sandboxes::SandboxesArgs),
     /// List, create or delete volumes: storage that outlives sandboxes.
     Volumes(volumes::VolumesArgs),
+    /// Serve a project's webhook agents over HTTP (deployment): POST
+    /// /agents/NAME/ID, GET /runs/RUN_ID, /healthz, /metrics.
+    Serve(serve::ServeArgs),
+    /// Serve a project's webhook agents on 127.0.0.1:3583, rebuilding an agent
+    /// when its source changes.
+    Dev(serve::ServeArgs),
     /// Install a connector from this project's source into the connectors directory.
     Add(connectors::AddArgs),
     /// Build the agent in DIR (Rust, Python or JavaScript) to a component.
@@ -123,6 +131,8 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Conformance(args) => conformance::conformance(args, events).await,
         Command::Sandboxes(args) => sandboxes::sandboxes(args, events).await,
         Command::Volumes(args) => volumes::volumes(args, events).await,
+        Command::Serve(args) => serve::serve(args, false).await,
+        Command::Dev(args) => serve::serve(args, true).await,
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),

@@ -105,6 +105,8 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
                 },
             ),
         },
+        limits: None,
+        run_id: None,
     };
     let signal_code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(EXIT_FAILED));
     let outcome = host.run_until(run, events, stop_on_signal(signal_code.clone())).await;

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::events::{Event, EventLog, millis};
-use crate::runtime::Runtime;
 use crate::runtime::bindings::agent::exports::flue::sandbox::run::Context;
 use crate::runtime::compat::{AnyAgentPre, v0_1_0};
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
+use crate::runtime::{Limits, Runtime};
 use crate::sandbox::registry::ConnectorRegistry;
 use imports::AgentState;
 pub use sandboxes::{RunSandboxes, RunSettings, SandboxSource};
@@ -37,6 +37,11 @@ pub struct AgentRun {
     pub payload: String,
     /// What the user chose for its sandboxes.
     pub settings: RunSettings,
+    /// Its deadline and memory, when not the host's (`flue serve`'s
+    /// per-agent limits).
+    pub limits: Option<Limits>,
+    /// Its run id, when the caller chose one (else a fresh `run_…`).
+    pub run_id: Option<String>,
 }
 
 /// Why a run did not produce a result.
@@ -101,23 +106,19 @@ pub async fn run_agent(
     events: EventLog,
     stop: impl std::future::Future<Output = String>,
 ) -> RunOutcome {
-    let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
+    let run_id = run.run_id.clone().unwrap_or_else(|| format!("run_{}", uuid::Uuid::new_v4().simple()));
+    let limits = run.limits.clone().unwrap_or_else(|| runtime.limits.clone());
     let started = Instant::now();
-    let events = events.with_log_budget(runtime.limits.log_bytes);
+    let events = events.with_log_budget(limits.log_bytes);
     events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
-    let services = RunSandboxes::new(
-        registry,
-        (&run_id, &run.label),
-        run.settings.clone(),
-        events.clone(),
-        runtime.limits.max_read(),
-    );
-    let deadline = runtime.limits.deadline;
+    let services =
+        RunSandboxes::new(registry, (&run_id, &run.label), run.settings.clone(), events.clone(), limits.max_read());
+    let deadline = limits.deadline;
 
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
     let result = tokio::select! {
-        finished = tokio::time::timeout(deadline, execute(runtime, &services, &run, &run_id)) => match finished {
+        finished = tokio::time::timeout(deadline, execute(runtime, &limits, &services, &run, &run_id)) => match finished {
             Ok(result) => result,
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
@@ -134,6 +135,7 @@ pub async fn run_agent(
 
 async fn execute(
     runtime: &Runtime,
+    limits: &Limits,
     services: &Arc<RunSandboxes>,
     run: &AgentRun,
     run_id: &str,
@@ -150,8 +152,8 @@ async fn execute(
     // directories, no sockets, no name lookup, stdin closed. Only stdout and
     // stderr are granted, and they go into the run's events.
     let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
-    let limits = runtime.limits.agent_store();
-    let mut store = runtime.new_store(&limits, "the agent", runtime.limits.deadline, |base| AgentState {
+    let store_limits = limits.agent_store();
+    let mut store = runtime.new_store(&store_limits, "the agent", limits.deadline, |base| AgentState {
         wasi,
         base,
         sandboxes: services.clone(),

@@ -1,0 +1,334 @@
+//! `flue serve` and `flue dev` through real HTTP: the `flue` binary as the
+//! server, reqwest as the client.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{fixture, flue, scratch};
+
+/// A `flue serve`/`flue dev` process and its base URL.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(command: &str, project: &Path, tmp: &Path, extra: &[&str]) -> Server {
+        let mut child = flue()
+            .arg(command)
+            .arg(project)
+            .args(["--listen", "127.0.0.1:0", "--isolation", "none"])
+            .args(extra)
+            .env("TMPDIR", tmp)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flue serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+        let url = first.split("listening on ").nth(1).expect("a URL line").trim().to_string();
+        Server { child, url }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn wait(mut self) -> i32 {
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A project with the probe agent as `probe` (a webhook) and `hidden`
+/// (not one).
+fn project() -> tempfile::TempDir {
+    let dir = scratch();
+    std::fs::create_dir(dir.path().join("agents")).unwrap();
+    for name in ["probe", "hidden"] {
+        std::fs::copy(fixture("probe"), dir.path().join("agents").join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::write(dir.path().join("flue.toml"), "[agents.probe]\nwebhook = true\ndeadline-secs = 30\n").unwrap();
+    dir
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn local_sandboxes(tmp: &Path) -> usize {
+    std::fs::read_dir(tmp.join("flue-local")).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
+}
+
+#[test]
+fn webhooks_answer_sync_streamed_and_in_the_background_with_clear_errors() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &["--max-body-kib", "64"]);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.url);
+    rt().block_on(async {
+        // Sync.
+        let body = json!({"mode": "exec", "command": "echo hi"}).to_string();
+        let response = client.post(url("/agents/probe/t1")).body(body.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let run_id = response.headers()["x-flue-run-id"].to_str().unwrap().to_string();
+        let answer: Value = response.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap();
+        assert_eq!(answer["result"]["stdout"], "hi\n", "{answer}");
+        // The record, with its events.
+        let record: Value = client
+            .get(url(&format!("/runs/{run_id}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+            .unwrap();
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert!(record["events"].as_array().unwrap().iter().any(|e| e["op"] == "exec"), "{record}");
+
+        // Server-sent events: the run's events in order, then the result.
+        let response = client
+            .post(url("/agents/probe/t2"))
+            .header("accept", "text/event-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = response.text().await.unwrap();
+        let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+        assert_eq!(kinds.last(), Some(&"result"), "{text}");
+        let first_event = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(first_event).unwrap()["type"], "run-started", "{text}");
+        let started = text.find("run-started").unwrap();
+        let finished = text.find("run-finished").unwrap();
+        assert!(started < finished && finished < text.find("event: result").unwrap());
+
+        // In the background: 202, then poll the record until it is done.
+        let response =
+            client.post(url("/agents/probe/t3")).header("x-webhook", "true").body(body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let run_id = response.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()["runId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut record = Value::Null;
+        for _ in 0..200 {
+            record = client
+                .get(url(&format!("/runs/{run_id}")))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                .unwrap();
+            if record["status"] == "succeeded" || record["status"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["result"]["stdout"], "hi\n");
+
+        // Errors.
+        let status = |path: &'static str, body: String| {
+            let request = client.post(url(path)).body(body);
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("/agents/nope/x", "{}".into()).await, 404);
+        assert_eq!(status("/agents/hidden/x", "{}".into()).await, 404, "an agent that did not opt in");
+        assert_eq!(status("/agents/probe/x", "{not json".into()).await, 400);
+        assert_eq!(status("/agents/probe/x", format!("\"{}\"", "x".repeat(100_000))).await, 413);
+        let failed = client.post(url("/agents/probe/x")).body(r#"{"mode":"fail"}"#).send().await.unwrap();
+        assert_eq!(failed.status(), 500);
+        assert!(
+            failed.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .contains("failed")
+        );
+        assert_eq!(client.get(url("/runs/run_nope")).send().await.unwrap().status(), 404);
+        assert_eq!(client.get(url("/healthz")).send().await.unwrap().status(), 200);
+        let metrics = client.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("flue_runs_finished_total{outcome=\"succeeded\"} 3"), "{metrics}");
+        assert!(metrics.contains("flue_runs_finished_total{outcome=\"failed\"} 1"), "{metrics}");
+    });
+    assert_eq!(local_sandboxes(tmp.path()), 0, "runs leaked sandboxes");
+}
+
+#[test]
+fn a_token_is_required_off_loopback_and_checked_when_set() {
+    let (project, tmp) = (project(), scratch());
+    let refused = crate::support::output(flue().args(["serve"]).arg(project.path()).args(["--listen", "0.0.0.0:0"]));
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("needs a bearer token"), "{}", refused.stderr);
+    let server = Server::start("serve", project.path(), tmp.path(), &["--token", "s3cret-token"]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let post = |token: Option<&str>| {
+            let mut request =
+                client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"true"}"#);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(post(None).await, 401);
+        assert_eq!(post(Some("wrong")).await, 401);
+        assert_eq!(post(Some("s3cret-token")).await, 200);
+    });
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &["--max-concurrent", "1", "--queue", "0"]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/agents/probe/x", server.url);
+        let slow = client.post(&url).header("x-webhook", "true").body(r#"{"mode":"exec","command":"sleep 3"}"#);
+        assert_eq!(slow.send().await.unwrap().status(), 202);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = client.post(&url).body(r#"{"mode":"exec","command":"true"}"#).send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()["retry-after"], "1");
+    });
+}
+
+#[test]
+fn shutdown_lets_runs_finish_keeps_their_results_across_a_restart_and_leaks_no_sandbox() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    let client = reqwest::Client::new();
+    let runtime = rt();
+    let url = server.url.clone();
+    let (finishes, stopped) = runtime.block_on(async {
+        let start = |command: &str| {
+            let request = client
+                .post(format!("{url}/agents/probe/x"))
+                .header("x-webhook", "true")
+                .body(json!({"mode": "exec", "command": command}).to_string());
+            async move {
+                request
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                    .unwrap()["runId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        (start("sleep 1; echo finished").await, start("sleep 1; echo also").await)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(), 0, "the server did not stop cleanly");
+    assert_eq!(local_sandboxes(tmp.path()), 0, "shutdown leaked sandboxes");
+
+    // A new server on the same project (and run store) still has them.
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    runtime.block_on(async {
+        for (run_id, said) in [(finishes, "finished\n"), (stopped, "also\n")] {
+            let record: Value = client
+                .get(format!("{}/runs/{run_id}", server.url))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                .unwrap();
+            assert_eq!(record["status"], "succeeded", "{record}");
+            assert_eq!(record["result"]["stdout"], said);
+        }
+    });
+}
+
+#[test]
+fn flue_dev_rebuilds_an_agent_whose_source_changed() {
+    let (project, tmp) = (scratch(), scratch());
+    let agent = project.path().join("agents/greeter");
+    std::fs::create_dir_all(&agent).unwrap();
+    let source = |greeting: &str| {
+        format!(
+            "from wit_world import exports\n\nclass Run(exports.Run):\n    def run(self, context) -> str:\n        return '\"{greeting}\"'\n"
+        )
+    };
+    std::fs::write(agent.join("app.py"), source("first")).unwrap();
+    std::fs::write(project.path().join("flue.toml"), "[agents.greeter]\nwebhook = true\n").unwrap();
+    let server = Server::start("dev", project.path(), tmp.path(), &[]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let ask = || {
+            let request = client.post(format!("{}/agents/greeter/x", server.url)).body("{}");
+            async move {
+                request
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                    .unwrap()
+            }
+        };
+        assert_eq!(ask().await["result"], "first");
+        std::fs::write(agent.join("app.py"), source("second")).unwrap();
+        assert_eq!(ask().await["result"], "second", "flue dev did not pick up the edit");
+    });
+}
+
+#[test]
+fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &["--grace", "1"]);
+    let client = reqwest::Client::new();
+    let runtime = rt();
+    let run_id = runtime.block_on(async {
+        let request = client
+            .post(format!("{}/agents/probe/x", server.url))
+            .header("x-webhook", "true")
+            .body(json!({"mode": "exec", "command": "touch started; sleep 60"}).to_string());
+        request.send().await.unwrap().bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()
+            ["runId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(), 0);
+    assert_eq!(local_sandboxes(tmp.path()), 0, "the stopped run's sandbox was not deleted");
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    runtime.block_on(async {
+        let record = client
+            .get(format!("{}/runs/{run_id}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+            .unwrap();
+        assert_eq!(record["status"], "failed", "{record}");
+        assert!(record["error"].as_str().unwrap().contains("grace period ended"), "{record}");
+    });
+}
