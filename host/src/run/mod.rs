@@ -141,10 +141,9 @@ async fn execute(
     run_id: &str,
 ) -> Result<serde_json::Value, RunError> {
     let events = &services.events;
-    let component = runtime
-        .load_component(&run.wasm, &run.label, events)
+    let pre = runtime
+        .prepare_agent(&run.wasm, &run.label, events)
         .map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
-    let pre = runtime.agent_pre(&component).map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
 
     let stdout = GuestOutput::new("agent stdout", "info", events.clone());
     let stderr = GuestOutput::new("agent stderr", "warn", events.clone());
@@ -160,7 +159,7 @@ async fn execute(
     });
 
     let (id, payload) = (run.id.clone(), run.payload.clone());
-    let outcome = match &pre {
+    let outcome = match pre.as_ref() {
         AnyAgentPre::Current(pre) => {
             async {
                 let agent = pre.instantiate_async(&mut store).await?;

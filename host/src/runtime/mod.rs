@@ -53,7 +53,13 @@ pub struct Runtime {
     cache: ComponentCache,
     agent_linker: Linker<AgentState>,
     connector_linker: Linker<ConnectorState>,
+    /// Agents already compiled and type-checked, by the SHA-256 of their
+    /// bytes: a server runs the same agent again without loading it again.
+    prepared: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Arc<AnyAgentPre>>>,
 }
+
+/// Agents kept prepared at once (past this, the memo starts over).
+const MAX_PREPARED: usize = 64;
 
 impl Runtime {
     /// A runtime caching compiled components in `cache_dir` (`None`: no cache).
@@ -78,7 +84,7 @@ impl Runtime {
         })
         .map_err(wasm_error)?;
 
-        Ok(Runtime { engine, limits, cache, agent_linker, connector_linker })
+        Ok(Runtime { engine, limits, cache, agent_linker, connector_linker, prepared: Default::default() })
     }
 
     /// Compile (or load from the cache) a component. Compiling shows as a
@@ -91,6 +97,29 @@ impl Runtime {
         drop(progress);
         tracing::debug!("{label}: {}", if outcome == CacheOutcome::Hit { "loaded precompiled" } else { "compiled" });
         Ok(component)
+    }
+
+    /// An agent compiled (or loaded from the cache) and type-checked, ready
+    /// to instantiate; the same bytes again reuse the same `InstancePre`.
+    pub fn prepare_agent(
+        &self,
+        bytes: &[u8],
+        label: &str,
+        events: &EventLog,
+    ) -> anyhow::Result<std::sync::Arc<AnyAgentPre>> {
+        use sha2::Digest as _;
+        let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        if let Some(pre) = self.prepared.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(pre.clone());
+        }
+        let component = self.load_component(bytes, label, events)?;
+        let pre = std::sync::Arc::new(self.agent_pre(&component)?);
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if prepared.len() >= MAX_PREPARED {
+            prepared.clear();
+        }
+        prepared.insert(key, pre.clone());
+        Ok(pre)
     }
 
     /// Type-check an agent against the agent world (the current version,
