@@ -190,3 +190,55 @@ fn python_and_javascript_coders_match_rust() {
     assert_eq!(results[1], results[0], "python differs from rust");
     assert_eq!(results[2], results[0], "javascript differs from rust");
 }
+
+/// `flue dev` reads `--env` files again when they change: the next run uses
+/// the new settings, without a restart.
+#[test]
+fn flue_dev_reloads_changed_env_files() {
+    use std::io::{BufRead, BufReader};
+    let rt = runtime();
+    let (first, second) = (
+        rt.block_on(ModelServer::start(coder_script(false))).unwrap(),
+        rt.block_on(ModelServer::start(coder_script(false))).unwrap(),
+    );
+    let (project, tmp) = (scratch(), scratch());
+    std::fs::create_dir(project.path().join("agents")).unwrap();
+    std::fs::copy(example("coder"), project.path().join("agents/coder.wasm")).unwrap();
+    std::fs::write(project.path().join("flue.toml"), "[agents.coder]\nwebhook = true\n").unwrap();
+    let env = project.path().join(".env.local");
+    let write_env = |server: &ModelServer| {
+        std::fs::write(&env, format!("ANTHROPIC_BASE_URL={}\nANTHROPIC_API_KEY={KEY}\n", server.url())).unwrap();
+    };
+    write_env(&first);
+    let mut child = flue()
+        .arg("dev")
+        .arg(project.path())
+        .args(["--listen", "127.0.0.1:0", "--isolation", "none", "--env"])
+        .arg(&env)
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split("listening on ").nth(1).unwrap().trim().to_string();
+    let ask = || {
+        let client = reqwest::Client::new();
+        let request =
+            client.post(format!("{url}/agents/coder/x")).body(json!({"model": "anthropic/claude-test"}).to_string());
+        rt.block_on(async move {
+            let bytes = request.send().await.unwrap().bytes().await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        })
+    };
+    assert_eq!(ask()["result"]["tests"], "PASS");
+    assert_eq!((first.requests().len(), second.requests().len()), (4, 0));
+    // mtime resolution: make the change visible.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_env(&second);
+    let answer = ask();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer["result"]["tests"], "PASS", "{answer}");
+    assert_eq!(second.requests().len(), 4, "flue dev kept the old --env settings");
+}

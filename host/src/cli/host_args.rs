@@ -12,7 +12,7 @@ use crate::sandbox::local::{Isolation, IsolationSetting, SandboxLimits, probe_bu
 use crate::sandbox::{BuiltinSettings, builtin_backends};
 
 /// Where connectors, configuration and the local sandbox come from.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct HostArgs {
     /// Directory of connector components (*.wasm).
     #[arg(long, value_name = "DIR", env = "FLUE_CONNECTORS")]

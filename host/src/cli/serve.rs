@@ -91,6 +91,19 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
         ..Limits::default()
     };
     let host = args.host.host(limits.clone()).await?;
+    let reload = dev.then(|| {
+        let mut watch = args.host.env_files.clone();
+        watch.push(PathBuf::from(".env"));
+        watch.push(host.registry().dir().to_path_buf());
+        let (host_args, limits) = (args.host.clone(), limits.clone());
+        crate::serve::Reload {
+            build: Box::new(move || {
+                let (host_args, limits) = (host_args.clone(), limits.clone());
+                Box::pin(async move { host_args.host(limits).await.map_err(|failure| failure.error) })
+            }),
+            watch,
+        }
+    });
     let config = ServeConfig {
         listen,
         store: args.store.clone().unwrap_or_else(|| args.project.join(".flue").join("runs.sqlite")),
@@ -105,6 +118,6 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
         retention: args.retention.max(1),
         dev,
     };
-    crate::serve::serve(host, config).await?;
+    crate::serve::serve(host, config, reload).await?;
     Ok(())
 }

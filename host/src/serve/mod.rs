@@ -78,8 +78,40 @@ struct Metrics {
     duration_ms_sum: AtomicU64,
 }
 
+/// Builds a fresh host (configuration and connectors read again).
+pub type BuildHost =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Host>> + Send>> + Send + Sync>;
+
+/// What a [`Reload`] saw last: each watched path's modification time.
+type Fingerprint = Vec<(PathBuf, Option<std::time::SystemTime>)>;
+
+/// `flue dev`: how to build the host again, and what to watch for that.
+pub struct Reload {
+    /// Builds a fresh host.
+    pub build: BuildHost,
+    /// Files and directories whose change calls for a new host (`--env`
+    /// files, `.env`, the connectors directory).
+    pub watch: Vec<PathBuf>,
+}
+
+/// Modification times of what a [`Reload`] watches (directories: of their entries).
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    let mut seen = Vec::new();
+    for path in paths {
+        seen.push((path.clone(), std::fs::metadata(path).and_then(|m| m.modified()).ok()));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            let mut inner: Vec<_> =
+                entries.flatten().map(|e| (e.path(), e.metadata().and_then(|m| m.modified()).ok())).collect();
+            inner.sort();
+            seen.extend(inner);
+        }
+    }
+    seen
+}
+
 struct ServerState {
-    host: Host,
+    host: std::sync::RwLock<Host>,
+    reload: Option<(Reload, tokio::sync::Mutex<Fingerprint>)>,
     config: ServeConfig,
     agents: Mutex<HashMap<String, agents::AgentEntry>>,
     store: store::RunStore,
@@ -99,7 +131,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Serve until SIGINT or SIGTERM, then shut down gracefully. Prints the
 /// base URL once listening.
-pub async fn serve(host: Host, config: ServeConfig) -> anyhow::Result<()> {
+pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
@@ -107,8 +139,13 @@ pub async fn serve(host: Host, config: ServeConfig) -> anyhow::Result<()> {
     let found = agents::discover(&config.project)?;
     let store = store::RunStore::open(&config.store, config.retention)?;
     let (cancel_tx, cancel) = watch::channel(false);
+    let reload = reload.map(|reload| {
+        let seen = fingerprint(&reload.watch);
+        (reload, tokio::sync::Mutex::new(seen))
+    });
     let state = Arc::new(ServerState {
-        host,
+        host: std::sync::RwLock::new(host),
+        reload,
         agents: Mutex::new(found),
         store,
         metrics: Metrics::default(),
@@ -284,6 +321,21 @@ async fn admit(
         && let Ok(found) = agents::discover(&state.config.project)
     {
         *state.agents.lock().expect("lock") = found;
+    }
+    if let Some((reload, seen)) = &state.reload {
+        let mut seen = seen.lock().await;
+        let now = fingerprint(&reload.watch);
+        if *seen != now {
+            // Runs in flight keep the host they started with.
+            match (reload.build)().await {
+                Ok(host) => {
+                    *state.host.write().unwrap_or_else(|e| e.into_inner()) = host;
+                    eprintln!("flue: configuration or connectors changed: reloaded");
+                }
+                Err(err) => eprintln!("flue: could not reload the configuration or connectors: {err:#}"),
+            }
+            *seen = now;
+        }
     }
     let Some(agent) = state.agents.lock().expect("lock").get(name).cloned().filter(|a| a.manifest.webhook) else {
         return error(
@@ -465,7 +517,8 @@ impl RunTask {
             let _ = cancel.wait_for(|stop| *stop).await;
             "the server shut down and its grace period ended".to_string()
         };
-        let outcome = self.state.host.run_until(run, events.clone(), stop).await;
+        let host = self.state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcome = host.run_until(run, events.clone(), stop).await;
         outcome.result.map_err(|err| format!("{:#}", anyhow::Error::new(err)))
     }
 }
