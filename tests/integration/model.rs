@@ -242,3 +242,52 @@ fn flue_dev_reloads_changed_env_files() {
     assert_eq!(answer["result"]["tests"], "PASS", "{answer}");
     assert_eq!(second.requests().len(), 4, "flue dev kept the old --env settings");
 }
+
+/// A second prompt continues the conversation; a schema gives checked JSON;
+/// `tools` narrows what the model may use; usage adds up over turns.
+#[test]
+fn prompts_continue_the_conversation_and_schemas_give_json() {
+    let rt = runtime();
+    let script = Script {
+        turns: vec![
+            Turn { text: Some("Noted: the number is 7.".into()), usage: Some((10, 3)), ..Default::default() },
+            calls(vec![tool("bash", json!({"command": "echo not allowed"}))]),
+            Turn { text: Some("```json\n{\"number\": 7}\n```".into()), usage: Some((30, 5)), ..Default::default() },
+        ],
+    };
+    let server = rt.block_on(ModelServer::start(script)).unwrap();
+    let tmp = scratch();
+    let payload = json!({
+        "mode": "prompt",
+        "model": "openai/gpt-test",
+        "prompts": ["Remember the number 7.", "What was the number?"],
+        "schema": {"type": "object", "properties": {"number": {"type": "integer"}}},
+        "tools": ["read"],
+        "system": "You are terse.",
+    });
+    let out = output(
+        flue()
+            .args(["run"])
+            .arg(crate::support::fixture("probe"))
+            .args(["--events", "json", "--payload", &payload.to_string()])
+            .env("TMPDIR", tmp.path())
+            .env("OPENAI_BASE_URL", format!("{}/v1", server.url()))
+            .env("OPENAI_API_KEY", KEY),
+    );
+    let answers = out.ok();
+    // The first answer is not JSON: the schema makes it a provider error.
+    assert!(answers[0]["error"].as_str().unwrap().contains("not the JSON the schema asks for"), "{answers}");
+    assert_eq!(answers[1]["json"], "{\"number\":7}", "{answers}");
+    assert_eq!(answers[1]["turns"], 2);
+    let requests = server.requests();
+    let last = &requests[2].body;
+    // The conversation went on: the first exchange is in the third request.
+    let messages = last["messages"].to_string();
+    assert!(messages.contains("Remember the number 7.") && messages.contains("Noted: the number is 7."), "{messages}");
+    // Only `read` was offered; the model's bash call came back as an error.
+    let offered: Vec<&str> =
+        last["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(offered, ["read"]);
+    assert!(messages.contains("the tool bash is not available here"), "{messages}");
+    assert!(last["messages"][0]["content"].as_str().unwrap().starts_with("You are terse."));
+}
