@@ -51,6 +51,23 @@ fn sleeping_probe(tmp: &Path) -> Command {
     flue_probe(json!({"mode": "exec", "command": "touch started; sleep 60"}), &["--isolation", "none"], tmp)
 }
 
+/// A probe run on Daytona whose command sleeps, once its sandbox exists
+/// and the command has had time to reach the toolbox.
+fn sleeping_on_daytona(daytona: &TestDaytona, tmp: &Path) -> Child {
+    let payload = json!({"mode": "exec", "command": "sleep 60"}).to_string();
+    let mut command = daytona.flue();
+    command
+        .arg("run")
+        .arg(fixture("probe"))
+        .args(["--sandbox", "daytona", "--events", "json", "--payload", &payload, "--connectors"])
+        .arg(daytona.connectors.path())
+        .env("TMPDIR", tmp);
+    let child = spawn(&mut command);
+    wait_for("the Daytona sandbox", || !daytona.server.sandbox_ids().is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
 #[test]
 fn sigint_mid_command_stops_the_run_and_deletes_its_sandbox() {
     let tmp = scratch();
@@ -69,18 +86,7 @@ fn sigint_mid_command_stops_the_run_and_deletes_its_sandbox() {
 fn sigterm_mid_command_deletes_the_daytona_sandbox_too() {
     let daytona = TestDaytona::start();
     let tmp = scratch();
-    let payload = json!({"mode": "exec", "command": "sleep 60"}).to_string();
-    let mut command = daytona.flue();
-    command
-        .arg("run")
-        .arg(fixture("probe"))
-        .args(["--sandbox", "daytona", "--events", "json", "--payload", &payload, "--connectors"])
-        .arg(daytona.connectors.path())
-        .env("TMPDIR", tmp.path());
-    let child = spawn(&mut command);
-    wait_for("the Daytona sandbox", || !daytona.server.sandbox_ids().is_empty());
-    // Let the command reach the toolbox.
-    std::thread::sleep(Duration::from_millis(500));
+    let child = sleeping_on_daytona(&daytona, tmp.path());
     signal(&child, libc::SIGTERM);
     let (code, stderr) = finish(child);
     assert_eq!(code, 143, "{stderr}");
@@ -129,17 +135,7 @@ fn a_killed_runs_sandbox_is_orphaned_and_gc_deletes_it_but_never_a_kept_one() {
 fn a_second_signal_exits_at_once_and_says_what_may_be_left() {
     let daytona = TestDaytona::start();
     let tmp = scratch();
-    let payload = json!({"mode": "exec", "command": "sleep 60"}).to_string();
-    let mut command = daytona.flue();
-    command
-        .arg("run")
-        .arg(fixture("probe"))
-        .args(["--sandbox", "daytona", "--events", "none", "--payload", &payload, "--connectors"])
-        .arg(daytona.connectors.path())
-        .env("TMPDIR", tmp.path());
-    let child = spawn(&mut command);
-    wait_for("the Daytona sandbox", || !daytona.server.sandbox_ids().is_empty());
-    std::thread::sleep(Duration::from_millis(500));
+    let child = sleeping_on_daytona(&daytona, tmp.path());
     // Cleanup will be slow: the second signal must not wait for it.
     daytona.faults().set_latency_ms(5000);
     signal(&child, libc::SIGINT);

@@ -64,6 +64,19 @@ fn project() -> tempfile::TempDir {
     dir
 }
 
+/// A response body as JSON.
+trait BodyJson {
+    async fn body_json(self) -> Value;
+}
+
+impl BodyJson for reqwest::Response {
+    async fn body_json(self) -> Value {
+        let bytes = self.bytes().await.expect("a body");
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&bytes)))
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -84,18 +97,10 @@ fn webhooks_answer_sync_streamed_and_in_the_background_with_clear_errors() {
         let response = client.post(url("/agents/probe/t1")).body(body.clone()).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let run_id = response.headers()["x-flue-run-id"].to_str().unwrap().to_string();
-        let answer: Value = response.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap();
+        let answer: Value = response.body_json().await;
         assert_eq!(answer["result"]["stdout"], "hi\n", "{answer}");
         // The record, with its events.
-        let record: Value = client
-            .get(url(&format!("/runs/{run_id}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-            .unwrap();
+        let record: Value = client.get(url(&format!("/runs/{run_id}"))).send().await.unwrap().body_json().await;
         assert_eq!(record["status"], "succeeded", "{record}");
         assert!(record["events"].as_array().unwrap().iter().any(|e| e["op"] == "exec"), "{record}");
 
@@ -121,21 +126,10 @@ fn webhooks_answer_sync_streamed_and_in_the_background_with_clear_errors() {
         let response =
             client.post(url("/agents/probe/t3")).header("x-webhook", "true").body(body).send().await.unwrap();
         assert_eq!(response.status(), 202);
-        let run_id = response.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()["runId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let run_id = response.body_json().await["runId"].as_str().unwrap().to_string();
         let mut record = Value::Null;
         for _ in 0..200 {
-            record = client
-                .get(url(&format!("/runs/{run_id}")))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-                .unwrap();
+            record = client.get(url(&format!("/runs/{run_id}"))).send().await.unwrap().body_json().await;
             if record["status"] == "succeeded" || record["status"] == "failed" {
                 break;
             }
@@ -155,12 +149,7 @@ fn webhooks_answer_sync_streamed_and_in_the_background_with_clear_errors() {
         assert_eq!(status("/agents/probe/x", format!("\"{}\"", "x".repeat(100_000))).await, 413);
         let failed = client.post(url("/agents/probe/x")).body(r#"{"mode":"fail"}"#).send().await.unwrap();
         assert_eq!(failed.status(), 500);
-        assert!(
-            failed.bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()["error"]
-                .as_str()
-                .unwrap()
-                .contains("failed")
-        );
+        assert!(failed.body_json().await["error"].as_str().unwrap().contains("failed"));
         assert_eq!(client.get(url("/runs/run_nope")).send().await.unwrap().status(), 404);
         assert_eq!(client.get(url("/healthz")).send().await.unwrap().status(), 200);
         let metrics = client.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -222,19 +211,7 @@ fn shutdown_lets_runs_finish_keeps_their_results_across_a_restart_and_leaks_no_s
                 .post(format!("{url}/agents/probe/x"))
                 .header("x-webhook", "true")
                 .body(json!({"mode": "exec", "command": command}).to_string());
-            async move {
-                request
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-                    .unwrap()["runId"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            }
+            async move { request.send().await.unwrap().body_json().await["runId"].as_str().unwrap().to_string() }
         };
         (start("sleep 1; echo finished").await, start("sleep 1; echo also").await)
     });
@@ -247,15 +224,8 @@ fn shutdown_lets_runs_finish_keeps_their_results_across_a_restart_and_leaks_no_s
     let server = Server::start("serve", project.path(), tmp.path(), &[]);
     runtime.block_on(async {
         for (run_id, said) in [(finishes, "finished\n"), (stopped, "also\n")] {
-            let record: Value = client
-                .get(format!("{}/runs/{run_id}", server.url))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-                .unwrap();
+            let record: Value =
+                client.get(format!("{}/runs/{run_id}", server.url)).send().await.unwrap().body_json().await;
             assert_eq!(record["status"], "succeeded", "{record}");
             assert_eq!(record["result"]["stdout"], said);
         }
@@ -279,16 +249,7 @@ fn flue_dev_rebuilds_an_agent_whose_source_changed() {
         let client = reqwest::Client::new();
         let ask = || {
             let request = client.post(format!("{}/agents/greeter/x", server.url)).body("{}");
-            async move {
-                request
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-                    .unwrap()
-            }
+            async move { request.send().await.unwrap().body_json().await }
         };
         assert_eq!(ask().await["result"], "first");
         std::fs::write(agent.join("app.py"), source("second")).unwrap();
@@ -307,11 +268,7 @@ fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
             .post(format!("{}/agents/probe/x", server.url))
             .header("x-webhook", "true")
             .body(json!({"mode": "exec", "command": "touch started; sleep 60"}).to_string());
-        request.send().await.unwrap().bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()
-            ["runId"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        request.send().await.unwrap().body_json().await["runId"].as_str().unwrap().to_string()
     });
     std::thread::sleep(Duration::from_millis(800));
     server.signal(libc::SIGTERM);
@@ -319,15 +276,7 @@ fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
     assert_eq!(local_sandboxes(tmp.path()), 0, "the stopped run's sandbox was not deleted");
     let server = Server::start("serve", project.path(), tmp.path(), &[]);
     runtime.block_on(async {
-        let record = client
-            .get(format!("{}/runs/{run_id}", server.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-            .unwrap();
+        let record = client.get(format!("{}/runs/{run_id}", server.url)).send().await.unwrap().body_json().await;
         assert_eq!(record["status"], "failed", "{record}");
         assert!(record["error"].as_str().unwrap().contains("grace period ended"), "{record}");
     });
