@@ -121,12 +121,14 @@ fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     println!("flue serve, hello as a webhook, {requests} requests per phase (loopback)");
     println!(
-        "{:<10} {:<14} {:>8} {:>9} {:>9} {:>7} {:>16}",
-        "sandbox", "phase", "req/s", "p50 ms", "p99 ms", "errors", "RSS MiB (now)"
+        "{:<20} {:<14} {:>8} {:>9} {:>9} {:>7} {:>16}",
+        "sandbox, allocator", "phase", "req/s", "p50 ms", "p99 ms", "errors", "RSS MiB (now)"
     );
-    for sandbox in ["local", "daytona"] {
+    // The local sandbox with each instance allocator, then Daytona (pooling).
+    for (sandbox, allocator) in [("local", "on-demand"), ("local", "pooling"), ("daytona", "pooling")] {
         let tmp = tempfile::tempdir()?;
-        let mut args = vec!["--sandbox", sandbox, "--max-concurrent", "64", "--queue", "2000"];
+        let mut args =
+            vec!["--sandbox", sandbox, "--max-concurrent", "64", "--queue", "2000", "--allocator", allocator];
         let connectors_dir = connectors.path().to_string_lossy().into_owned();
         if sandbox == "daytona" {
             args.extend(["--connectors", &connectors_dir]);
@@ -136,11 +138,12 @@ fn main() -> anyhow::Result<()> {
         let pid = server.child.id();
         runtime.block_on(phase(&client, &server.url, 5, 1)); // warm the compiled-component cache
         let before = rss(pid).0;
-        println!("{sandbox:<10} {:<14} {:>8} {:>9} {:>9} {:>7} {:>16.0}", "(start)", "", "", "", "", before);
+        let label = format!("{sandbox}, {allocator}");
+        println!("{label:<20} {:<14} {:>8} {:>9} {:>9} {:>7} {:>16.0}", "(start)", "", "", "", "", before);
         for (name, concurrency) in [("sequential", 1), ("50 concurrent", 50)] {
             let p = runtime.block_on(phase(&client, &server.url, requests, concurrency));
             println!(
-                "{sandbox:<10} {name:<14} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>16.0}",
+                "{label:<20} {name:<14} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>16.0}",
                 p.per_second,
                 p.p50,
                 p.p99,
@@ -152,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             let p = runtime.block_on(phase(&client, &server.url, 1000, 1000));
             let (now, peak) = rss(pid);
             println!(
-                "{sandbox:<10} {:<14} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>16.0}",
+                "{label:<20} {:<14} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>16.0}",
                 "1000 at once", p.per_second, p.p50, p.p99, p.errors, now
             );
             println!(

@@ -33,6 +33,7 @@ pub struct HostBuilder {
     connectors_dir: Option<PathBuf>,
     config: HashMap<String, String>,
     backends: Vec<Arc<dyn Connector>>,
+    pooling: Option<crate::runtime::engine::Pooling>,
 }
 
 impl Default for HostBuilder {
@@ -50,7 +51,15 @@ impl HostBuilder {
             connectors_dir: None,
             config: HashMap::new(),
             backends: Vec::new(),
+            pooling: None,
         }
+    }
+
+    /// Pool instances for `runs` concurrent runs (a server), falling back to
+    /// on-demand allocation where the machine refuses the reservations.
+    pub fn pooling(mut self, runs: Option<u32>) -> Self {
+        self.pooling = runs.map(|runs| crate::runtime::engine::Pooling { runs });
+        self
     }
 
     /// The limits runs and connectors get.
@@ -91,7 +100,7 @@ impl HostBuilder {
 
     /// Create the engine and the registry.
     pub fn build(self) -> anyhow::Result<Host> {
-        let runtime = Arc::new(Runtime::new(self.cache_dir, self.limits)?);
+        let runtime = Arc::new(Runtime::new(self.cache_dir, self.limits, self.pooling)?);
         let dir = self.connectors_dir.unwrap_or_else(default_connectors_dir);
         let registry = Arc::new(ConnectorRegistry::new(runtime.clone(), dir, self.backends, self.config));
         Ok(Host { runtime, registry })

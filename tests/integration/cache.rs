@@ -10,7 +10,7 @@ use crate::support::{example, scratch};
 #[test]
 fn a_second_load_is_served_from_the_cache() {
     let dir = scratch();
-    let engine = flue::runtime::engine::new_engine().unwrap();
+    let (engine, _) = flue::runtime::engine::new_engine(None).unwrap();
     let cache = ComponentCache::new(&engine, Some(dir.path().to_path_buf()));
     let bytes = std::fs::read(example("hello")).unwrap();
 
@@ -28,7 +28,7 @@ fn a_second_load_is_served_from_the_cache() {
 #[test]
 fn entries_writable_by_others_are_not_trusted() {
     let dir = scratch();
-    let engine = flue::runtime::engine::new_engine().unwrap();
+    let (engine, _) = flue::runtime::engine::new_engine(None).unwrap();
     let cache = ComponentCache::new(&engine, Some(dir.path().to_path_buf()));
     let bytes = std::fs::read(example("hello")).unwrap();
     cache.load(&engine, &bytes, || ()).unwrap();

@@ -281,3 +281,47 @@ fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
         assert!(record["error"].as_str().unwrap().contains("grace period ended"), "{record}");
     });
 }
+
+/// The pooling allocator where the machine grants its reservations, and
+/// on-demand allocation (with a warning) where it does not: here an address
+/// space limit refuses the pool's reservation.
+#[test]
+fn the_pooling_allocator_falls_back_when_its_reservation_is_refused() {
+    let (project, tmp) = (project(), scratch());
+    let health = |server: &Server| {
+        rt().block_on(async { reqwest::get(format!("{}/healthz", server.url)).await.unwrap().body_json().await })
+    };
+    let default = Server::start("serve", project.path(), tmp.path(), &[]);
+    assert_eq!(health(&default)["allocator"], "on-demand");
+    drop(default);
+    let pooled = Server::start("serve", project.path(), tmp.path(), &["--allocator", "pooling"]);
+    assert_eq!(health(&pooled)["allocator"], "pooling");
+    drop(pooled);
+
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_flue"));
+    let stderr_file = tmp.path().join("serve.stderr");
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -v 16777216; exec \"$0\" serve \"$1\" --listen 127.0.0.1:0 --isolation none --allocator pooling 2>\"$2\"")
+        .arg(&binary)
+        .arg(project.path())
+        .arg(&stderr_file)
+        .env("TMPDIR", tmp.path())
+        .env("FLUE_CACHE_DIR", crate::support::cache_dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    let server = Server { url: first.split("listening on ").nth(1).expect("a URL line").trim().to_string(), child };
+    assert_eq!(health(&server)["allocator"], "on-demand");
+    let answer = rt().block_on(async {
+        let client = reqwest::Client::new();
+        let request =
+            client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"echo ok"}"#);
+        request.send().await.unwrap().body_json().await
+    });
+    assert_eq!(answer["result"]["stdout"], "ok\n", "{answer}");
+    let warned = std::fs::read_to_string(&stderr_file).unwrap();
+    assert!(warned.contains("the pooling allocator is not available here"), "{warned}");
+}

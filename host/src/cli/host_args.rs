@@ -76,6 +76,12 @@ pub enum ExecMode {
 impl HostArgs {
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
+        self.host_pooled(limits, None).await
+    }
+
+    /// The host these flags describe, with `limits`, pooling instances for
+    /// `pooled_runs` concurrent runs when given (a server).
+    pub async fn host_pooled(&self, limits: Limits, pooled_runs: Option<u32>) -> Result<Host, Failure> {
         let config = crate::config::load(&self.env_files, std::env::vars()).map_err(usage)?;
         let cache_dir = self.cache_dir.clone().or_else(ComponentCache::default_dir);
         let isolation = match self.isolation {
@@ -94,8 +100,12 @@ impl HostArgs {
         };
         let sandbox_limits = SandboxLimits { max_processes: self.max_processes, ..SandboxLimits::default() };
         let settings = BuiltinSettings { isolation, workdir: self.workdir.clone(), limits: sandbox_limits, supervisor };
-        let mut builder =
-            HostBuilder::new().limits(limits).cache_dir(cache_dir).config(config).backends(builtin_backends(&settings));
+        let mut builder = HostBuilder::new()
+            .limits(limits)
+            .cache_dir(cache_dir)
+            .config(config)
+            .backends(builtin_backends(&settings))
+            .pooling(pooled_runs);
         if let Some(dir) = &self.connectors {
             builder = builder.connectors_dir(dir);
         }

@@ -65,6 +65,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub store: Option<PathBuf>,
 
+    /// Instance allocation: `on-demand` maps memory per instance; `pooling`
+    /// reserves it for --max-concurrent runs up front (falls back to
+    /// on-demand where the machine refuses the reservation). Measured with
+    /// `hello`, sandbox setup dominates and pooling gains nothing, so it is
+    /// not the default.
+    #[arg(long, value_enum, default_value = "on-demand")]
+    pub allocator: Allocator,
+
     /// Runs the store keeps (the newest).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub retention: usize,
@@ -72,6 +80,15 @@ pub struct ServeArgs {
     /// Host flags.
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+/// `--allocator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Allocator {
+    /// wasmtime's pooling allocator.
+    Pooling,
+    /// Memory mapped per instance.
+    OnDemand,
 }
 
 /// Run the server; `dev` rebuilds agents and re-reads the project per request.
@@ -90,7 +107,8 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
         agent_memory: args.memory.saturating_mul(1024 * 1024),
         ..Limits::default()
     };
-    let host = args.host.host(limits.clone()).await?;
+    let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
+    let host = args.host.host_pooled(limits.clone(), pooled_runs).await?;
     let reload = dev.then(|| {
         let mut watch = args.host.env_files.clone();
         watch.push(PathBuf::from(".env"));
@@ -99,7 +117,9 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
         crate::serve::Reload {
             build: Box::new(move || {
                 let (host_args, limits) = (host_args.clone(), limits.clone());
-                Box::pin(async move { host_args.host(limits).await.map_err(|failure| failure.error) })
+                Box::pin(
+                    async move { host_args.host_pooled(limits, pooled_runs).await.map_err(|failure| failure.error) },
+                )
             }),
             watch,
         }

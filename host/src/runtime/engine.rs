@@ -21,8 +21,49 @@ pub struct DeadlineExceeded {
     pub limit: Duration,
 }
 
-/// Create the engine and start its epoch ticker.
-pub fn new_engine() -> anyhow::Result<Engine> {
+/// Sizes of the pooling instance allocator (for servers, which instantiate
+/// the same components again and again, many at once).
+#[derive(Clone, Copy, Debug)]
+pub struct Pooling {
+    /// Runs at once; each may hold an agent and a few connector instances.
+    pub runs: u32,
+}
+
+/// Component instances pooled per run (the agent and its connectors).
+const INSTANCES_PER_RUN: u32 = 8;
+
+/// Create the engine and start its epoch ticker: with the pooling allocator
+/// when asked for and the machine grants its virtual memory reservations,
+/// else the default on-demand allocator. Whether it pooled comes back too.
+pub fn new_engine(pooling: Option<Pooling>) -> anyhow::Result<(Engine, bool)> {
+    if let Some(pooling) = pooling {
+        let mut config = base_config();
+        let instances = pooling.runs.max(1).saturating_mul(INSTANCES_PER_RUN);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(16))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            // wasm32's largest memory: the store limiter, not the pool, caps each one.
+            .max_memory_size(4 << 30);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&config) {
+            Ok(engine) => {
+                start_epoch_ticker(&engine);
+                return Ok((engine, true));
+            }
+            Err(err) => tracing::warn!(
+                "the pooling allocator is not available here ({err:#}); instances are allocated on demand instead"
+            ),
+        }
+    }
+    let engine = Engine::new(&base_config()).map_err(wasm_error)?;
+    start_epoch_ticker(&engine);
+    Ok((engine, false))
+}
+
+fn base_config() -> Config {
     let mut config = Config::new();
     // Epoch interruption is how deadlines stop CPU-bound guests; tokio
     // timeouts alone cannot pre-empt wasm.
@@ -31,9 +72,7 @@ pub fn new_engine() -> anyhow::Result<Engine> {
     // call ~4x slower (wasmtime PR #14189).
     config.concurrency_support(false);
     config.cranelift_opt_level(OptLevel::Speed);
-    let engine = Engine::new(&config).map_err(wasm_error)?;
-    start_epoch_ticker(&engine);
-    Ok(engine)
+    config
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] on a thread that holds only

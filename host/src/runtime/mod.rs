@@ -53,6 +53,8 @@ pub struct Runtime {
     cache: ComponentCache,
     agent_linker: Linker<AgentState>,
     connector_linker: Linker<ConnectorState>,
+    /// Whether instances come from the pooling allocator.
+    pub pooled: bool,
     /// Agents already compiled and type-checked, by the SHA-256 of their
     /// bytes: a server runs the same agent again without loading it again.
     prepared: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Arc<AnyAgentPre>>>,
@@ -62,9 +64,11 @@ pub struct Runtime {
 const MAX_PREPARED: usize = 64;
 
 impl Runtime {
-    /// A runtime caching compiled components in `cache_dir` (`None`: no cache).
-    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> anyhow::Result<Self> {
-        let engine = new_engine()?;
+    /// A runtime caching compiled components in `cache_dir` (`None`: no
+    /// cache), with the pooling allocator when `pooling` asks for it and the
+    /// machine allows it.
+    pub fn new(cache_dir: Option<PathBuf>, limits: Limits, pooling: Option<engine::Pooling>) -> anyhow::Result<Self> {
+        let (engine, pooled) = new_engine(pooling)?;
         let cache = ComponentCache::new(&engine, cache_dir);
 
         let mut agent_linker = Linker::new(&engine);
@@ -84,7 +88,7 @@ impl Runtime {
         })
         .map_err(wasm_error)?;
 
-        Ok(Runtime { engine, limits, cache, agent_linker, connector_linker, prepared: Default::default() })
+        Ok(Runtime { engine, limits, cache, agent_linker, connector_linker, prepared: Default::default(), pooled })
     }
 
     /// Compile (or load from the cache) a component. Compiling shows as a

@@ -165,7 +165,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     let app = Router::new()
         .route("/agents/{name}/{id}", post(invoke))
         .route("/runs/{run_id}", get(run_record))
-        .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(config.body_limit))
@@ -232,6 +232,11 @@ async fn authorize(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
+    let pooled = state.host.read().unwrap_or_else(|e| e.into_inner()).runtime().pooled;
+    Json(json!({"ok": true, "allocator": if pooled { "pooling" } else { "on-demand" }})).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
