@@ -90,6 +90,16 @@ pub(crate) struct Runner {
     supervisor: tokio::sync::Mutex<Option<Arc<Supervisor>>>,
 }
 
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // The supervisor owns the sandbox's processes: stop and reap it
+        // first. Left to field order, the cgroup (in `enforced`) would kill
+        // its bubblewrap and wait for the cgroup to empty while nobody reaps
+        // it, a zombie for up to 100 ms.
+        self.supervisor.get_mut().take();
+    }
+}
+
 /// A command that was started: its output readers and how to wait for it.
 struct Running {
     stdout: tokio::task::JoinHandle<String>,
