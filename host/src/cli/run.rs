@@ -126,27 +126,17 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
 /// stored in `code`: 130 or 143), so that the run stops and deletes its
 /// sandboxes; a second signal then exits at once, saying what may be left.
 async fn stop_on_signal(code: std::sync::Arc<std::sync::atomic::AtomicI32>) -> String {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return std::future::pending().await;
-    };
-    let (reason, exit) = tokio::select! {
-        _ = interrupt.recv() => ("interrupted by SIGINT", 130),
-        _ = terminate.recv() => ("terminated by SIGTERM", 143),
-    };
-    code.store(exit, std::sync::atomic::Ordering::Relaxed);
-    eprintln!("flue: {reason}: stopping the agent and deleting its sandboxes (send it again to exit at once)");
+    let mut signals = crate::run::signals::StopSignals::new();
+    let first = signals.next().await;
+    code.store(first.exit_code, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("flue: {}: stopping the agent and deleting its sandboxes (send it again to exit at once)", first.reason);
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
-        }
+        signals.next().await;
         eprintln!(
             "flue: exiting at once; sandboxes this run created may be left behind: \
              `flue sandboxes gc` deletes them"
         );
-        std::process::exit(exit);
+        std::process::exit(first.exit_code);
     });
-    reason.to_string()
+    first.reason.to_string()
 }

@@ -9,6 +9,7 @@ pub mod imports;
 pub mod ownership;
 mod prompt;
 pub mod sandboxes;
+pub mod signals;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

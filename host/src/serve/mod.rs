@@ -180,7 +180,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
 
     let grace = config.grace;
     let shutdown = async move {
-        let reason = first_signal().await;
+        let reason = crate::run::signals::StopSignals::new().next().await.reason;
         eprintln!("flue: {reason}: no new runs; letting runs in flight finish (up to {} s)", grace.as_secs());
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -199,19 +199,6 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     }
     eprintln!("flue: stopped; every run's result is in the run store");
     Ok(())
-}
-
-/// The first SIGINT or SIGTERM, named.
-async fn first_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => "interrupted by SIGINT",
-        _ = terminate.recv() => "terminated by SIGTERM",
-    }
 }
 
 async fn authorize(

@@ -354,25 +354,30 @@ impl ReapOnDrop {
 
 impl Drop for ReapOnDrop {
     fn drop(&mut self) {
-        let Some(mut child) = self.0.take() else { return };
+        let Some(child) = self.0.take() else { return };
         // Not yet waited for, so the group id is still ours (a zombie leader
         // keeps it reserved): kill the group, then reap.
         kill_group(child.id().map(|pid| pid as i32));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = child.wait().await;
-                });
-            }
-            Err(_) => {
-                let _ = child.start_kill();
-                std::thread::spawn(move || {
-                    if let Some(pid) = child.id() {
-                        // SAFETY: waitpid on our own child's pid.
-                        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
-                    }
-                });
-            }
+        reap_in_background(child);
+    }
+}
+
+/// Kill `child` and reap it without waiting here: on the tokio runtime when
+/// there is one, else on a thread of its own. No zombie is left behind.
+pub(crate) fn reap_in_background(mut child: tokio::process::Child) {
+    let _ = child.start_kill();
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+        Err(_) => {
+            std::thread::spawn(move || {
+                while let Ok(None) = child.try_wait() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
         }
     }
 }

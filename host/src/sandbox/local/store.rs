@@ -35,6 +35,12 @@ pub(crate) struct Store {
     base: PathBuf,
 }
 
+/// When `path` was last modified, in milliseconds since the Unix epoch.
+pub(crate) fn modified_ms(path: &Path) -> Option<i64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
 fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
     SandboxError::other(format!("{context} {}: {err}", path.display()))
 }
@@ -143,9 +149,7 @@ impl Store {
     /// When sandbox `id` was created (its metadata file's time), in
     /// milliseconds since the Unix epoch.
     pub fn created_ms(&self, id: &str) -> Option<i64> {
-        let (_, meta) = self.paths_for(id).ok()?;
-        let modified = std::fs::metadata(meta).ok()?.modified().ok()?;
-        Some(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+        modified_ms(&self.paths_for(id).ok()?.1)
     }
 
     pub fn list(&self) -> Vec<(String, Metadata)> {

@@ -221,20 +221,7 @@ impl Drop for Supervisor {
             }
         }
         // Still there (stuck in the kernel?): reap it in the background.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = child.wait().await;
-                });
-            }
-            Err(_) => {
-                std::thread::spawn(move || {
-                    while let Ok(None) = child.try_wait() {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                });
-            }
-        }
+        super::exec::reap_in_background(child);
     }
 }
 

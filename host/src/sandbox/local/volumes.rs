@@ -54,11 +54,6 @@ fn check_name(name: &str) -> SandboxResult<()> {
     }
 }
 
-fn created_ms(path: &Path) -> Option<i64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
-}
-
 impl Volumes {
     pub fn new(dir: PathBuf) -> Self {
         Volumes { dir }
@@ -70,7 +65,11 @@ impl Volumes {
     }
 
     fn info(&self, name: &str) -> VolumeInfo {
-        VolumeInfo { name: name.to_string(), state: "ready".into(), created_ms: created_ms(&self.dir.join(name)) }
+        VolumeInfo {
+            name: name.to_string(),
+            state: "ready".into(),
+            created_ms: super::store::modified_ms(&self.dir.join(name)),
+        }
     }
 
     pub fn list(&self) -> SandboxResult<Vec<VolumeInfo>> {
