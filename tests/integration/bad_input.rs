@@ -165,3 +165,23 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
     let result = outcome.result.expect("hello runs after the failures");
     assert_eq!(result["roundTrip"], true);
 }
+
+/// Numbers from the command line are bounded: a huge one is a usage error
+/// naming the flag and its range, never a panic (exit 101).
+#[test]
+fn huge_numbers_in_flags_are_refused_not_panicked_on() {
+    let tmp = scratch();
+    let cases: [(&[&str], &str); 6] = [
+        (&["run", "hello", "--deadline", "99999999999999999"], "--deadline must be between 1 and 604800 seconds"),
+        (&["run", "hello", "--deadline", "0"], "--deadline must be between 1"),
+        (&["run", "hello", "--memory", "99999999999999"], "--memory must be between 1 and 16384 MiB"),
+        (&["run", "hello", "--memory-gib", "99999999999"], "--memory-gib"),
+        (&["run", "hello", "--cpus", "0"], "--cpus"),
+        (&["sandboxes", "gc", "--older-than", "99999999999999999d"], "longer than ten years"),
+    ];
+    for (args, want) in cases {
+        let out = output(flue().args(args).env("TMPDIR", tmp.path()));
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
+}

@@ -422,6 +422,10 @@ fn connectors_and_agents_that_run_out_of_memory_or_stack_say_so() {
     for (name, want) in [
         ("oom", "connector hostile crashed during create: it ran out of memory (its limit is 256 MiB)"),
         ("stack", "connector hostile crashed during create: it ran out of stack"),
+        (
+            "shadow-stack",
+            "connector hostile crashed during create: it ran out of stack (recursion too deep): its stack in linear memory overflowed",
+        ),
     ] {
         let payload = json!({"mode": "create", "connector": "hostile", "name": name});
         let out = output(
@@ -431,9 +435,11 @@ fn connectors_and_agents_that_run_out_of_memory_or_stack_say_so() {
         let result = out.ok();
         assert!(result["err"].as_str().unwrap_or_default().contains(want), "{name}: {result}");
     }
-    let out = output(&mut hostile(json!({"mode": "stack"}), &["--events", "none"], tmp.path()));
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("the agent crashed (trap): it ran out of stack"), "{}", out.stderr);
+    for mode in ["stack", "shadow-stack"] {
+        let out = output(&mut hostile(json!({"mode": mode}), &["--events", "none"], tmp.path()));
+        assert_eq!(out.code, 1);
+        assert!(out.stderr.contains("the agent crashed (trap): it ran out of stack"), "{mode}: {}", out.stderr);
+    }
 }
 
 // 12. Every child process is reaped.

@@ -211,3 +211,43 @@ fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails()
     assert!(!failed.stdout.contains("ran"), "{}", failed.stdout);
     assert!(!record.exists(), "the wrong record was kept");
 }
+
+/// An fd flue inherited from whoever started it (a terminal, a socket, a
+/// file) never reaches an isolated command, in either exec mode; nor does a
+/// volume's directory fd, which would lead out of the sandbox with `..`.
+#[test]
+fn fds_flue_inherited_or_mounts_with_never_reach_a_command() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if !bwrap_available() {
+        return;
+    }
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "host secret").unwrap();
+    for mode in ["supervisor", "per-command"] {
+        let tmp = scratch();
+        let data = scratch();
+        let payload = json!({"mode": "exec", "command": "ls /proc/self/fd; cat <&47",
+                             "volume": {"name": "v", "path": "/data", "create": true}});
+        let mut command =
+            crate::support::flue_probe(payload, &["--isolation", "bwrap", "--exec-mode", mode], tmp.path());
+        command.env("FLUE_DATA_DIR", data.path());
+        let file = std::fs::File::open(secret.path()).unwrap();
+        let fd = file.as_raw_fd();
+        // SAFETY: dup2 between fork and exec; the fd is open in the parent.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 47) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let result = crate::support::output(&mut command).ok();
+        let listed: Vec<&str> = result["stdout"].as_str().unwrap().lines().collect();
+        // 0-2, and the fd `ls` opens on the directory itself.
+        assert_eq!(listed, ["0", "1", "2", "3"], "{mode}: {result}");
+        assert!(!result["stdout"].as_str().unwrap().contains("host secret"), "{mode}: {result}");
+        drop(file);
+    }
+}

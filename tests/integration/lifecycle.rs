@@ -154,3 +154,63 @@ fn a_second_signal_exits_at_once_and_says_what_may_be_left() {
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     wait_for("the orphan to be deleted", || daytona.server.sandbox_ids().is_empty());
 }
+
+/// A sandbox labelled by another machine with the same host name and
+/// machine id (a cloned image) is never collected: its boot is not one this
+/// machine had. Labels are shown escaped, so none can forge a row.
+#[test]
+fn gc_never_collects_a_twin_machines_sandbox_and_ls_shows_labels_escaped() {
+    let tmp = scratch();
+    let data = scratch();
+    let sandboxes = |args: &[&str]| {
+        let out =
+            output(flue().arg("sandboxes").args(args).env("TMPDIR", tmp.path()).env("FLUE_DATA_DIR", data.path()));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let kept = output(
+        flue_probe(json!({"mode": "create-keep"}), &["--isolation", "none"], tmp.path())
+            .env("FLUE_DATA_DIR", data.path()),
+    )
+    .ok();
+    let kept_id = kept["id"].as_str().unwrap().to_string();
+    // The twin's sandbox: our labels, but not kept, and another boot.
+    let base = tmp.path().join("flue-local");
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join(format!("{kept_id}.json"))).unwrap()).unwrap();
+    let labels = metadata["labels"].as_array_mut().unwrap();
+    for pair in labels.iter_mut() {
+        match pair[0].as_str().unwrap() {
+            "flue.keep" => pair[1] = json!("false"),
+            "flue.process" => pair[1] = json!(format!("1-1-{}", "b".repeat(32))),
+            "flue.agent" => pair[1] = json!("x\nlocal      forged-row"),
+            _ => {}
+        }
+    }
+    let twin = "local-twin0000000";
+    std::fs::create_dir(base.join(twin)).unwrap();
+    std::fs::write(base.join(format!("{twin}.json")), serde_json::to_vec(&metadata).unwrap()).unwrap();
+
+    let listed = sandboxes(&["ls"]);
+    let row = listed.lines().find(|l| l.contains(twin)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("no record of") && row.contains(r"x\x0alocal"), "{listed}");
+    assert!(!listed.lines().any(|l| l.starts_with("local      forged-row")), "a label forged a row: {listed}");
+    let collected = sandboxes(&["gc"]);
+    assert!(collected.contains("0 orphaned sandbox(es) deleted"), "{collected}");
+    assert!(base.join(twin).exists(), "gc deleted another machine's sandbox");
+    assert!(sandboxes(&["rm", twin, &kept_id]).contains(&format!("deleted {twin}")));
+}
+
+/// A bug in flue that panics mid-run (provoked by a debug-only test hook)
+/// fails that run with a clear message and still deletes its sandbox.
+#[test]
+fn a_panic_in_flue_mid_run_fails_the_run_and_deletes_its_sandbox() {
+    let tmp = scratch();
+    let out = output(
+        flue_probe(json!({"mode": "exec", "command": "flue-test-panic"}), &["--isolation", "none"], tmp.path())
+            .env("FLUE_TEST_HOOKS", "panic"),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("flue hit an internal error and stopped the run"), "{}", out.stderr);
+    assert_eq!(local_sandboxes(tmp.path()), Vec::<String>::new(), "the panicked run left its sandbox");
+}

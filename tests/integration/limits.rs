@@ -237,3 +237,33 @@ fn an_unprivileged_user_gets_rlimits_and_is_told_so() {
         assert!(out.stderr.contains("in force: memory per process"), "{}", out.stderr);
     }
 }
+
+/// The operator's sizes are ceilings: an agent asking for more in its own
+/// `resources` gets the ceiling, and the file API holds to the file size
+/// limit as commands do.
+#[test]
+fn operator_limits_are_ceilings_for_agents_and_the_file_api() {
+    let tmp = scratch();
+    let ceilings = ["--memory-gib", "1", "--disk-gib", "1"];
+    let command = "ulimit -f; python3 -c 'b = bytearray(1600 * 1024 * 1024)' 2>/dev/null; echo \"python=$?\"";
+    let out = probe(
+        json!({"mode": "exec", "command": command, "resources": {"memoryGib": 4, "diskGib": 8}}),
+        &ceilings,
+        tmp.path(),
+    );
+    let result = out.ok();
+    let stdout = result["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("1048576\n"), "the agent raised the file size ceiling: {result}");
+    assert!(!stdout.contains("python=0"), "the agent raised the memory ceiling: {result}");
+    assert!(out.stderr.contains("memory-gib 4 (the ceiling is 1)"), "{}", out.stderr);
+
+    // 1 GiB + 1 MiB through the streamed file API, under --disk-gib 1.
+    let tmp = scratch();
+    let streamed = crate::support::output(&mut crate::support::flue_probe(
+        json!({"mode": "stream", "mib": 1025}),
+        &ceilings,
+        tmp.path(),
+    ));
+    assert_ne!(streamed.code, 0, "a file past --disk-gib was written through the file API");
+    assert!(streamed.stderr.contains("file size limit of 1 GiB"), "{}", streamed.stderr);
+}

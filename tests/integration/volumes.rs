@@ -1,7 +1,7 @@
 //! Volumes: data one sandbox writes is read by the next, on local and on
 //! Daytona (the test server), and `flue volumes` manages them.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{TestDaytona, bwrap_available, fixture, flue, flue_probe, output, scratch};
 
@@ -99,4 +99,56 @@ fn a_daytona_volume_carries_data_from_one_sandbox_to_the_next() {
     let payload = json!({"mode": "exec", "command": "true", "volume": {"name": "cache", "path": "/home/daytona/c"}});
     let missing = daytona.run(&fixture("probe"), &["--payload", &payload.to_string()], tmp.path());
     assert!(missing.stderr.contains("no Daytona volume named cache"), "{}", missing.stderr);
+}
+
+/// A symbolic link planted in a volume by one sandbox never lets a later
+/// sandbox's mount, its file API or its commands reach the host; mount
+/// paths that would hide /proc (and the rest the sandbox needs) are refused.
+#[test]
+fn a_link_planted_in_a_volume_never_reaches_the_host() {
+    let data = scratch();
+    let host_dir = scratch();
+    std::fs::write(host_dir.path().join("secret"), "host secret").unwrap();
+    let target = host_dir.path().to_string_lossy().into_owned();
+    for mode in crate::support::isolation_modes() {
+        let tmp = scratch();
+        let run = |volume: Value, extra: Value| {
+            let mut payload = json!({"mode": "exec", "command": "true", "volume": volume});
+            payload.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            output(flue_probe(payload, &["--isolation", mode], tmp.path()).env("FLUE_DATA_DIR", data.path()))
+        };
+        let whole = json!({"name": "v", "path": "/workspace/v", "create": true});
+        // An earlier sandbox (a model's bash, say) plants the links.
+        let planted = run(whole.clone(), json!({"command": format!("ln -sfn {target} v/esc && ln -sfn ../.. v/up")}));
+        assert_eq!(planted.code, 0, "{mode}: {}", planted.stderr);
+
+        for subpath in ["esc", "esc/x", "up", "up/x"] {
+            let refused = run(json!({"name": "v", "path": "/workspace/v", "subpath": subpath}), json!({}));
+            assert_ne!(refused.code, 0, "{mode}: subpath {subpath} through a link was mounted");
+            assert!(refused.stderr.contains("symbolic link"), "{mode} {subpath}: {}", refused.stderr);
+        }
+        assert!(!host_dir.path().join("x").exists(), "{mode}: a directory was created on the host");
+
+        // The whole volume mounted: the link is there, but leads nowhere.
+        let through = run(
+            whole.clone(),
+            json!({"write": {"path": "v/esc/planted", "text": "x"}, "read": "v/esc/secret",
+                   "command": "cat v/esc/secret 2>&1; echo; ls v/up/ 2>&1"}),
+        );
+        assert_eq!(through.code, 0, "{mode}: {}", through.stderr);
+        let result = through.ok();
+        assert!(result["wrote"].is_string(), "{mode}: the file API wrote through the link: {result}");
+        assert!(result["read"]["error"].is_string(), "{mode}: the file API read through the link: {result}");
+        assert!(!host_dir.path().join("planted").exists(), "{mode}: a file was written on the host");
+        if mode == "bwrap" {
+            assert!(!result["stdout"].as_str().unwrap().contains("host secret"), "{mode}: {result}");
+        }
+
+        // Mount paths the sandbox itself relies on.
+        for path in ["/proc", "/", "/dev/shm", "/run", "/usr/lib"] {
+            let refused = run(json!({"name": "v", "path": path}), json!({}));
+            assert_ne!(refused.code, 0, "{mode}: a volume was mounted at {path}");
+            assert!(refused.stderr.contains("the mount path"), "{mode} {path}: {}", refused.stderr);
+        }
+    }
 }

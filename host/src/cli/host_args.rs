@@ -48,6 +48,22 @@ pub struct HostArgs {
     #[arg(long, value_name = "N", default_value_t = SandboxLimits::default().max_processes)]
     pub max_processes: u64,
 
+    /// CPU cores for each sandbox (local: a CPU quota; Daytona: the
+    /// sandbox's size). A ceiling: an agent may ask for fewer, not more.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub cpus: Option<u32>,
+
+    /// Memory for each sandbox, in GiB (local: all its commands together;
+    /// default 2). A ceiling: an agent may ask for less, not more.
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub memory_gib: Option<u32>,
+
+    /// Disk for each sandbox, in GiB (local: the largest file a command or
+    /// the file API may write; default 10). A ceiling: an agent may ask for
+    /// less, not more.
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub disk_gib: Option<u32>,
+
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/flue].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -74,6 +90,20 @@ pub enum ExecMode {
 }
 
 impl HostArgs {
+    /// The sandbox size the operator chose (`--cpus`, `--memory-gib`,
+    /// `--disk-gib`): the size of a run's sandbox, and the ceiling of every
+    /// sandbox an agent creates.
+    pub fn resources(&self) -> Option<crate::sandbox::Resources> {
+        (self.cpus.is_some() || self.memory_gib.is_some() || self.disk_gib.is_some()).then_some(
+            crate::sandbox::Resources {
+                cpu: self.cpus,
+                memory_gib: self.memory_gib,
+                disk_gib: self.disk_gib,
+                gpu: None,
+            },
+        )
+    }
+
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
         self.host_pooled(limits, None).await
@@ -98,7 +128,8 @@ impl HostArgs {
             ExecMode::Supervisor => std::env::current_exe().ok(),
             ExecMode::PerCommand => None,
         };
-        let sandbox_limits = SandboxLimits { max_processes: self.max_processes, ..SandboxLimits::default() };
+        let sandbox_limits = SandboxLimits { max_processes: self.max_processes, ..SandboxLimits::default() }
+            .sized(self.resources().as_ref());
         let settings = BuiltinSettings { isolation, workdir: self.workdir.clone(), limits: sandbox_limits, supervisor };
         let mut builder = HostBuilder::new()
             .limits(limits)

@@ -1,7 +1,5 @@
 //! `flue run`: run one agent, result JSON on stdout, events on stderr.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use clap::Args;
 
@@ -46,21 +44,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub memory: usize,
 
-    /// CPU cores for the run's sandbox (local: a CPU quota; Daytona: the
-    /// sandbox's size).
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<u32>,
-
-    /// Memory for the run's sandbox, in GiB (local: all its commands
-    /// together; default 2).
-    #[arg(long, value_name = "GIB")]
-    pub memory_gib: Option<u32>,
-
-    /// Disk for the run's sandbox, in GiB (local: the largest file a command
-    /// may write; default 10).
-    #[arg(long, value_name = "GIB")]
-    pub disk_gib: Option<u32>,
-
     /// Host flags.
     #[command(flatten)]
     pub host: HostArgs,
@@ -75,14 +58,9 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         })?,
         None => serde_json::Value::Null,
     };
-    if args.memory == 0 || args.deadline == 0 {
-        return Err(usage(anyhow::anyhow!("--memory and --deadline must be greater than zero")));
-    }
-    let limits = Limits {
-        deadline: Duration::from_secs(args.deadline),
-        agent_memory: args.memory.saturating_mul(1024 * 1024),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .with_run_limits(("--deadline", args.deadline), ("--memory", args.memory as u64))
+        .map_err(|err| usage(anyhow::Error::new(err)))?;
     let host = args.host.host(limits).await?;
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
@@ -96,14 +74,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
             default_connector: args.sandbox,
             keep: args.keep,
             reuse: args.reuse,
-            default_resources: (args.cpus.is_some() || args.memory_gib.is_some() || args.disk_gib.is_some()).then_some(
-                crate::sandbox::Resources {
-                    cpu: args.cpus,
-                    memory_gib: args.memory_gib,
-                    disk_gib: args.disk_gib,
-                    gpu: None,
-                },
-            ),
+            default_resources: args.host.resources(),
         },
         limits: None,
         run_id: None,

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::host_args::HostArgs;
 use super::{Failure, out, usage};
+use crate::cli::render::{escape, escape_block};
 use crate::events::EventLog;
 use crate::host::Host;
 use crate::run::ownership::{self, Owner};
@@ -85,7 +86,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
     };
-    Ok(Duration::from_secs(n * seconds))
+    // Ten years is "everything"; past it, a number is a typo.
+    const MAX_SECONDS: u64 = 10 * 365 * 86_400;
+    n.checked_mul(seconds)
+        .filter(|&secs| secs <= MAX_SECONDS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is longer than ten years: give a shorter age, like 30d"))
 }
 
 /// `flue sandboxes`.
@@ -103,17 +109,20 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
                 }
             }
             out!("{:<10} {:<40} {:<10} {:>8}  {:<12} {:<16} RUN", "CONNECTOR", "ID", "STATE", "AGE", "OWNER", "AGENT");
+            // Ids, states and labels come from connectors and the sandboxes'
+            // creators: shown escaped, so no value can forge a row or drive
+            // the terminal.
             for (connector, sandbox, owner) in &rows {
                 let label = |key: &str| {
-                    sandbox.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("-").to_string()
+                    escape(sandbox.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("-"))
                 };
                 out!(
                     "{:<10} {:<40} {:<10} {:>8}  {:<12} {:<16} {}",
-                    connector,
-                    sandbox.id,
-                    sandbox.state,
+                    escape(connector),
+                    escape(&sandbox.id),
+                    escape(&sandbox.state),
                     age(sandbox).map(show_age).unwrap_or_else(|| "-".into()),
-                    owner.describe(),
+                    escape(&owner.describe()),
                     label(ownership::AGENT),
                     label(ownership::RUN)
                 );
@@ -129,10 +138,10 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             let mut failed = 0;
             for id in &ids {
                 match connector.delete(id).await {
-                    Ok(()) => out!("deleted {id}"),
+                    Ok(()) => out!("deleted {}", escape(id)),
                     Err(err) => {
                         failed += 1;
-                        eprintln!("error: could not delete {id}: {err}");
+                        eprintln!("error: could not delete {}: {}", escape(id), escape_block(&err.to_string()));
                     }
                 }
             }
@@ -157,17 +166,21 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
                         continue;
                     }
                     if dry_run {
-                        out!("would delete {name} sandbox {} (orphaned)", sandbox.id);
+                        out!("would delete {name} sandbox {} (orphaned)", escape(&sandbox.id));
                         continue;
                     }
                     match connector.delete(&sandbox.id).await {
                         Ok(()) => {
                             deleted += 1;
-                            out!("deleted {name} sandbox {} (orphaned)", sandbox.id);
+                            out!("deleted {name} sandbox {} (orphaned)", escape(&sandbox.id));
                         }
                         Err(err) => {
                             failed += 1;
-                            eprintln!("error: could not delete {name} sandbox {}: {err}", sandbox.id);
+                            eprintln!(
+                                "error: could not delete {name} sandbox {}: {}",
+                                escape(&sandbox.id),
+                                escape_block(&err.to_string())
+                            );
                         }
                     }
                 }
@@ -243,6 +256,7 @@ mod tests {
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse_duration("2w").unwrap_err().contains("s, m, h or d"));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("99999999999999999d").unwrap_err().contains("ten years"));
         assert_eq!(parse_label("flue.agent=hello").unwrap(), ("flue.agent".into(), "hello".into()));
         assert!(parse_label("nope").is_err());
         assert_eq!(show_age(Duration::from_secs(7200)), "2h");

@@ -10,9 +10,13 @@ pub mod ownership;
 mod prompt;
 pub mod sandboxes;
 pub mod signals;
+#[cfg(debug_assertions)]
+pub mod test_hooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
 
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -80,6 +84,13 @@ pub enum RunError {
         /// The limit.
         limit_mib: usize,
     },
+    /// flue itself failed (a bug) while running the agent: the run was
+    /// stopped, its sandboxes deleted; the process goes on.
+    #[error("flue hit an internal error and stopped the run (this is a bug; please report it): {message}")]
+    HostPanicked {
+        /// The panic's message.
+        message: String,
+    },
     /// The agent trapped.
     #[error("the agent crashed (trap): {trap}{}", guest_said.as_ref().map(|s| format!("\n  its last output: {s}")).unwrap_or_default())]
     Trapped {
@@ -118,9 +129,13 @@ pub async fn run_agent(
 
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
+    // A panic in flue's own code during the run (a bug) ends this run as
+    // failed, and its sandboxes are still deleted below.
+    let execution = std::panic::AssertUnwindSafe(execute(runtime, &limits, &services, &run, &run_id)).catch_unwind();
     let result = tokio::select! {
-        finished = tokio::time::timeout(deadline, execute(runtime, &limits, &services, &run, &run_id)) => match finished {
-            Ok(result) => result,
+        finished = tokio::time::timeout(deadline, execution) => match finished {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(RunError::HostPanicked { message: panic_message(&*panic) }),
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
         reason = stop => Err(RunError::Interrupted { reason }),
@@ -132,6 +147,15 @@ pub async fn run_agent(
         duration_ms: millis(started.elapsed()),
     });
     RunOutcome { run_id, result }
+}
+
+/// What a panic said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 async fn execute(
@@ -210,13 +234,10 @@ fn classify_trap(err: wasmtime::Error, stderr: &GuestOutput) -> RunError {
     if let Some(deadline) = err.downcast_ref::<DeadlineExceeded>() {
         return RunError::DeadlineExceeded { limit: deadline.limit };
     }
-    let trap = match err.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::StackOverflow) => "it ran out of stack (recursion too deep)".to_string(),
-        Some(trap) => trap.to_string(),
-        // An error a host function raised: its own words, not wasmtime's
-        // backtrace context around them.
-        None => crate::events::one_line(&err.root_cause().to_string(), 300),
-    };
+    // An error a host function raised: its own words, not wasmtime's
+    // backtrace context around them.
+    let trap = crate::runtime::trap::describe(&err)
+        .unwrap_or_else(|| crate::events::one_line(&err.root_cause().to_string(), 300));
     // A Rust panic prints "thread … panicked at FILE:LINE:" then the message,
     // then a hint about RUST_BACKTRACE: keep the first two, drop the hint.
     let said: Vec<String> = stderr

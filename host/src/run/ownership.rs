@@ -1,13 +1,26 @@
 //! Labels that mark a sandbox as created by a flue run, and telling from
 //! them whether that run is still alive — so that `flue sandboxes gc` can
-//! find what a crashed or killed run left behind.
+//! find what a crashed or killed run left behind, and never anything else.
 //!
 //! Every sandbox a run creates carries `flue.created-by=flue`, `flue.run`,
 //! `flue.agent`, `flue.keep`, and the run's process: `flue.host` (this
-//! machine's name) and `flue.process` (`<pid>-<start time>-<boot id>`). A run
-//! is gone when, on this machine, that process no longer exists (a pid that
-//! was reused has another start time; a reboot changes the boot id). Labels
-//! use only `[A-Za-z0-9._-]`, which every provider accepts.
+//! machine's name, for people), `flue.machine` (a digest of
+//! `/etc/machine-id`) and `flue.process` (`<pid>-<start time>-<boot id>`).
+//!
+//! Host names repeat across machines, and so do machine ids (cloned images,
+//! containers); a boot id is random and never repeats. So a run is proven
+//! gone only when its boot is this machine's: the current boot with no
+//! process of that pid and start time, or an earlier boot of this machine,
+//! which flue records in its data directory (`boots`) whenever a run labels
+//! a sandbox. A sandbox of any other boot may be another machine's live run
+//! and is never collected. Labels use only `[A-Za-z0-9._-]`, which every
+//! provider accepts.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
 
 /// Set on every sandbox a flue run creates.
 pub const CREATED_BY: &str = "flue.created-by";
@@ -17,10 +30,15 @@ pub const RUN: &str = "flue.run";
 pub const AGENT: &str = "flue.agent";
 /// `true` when the sandbox is meant to outlive its run.
 pub const KEEP: &str = "flue.keep";
-/// The machine the run ran on.
+/// The machine the run ran on, by name (shown to people, never trusted).
 pub const HOST: &str = "flue.host";
+/// The machine the run ran on: a digest of its machine id.
+pub const MACHINE: &str = "flue.machine";
 /// The run's process on that machine.
 pub const PROCESS: &str = "flue.process";
+
+/// Boots remembered in the `boots` file (the newest).
+const MAX_RECORDED_BOOTS: usize = 256;
 
 /// Only the characters label values may hold.
 fn label_safe(text: &str) -> String {
@@ -35,10 +53,69 @@ pub fn this_host() -> String {
     label_safe(name.trim())
 }
 
-/// The first 12 hex digits of this boot's id.
+/// This machine's id as labels carry it: a digest, so that the id itself
+/// (which systemd asks not to expose) never leaves the machine. Empty when
+/// the machine has none.
+pub fn this_machine() -> String {
+    let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok().filter(|id| !id.trim().is_empty()));
+    match id {
+        Some(id) => hex::encode(&Sha256::digest(format!("flue.machine:{}", id.trim()))[..12]),
+        None => String::new(),
+    }
+}
+
+/// This boot's id (32 hex digits).
 fn boot_id() -> String {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    id.trim().replace('-', "").chars().take(12).collect()
+    id.trim().replace('-', "").chars().filter(char::is_ascii_hexdigit).take(32).collect()
+}
+
+/// Where this machine's earlier boots are recorded.
+fn boots_file() -> PathBuf {
+    crate::sandbox::local::default_data_dir().join("boots")
+}
+
+/// The boots recorded on this machine, with the machine each ran on.
+fn recorded_boots() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(boots_file()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(machine, boot)| (machine.to_string(), boot.to_string()))
+        .collect()
+}
+
+/// Record this boot (once), so that a later boot can prove this one's
+/// runs gone. Best effort: without the record, their sandboxes are only
+/// never collected.
+fn record_this_boot() {
+    let (machine, boot) = (this_machine(), boot_id());
+    if boot.is_empty() {
+        return;
+    }
+    let mut boots = recorded_boots();
+    if boots.iter().any(|(m, b)| *m == machine && *b == boot) {
+        return;
+    }
+    boots.push((machine, boot));
+    let keep = boots.len().saturating_sub(MAX_RECORDED_BOOTS);
+    let text: String = boots[keep..].iter().map(|(m, b)| format!("{m} {b}\n")).collect();
+    let file = boots_file();
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::DirBuilder::new().recursive(true).create(dir);
+    }
+    let temp = file.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if written.and_then(|()| std::fs::rename(&temp, &file)).is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
 }
 
 /// A process's start time (clock ticks since boot), from `/proc/PID/stat`.
@@ -55,12 +132,14 @@ fn this_process() -> String {
 
 /// The labels of a sandbox that run `run_id` of `agent` creates.
 pub fn labels(run_id: &str, agent: &str, keep: bool) -> Vec<(String, String)> {
+    record_this_boot();
     vec![
         (CREATED_BY.into(), "flue".into()),
         (RUN.into(), label_safe(run_id)),
         (AGENT.into(), label_safe(agent)),
         (KEEP.into(), keep.to_string()),
         (HOST.into(), this_host()),
+        (MACHINE.into(), this_machine()),
         (PROCESS.into(), this_process()),
     ]
 }
@@ -78,11 +157,19 @@ pub enum Owner {
     Orphaned,
     /// Its run ran on another machine, whose processes flue cannot see.
     OtherHost(String),
+    /// Its run may be alive elsewhere: a boot this machine has no record of
+    /// (another machine of the same name or image, or labels too old to
+    /// tell). Never collected; `flue sandboxes rm` deletes it by id.
+    Unproven(String),
 }
 
 impl Owner {
     /// Classify a sandbox by its labels.
     pub fn of(labels: &[(String, String)]) -> Owner {
+        Owner::classify(labels, &this_machine(), &boot_id(), &recorded_boots())
+    }
+
+    fn classify(labels: &[(String, String)], machine: &str, boot: &str, recorded: &[(String, String)]) -> Owner {
         let get = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         if get(CREATED_BY) != Some("flue") {
             return Owner::NotFlue;
@@ -90,19 +177,28 @@ impl Owner {
         if get(KEEP) == Some("true") {
             return Owner::Kept;
         }
-        match get(HOST) {
-            Some(host) if host != this_host() => return Owner::OtherHost(host.to_string()),
-            _ => {}
+        let host = get(HOST).unwrap_or("an unknown machine").to_string();
+        match get(MACHINE) {
+            Some(theirs) if theirs != machine => return Owner::OtherHost(host),
+            Some(_) => {}
+            None => return Owner::Unproven(host),
         }
-        let alive = get(PROCESS).is_some_and(|process| {
-            let mut parts = process.splitn(3, '-');
-            let (pid, started, boot) = (parts.next(), parts.next(), parts.next());
-            let pid = pid.and_then(|p| p.parse::<u32>().ok());
-            let started = started.and_then(|s| s.parse::<u64>().ok());
-            matches!((pid, started, boot), (Some(pid), Some(started), Some(boot))
-                if boot == boot_id() && start_time(pid) == Some(started))
-        });
-        if alive { Owner::Running } else { Owner::Orphaned }
+        let mut parts = get(PROCESS).unwrap_or("").splitn(3, '-');
+        let (pid, started, their_boot) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        let pid = pid.and_then(|p| p.parse::<u32>().ok());
+        let started = started.and_then(|s| s.parse::<u64>().ok());
+        if their_boot.len() != 32 {
+            return Owner::Unproven(host);
+        }
+        if their_boot == boot {
+            let alive = matches!((pid, started), (Some(pid), Some(started)) if start_time(pid) == Some(started));
+            return if alive { Owner::Running } else { Owner::Orphaned };
+        }
+        if recorded.iter().any(|(m, b)| m == machine && b == their_boot) {
+            // An earlier boot of this machine: everything it ran is gone.
+            return Owner::Orphaned;
+        }
+        Owner::Unproven(host)
     }
 
     /// A word for listings.
@@ -113,6 +209,7 @@ impl Owner {
             Owner::Running => "run active".into(),
             Owner::Orphaned => "orphaned".into(),
             Owner::OtherHost(host) => format!("run on {host}"),
+            Owner::Unproven(host) => format!("run on {host}? (a boot this machine has no record of; never collected)"),
         }
     }
 }
@@ -121,21 +218,51 @@ impl Owner {
 mod tests {
     use super::*;
 
+    fn with(labels: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
+        let mut labels = labels.to_vec();
+        labels.retain(|(k, _)| k != key);
+        labels.push((key.into(), value.into()));
+        labels
+    }
+
     #[test]
     fn labels_tell_a_live_run_from_a_gone_one() {
         let mine = labels("run_1", "hello world/x", false);
         assert_eq!(Owner::of(&mine), Owner::Running);
         assert!(mine.iter().all(|(_, v)| v.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))));
-        let mut gone = mine.clone();
-        gone.retain(|(k, _)| k != PROCESS);
         // pid 1 exists, but did not start at tick 1.
-        gone.push((PROCESS.into(), format!("1-1-{}", boot_id())));
+        let gone = with(&mine, PROCESS, &format!("1-1-{}", boot_id()));
         assert_eq!(Owner::of(&gone), Owner::Orphaned);
         assert_eq!(Owner::of(&labels("run_1", "a", true)), Owner::Kept);
-        let mut elsewhere = mine.clone();
-        elsewhere.retain(|(k, _)| k != HOST);
-        elsewhere.push((HOST.into(), "another-machine".into()));
+        let elsewhere = with(&with(&mine, HOST, "another-machine"), MACHINE, "0123456789abcdef01234567");
         assert_eq!(Owner::of(&elsewhere), Owner::OtherHost("another-machine".into()));
         assert_eq!(Owner::of(&[]), Owner::NotFlue);
+    }
+
+    #[test]
+    fn a_machine_with_the_same_name_and_id_but_another_boot_is_never_collected() {
+        let (machine, boot) = ("m".repeat(24), "a".repeat(32));
+        let base = [
+            (CREATED_BY.to_string(), "flue".to_string()),
+            (HOST.to_string(), "twin".to_string()),
+            (MACHINE.to_string(), machine.clone()),
+        ];
+        let twin = with(&base, PROCESS, &format!("1-1-{}", "b".repeat(32)));
+        // Same host name, same machine id, a boot this machine never had:
+        // the twin's run may be alive.
+        assert_eq!(Owner::classify(&twin, &machine, &boot, &[]), Owner::Unproven("twin".into()));
+        // An earlier boot this machine recorded: provably gone.
+        let recorded = [(machine.clone(), "b".repeat(32))];
+        assert_eq!(Owner::classify(&twin, &machine, &boot, &recorded), Owner::Orphaned);
+        // Recorded by another machine sharing the data directory: not ours.
+        let theirs = [("n".repeat(24), "b".repeat(32))];
+        assert_eq!(Owner::classify(&twin, &machine, &boot, &theirs), Owner::Unproven("twin".into()));
+        // Labels from before machine ids: cannot be proven gone.
+        let old = [
+            (CREATED_BY.to_string(), "flue".to_string()),
+            (HOST.to_string(), "twin".to_string()),
+            (PROCESS.to_string(), format!("1-1-{}", &boot[..12])),
+        ];
+        assert_eq!(Owner::classify(&old, &machine, &boot, &recorded), Owner::Unproven("twin".into()));
     }
 }

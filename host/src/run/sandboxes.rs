@@ -44,7 +44,8 @@ pub struct RunSettings {
     /// Reuse this sandbox (by id) as the run's default instead of creating one.
     pub reuse: Option<String>,
     /// Resources of the run's default sandbox (`--cpus`, `--memory-gib`,
-    /// `--disk-gib`); `None`: the connector's defaults.
+    /// `--disk-gib`), and the ceiling of every sandbox the agent creates;
+    /// `None`: the connector's defaults, no ceiling but the connector's own.
     pub default_resources: Option<Resources>,
 }
 
@@ -156,6 +157,20 @@ impl RunSandboxes {
         let name = connector.info().name.clone();
         let started = Instant::now();
         let mut options = options.clone();
+        // The operator's sizes are ceilings for every sandbox of the run.
+        let (resources, lowered) = Resources::within(options.resources, self.settings.default_resources);
+        options.resources = resources;
+        if !lowered.is_empty() {
+            self.events.log(
+                "flue",
+                "warn",
+                format!(
+                    "the agent asked for {} on {name}: it gets the ceiling (the operator sets it with --cpus, \
+                     --memory-gib, --disk-gib)",
+                    lowered.join(", ")
+                ),
+            );
+        }
         let ours = super::ownership::labels(&self.run_id, &self.agent, keep);
         options.labels.retain(|(key, _)| !ours.iter().any(|(k, _)| k == key));
         options.labels.extend(ours);

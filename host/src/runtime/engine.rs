@@ -98,11 +98,13 @@ fn start_epoch_ticker(engine: &Engine) {
 /// Deadlines are relative to now: a connector's store is re-armed before
 /// every call.
 pub fn arm_deadline<T: 'static>(store: &mut Store<T>, what: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
+    // A limit too far away to be an Instant is no limit (callers bound
+    // what users give; this only keeps arithmetic from panicking).
+    let deadline = Instant::now().checked_add(limit);
     let what = what.to_string();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             Err(wasmtime::Error::new(DeadlineExceeded { what: what.clone(), limit }))
         } else {
             Ok(UpdateDeadline::Yield(1))

@@ -13,6 +13,7 @@ pub(crate) mod convert;
 pub mod engine;
 pub mod guest_output;
 pub mod limits;
+pub mod trap;
 
 use std::path::PathBuf;
 use std::time::Duration;

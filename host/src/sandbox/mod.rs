@@ -112,6 +112,31 @@ pub struct Resources {
     pub gpu: Option<u32>,
 }
 
+impl Resources {
+    /// What an agent asked for, lowered to the operator's `ceiling` field by
+    /// field (a field the agent left out gets the ceiling's). Ceilings may
+    /// be lowered, never raised; the second value says what was lowered.
+    pub fn within(asked: Option<Resources>, ceiling: Option<Resources>) -> (Option<Resources>, Vec<String>) {
+        let Some(ceiling) = ceiling else { return (asked, Vec::new()) };
+        let asked = asked.unwrap_or_default();
+        let mut lowered = Vec::new();
+        let mut lower = |what: &str, asked: Option<u32>, ceiling: Option<u32>| match (asked, ceiling) {
+            (Some(wanted), Some(most)) if wanted > most => {
+                lowered.push(format!("{what} {wanted} (the ceiling is {most})"));
+                Some(most)
+            }
+            (asked, ceiling) => asked.or(ceiling),
+        };
+        let within = Resources {
+            cpu: lower("cpu", asked.cpu, ceiling.cpu),
+            memory_gib: lower("memory-gib", asked.memory_gib, ceiling.memory_gib),
+            disk_gib: lower("disk-gib", asked.disk_gib, ceiling.disk_gib),
+            gpu: asked.gpu,
+        };
+        (Some(within), lowered)
+    }
+}
+
 /// How to create a sandbox (the WIT `create-options`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CreateOptions {

@@ -18,7 +18,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -72,9 +72,11 @@ pub(crate) fn command(
     program: Program<'_>,
     launch: Launch,
 ) -> Result<Command, SandboxError> {
-    let mut args = sandbox_args(isolated);
+    // fds handed to bubblewrap, numbered from FIRST_FD + 1 in this order;
+    // FIRST_FD itself is the memfd of arguments, written last.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut args = sandbox_args(isolated, &mut fds)?;
     let mut tail: Vec<String> = Vec::new();
-    let mut passed: Option<OwnedFd> = None;
     match program {
         Program::Shell { command, nproc } => {
             args.extend(["--setenv".into(), COMMAND_VAR.into(), command.into()]);
@@ -86,37 +88,28 @@ pub(crate) fn command(
         }
         Program::Supervisor { program, socket, nproc } => {
             args.extend(["--ro-bind".into(), program.to_string_lossy().into_owned(), SUPERVISOR_PATH.into()]);
-            passed = Some(socket);
-            tail.push(SUPERVISOR_PATH.into());
-            tail.push(super::supervise::SUPERVISOR_ARG.into());
-            // The fd number is filled in below, once the others are placed.
-            tail.push(String::new());
+            // bubblewrap passes on fds it was given; this one reaches the supervisor.
+            let fd = pass(&mut fds, socket)?;
+            tail.extend([SUPERVISOR_PATH.into(), super::supervise::SUPERVISOR_ARG.into(), fd.to_string()]);
             tail.push(nproc.unwrap_or(0).to_string());
         }
     }
     let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
-    let mut fds = Vec::new();
-    for (i, program) in programs.iter().enumerate() {
-        args.extend(["--add-seccomp-fd".into(), (FIRST_FD + 1 + i as i32).to_string()]);
-        fds.push(memfd("flue-seccomp", program)?);
+    for program in programs.iter() {
+        let fd = pass(&mut fds, memfd("flue-seccomp", program)?)?;
+        args.extend(["--add-seccomp-fd".into(), fd.to_string()]);
     }
     let mut encoded = Vec::new();
     for arg in &args {
         encoded.extend_from_slice(arg.as_bytes());
         encoded.push(0);
     }
-    fds.insert(0, memfd("flue-bwrap-args", &encoded)?);
-    if let Some(socket) = passed {
-        // bubblewrap passes on fds it was given; this one reaches the supervisor.
-        let slot = tail.len() - 2;
-        tail[slot] = (FIRST_FD + fds.len() as i32).to_string();
-        fds.push(clear_of_targets(socket)?);
-    }
+    fds.insert(0, clear_of_targets(memfd("flue-bwrap-args", &encoded)?)?);
 
     let mut cmd = Command::new(bwrap);
     cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").args(&tail);
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (dup2, write, setrlimit). The fds it
+    // makes async-signal-safe calls (dup2, write, setrlimit, close_range). The fds it
     // uses are owned by the closure, so they stay open until the command is
     // dropped.
     unsafe {
@@ -129,14 +122,28 @@ pub(crate) fn command(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Nothing else flue inherited from whoever started it (a
+            // terminal, a socket) may reach the sandbox: bubblewrap passes
+            // on every fd it gets. Close-on-exec rather than closed, so the
+            // pipe that reports a failed exec keeps working.
+            libc::syscall(libc::SYS_close_range, FIRST_FD + fds.len() as i32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }
     Ok(cmd)
 }
 
-/// The sandbox: namespaces, mounts, capabilities, environment.
-fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
+/// Hand `fd` to bubblewrap: the number it will have there.
+fn pass(fds: &mut Vec<OwnedFd>, fd: impl AsFd) -> Result<i32, SandboxError> {
+    fds.push(clear_of_targets(fd)?);
+    Ok(FIRST_FD + fds.len() as i32)
+}
+
+/// The sandbox: namespaces, mounts, capabilities, environment. Volumes are
+/// mounted from their descriptors (`--bind-fd`), which go into `fds`:
+/// bubblewrap checks that what it mounted is what the descriptor is, so no
+/// path is looked up again.
+fn sandbox_args(isolated: &Isolated<'_>, fds: &mut Vec<OwnedFd>) -> Result<Vec<String>, SandboxError> {
     let mut args: Vec<String> = [
         "--unshare-all",
         "--die-with-parent",
@@ -191,13 +198,14 @@ fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
         isolated.visible_root.into(),
     ]);
     for mount in isolated.mounts {
-        args.extend(["--bind".into(), mount.host.to_string_lossy().into_owned(), mount.visible.clone()]);
+        let fd = pass(fds, &*mount.dir)?;
+        args.extend(["--bind-fd".into(), fd.to_string(), mount.visible.clone()]);
     }
     args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
     for (name, value) in isolated.env {
         args.extend(["--setenv".into(), name.clone(), value.clone()]);
     }
-    args
+    Ok(args)
 }
 
 /// Compute, once per process, what every isolated command's arguments
@@ -242,10 +250,11 @@ fn private_etc() -> &'static [Masked] {
     })
 }
 
-/// `fd` moved to a number clear of those the child dup2s onto.
-fn clear_of_targets(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
-    rustix::io::fcntl_dupfd_cloexec(&fd, 16)
-        .map_err(|e| SandboxError::other(format!("cannot prepare the sandbox: {e}")))
+/// A copy of `fd` at a number clear of those the child dup2s onto
+/// (`FIRST_FD` up: the arguments, the seccomp programs, the socket and at
+/// most [`super::volumes::MAX_VOLUMES`] volumes).
+fn clear_of_targets(fd: impl AsFd) -> Result<OwnedFd, SandboxError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 64).map_err(|e| SandboxError::other(format!("cannot prepare the sandbox: {e}")))
 }
 
 /// An anonymous in-memory file holding `data`, read from its start.
@@ -256,7 +265,7 @@ fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd, SandboxError> {
     let mut file = std::fs::File::from(fd);
     file.write_all(data).map_err(fail)?;
     rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0)).map_err(|e| fail(e.into()))?;
-    clear_of_targets(file.into())
+    Ok(file.into())
 }
 
 #[cfg(test)]
@@ -274,7 +283,7 @@ mod tests {
             mounts: &[],
             allow_network: false,
         };
-        let args = sandbox_args(&isolated);
+        let args = sandbox_args(&isolated, &mut Vec::new()).unwrap();
         let joined = args.join(" ");
         assert!(joined.contains("--cap-drop ALL"), "{joined}");
         let clearenv = args.iter().position(|a| a == "--clearenv").unwrap();

@@ -29,6 +29,11 @@ impl ConfinedRoot {
         Ok(ConfinedRoot { root })
     }
 
+    /// Confined to the directory `dir` is open on (its own descriptor).
+    pub fn from_dir(dir: &OwnedFd) -> io::Result<Self> {
+        Ok(ConfinedRoot { root: dir.try_clone()? })
+    }
+
     fn open_beneath(&self, rel: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
         let rel = if rel.is_empty() { "." } else { rel };
         Ok(rustix::fs::openat2(&self.root, rel, flags | OFlags::CLOEXEC, mode, RESOLVE)?)

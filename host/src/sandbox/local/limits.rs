@@ -50,20 +50,64 @@ impl Default for SandboxLimits {
 }
 
 impl SandboxLimits {
-    /// These limits with what `resources` asks for (`disk-gib` bounds the
-    /// size of a file: the local sandbox has no disk quota of its own).
-    pub fn with_resources(mut self, resources: Option<&Resources>) -> Self {
+    /// These limits resized as the operator asks (`--memory-gib`, `--cpus`,
+    /// `--disk-gib`): they may go up as well as down.
+    pub fn sized(mut self, resources: Option<&Resources>) -> Self {
         let Some(resources) = resources else { return self };
         if let Some(gib) = resources.memory_gib {
-            self.memory_bytes = u64::from(gib) * GIB;
+            self.memory_bytes = u64::from(gib).saturating_mul(GIB);
         }
         if let Some(cpus) = resources.cpu {
             self.cpus = Some(cpus);
         }
         if let Some(gib) = resources.disk_gib {
-            self.file_size_bytes = u64::from(gib) * GIB;
+            self.file_size_bytes = u64::from(gib).saturating_mul(GIB);
         }
         self
+    }
+
+    /// These limits, lowered to what an agent's `resources` asks for: these
+    /// are ceilings, which an agent may lower but never raise (`disk-gib`
+    /// bounds the size of a file: the local sandbox has no disk quota of its
+    /// own). Says what was asked for above a ceiling, in the second value.
+    pub fn within(self, resources: Option<&Resources>) -> (Self, Vec<String>) {
+        let Some(resources) = resources else { return (self, Vec::new()) };
+        let asked = self.sized(Some(resources));
+        let mut capped = Vec::new();
+        let mut limits = self;
+        if asked.memory_bytes > self.memory_bytes {
+            capped.push(format!("memory {} (the ceiling is {})", bytes(asked.memory_bytes), bytes(self.memory_bytes)));
+        }
+        limits.memory_bytes = asked.memory_bytes.min(self.memory_bytes);
+        limits.cpus = match (asked.cpus, self.cpus) {
+            (Some(wanted), Some(ceiling)) if wanted > ceiling => {
+                capped.push(format!("{wanted} CPU (the ceiling is {ceiling})"));
+                Some(ceiling)
+            }
+            (wanted, ceiling) => wanted.or(ceiling),
+        };
+        if asked.file_size_bytes > self.file_size_bytes {
+            capped.push(format!(
+                "disk {} (the ceiling is {})",
+                bytes(asked.file_size_bytes),
+                bytes(self.file_size_bytes)
+            ));
+        }
+        limits.file_size_bytes = asked.file_size_bytes.min(self.file_size_bytes);
+        (limits, capped)
+    }
+
+    /// Each limit the lower of these and `other`'s.
+    pub fn lowest(&self, other: &SandboxLimits) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: self.memory_bytes.min(other.memory_bytes),
+            max_processes: self.max_processes.min(other.max_processes),
+            cpus: match (self.cpus, other.cpus) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            file_size_bytes: self.file_size_bytes.min(other.file_size_bytes),
+        }
     }
 
     /// A short description, for notes and warnings.
@@ -488,15 +532,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resources_override_the_defaults_and_disk_bounds_files() {
+    fn resources_lower_the_limits_but_never_raise_them() {
         let resources = Resources { cpu: Some(2), memory_gib: Some(1), disk_gib: Some(3), gpu: None };
-        let limits = SandboxLimits::default().with_resources(Some(&resources));
+        let (limits, capped) = SandboxLimits::default().within(Some(&resources));
         assert_eq!(limits.memory_bytes, GIB);
         assert_eq!(limits.cpus, Some(2));
         assert_eq!(limits.file_size_bytes, 3 * GIB);
         assert_eq!(limits.max_processes, 512);
-        assert_eq!(SandboxLimits::default().with_resources(None), SandboxLimits::default());
+        assert!(capped.is_empty());
+        assert_eq!(SandboxLimits::default().within(None).0, SandboxLimits::default());
         assert_eq!(limits.describe(), "memory 1 GiB, 512 processes, 2 CPU, files up to 3 GiB");
+
+        // The operator's --memory-gib 1 --cpus 1 --disk-gib 1 are ceilings.
+        let operator = Resources { cpu: Some(1), memory_gib: Some(1), disk_gib: Some(1), gpu: None };
+        let ceiling = SandboxLimits::default().sized(Some(&operator));
+        let greedy = Resources { cpu: Some(8), memory_gib: Some(64), disk_gib: Some(100), gpu: None };
+        let (limits, capped) = ceiling.within(Some(&greedy));
+        assert_eq!(limits, ceiling);
+        assert_eq!(capped.len(), 3, "{capped:?}");
+        // The operator may raise the defaults.
+        let big = Resources { cpu: None, memory_gib: Some(8), disk_gib: None, gpu: None };
+        assert_eq!(SandboxLimits::default().sized(Some(&big)).memory_bytes, 8 * GIB);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use limits::SandboxLimits;
 use store::{Metadata, Store};
 pub use supervise::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
 pub use volumes::default_data_dir;
-use volumes::{Mounted, Volumes};
+use volumes::{MountSpec, Mounted, Volumes};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
@@ -136,19 +136,22 @@ impl LocalConnector {
                 .to_string_lossy()
                 .into_owned()
         };
-        let mounts = self.place_mounts(&root, &visible_root, &isolation, &metadata.mounts)?;
+        let opened = self.volumes.open(&metadata.mounts)?;
+        let mounts = self.place_mounts(&root, &visible_root, &isolation, &opened)?;
         let mut mounted_fs = Vec::new();
         // The file API also finds a volume at the path it was asked for
-        // (unisolated, that may name another sandbox's directory).
-        for mount in mounts.iter().chain(&metadata.mounts) {
-            let confined = ConfinedRoot::open(&mount.host).map_err(|err| {
+        // (unisolated, that may name another sandbox's directory). Either
+        // way it is confined to the directory that was resolved safely.
+        for mount in mounts.iter().chain(&opened) {
+            let confined = ConfinedRoot::from_dir(&mount.dir).map_err(|err| {
                 SandboxError::other(format!("cannot open volume directory {}: {err}", mount.host.display()))
             })?;
             mounted_fs.push((mount.visible.clone(), Arc::new(confined)));
         }
         // Longest first: a path goes to the innermost mount that holds it.
         mounted_fs.sort_by_key(|(visible, _)| std::cmp::Reverse(visible.len()));
-        let limits = metadata.limits.unwrap_or(self.config.limits);
+        // A kept sandbox reopened under lower ceilings gets the lower ones.
+        let limits = metadata.limits.map_or(self.config.limits, |kept| kept.lowest(&self.config.limits));
         let isolated = isolation.is_isolated();
         let enforced = limits::enforce(&id, &limits, isolated);
         let place = exec::Place {
@@ -223,7 +226,7 @@ impl LocalConnector {
                     std::os::unix::fs::symlink(&mount.host, &link)
                         .map_err(|err| io_error("cannot link the volume at", &link, err))?;
                 }
-                Ok(Mounted { host: mount.host.clone(), visible: format!("{visible_root}/{rel}") })
+                Ok(Mounted { visible: format!("{visible_root}/{rel}"), ..mount.clone() })
             })
             .collect()
     }
@@ -246,12 +249,19 @@ impl Connector for LocalConnector {
         {
             tracing::warn!("the local sandbox ignores image, snapshot and gpu: commands use this machine's system");
         }
+        let (limits, capped) = self.config.limits.within(options.resources.as_ref());
+        if !capped.is_empty() {
+            tracing::warn!(
+                "a sandbox asked for {}: it gets the ceiling (raise it with --memory-gib, --cpus or --disk-gib)",
+                capped.join(", ")
+            );
+        }
         let metadata = Metadata {
             name: options.name.clone(),
             labels: options.labels.clone(),
             env: options.env.clone(),
-            limits: Some(self.config.limits.with_resources(options.resources.as_ref())),
-            mounts: self.volumes.resolve(&options.volumes)?,
+            limits: Some(limits),
+            mounts: self.volumes.specs(&options.volumes)?,
         };
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
@@ -330,17 +340,38 @@ impl FileReader for LocalReader {
     }
 }
 
-/// A local file being written.
+/// A local file being written, within the sandbox's file size limit.
 struct LocalWriter {
     file: tokio::fs::File,
     path: String,
+    written: u64,
+    max_bytes: u64,
+}
+
+/// The refusal of a write past the sandbox's file size limit (`disk-gib`),
+/// which binds the file API as `RLIMIT_FSIZE` binds commands.
+fn past_file_limit(path: &str, size: u64, max_bytes: u64) -> SandboxResult<()> {
+    if size <= max_bytes {
+        return Ok(());
+    }
+    Err(SandboxError::new(
+        crate::sandbox::error::ErrorKind::TooLarge,
+        format!(
+            "{path}: writing it would make a file larger than this sandbox's file size limit of {} (disk-gib)",
+            limits::bytes(max_bytes)
+        ),
+    ))
 }
 
 #[async_trait]
 impl FileWriter for LocalWriter {
     async fn write(&mut self, data: &[u8]) -> SandboxResult<()> {
         use tokio::io::AsyncWriteExt;
-        self.file.write_all(data).await.map_err(|err| SandboxError::from_io(&err, &self.path))
+        let size = self.written.saturating_add(data.len() as u64);
+        past_file_limit(&self.path, size, self.max_bytes)?;
+        self.file.write_all(data).await.map_err(|err| SandboxError::from_io(&err, &self.path))?;
+        self.written = size;
+        Ok(())
     }
 
     async fn finish(&mut self) -> SandboxResult<()> {
@@ -417,6 +448,7 @@ impl SandboxBackend for LocalSandbox {
     }
 
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {
+        past_file_limit(path, data.len() as u64, self.runner.limits.file_size_bytes)?;
         let data = data.to_vec();
         self.with_fs(path, move |fs, rel| fs.write(rel, &data)).await
     }
@@ -471,7 +503,12 @@ impl SandboxBackend for LocalSandbox {
 
     async fn open_write(&self, path: &str) -> SandboxResult<Box<dyn FileWriter>> {
         let file = self.with_fs(path, |fs, rel| fs.create(rel)).await?;
-        Ok(Box::new(LocalWriter { file: tokio::fs::File::from_std(file), path: path.to_string() }))
+        Ok(Box::new(LocalWriter {
+            file: tokio::fs::File::from_std(file),
+            path: path.to_string(),
+            written: 0,
+            max_bytes: self.runner.limits.file_size_bytes,
+        }))
     }
 
     async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {

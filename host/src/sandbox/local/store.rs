@@ -27,7 +27,7 @@ pub(crate) struct Metadata {
     pub limits: Option<super::SandboxLimits>,
     /// Its volumes.
     #[serde(default)]
-    pub mounts: Vec<super::Mounted>,
+    pub mounts: Vec<super::MountSpec>,
 }
 
 /// The directory that holds local sandboxes.

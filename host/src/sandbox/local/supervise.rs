@@ -81,14 +81,9 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     // Commands inherit stdin, stdout and stderr only: not this socket, nor
-    // whatever bubblewrap left open.
-    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<i32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-        for fd in fds.into_iter().filter(|&fd| fd > 2) {
-            // SAFETY: fcntl on an fd number; a stale one fails harmlessly.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-    }
+    // whatever bubblewrap left open. close_range needs no /proc, so nothing
+    // mounted over /proc can hide an fd from it.
+    mark_fds_cloexec_from(3);
     if nproc > 0 {
         super::limits::set_rlimit(libc::RLIMIT_NPROC, nproc)?;
     }
@@ -155,6 +150,21 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
                 _ => {}
             }
         }
+    }
+}
+
+/// Mark every fd from `first` on close-on-exec.
+fn mark_fds_cloexec_from(first: u32) {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+    if done {
+        return;
+    }
+    // Kernels before 5.11: every fd number up to the limit.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+    for fd in first..limit.min(1 << 20) as u32 {
+        // SAFETY: fcntl on an fd number; one that is not open fails harmlessly.
+        unsafe { libc::fcntl(fd as i32, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

@@ -4,10 +4,23 @@
 //! Under bubblewrap a volume is bind-mounted at its mount path; without
 //! isolation it can only appear inside the sandbox directory (as a symbolic
 //! link). The file API reaches a volume directly, confined to it.
+//!
+//! A volume's contents are written by sandboxes, so nothing in it is trusted:
+//! a subpath is resolved one component at a time beneath the volume's
+//! directory with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` — a
+//! symbolic link anywhere on the way is refused, not followed — and what is
+//! mounted (`bwrap --bind-fd`) and what the file API confines itself to is
+//! that resolved descriptor, never a path looked up again later. Mount paths
+//! that would hide what the sandbox itself relies on (`/`, `/proc`, `/dev`,
+//! `/sys`, the system directories, the supervisor at `/run/flue`) are
+//! refused.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
@@ -27,12 +40,41 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// A volume mounted into a sandbox: where it is on the host, where
-/// commands see it.
+/// Paths a volume may not be mounted at, over, or under: the sandbox needs
+/// them as they are (`/proc` for the supervisor's process table, `/dev`,
+/// the read-only system, the supervisor's own binary).
+const RESERVED_PATHS: &[&str] =
+    &["/proc", "/dev", "/sys", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/run/flue"];
+
+/// The most volumes one sandbox mounts.
+pub(crate) const MAX_VOLUMES: usize = 32;
+
+/// A volume mount as a sandbox's metadata keeps it: which volume, which
+/// part of it, where commands see it. Never a resolved host path: that is
+/// found again, safely, each time the sandbox is opened.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Mounted {
-    pub host: PathBuf,
+pub(crate) struct MountSpec {
+    /// The volume's name (empty in metadata written by flue before 0.2:
+    /// such a sandbox is refused rather than trusted).
+    #[serde(default)]
+    pub volume: String,
+    /// The directory inside the volume that is mounted, relative.
+    #[serde(default)]
+    pub subpath: Option<String>,
+    /// Where commands see it.
     pub visible: String,
+}
+
+/// A volume mount resolved for an open sandbox.
+#[derive(Clone, Debug)]
+pub(crate) struct Mounted {
+    /// Where commands see it.
+    pub visible: String,
+    /// The mounted directory, opened beneath the volume (`O_PATH`).
+    pub dir: Arc<OwnedFd>,
+    /// Where that directory was when it was opened (for messages, and the
+    /// symbolic link of an unisolated sandbox).
+    pub host: PathBuf,
 }
 
 /// The volumes directory.
@@ -52,6 +94,49 @@ fn check_name(name: &str) -> SandboxResult<()> {
             "{name:?} is not a volume name: use letters, digits, '-', '_' and '.' (not first)"
         )))
     }
+}
+
+/// `path` as an absolute path without `.`, empty components or a trailing
+/// `/`, or why it cannot be a mount path.
+fn normal_mount_path(volume: &str, path: &str) -> SandboxResult<String> {
+    let refuse =
+        |why: &str| Err(SandboxError::invalid_input(format!("volume {volume}: the mount path {path:?} {why}")));
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return refuse("must be absolute, without '..'");
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.is_empty() {
+        return refuse("would hide the whole sandbox: mount it at a directory such as /data");
+    }
+    let normal = format!("/{}", parts.join("/"));
+    let overlaps = |reserved: &str| {
+        normal == reserved
+            || reserved.strip_prefix(normal.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            || normal.strip_prefix(reserved).is_some_and(|rest| rest.starts_with('/'))
+    };
+    if let Some(reserved) = RESERVED_PATHS.iter().find(|r| overlaps(r)) {
+        return refuse(&format!(
+            "would cover or sit inside {reserved}, which the sandbox itself needs: mount it elsewhere (e.g. /data)"
+        ));
+    }
+    Ok(normal)
+}
+
+/// `name` opened beneath `dir` as a directory, following no symbolic link.
+fn open_dir_beneath(dir: impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// Where the directory `fd` is, as the kernel names it.
+fn path_of(fd: &OwnedFd) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
 impl Volumes {
@@ -109,18 +194,19 @@ impl Volumes {
         std::fs::remove_dir_all(&path).map_err(|err| SandboxError::other(format!("cannot delete volume {name}: {err}")))
     }
 
-    /// Resolve the mounts of a new sandbox: each volume's directory (created
-    /// when asked and missing), narrowed to its subpath.
-    pub fn resolve(&self, mounts: &[VolumeMount]) -> SandboxResult<Vec<Mounted>> {
+    /// Check the mounts a new sandbox asks for, creating volumes where asked
+    /// and missing; what its metadata keeps.
+    pub fn specs(&self, mounts: &[VolumeMount]) -> SandboxResult<Vec<MountSpec>> {
+        if mounts.len() > MAX_VOLUMES {
+            return Err(SandboxError::invalid_input(format!(
+                "{} volumes asked for: a local sandbox mounts at most {MAX_VOLUMES}",
+                mounts.len()
+            )));
+        }
         mounts
             .iter()
             .map(|mount| {
-                if !mount.mount_path.starts_with('/') || mount.mount_path.split('/').any(|c| c == "..") {
-                    return Err(SandboxError::invalid_input(format!(
-                        "volume {}: the mount path {:?} must be absolute, without '..'",
-                        mount.volume, mount.mount_path
-                    )));
-                }
+                let visible = normal_mount_path(&mount.volume, &mount.mount_path)?;
                 let dir = self.path(&mount.volume)?;
                 if !dir.is_dir() {
                     if !mount.create {
@@ -136,24 +222,116 @@ impl Volumes {
                         Err(err) => return Err(err),
                     }
                 }
-                let mut host = dir;
-                if let Some(subpath) = mount.subpath.as_deref().filter(|s| !s.is_empty()) {
-                    let relative = Path::new(subpath);
-                    if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
-                        return Err(SandboxError::invalid_input(format!(
-                            "volume {}: the subpath {subpath:?} must be relative, without '..'",
-                            mount.volume
-                        )));
-                    }
-                    host = host.join(relative);
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&host)
-                        .map_err(|err| SandboxError::other(format!("cannot create {}: {err}", host.display())))?;
+                let subpath = mount.subpath.as_deref().filter(|s| !s.is_empty());
+                if let Some(subpath) = subpath
+                    && !Path::new(subpath).components().all(|c| matches!(c, Component::Normal(_)))
+                {
+                    return Err(SandboxError::invalid_input(format!(
+                        "volume {}: the subpath {subpath:?} must be relative, without '..'",
+                        mount.volume
+                    )));
                 }
-                Ok(Mounted { host, visible: mount.mount_path.trim_end_matches('/').to_string() })
+                Ok(MountSpec { volume: mount.volume.clone(), subpath: subpath.map(str::to_string), visible })
             })
             .collect()
+    }
+
+    /// Open each mount's directory beneath its volume, creating the
+    /// subpath's missing directories, following no symbolic link.
+    pub fn open(&self, specs: &[MountSpec]) -> SandboxResult<Vec<Mounted>> {
+        specs.iter().map(|spec| self.open_one(spec)).collect()
+    }
+
+    fn open_one(&self, spec: &MountSpec) -> SandboxResult<Mounted> {
+        if spec.volume.is_empty() {
+            return Err(SandboxError::invalid_input(format!(
+                "the volume at {} was recorded by an older flue, by host path, which cannot be trusted: delete this \
+                 sandbox and create a new one",
+                spec.visible
+            )));
+        }
+        check_name(&spec.volume)?;
+        let fail = |what: &str, err: rustix::io::Errno| {
+            let why = match err {
+                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
+                    "it is (or passes through) a symbolic link; a subpath must be a real directory inside the volume"
+                        .to_string()
+                }
+                rustix::io::Errno::NOTDIR => "it is not a directory".to_string(),
+                rustix::io::Errno::NOENT => "it does not exist".to_string(),
+                other => std::io::Error::from(other).to_string(),
+            };
+            SandboxError::invalid_input(format!("volume {}: cannot mount {what}: {why}", spec.volume))
+        };
+        let volumes = rustix::fs::open(&self.dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|err| {
+                SandboxError::other(format!("cannot open the volumes directory {}: {err}", self.dir.display()))
+            })?;
+        let mut dir = open_dir_beneath(&volumes, &spec.volume).map_err(|err| match err {
+            rustix::io::Errno::NOENT => SandboxError::not_found(format!("no local volume named {}", spec.volume)),
+            other => fail("it", other),
+        })?;
+        if let Some(subpath) = spec.subpath.as_deref() {
+            for (i, part) in subpath.split('/').filter(|p| !p.is_empty() && *p != ".").enumerate() {
+                let so_far = subpath.split('/').filter(|p| !p.is_empty() && *p != ".").take(i + 1);
+                let so_far = so_far.collect::<Vec<_>>().join("/");
+                if part == ".." {
+                    return Err(fail(&so_far, rustix::io::Errno::XDEV));
+                }
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(err) => return Err(fail(&so_far, err)),
+                }
+                dir = open_dir_beneath(&dir, part).map_err(|err| fail(&so_far, err))?;
+            }
+        }
+        let host = path_of(&dir);
+        Ok(Mounted { visible: spec.visible.clone(), dir: Arc::new(dir), host })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(subpath: Option<&str>) -> MountSpec {
+        MountSpec { volume: "v".into(), subpath: subpath.map(str::to_string), visible: "/data".into() }
+    }
+
+    #[test]
+    fn mount_paths_that_hide_what_the_sandbox_needs_are_refused() {
+        for path in ["/", "//", "/proc", "/proc/", "/./proc", "/dev/shm", "/run", "/run/flue", "/usr/lib", "/etc"] {
+            assert!(normal_mount_path("v", path).is_err(), "{path} was accepted");
+        }
+        assert_eq!(normal_mount_path("v", "/data/").unwrap(), "/data");
+        assert_eq!(normal_mount_path("v", "//workspace/./cache").unwrap(), "/workspace/cache");
+        assert_eq!(normal_mount_path("v", "/procfs").unwrap(), "/procfs");
+        assert!(normal_mount_path("v", "data").is_err());
+        assert!(normal_mount_path("v", "/a/../proc").is_err());
+    }
+
+    #[test]
+    fn subpaths_never_follow_symbolic_links() {
+        let data = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let volumes = Volumes::new(data.path().join("volumes"));
+        volumes.create("v").unwrap();
+        let volume = data.path().join("volumes/v");
+        std::os::unix::fs::symlink(outside.path(), volume.join("esc")).unwrap();
+        std::fs::create_dir(volume.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", volume.join("inner")).unwrap();
+
+        for subpath in ["esc", "esc/x", "inner", "inner/x", "real/../esc"] {
+            let err = volumes.open(&[mount(Some(subpath))]).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidInput, "{subpath}: {err}");
+        }
+        assert!(!outside.path().join("x").exists(), "a directory was created through the link");
+        let opened = volumes.open(&[mount(Some("real/a/b"))]).unwrap();
+        assert!(volume.join("real/a/b").is_dir());
+        assert_eq!(opened[0].host, volume.canonicalize().unwrap().join("real/a/b"));
+        // The volume itself swapped for a link is refused too.
+        std::fs::rename(&volume, data.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &volume).unwrap();
+        assert!(volumes.open(&[mount(None)]).is_err());
     }
 }

@@ -78,13 +78,8 @@ async fn call<T: Send>(
             let state = instance.store.data();
             let reason = if state.base.limiter.memory_refused().is_some() {
                 format!("it ran out of memory (its limit is {} MiB)", state.base.limiter.config().memory_bytes >> 20)
-            } else if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
-                "it ran out of stack (recursion too deep)".to_string()
             } else {
-                let cause = match err.downcast_ref::<wasmtime::Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => err.root_cause().to_string(),
-                };
+                let cause = crate::runtime::trap::describe(&err).unwrap_or_else(|| err.root_cause().to_string());
                 state.grants.http.redact(&crate::events::one_line(&cause, 300))
             };
             instance.poisoned = Some(reason.clone());
