@@ -15,7 +15,7 @@ use flue::sandbox::session::Session;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TEST_API_KEY, TestDaytona, bwrap_available, children_of, fixture, flue, output, output_watching,
+    TEST_API_KEY, TestDaytona, bwrap_available, children_of, skip_without_bwrap, fixture, flue, output, output_watching,
     output_with_peak_rss, process_state, scratch,
 };
 
@@ -68,7 +68,7 @@ fn planted_library(dir: &Path, marker: &Path) -> Option<Vec<u8>> {
 
 #[test]
 fn ld_preload_from_an_agent_runs_only_inside_the_sandbox() {
-    if !bwrap_available() {
+    if skip_without_bwrap("hardening::ld_preload_from_an_agent_runs_only_inside_the_sandbox", "a library an agent plants must load only inside the isolated sandbox") {
         return;
     }
     let tmp = scratch();
@@ -134,7 +134,7 @@ fn assert_contained(stdout: &str, who: &str) {
 
 #[test]
 fn root_in_the_sandbox_can_neither_remount_nor_mknod_nor_plant_setuid_files() {
-    if !bwrap_available() {
+    if skip_without_bwrap("hardening::root_in_the_sandbox_can_neither_remount_nor_mknod_nor_plant_setuid_files", "capabilities dropped and the seccomp filter exist only under isolation") {
         return;
     }
     let tmp = scratch();
@@ -195,7 +195,11 @@ fn isolation_holds_for_an_unprivileged_user_too() {
         eprintln!("note: FLUE_TEST_UNPRIVILEGED_USER is not set; the unprivileged run is skipped");
         return;
     };
-    if !rustix::process::geteuid().is_root() || !bwrap_available() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: it runs flue as another user, which needs root");
+        return;
+    }
+    if skip_without_bwrap("hardening::isolation_holds_for_an_unprivileged_user_too", "isolation for an unprivileged user") {
         return;
     }
     let payload = json!({"mode": "exec", "command": PRIVILEGE_PROBE});

@@ -8,7 +8,7 @@ use flue::sandbox::Connector as _;
 use flue::sandbox::session::{ExecOptions, Session};
 use serde_json::json;
 
-use crate::support::{bwrap_available, host, isolation, isolation_modes, probe, scratch};
+use crate::support::{bwrap_available, host, isolation, isolation_modes, probe, scratch, skip_without_bwrap};
 
 #[test]
 fn commands_never_see_the_hosts_environment() {
@@ -49,7 +49,7 @@ fn a_secret_in_flues_environment_does_not_reach_commands() {
 
 #[test]
 fn under_bubblewrap_commands_cannot_write_outside_their_sandbox() {
-    if !bwrap_available() {
+    if skip_without_bwrap("isolation::under_bubblewrap_commands_cannot_write_outside_their_sandbox", "only isolation confines what commands write") {
         return;
     }
     let tmp = scratch();
@@ -70,7 +70,7 @@ fn under_bubblewrap_commands_cannot_write_outside_their_sandbox() {
 
 #[test]
 fn under_bubblewrap_commands_have_no_network_unless_allowed() {
-    if !bwrap_available() {
+    if skip_without_bwrap("isolation::under_bubblewrap_commands_have_no_network_unless_allowed", "only isolation takes the network away") {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -165,7 +165,7 @@ async fn command_output_is_capped_with_a_marker() {
 
 #[test]
 fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails() {
-    if !bwrap_available() {
+    if skip_without_bwrap("isolation::a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails", "it tests the probe of bubblewrap itself") {
         return;
     }
     let tmp = scratch();
@@ -219,7 +219,7 @@ fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails()
 fn fds_flue_inherited_or_mounts_with_never_reach_a_command() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    if !bwrap_available() {
+    if skip_without_bwrap("isolation::fds_flue_inherited_or_mounts_with_never_reach_a_command", "unisolated commands reach the host anyway") {
         return;
     }
     let secret = tempfile::NamedTempFile::new().unwrap();

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Output, bwrap_available, flue, output, probe, scratch};
+use crate::support::{Output, bwrap_available, flue, output, probe, scratch, skip_without_bwrap};
 
 /// Whether cgroups enforce the limits in this run (flue says once when
 /// only rlimits do).
@@ -152,7 +152,7 @@ const PROCESSES: &str = "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done
 
 #[test]
 fn nothing_a_command_starts_outlives_its_exec_even_a_daemon() {
-    if !bwrap_available() {
+    if skip_without_bwrap("limits::nothing_a_command_starts_outlives_its_exec_even_a_daemon", "the supervisor runs only under isolation") {
         return;
     }
     for mode in exec_modes() {
@@ -171,7 +171,7 @@ fn nothing_a_command_starts_outlives_its_exec_even_a_daemon() {
 
 #[test]
 fn a_killed_supervisor_is_reported_then_replaced() {
-    if !bwrap_available() {
+    if skip_without_bwrap("limits::a_killed_supervisor_is_reported_then_replaced", "the supervisor runs only under isolation") {
         return;
     }
     let results = execs(&["echo $PPID", "kill -9 $PPID; sleep 5", "echo alive"], &["--exec-mode", "supervisor"]);
@@ -183,7 +183,7 @@ fn a_killed_supervisor_is_reported_then_replaced() {
 
 #[test]
 fn a_command_cannot_reach_the_supervisors_socket_or_memory() {
-    if !bwrap_available() {
+    if skip_without_bwrap("limits::a_command_cannot_reach_the_supervisors_socket_or_memory", "the supervisor runs only under isolation") {
         return;
     }
     let results = execs(
@@ -219,7 +219,11 @@ fn an_unprivileged_user_gets_rlimits_and_is_told_so() {
         eprintln!("note: FLUE_TEST_UNPRIVILEGED_USER is not set; the unprivileged run is skipped");
         return;
     };
-    if !rustix::process::geteuid().is_root() || !bwrap_available() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: it runs flue as another user, which needs root");
+        return;
+    }
+    if skip_without_bwrap("limits::an_unprivileged_user_gets_rlimits_and_is_told_so", "isolation for an unprivileged user") {
         return;
     }
     let command =

@@ -58,6 +58,16 @@ pub fn example_in(lang: &str, name: &str) -> PathBuf {
     build_once(repo_root().join("guest-examples").join(lang).join(name))
 }
 
+/// Whether test `test` must be skipped because bubblewrap does not work
+/// here; if so, says so and why the test needs it.
+pub fn skip_without_bwrap(test: &str, needs: &str) -> bool {
+    if bwrap_available() {
+        return false;
+    }
+    eprintln!("skipped {test}: it needs bubblewrap ({needs}), which does not work here");
+    true
+}
+
 /// Whether bubblewrap works here. With FLUE_TEST_REQUIRE_BWRAP=1 (set by
 /// CI) its absence fails the tests instead of skipping the isolated cases.
 pub fn bwrap_available() -> bool {
