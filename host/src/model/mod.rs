@@ -289,12 +289,12 @@ pub async fn prompt(
     events: &EventLog,
 ) -> Result<PromptAnswer, ModelError> {
     let tools: Vec<String> = match &options.tools {
-        None => tools::ALL.iter().map(|t| t.to_string()).collect(),
+        None => tools::names().into_iter().map(String::from).collect(),
         Some(names) => {
-            if let Some(unknown) = names.iter().find(|n| !tools::ALL.contains(&n.as_str())) {
+            if let Some(unknown) = names.iter().find(|n| tools::find(n).is_none()) {
                 return Err(ModelError::InvalidInput(format!(
                     "there is no tool {unknown:?}: the tools are {}",
-                    tools::ALL.join(", ")
+                    tools::names().join(", ")
                 )));
             }
             names.clone()
