@@ -3,15 +3,20 @@
 //! The host records events through an [`EventLog`]; sinks render them (the
 //! CLI's progress view or JSON lines on stderr, or a collector in tests).
 //! Events carry only what the sandbox saw (operation, target, duration,
-//! outcome): never environment values or secrets. This module is data only:
-//! presentation lives in `cli::render`.
+//! outcome): never environment values or secrets. A log can carry secrets
+//! to redact ([`EventLog::redacting`]): then every text field of every event
+//! recorded through it is redacted on the way to the sink, the one place all
+//! events pass. This module is data only: presentation lives in
+//! `cli::render`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::capability::secrets::Secrets;
 use crate::sandbox::error::SandboxError;
 
 /// Something that happened during a run.
@@ -106,6 +111,27 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Every text field of the event (for redaction).
+    fn text_fields(&mut self) -> Vec<&mut String> {
+        match self {
+            Event::Operation { sandbox, target, detail, error, .. } => {
+                let mut fields = vec![sandbox, target];
+                fields.extend(detail.as_mut());
+                fields.extend(error.as_mut().map(|e| &mut e.message));
+                fields
+            }
+            Event::Sandbox { connector, id, detail, .. } => vec![connector, id, detail],
+            Event::Log { source, level, message } => vec![source, level, message],
+            Event::ModelText { text } => vec![text],
+            Event::ModelTurn { model, .. } => vec![model],
+            Event::ToolCall { tool, arguments, .. } => vec![tool, arguments],
+            Event::RunStarted { run_id, agent } => vec![run_id, agent],
+            Event::RunFinished { run_id, .. } => vec![run_id],
+        }
+    }
+}
+
 /// A failed operation's error, as events carry it.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventError {
@@ -141,6 +167,8 @@ pub struct EventLog {
     sink: Arc<dyn EventSink>,
     /// Log bytes guests may still write; `None`: unlimited.
     log_budget: Option<Arc<LogBudget>>,
+    /// Secrets no event recorded through this log may carry.
+    redact: Vec<Arc<Secrets>>,
 }
 
 /// How much guests may log in one run (agent `log` calls, its stdout and
@@ -158,14 +186,36 @@ pub const MAX_LOG_LINE: usize = 16 * 1024;
 impl EventLog {
     /// An event log writing to `sink`.
     pub fn new(sink: Arc<dyn EventSink>) -> Self {
-        EventLog { sink, log_budget: None }
+        EventLog { sink, log_budget: None, redact: Vec::new() }
     }
 
     /// The same log, with guests' log lines limited to `bytes` in all
     /// (counted from now, shared by every clone of the returned log).
     pub fn with_log_budget(&self, bytes: usize) -> Self {
         let budget = LogBudget { limit: bytes, left: AtomicUsize::new(bytes), exhausted: AtomicBool::new(false) };
-        EventLog { sink: self.sink.clone(), log_budget: Some(Arc::new(budget)) }
+        EventLog { sink: self.sink.clone(), log_budget: Some(Arc::new(budget)), redact: self.redact.clone() }
+    }
+
+    /// The same log (and budget), redacting `secrets` — as is and encoded —
+    /// from every text field of every event recorded through it.
+    pub fn redacting(&self, secrets: Secrets) -> Self {
+        let mut log = self.clone();
+        if !secrets.is_empty() {
+            log.redact.push(Arc::new(secrets));
+        }
+        log
+    }
+
+    /// `text` without the secrets this log redacts. Whoever cuts text short
+    /// for an event redacts it first: a cut secret is no longer found.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut text = Cow::Borrowed(text);
+        for secrets in &self.redact {
+            if secrets.appear_in_any_form(text.as_bytes()) {
+                text = Cow::Owned(secrets.redact(&text));
+            }
+        }
+        text
     }
 
     /// An event log that drops everything.
@@ -177,8 +227,15 @@ impl EventLog {
         EventLog::new(Arc::new(Discard))
     }
 
-    /// Record an event.
-    pub fn record(&self, event: Event) {
+    /// Record an event (redacted, when this log redacts).
+    pub fn record(&self, mut event: Event) {
+        if !self.redact.is_empty() {
+            for field in event.text_fields() {
+                if let Cow::Owned(redacted) = self.redact(field) {
+                    *field = redacted;
+                }
+            }
+        }
         self.sink.record(&event);
     }
 
@@ -186,7 +243,7 @@ impl EventLog {
     pub fn progress(&self, task: impl Into<String>) -> Progress {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        self.sink.progress_started(id, &task.into());
+        self.sink.progress_started(id, &self.redact(&task.into()));
         Progress { sink: self.sink.clone(), id }
     }
 
@@ -218,6 +275,9 @@ impl EventLog {
     /// against the log budget; past it they are dropped, after one marker.
     pub fn log(&self, source: &str, level: &str, message: impl Into<String>) {
         let mut message = message.into();
+        if let Cow::Owned(redacted) = self.redact(&message) {
+            message = redacted;
+        }
         if let Some(budget) = self.log_budget.as_ref().filter(|_| source != "flue") {
             if message.len() > MAX_LOG_LINE {
                 let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);

@@ -128,6 +128,17 @@ impl Secrets {
             .map(|s| (s.name.clone(), s.value.chars().count()))
     }
 
+    /// Whether there are no secrets.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Whether `bytes` contain any secret, as is or encoded: whether
+    /// [`Secrets::redact`] would change them.
+    pub fn appear_in_any_form(&self, bytes: &[u8]) -> bool {
+        self.matcher.as_ref().is_some_and(|m| m.is_match(bytes))
+    }
+
     /// Whether `bytes` contain any secret value.
     pub fn appear_in(&self, bytes: &[u8]) -> bool {
         self.secrets.iter().any(|s| !s.value.is_empty() && memchr::memmem::find(bytes, s.value.as_bytes()).is_some())

@@ -5,10 +5,16 @@
 //! * [`provider`]: Anthropic and OpenAI-compatible wire formats, streaming,
 //!   retries; the API key stays here.
 //! * [`tools`]: `read`, `write`, `edit`, `bash`, `grep`, `glob`.
+//! * [`caps`]: what a model may make flue hold, run or write.
 //!
 //! Each model turn and each tool call is an event; a tool's arguments are
-//! shown (redacted, cut short) and its result only by size.
+//! shown (redacted, cut short) and its result only by size. Every event of a
+//! prompt — streamed text, turns, tool calls, the sandbox operations the
+//! tools make — goes through one event log that redacts the provider's key;
+//! streamed text is redacted over the joined stream, so a key split across
+//! deltas is caught too.
 
+pub mod caps;
 pub mod provider;
 pub mod tools;
 
@@ -16,12 +22,13 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::capability::secrets::Secrets;
 use crate::events::{Event, EventLog, millis};
-use crate::sandbox::session::Session;
+use crate::sandbox::session::{Session, format_bytes};
 
 /// Default model turns per prompt.
 pub const DEFAULT_MAX_TURNS: u32 = 50;
-/// The longest `AGENTS.md` put in the system prompt.
+/// The longest `AGENTS.md` put in the system prompt (bytes).
 const MAX_AGENTS_MD: usize = 32 * 1024;
 
 /// One message of a conversation, provider-neutral.
@@ -176,8 +183,7 @@ async fn system_prompt(session: &Session, options: &PromptOptions, tools: &[Stri
          answer with a short summary.",
         tools.join(", ")
     ));
-    if let Ok(agents) = session.read_text("AGENTS.md").await {
-        let agents: String = agents.chars().take(MAX_AGENTS_MD).collect();
+    if let Some(agents) = read_start(session, "AGENTS.md", MAX_AGENTS_MD).await {
         parts.push(format!("Project instructions (AGENTS.md):\n{}", agents.trim()));
     }
     let today = crate::events::today_utc();
@@ -196,6 +202,82 @@ async fn system_prompt(session: &Session, options: &PromptOptions, tools: &[Stri
     parts.join("\n\n")
 }
 
+/// The first `max` bytes of a text file (whole characters), without reading
+/// the rest; `None` when it cannot be read.
+async fn read_start(session: &Session, path: &str, max: usize) -> Option<String> {
+    let mut reader = session.open_read(path, 0).await.ok()?;
+    let mut bytes = Vec::new();
+    while bytes.len() < max {
+        let part = reader.read(max - bytes.len()).await.ok()?;
+        if part.is_empty() {
+            break;
+        }
+        bytes.extend_from_slice(&part);
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        // Cut inside a character: keep the whole ones.
+        Err(err) if err.utf8_error().error_len().is_none() => {
+            let valid = err.utf8_error().valid_up_to();
+            let mut bytes = err.into_bytes();
+            bytes.truncate(valid);
+            String::from_utf8(bytes).ok()?
+        }
+        Err(_) => return None,
+    };
+    Some(text)
+}
+
+/// The bytes a conversation holds (what is sent to the model each turn).
+fn conversation_bytes(system: &str, conversation: &[Message]) -> usize {
+    let message = |m: &Message| match m {
+        Message::User(text) => text.len(),
+        Message::Assistant { text, calls } => {
+            text.len() + calls.iter().map(|c| c.id.len() + c.name.len() + c.input.to_string().len()).sum::<usize>()
+        }
+        Message::Results(results) => results.iter().map(|r| r.id.len() + r.content.len()).sum(),
+    };
+    system.len() + conversation.iter().map(message).sum::<usize>()
+}
+
+/// Streamed text on its way to events, redacted over the joined stream: the
+/// tail that could still be the start of the key is held back until more
+/// arrives or the answer ends, so a key split across deltas never shows.
+struct TextEvents<'a> {
+    secrets: &'a Secrets,
+    events: &'a EventLog,
+    /// Text not yet passed on.
+    pending: Vec<u8>,
+}
+
+impl TextEvents<'_> {
+    fn push(&mut self, delta: &str) {
+        self.pending.extend_from_slice(delta.as_bytes());
+        let ready = self.secrets.redact_stream(&mut self.pending, false);
+        self.emit(ready);
+    }
+
+    /// The answer ended: pass on what was held back.
+    fn finish(&mut self) {
+        let ready = self.secrets.redact_stream(&mut self.pending, true);
+        self.emit(ready);
+    }
+
+    fn emit(&mut self, mut ready: Vec<u8>) {
+        // A character cut by the hold-back waits for its other bytes.
+        if let Err(err) = std::str::from_utf8(&ready)
+            && err.error_len().is_none()
+        {
+            let rest = ready.split_off(err.valid_up_to());
+            self.pending.splice(0..0, rest);
+        }
+        if !ready.is_empty() {
+            let text = String::from_utf8_lossy(&ready).into_owned();
+            self.events.record(Event::ModelText { text });
+        }
+    }
+}
+
 /// Run one prompt on `conversation` (which keeps growing: a second prompt
 /// continues it) with `provider`'s model working in `session`.
 pub async fn prompt(
@@ -207,12 +289,12 @@ pub async fn prompt(
     events: &EventLog,
 ) -> Result<PromptAnswer, ModelError> {
     let tools: Vec<String> = match &options.tools {
-        None => tools::ALL.iter().map(|t| t.to_string()).collect(),
+        None => tools::names().into_iter().map(String::from).collect(),
         Some(names) => {
-            if let Some(unknown) = names.iter().find(|n| !tools::ALL.contains(&n.as_str())) {
+            if let Some(unknown) = names.iter().find(|n| tools::find(n).is_none()) {
                 return Err(ModelError::InvalidInput(format!(
                     "there is no tool {unknown:?}: the tools are {}",
-                    tools::ALL.join(", ")
+                    tools::names().join(", ")
                 )));
             }
             names.clone()
@@ -223,20 +305,37 @@ pub async fn prompt(
     {
         return Err(ModelError::InvalidInput("result-schema is not valid JSON".into()));
     }
+    // One choke point: every event of this prompt, the tools' sandbox
+    // operations included, is redacted of the key.
+    let events = &events.redacting(provider.secrets().clone());
+    let session = &Session::new(session.sandbox().clone(), Some(session.cwd()), events.clone())
+        .map_err(|err| ModelError::InvalidInput(err.to_string()))?
+        .with_max_read(caps::MAX_TOOL_FILE as u64);
     let definitions = tools::definitions(&tools);
     let system = system_prompt(session, options, &tools).await;
     let max_turns = options.max_turns.unwrap_or(DEFAULT_MAX_TURNS).max(1);
     conversation.push(Message::User(text));
     let mut usage = Usage::default();
     for turn in 1..=max_turns {
+        let size = conversation_bytes(&system, conversation);
+        if size > caps::MAX_CONVERSATION {
+            return Err(ModelError::ContextOverflow(format!(
+                "the conversation is {}, over flue's cap of {}: start a new session, or narrow the task",
+                format_bytes(size),
+                format_bytes(caps::MAX_CONVERSATION)
+            )));
+        }
         let started = Instant::now();
         let request = provider::TurnRequest { system: &system, messages: conversation, tools: &definitions };
-        let mut on_text = |delta: &str| events.record(Event::ModelText { text: provider.redact(delta) });
-        let reply = provider.turn(&request, &mut on_text).await?;
-        usage.input += reply.usage.input;
-        usage.output += reply.usage.output;
+        let mut text_events = TextEvents { secrets: provider.secrets(), events, pending: Vec::new() };
+        let reply = provider.turn(&request, &mut |delta: &str| text_events.push(delta)).await;
+        text_events.finish();
+        let reply = reply?;
+        // Counts from the provider: any value, never an overflow.
+        usage.input = usage.input.saturating_add(reply.usage.input);
+        usage.output = usage.output.saturating_add(reply.usage.output);
         if let Some(read) = reply.usage.cache_read {
-            usage.cache_read = Some(usage.cache_read.unwrap_or(0) + read);
+            usage.cache_read = Some(usage.cache_read.unwrap_or(0).saturating_add(read));
         }
         events.record(Event::ModelTurn {
             model: provider.label.clone(),
@@ -248,11 +347,13 @@ pub async fn prompt(
         });
         conversation.push(Message::Assistant { text: reply.text.clone(), calls: reply.calls.clone() });
         if reply.calls.is_empty() {
+            // The key never reaches the agent, even when the model says it.
+            let text = provider.redact(&reply.text);
             let json = match &options.result_schema {
-                Some(_) => Some(answer_json(&reply.text)?),
+                Some(_) => Some(answer_json(&text)?),
                 None => None,
             };
-            return Ok(PromptAnswer { text: reply.text, json, model: provider.label.clone(), turns: turn, usage });
+            return Ok(PromptAnswer { text, json, model: provider.label.clone(), turns: turn, usage });
         }
         let mut results = Vec::new();
         for call in &reply.calls {
@@ -296,6 +397,33 @@ fn answer_json(text: &str) -> Result<String, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_text_never_shows_a_key_split_across_deltas() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Default)]
+        struct Collect(Mutex<Vec<String>>);
+        impl crate::events::EventSink for Collect {
+            fn record(&self, event: &Event) {
+                if let Event::ModelText { text } = event {
+                    self.0.lock().unwrap().push(text.clone());
+                }
+            }
+        }
+        const KEY: &str = "sk-test-key-0123456789";
+        let secrets = Secrets::from_pairs(vec![("API_KEY".into(), KEY.into())]);
+        let text = format!("é {KEY} ü");
+        for split in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let sink = Arc::new(Collect::default());
+            let events = EventLog::new(sink.clone());
+            let mut stream = TextEvents { secrets: &secrets, events: &events, pending: Vec::new() };
+            stream.push(&text[..split]);
+            stream.push(&text[split..]);
+            stream.finish();
+            let deltas = sink.0.lock().unwrap().clone();
+            assert_eq!(deltas.concat(), "é [redacted API_KEY] ü", "split at {split}: {deltas:?}");
+        }
+    }
 
     #[test]
     fn a_json_answer_is_found_alone_or_fenced() {

@@ -95,7 +95,9 @@ impl Session {
             self.sandbox.exec(&request).await
         }
         .await;
-        self.events.operation(self.sandbox.id(), "exec", &one_line(command, 200), started, &result, |out| {
+        // Redacted before it is cut: a cut secret would no longer be found.
+        let target = one_line(&self.events.redact(command), 200);
+        self.events.operation(self.sandbox.id(), "exec", &target, started, &result, |out| {
             Some(format!("exit {}", out.exit_code))
         });
         result

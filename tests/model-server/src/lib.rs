@@ -7,6 +7,13 @@
 //! or an error status (e.g. 429 with `retry-after`). Every request is
 //! recorded (headers and JSON body), so tests can assert what the host sent.
 //! When the script runs out, the server answers 500.
+//!
+//! A turn can also be hostile, as a broken or malicious provider would be:
+//! a [`Flood`] (huge text or tool-call arguments, endless empty events, an
+//! event that never ends — generated as sent, never held), a huge error
+//! body, any `retry-after` value, and `{{API_KEY}}` in text or tool-call
+//! input, which the server replaces with the key the request carried (to
+//! check it is redacted), split across deltas of `deltaBytes`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,6 +51,21 @@ pub struct Turn {
     /// With `status`: a `retry-after` header (seconds).
     #[serde(default)]
     pub retry_after: Option<u64>,
+    /// With `status`: a `retry-after` header, verbatim (`1e20`, a date, …).
+    #[serde(default)]
+    pub retry_after_header: Option<String>,
+    /// With `status`: a body of this many bytes (not JSON) instead.
+    #[serde(default)]
+    pub error_body_bytes: Option<u64>,
+    /// With `status`: this body (as is, not JSON) instead.
+    #[serde(default)]
+    pub error_body: Option<String>,
+    /// Stream text in deltas of this many bytes (default: two halves).
+    #[serde(default)]
+    pub delta_bytes: Option<usize>,
+    /// A hostile answer instead of text and tool calls.
+    #[serde(default)]
+    pub flood: Option<Flood>,
     /// Wait this long before answering (streams: before each event).
     #[serde(default)]
     pub delay_ms: Option<u64>,
@@ -53,6 +75,20 @@ pub struct Turn {
     /// Usage to report (input, output tokens).
     #[serde(default)]
     pub usage: Option<(u64, u64)>,
+}
+
+/// A hostile answer, generated as it is sent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Flood {
+    /// `bytes` of text, in deltas of 64 KiB (with `noStream`: one JSON body).
+    Text { bytes: u64 },
+    /// One `write` call whose arguments are `bytes` long.
+    Arguments { bytes: u64 },
+    /// Tiny events (pings, empty chunks), without end.
+    EmptyEvents,
+    /// One event that never ends: data without a blank line, without end.
+    OpenEvent,
 }
 
 /// A tool call the model makes.
@@ -106,6 +142,8 @@ impl ModelServer {
             .route("/v1/messages", post(anthropic))
             .route("/v1/chat/completions", post(openai))
             .route("/chat/completions", post(openai))
+            // Conversations up to (and past) flue's cap, not axum's 2 MiB.
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -150,8 +188,22 @@ fn record(state: &AppState, path: &str, headers: &HeaderMap, body: &Value) -> (O
     (state.turns.lock().expect("lock").pop_front(), *served)
 }
 
-fn error_response(status: u16, retry_after: Option<u64>, anthropic: bool) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+fn error_response(turn: &Turn, anthropic: bool) -> Response {
+    let status = StatusCode::from_u16(turn.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry_after = turn.retry_after.map(|s| s.to_string()).or(turn.retry_after_header.clone());
+    let raw = match (&turn.error_body, turn.error_body_bytes) {
+        (Some(text), _) => Some(Body::from(text.clone())),
+        (None, Some(bytes)) => Some(Body::from_stream(filler(bytes, b'x'))),
+        (None, None) => None,
+    };
+    if let Some(raw) = raw {
+        let mut response =
+            Response::builder().status(status).header("content-type", "text/plain").body(raw).expect("response");
+        if let Some(value) = retry_after {
+            response.headers_mut().insert("retry-after", value.parse().expect("header"));
+        }
+        return response;
+    }
     let message = format!("scripted {status}");
     let body = if anthropic {
         let kind = match status.as_u16() {
@@ -166,10 +218,146 @@ fn error_response(status: u16, retry_after: Option<u64>, anthropic: bool) -> Res
         json!({"error": {"message": message, "type": "scripted", "code": status.as_u16()}})
     };
     let mut response = (status, Json(body)).into_response();
-    if let Some(seconds) = retry_after {
-        response.headers_mut().insert("retry-after", seconds.to_string().parse().expect("header"));
+    if let Some(value) = retry_after {
+        response.headers_mut().insert("retry-after", value.parse().expect("header"));
     }
     response
+}
+
+/// A body generated as it is sent.
+type Chunks =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send>>;
+
+/// `bytes` bytes of `byte`, in parts of 64 KiB (never all in memory).
+fn filler(bytes: u64, byte: u8) -> Chunks {
+    const PART: u64 = 64 * 1024;
+    let part = bytes::Bytes::from(vec![byte; PART as usize]);
+    Box::pin(futures_util::stream::unfold(bytes, move |left| {
+        let part = part.clone();
+        async move { (left > 0).then(|| (Ok(part.slice(..left.min(PART) as usize)), left.saturating_sub(PART))) }
+    }))
+}
+
+/// `item` again and again, without end.
+fn endless(item: String) -> Chunks {
+    let item = bytes::Bytes::from(item);
+    Box::pin(futures_util::stream::repeat_with(move || Ok(item.clone())))
+}
+
+/// `before`, then `middle`, then `after`, as one body.
+fn framed(before: String, middle: Chunks, after: String) -> Chunks {
+    use futures_util::StreamExt;
+    let once = |s: String| futures_util::stream::once(async move { Ok(bytes::Bytes::from(s)) });
+    Box::pin(once(before).chain(middle).chain(once(after)))
+}
+
+/// A hostile streamed answer (`anthropic` format, or OpenAI's).
+fn flood_response(flood: &Flood, anthropic: bool, plain: bool) -> Response {
+    let event = |data: Value| {
+        if anthropic {
+            format!("event: {}\ndata: {data}\n\n", data["type"].as_str().unwrap_or("x"))
+        } else {
+            format!("data: {data}\n\n")
+        }
+    };
+    let x64k = "x".repeat(64 * 1024);
+    let body: Chunks = match flood {
+        Flood::Text { bytes } if plain => {
+            let (before, after) = if anthropic {
+                (
+                    r#"{"id":"msg_flood","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":""#,
+                    r#""}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}"#,
+                )
+            } else {
+                (
+                    r#"{"id":"chatcmpl-flood","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":""#,
+                    r#""},"finish_reason":"stop"}]}"#,
+                )
+            };
+            framed(before.into(), filler(*bytes, b'x'), after.into())
+        }
+        Flood::Text { bytes } => {
+            let delta = if anthropic {
+                event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": x64k}}))
+            } else {
+                event(json!({"choices": [{"index": 0, "delta": {"content": x64k}}]}))
+            };
+            let start = if anthropic {
+                event(json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}))
+                    + &event(
+                        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    )
+            } else {
+                String::new()
+            };
+            let count = bytes.div_ceil(64 * 1024) as usize;
+            framed(
+                start,
+                Box::pin(futures_util::stream::iter(std::iter::repeat_n(Ok(bytes::Bytes::from(delta)), count))),
+                String::new(),
+            )
+        }
+        Flood::Arguments { bytes } => {
+            let part = |json: &str| {
+                if anthropic {
+                    event(
+                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": json}}),
+                    )
+                } else {
+                    event(
+                        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": json}}]}}]}),
+                    )
+                }
+            };
+            let start = if anthropic {
+                event(json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}))
+                    + &event(json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "tool_use", "id": "toolu_flood", "name": "write", "input": {}}}))
+            } else {
+                event(
+                    json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_flood", "type": "function",
+                    "function": {"name": "write", "arguments": ""}}]}}]}),
+                )
+            } + &part(r#"{"path": "big.txt", "content": ""#);
+            let count = bytes.div_ceil(64 * 1024) as usize;
+            let parts = std::iter::repeat_n(Ok(bytes::Bytes::from(part(&x64k))), count);
+            framed(start, Box::pin(futures_util::stream::iter(parts)), part(r#""}"#))
+        }
+        Flood::EmptyEvents => {
+            let one = if anthropic {
+                event(json!({"type": "ping"}))
+            } else {
+                ": keep-alive\n\ndata: {\"choices\":[]}\n\n".into()
+            };
+            endless(one.repeat(1000))
+        }
+        Flood::OpenEvent => framed("data: ".into(), endless(x64k), String::new()),
+    };
+    let content_type = if plain { "application/json" } else { "text/event-stream" };
+    Response::builder().header("content-type", content_type).body(Body::from_stream(body)).expect("response")
+}
+
+/// The key a request carried (`x-api-key`, or a bearer token).
+fn key_of(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let key = header("x-api-key");
+    if !key.is_empty() {
+        return key;
+    }
+    header("authorization").strip_prefix("Bearer ").unwrap_or_default().to_string()
+}
+
+/// `turn` with `{{API_KEY}}` in its text and tool-call inputs replaced by `key`.
+fn with_key(mut turn: Turn, key: &str) -> Turn {
+    const PLACEHOLDER: &str = "{{API_KEY}}";
+    for text in [&mut turn.text, &mut turn.error_body].into_iter().flatten() {
+        *text = text.replace(PLACEHOLDER, key);
+    }
+    for call in &mut turn.tool_calls {
+        let input = call.input.to_string().replace(PLACEHOLDER, key);
+        call.input = serde_json::from_str(&input).unwrap_or(Value::Null);
+    }
+    turn
 }
 
 fn sse(events: Vec<String>, delay: Option<u64>, done: Done) -> Response {
@@ -215,16 +403,39 @@ fn halves(text: &str) -> Vec<String> {
     [&text[..mid], &text[mid..]].into_iter().filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
+/// `text` as streamed deltas: pieces of about `size` bytes (whole
+/// characters), or two halves.
+fn deltas(text: &str, size: Option<usize>) -> Vec<String> {
+    let Some(size) = size.filter(|s| *s > 0) else { return halves(text) };
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    for c in text.chars() {
+        piece.push(c);
+        if piece.len() >= size {
+            pieces.push(std::mem::take(&mut piece));
+        }
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    pieces
+}
+
 async fn anthropic(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     let done = Done::new(&state);
     let (turn, n) = record(&state, "/v1/messages", &headers, &body);
-    let Some(turn) = turn else { return error_response(500, None, true) };
+    let Some(turn) = turn else { return error_response(&Turn::default(), true) };
+    let turn = with_key(turn, &key_of(&headers));
     if let Some(ms) = turn.delay_ms.filter(|_| turn.status.is_some() || turn.no_stream) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = turn.status {
+    if turn.status.is_some() {
         done.finish();
-        return error_response(status, turn.retry_after, true);
+        return error_response(&turn, true);
+    }
+    if let Some(flood) = &turn.flood {
+        done.finish();
+        return flood_response(flood, true, body["stream"] != true || turn.no_stream);
     }
     let model = body["model"].as_str().unwrap_or("model").to_string();
     let (input_tokens, output_tokens) = turn.usage.unwrap_or((100, 20));
@@ -258,7 +469,7 @@ async fn anthropic(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(
             "content_block_start",
             json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
         ));
-        for part in halves(text) {
+        for part in deltas(text, turn.delta_bytes) {
             events.push(event(
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": part}}),
@@ -294,20 +505,25 @@ async fn anthropic(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(
 async fn openai(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     let done = Done::new(&state);
     let (turn, n) = record(&state, "/v1/chat/completions", &headers, &body);
-    let Some(turn) = turn else { return error_response(500, None, false) };
+    let Some(turn) = turn else { return error_response(&Turn::default(), false) };
+    let turn = with_key(turn, &key_of(&headers));
     if let Some(ms) = turn.delay_ms.filter(|_| turn.status.is_some() || turn.no_stream) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = turn.status {
+    if turn.status.is_some() {
         done.finish();
-        return error_response(status, turn.retry_after, false);
+        return error_response(&turn, false);
+    }
+    if let Some(flood) = &turn.flood {
+        done.finish();
+        return flood_response(flood, false, body["stream"] != true || turn.no_stream);
     }
     let model = body["model"].as_str().unwrap_or("model").to_string();
     let (prompt_tokens, completion_tokens) = turn.usage.unwrap_or((100, 20));
     let finish = if turn.tool_calls.is_empty() { "stop" } else { "tool_calls" };
     let ids: Vec<String> = (0..turn.tool_calls.len()).map(|i| format!("call_{n}_{i}")).collect();
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens});
+        "total_tokens": prompt_tokens.saturating_add(completion_tokens)});
     if body["stream"] != true || turn.no_stream {
         let calls: Vec<Value> = turn
             .tool_calls
@@ -333,7 +549,7 @@ async fn openai(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(bod
     };
     let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
     if let Some(text) = &turn.text {
-        for part in halves(text) {
+        for part in deltas(text, turn.delta_bytes) {
             events.push(chunk(json!({"content": part}), None));
         }
     }
