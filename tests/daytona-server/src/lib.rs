@@ -11,6 +11,7 @@
 mod api;
 mod errors;
 mod faults;
+mod home;
 mod time;
 #[allow(clippy::result_large_err, reason = "handlers return ready-made error responses")]
 mod toolbox;
@@ -138,6 +139,7 @@ impl DaytonaServer {
             (true, Ok(bwrap)) => Isolation::Bubblewrap { bwrap, allow_network: false },
             _ => Isolation::None,
         };
+        let isolated = isolation.is_isolated();
         let dir = tempfile::Builder::new().prefix("daytona-test-server-").tempdir()?;
         let mut local = LocalConfig::new(isolation);
         local.base_dir = config.sandboxes_dir.clone().unwrap_or_else(|| dir.path().join("sandboxes"));
@@ -149,6 +151,10 @@ impl DaytonaServer {
         // The same host assembly as flue itself, with only the local backend.
         let host = flue::HostBuilder::new().cache_dir(None).backend(Arc::new(LocalConnector::new(local))).build()?;
         let local = host.connector("local", &EventLog::discard()).await?;
+        // Without bubblewrap the sandboxes cannot be at /home/daytona for
+        // real: map that path (see `home`).
+        let local: Arc<dyn flue::sandbox::Connector> =
+            if isolated { local } else { Arc::new(home::HomeMapped::new(local)) };
         let state = Arc::new(AppState {
             api_key: config.api_key,
             faults: config.faults,
