@@ -15,8 +15,8 @@ use flue::sandbox::session::Session;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TEST_API_KEY, TestDaytona, bwrap_available, children_of, skip_without_bwrap, fixture, flue, output, output_watching,
-    output_with_peak_rss, process_state, scratch,
+    TEST_API_KEY, TestDaytona, bwrap_available, children_of, fixture, flue, output, output_watching,
+    output_with_peak_rss, process_state, scratch, skip_without_bwrap,
 };
 
 /// `flue run <hostile-agent> --payload PAYLOAD ARGS…`, local sandboxes under `tmp`.
@@ -68,7 +68,10 @@ fn planted_library(dir: &Path, marker: &Path) -> Option<Vec<u8>> {
 
 #[test]
 fn ld_preload_from_an_agent_runs_only_inside_the_sandbox() {
-    if skip_without_bwrap("hardening::ld_preload_from_an_agent_runs_only_inside_the_sandbox", "a library an agent plants must load only inside the isolated sandbox") {
+    if skip_without_bwrap(
+        "hardening::ld_preload_from_an_agent_runs_only_inside_the_sandbox",
+        "a library an agent plants must load only inside the isolated sandbox",
+    ) {
         return;
     }
     let tmp = scratch();
@@ -134,7 +137,10 @@ fn assert_contained(stdout: &str, who: &str) {
 
 #[test]
 fn root_in_the_sandbox_can_neither_remount_nor_mknod_nor_plant_setuid_files() {
-    if skip_without_bwrap("hardening::root_in_the_sandbox_can_neither_remount_nor_mknod_nor_plant_setuid_files", "capabilities dropped and the seccomp filter exist only under isolation") {
+    if skip_without_bwrap(
+        "hardening::root_in_the_sandbox_can_neither_remount_nor_mknod_nor_plant_setuid_files",
+        "capabilities dropped and the seccomp filter exist only under isolation",
+    ) {
         return;
     }
     let tmp = scratch();
@@ -199,7 +205,10 @@ fn isolation_holds_for_an_unprivileged_user_too() {
         eprintln!("skipped: it runs flue as another user, which needs root");
         return;
     }
-    if skip_without_bwrap("hardening::isolation_holds_for_an_unprivileged_user_too", "isolation for an unprivileged user") {
+    if skip_without_bwrap(
+        "hardening::isolation_holds_for_an_unprivileged_user_too",
+        "isolation for an unprivileged user",
+    ) {
         return;
     }
     let payload = json!({"mode": "exec", "command": PRIVILEGE_PROBE});

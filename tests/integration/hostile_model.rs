@@ -352,3 +352,25 @@ fn the_key_never_reaches_events_results_or_errors() {
         assert!(exec_targets.iter().any(|t| t.contains(&redacted)), "{format}: {exec_targets:?}");
     }
 }
+
+/// A JSON answer that spells the key with escapes (`\u0073k-…`) is
+/// redacted after flue parses it, not only as text.
+#[test]
+fn an_escaped_key_in_a_json_answer_is_redacted_too() {
+    let rt = runtime();
+    let escaped = format!("\\u{:04x}{}", KEY.as_bytes()[0], &KEY[1..]);
+    let turns = vec![Turn { text: Some(format!("{{\"leak\": \"{escaped}\"}}")), ..Default::default() }];
+    let server = rt.block_on(ModelServer::start(Script { turns })).unwrap();
+    let tmp = scratch();
+    let payload = json!({"mode": "prompt", "model": "openai/gpt-test", "prompts": ["go on"],
+                         "schema": {"type": "object"}});
+    let out = output(
+        flue_probe(payload, &[], tmp.path())
+            .env("OPENAI_BASE_URL", format!("{}/v1", server.url()))
+            .env("OPENAI_API_KEY", KEY),
+    );
+    let answers = answers(&out);
+    let json = answers[0]["json"].as_str().unwrap_or_else(|| panic!("{answers:?}"));
+    assert!(!json.contains(&KEY[..8]), "the key reached the agent through the parsed JSON: {json}");
+    assert!(json.contains("[redacted OPENAI_API_KEY]"), "{json}");
+}

@@ -49,7 +49,10 @@ fn a_secret_in_flues_environment_does_not_reach_commands() {
 
 #[test]
 fn under_bubblewrap_commands_cannot_write_outside_their_sandbox() {
-    if skip_without_bwrap("isolation::under_bubblewrap_commands_cannot_write_outside_their_sandbox", "only isolation confines what commands write") {
+    if skip_without_bwrap(
+        "isolation::under_bubblewrap_commands_cannot_write_outside_their_sandbox",
+        "only isolation confines what commands write",
+    ) {
         return;
     }
     let tmp = scratch();
@@ -70,7 +73,10 @@ fn under_bubblewrap_commands_cannot_write_outside_their_sandbox() {
 
 #[test]
 fn under_bubblewrap_commands_have_no_network_unless_allowed() {
-    if skip_without_bwrap("isolation::under_bubblewrap_commands_have_no_network_unless_allowed", "only isolation takes the network away") {
+    if skip_without_bwrap(
+        "isolation::under_bubblewrap_commands_have_no_network_unless_allowed",
+        "only isolation takes the network away",
+    ) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -165,7 +171,10 @@ async fn command_output_is_capped_with_a_marker() {
 
 #[test]
 fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails() {
-    if skip_without_bwrap("isolation::a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails", "it tests the probe of bubblewrap itself") {
+    if skip_without_bwrap(
+        "isolation::a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails",
+        "it tests the probe of bubblewrap itself",
+    ) {
         return;
     }
     let tmp = scratch();
@@ -219,7 +228,10 @@ fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails()
 fn fds_flue_inherited_or_mounts_with_never_reach_a_command() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    if skip_without_bwrap("isolation::fds_flue_inherited_or_mounts_with_never_reach_a_command", "unisolated commands reach the host anyway") {
+    if skip_without_bwrap(
+        "isolation::fds_flue_inherited_or_mounts_with_never_reach_a_command",
+        "unisolated commands reach the host anyway",
+    ) {
         return;
     }
     let secret = tempfile::NamedTempFile::new().unwrap();

@@ -152,7 +152,10 @@ const PROCESSES: &str = "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done
 
 #[test]
 fn nothing_a_command_starts_outlives_its_exec_even_a_daemon() {
-    if skip_without_bwrap("limits::nothing_a_command_starts_outlives_its_exec_even_a_daemon", "the supervisor runs only under isolation") {
+    if skip_without_bwrap(
+        "limits::nothing_a_command_starts_outlives_its_exec_even_a_daemon",
+        "the supervisor runs only under isolation",
+    ) {
         return;
     }
     for mode in exec_modes() {
@@ -171,7 +174,10 @@ fn nothing_a_command_starts_outlives_its_exec_even_a_daemon() {
 
 #[test]
 fn a_killed_supervisor_is_reported_then_replaced() {
-    if skip_without_bwrap("limits::a_killed_supervisor_is_reported_then_replaced", "the supervisor runs only under isolation") {
+    if skip_without_bwrap(
+        "limits::a_killed_supervisor_is_reported_then_replaced",
+        "the supervisor runs only under isolation",
+    ) {
         return;
     }
     let results = execs(&["echo $PPID", "kill -9 $PPID; sleep 5", "echo alive"], &["--exec-mode", "supervisor"]);
@@ -183,7 +189,10 @@ fn a_killed_supervisor_is_reported_then_replaced() {
 
 #[test]
 fn a_command_cannot_reach_the_supervisors_socket_or_memory() {
-    if skip_without_bwrap("limits::a_command_cannot_reach_the_supervisors_socket_or_memory", "the supervisor runs only under isolation") {
+    if skip_without_bwrap(
+        "limits::a_command_cannot_reach_the_supervisors_socket_or_memory",
+        "the supervisor runs only under isolation",
+    ) {
         return;
     }
     let results = execs(
@@ -223,7 +232,10 @@ fn an_unprivileged_user_gets_rlimits_and_is_told_so() {
         eprintln!("skipped: it runs flue as another user, which needs root");
         return;
     }
-    if skip_without_bwrap("limits::an_unprivileged_user_gets_rlimits_and_is_told_so", "isolation for an unprivileged user") {
+    if skip_without_bwrap(
+        "limits::an_unprivileged_user_gets_rlimits_and_is_told_so",
+        "isolation for an unprivileged user",
+    ) {
         return;
     }
     let command =
@@ -260,6 +272,15 @@ fn operator_limits_are_ceilings_for_agents_and_the_file_api() {
     assert!(stdout.starts_with("1048576\n"), "the agent raised the file size ceiling: {result}");
     assert!(!stdout.contains("python=0"), "the agent raised the memory ceiling: {result}");
     assert!(out.stderr.contains("memory-gib 4 (the ceiling is 1)"), "{}", out.stderr);
+
+    // Zero is not "no limit".
+    let zero = crate::support::output(&mut crate::support::flue_probe(
+        json!({"mode": "exec", "command": "true", "resources": {"cpu": 0}}),
+        &["--cpus", "1"],
+        tmp.path(),
+    ));
+    assert_ne!(zero.code, 0, "cpu 0 was accepted");
+    assert!(zero.stderr.contains("resources.cpu is 0"), "{}", zero.stderr);
 
     // 1 GiB + 1 MiB through the streamed file API, under --disk-gib 1.
     let tmp = scratch();

@@ -152,3 +152,59 @@ fn a_link_planted_in_a_volume_never_reaches_the_host() {
         }
     }
 }
+
+/// bubblewrap follows links in a mount point's path; a command can plant
+/// one where a volume's mount point will be looked up (inside the sandbox
+/// directory, or inside another volume), then make the supervisor restart.
+/// No mount point is ever looked up there, so nothing is created on the
+/// host; and a NUL byte cannot add bubblewrap arguments of its own.
+#[test]
+fn mount_points_cannot_be_redirected_and_nul_bytes_add_no_mounts() {
+    if crate::support::skip_without_bwrap(
+        "volumes::mount_points_cannot_be_redirected_and_nul_bytes_add_no_mounts",
+        "bubblewrap's own mount setup is what is attacked",
+    ) {
+        return;
+    }
+    let data = scratch();
+    let host_dir = scratch();
+    let target = host_dir.path().to_string_lossy().into_owned();
+    for mode in ["supervisor", "per-command"] {
+        let tmp = scratch();
+        let run = |payload: Value| {
+            output(
+                flue_probe(payload, &["--isolation", "bwrap", "--exec-mode", mode], tmp.path())
+                    .env("FLUE_DATA_DIR", data.path()),
+            )
+        };
+        // A mount inside the sandbox: the command moves its parent away,
+        // links it to the host, kills the supervisor; the next command
+        // needs a new one.
+        let swapped = run(json!({"mode": "execs", "volume": {"name": "v", "path": "/workspace/a/b", "create": true},
+        "commands": [
+            format!("mv /workspace/a /workspace/c; ln -s /oldroot{target} /workspace/a; kill -9 $PPID; sleep 5"),
+            "ls /workspace/a/ 2>&1; echo next",
+        ]}));
+        assert_eq!(swapped.code, 0, "{mode}: {}", swapped.stderr);
+        assert!(!host_dir.path().join("b").exists(), "{mode}: bubblewrap created a directory on the host");
+
+        // A mount inside another volume, where a link was planted.
+        let planted = run(json!({"mode": "exec", "volume": {"name": "v", "path": "/data", "create": true},
+            "command": format!("ln -sfn /oldroot{target} /data/x")}));
+        assert_eq!(planted.code, 0, "{mode}: {}", planted.stderr);
+        let nested = run(json!({"mode": "exec", "command": "true", "volumes": [
+            {"name": "v", "path": "/data"}, {"name": "w", "path": "/data/x/sub", "create": true}]}));
+        assert_ne!(nested.code, 0, "{mode}: nested mounts were accepted");
+        assert!(nested.stderr.contains("one inside the other"), "{mode}: {}", nested.stderr);
+        assert!(!host_dir.path().join("sub").exists(), "{mode}: a directory was created on the host");
+
+        // NUL bytes in a mount path, a command, a variable.
+        let nul_mount = run(json!({"mode": "exec", "command": "ls /host", "volume":
+            {"name": "v", "path": "/data\u{0}--bind\u{0}/\u{0}/host"}}));
+        assert_ne!(nul_mount.code, 0, "{mode}: a mount path with NUL bytes was used");
+        assert!(nul_mount.stderr.contains("NUL"), "{mode}: {}", nul_mount.stderr);
+        let nul_command = run(json!({"mode": "exec", "command": "ls /host\u{0}--bind\u{0}/\u{0}/host"}));
+        assert!(nul_command.stderr.contains("NUL"), "{mode}: {}", nul_command.stderr);
+        assert!(!nul_command.stdout.contains("\"exitCode\": 0"), "{mode}: {}", nul_command.stdout);
+    }
+}

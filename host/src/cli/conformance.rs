@@ -40,9 +40,13 @@ pub async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), 
     let mut results = conformance::run(sandbox.clone(), connector.info().merges_output, EventLog::discard()).await;
     results.extend(conformance::run_volumes(connector.as_ref(), sandbox.workdir()).await);
     if args.keep {
-        eprintln!("kept sandbox {}", sandbox.id());
+        eprintln!("kept sandbox {}", super::render::escape(sandbox.id()));
     } else if let Err(err) = connector.delete(sandbox.id()).await {
-        eprintln!("warning: could not delete sandbox {}: {err}", sandbox.id());
+        eprintln!(
+            "warning: could not delete sandbox {}: {}",
+            super::render::escape(sandbox.id()),
+            super::render::escape_block(&err.to_string())
+        );
     }
     out!("{}", render_table(&args.connector, &results).trim_end());
     if results.iter().any(|r| r.outcome.is_err()) {

@@ -35,7 +35,7 @@ pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
             Ok(info) => {
                 // Everything but the file name comes from the connector: escaped.
                 let info = escaped_info(&info);
-                out!("  {:<12} {} {} — {}", listing.name, info.name, info.version, info.description);
+                out!("  {:<12} {} {} — {}", escape(&listing.name), info.name, info.version, info.description);
                 out!("  {:<12} source: {source}", "");
                 for key in &info.config {
                     let flags = [(key.required, "required"), (key.secret, "secret")]
@@ -56,7 +56,7 @@ pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
                     out!("  {:<12} may call: {}", "", info.allowed_hosts.join(", "));
                 }
             }
-            Err(err) => out!("  {:<12} error: {}", listing.name, escape(&err.to_string())),
+            Err(err) => out!("  {:<12} error: {}", escape(&listing.name), escape(&err.to_string())),
         }
     }
     Ok(())

@@ -220,7 +220,7 @@ async fn listings(
         match listed {
             Ok(sandboxes) => all.push((name, sandboxes)),
             Err(why) if explicit => return Err(anyhow::anyhow!("cannot list sandboxes on {name}: {why}").into()),
-            Err(why) => eprintln!("note: skipped {name}: {why}"),
+            Err(why) => eprintln!("note: skipped {}: {}", escape(&name), escape_block(&why)),
         }
     }
     Ok(all)

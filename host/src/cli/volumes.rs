@@ -4,6 +4,7 @@
 use clap::{Args, Subcommand};
 
 use super::host_args::HostArgs;
+use super::render::escape;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
 use crate::runtime::Limits;
@@ -59,7 +60,8 @@ pub async fn volumes(args: VolumesArgs, events: EventLog) -> Result<(), Failure>
             let volumes = connector.list_volumes().await.map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
             out!("{:<32} {:<10}", "NAME", "STATE");
             for volume in &volumes {
-                out!("{:<32} {:<10}", volume.name, volume.state);
+                // Names and states come from the connector: escaped.
+                out!("{:<32} {:<10}", escape(&volume.name), escape(&volume.state));
             }
             if volumes.is_empty() {
                 out!("(no volumes)");
@@ -67,7 +69,7 @@ pub async fn volumes(args: VolumesArgs, events: EventLog) -> Result<(), Failure>
         }
         Action::Create { name: volume, .. } => {
             let created = connector.create_volume(volume).await.map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
-            out!("created volume {} on {name} ({})", created.name, created.state);
+            out!("created volume {} on {name} ({})", escape(&created.name), escape(&created.state));
         }
         Action::Rm { name: volume, .. } => {
             connector.delete_volume(volume).await.map_err(|err| anyhow::anyhow!("{name}: {err}"))?;

@@ -349,8 +349,10 @@ pub async fn prompt(
         if reply.calls.is_empty() {
             // The key never reaches the agent, even when the model says it.
             let text = provider.redact(&reply.text);
+            // Re-serialised JSON turns escapes (`\u0073k-…`) back into the
+            // characters they stand for: redact it again.
             let json = match &options.result_schema {
-                Some(_) => Some(answer_json(&text)?),
+                Some(_) => Some(provider.redact(&answer_json(&text)?)),
                 None => None,
             };
             return Ok(PromptAnswer { text, json, model: provider.label.clone(), turns: turn, usage });

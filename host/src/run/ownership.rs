@@ -5,7 +5,8 @@
 //! Every sandbox a run creates carries `flue.created-by=flue`, `flue.run`,
 //! `flue.agent`, `flue.keep`, and the run's process: `flue.host` (this
 //! machine's name, for people), `flue.machine` (a digest of
-//! `/etc/machine-id`) and `flue.process` (`<pid>-<start time>-<boot id>`).
+//! `/etc/machine-id`) and `flue.process` (`<pid>-<start time>-<boot id>-<pid
+//! namespace>`).
 //!
 //! Host names repeat across machines, and so do machine ids (cloned images,
 //! containers); a boot id is random and never repeats. So a run is proven
@@ -102,14 +103,20 @@ fn record_this_boot() {
     let keep = boots.len().saturating_sub(MAX_RECORDED_BOOTS);
     let text: String = boots[keep..].iter().map(|(m, b)| format!("{m} {b}\n")).collect();
     let file = boots_file();
-    if let Some(dir) = file.parent() {
-        let _ = std::fs::DirBuilder::new().recursive(true).create(dir);
+    // Only in a data directory that is ours alone: whoever else could write
+    // there could decide which sandboxes gc takes for orphans.
+    let private = file.parent().is_some_and(|dir| {
+        crate::sandbox::local::ensure_private_dir(dir, "keep flue's data", "set FLUE_DATA_DIR").is_ok()
+    });
+    if !private {
+        return;
     }
     let temp = file.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    // A new file (never one planted there), written whole, then renamed.
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&temp)
         .and_then(|mut f| f.write_all(text.as_bytes()));
@@ -124,10 +131,17 @@ fn start_time(pid: u32) -> Option<u64> {
     stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
 }
 
+/// This process's pid namespace (its inode): containers on one kernel share
+/// its boot id, and a pid means something only in its own namespace.
+fn pid_namespace() -> String {
+    let link = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+    link.to_string_lossy().chars().filter(char::is_ascii_digit).collect()
+}
+
 /// This process, as `flue.process` names it.
 fn this_process() -> String {
     let pid = std::process::id();
-    format!("{pid}-{}-{}", start_time(pid).unwrap_or(0), boot_id())
+    format!("{pid}-{}-{}-{}", start_time(pid).unwrap_or(0), boot_id(), pid_namespace())
 }
 
 /// The labels of a sandbox that run `run_id` of `agent` creates.
@@ -142,6 +156,13 @@ pub fn labels(run_id: &str, agent: &str, keep: bool) -> Vec<(String, String)> {
         (MACHINE.into(), this_machine()),
         (PROCESS.into(), this_process()),
     ]
+}
+
+/// Where flue runs now: what a sandbox's labels are compared with.
+struct Here {
+    machine: String,
+    boot: String,
+    pid_namespace: String,
 }
 
 /// Who a sandbox belongs to, as its labels tell.
@@ -166,10 +187,12 @@ pub enum Owner {
 impl Owner {
     /// Classify a sandbox by its labels.
     pub fn of(labels: &[(String, String)]) -> Owner {
-        Owner::classify(labels, &this_machine(), &boot_id(), &recorded_boots())
+        let here = Here { machine: this_machine(), boot: boot_id(), pid_namespace: pid_namespace() };
+        Owner::classify(labels, &here, &recorded_boots())
     }
 
-    fn classify(labels: &[(String, String)], machine: &str, boot: &str, recorded: &[(String, String)]) -> Owner {
+    fn classify(labels: &[(String, String)], here: &Here, recorded: &[(String, String)]) -> Owner {
+        let Here { machine, boot, pid_namespace } = here;
         let get = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         if get(CREATED_BY) != Some("flue") {
             return Owner::NotFlue;
@@ -183,14 +206,20 @@ impl Owner {
             Some(_) => {}
             None => return Owner::Unproven(host),
         }
-        let mut parts = get(PROCESS).unwrap_or("").splitn(3, '-');
-        let (pid, started, their_boot) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        let mut parts = get(PROCESS).unwrap_or("").splitn(4, '-');
+        let (pid, started, their_boot, their_namespace) =
+            (parts.next(), parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let pid = pid.and_then(|p| p.parse::<u32>().ok());
         let started = started.and_then(|s| s.parse::<u64>().ok());
         if their_boot.len() != 32 {
             return Owner::Unproven(host);
         }
         if their_boot == boot {
+            if their_namespace.is_empty() || their_namespace != pid_namespace {
+                // Another container on this kernel: its pids are not ours
+                // to look up.
+                return Owner::Unproven(host);
+            }
             let alive = matches!((pid, started), (Some(pid), Some(started)) if start_time(pid) == Some(started));
             return if alive { Owner::Running } else { Owner::Orphaned };
         }
@@ -231,7 +260,7 @@ mod tests {
         assert_eq!(Owner::of(&mine), Owner::Running);
         assert!(mine.iter().all(|(_, v)| v.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))));
         // pid 1 exists, but did not start at tick 1.
-        let gone = with(&mine, PROCESS, &format!("1-1-{}", boot_id()));
+        let gone = with(&mine, PROCESS, &format!("1-1-{}-{}", boot_id(), pid_namespace()));
         assert_eq!(Owner::of(&gone), Owner::Orphaned);
         assert_eq!(Owner::of(&labels("run_1", "a", true)), Owner::Kept);
         let elsewhere = with(&with(&mine, HOST, "another-machine"), MACHINE, "0123456789abcdef01234567");
@@ -241,28 +270,37 @@ mod tests {
 
     #[test]
     fn a_machine_with_the_same_name_and_id_but_another_boot_is_never_collected() {
-        let (machine, boot) = ("m".repeat(24), "a".repeat(32));
+        let here = Here { machine: "m".repeat(24), boot: "a".repeat(32), pid_namespace: "4026531836".into() };
         let base = [
             (CREATED_BY.to_string(), "flue".to_string()),
             (HOST.to_string(), "twin".to_string()),
-            (MACHINE.to_string(), machine.clone()),
+            (MACHINE.to_string(), here.machine.clone()),
         ];
-        let twin = with(&base, PROCESS, &format!("1-1-{}", "b".repeat(32)));
+        let twin = with(&base, PROCESS, &format!("1-1-{}-4026531836", "b".repeat(32)));
         // Same host name, same machine id, a boot this machine never had:
         // the twin's run may be alive.
-        assert_eq!(Owner::classify(&twin, &machine, &boot, &[]), Owner::Unproven("twin".into()));
+        assert_eq!(Owner::classify(&twin, &here, &[]), Owner::Unproven("twin".into()));
         // An earlier boot this machine recorded: provably gone.
-        let recorded = [(machine.clone(), "b".repeat(32))];
-        assert_eq!(Owner::classify(&twin, &machine, &boot, &recorded), Owner::Orphaned);
+        let recorded = [(here.machine.clone(), "b".repeat(32))];
+        assert_eq!(Owner::classify(&twin, &here, &recorded), Owner::Orphaned);
         // Recorded by another machine sharing the data directory: not ours.
         let theirs = [("n".repeat(24), "b".repeat(32))];
-        assert_eq!(Owner::classify(&twin, &machine, &boot, &theirs), Owner::Unproven("twin".into()));
+        assert_eq!(Owner::classify(&twin, &here, &theirs), Owner::Unproven("twin".into()));
+        // Another container on this kernel (same boot, another pid
+        // namespace), or labels from before pid namespaces: not provable.
+        let container = with(&base, PROCESS, &format!("1-1-{}-4026532000", here.boot));
+        assert_eq!(Owner::classify(&container, &here, &recorded), Owner::Unproven("twin".into()));
+        let old = with(&base, PROCESS, &format!("1-1-{}", here.boot));
+        assert_eq!(Owner::classify(&old, &here, &recorded), Owner::Unproven("twin".into()));
+        // This container, a pid that is gone: an orphan.
+        let gone = with(&base, PROCESS, &format!("1-1-{}-4026531836", here.boot));
+        assert_eq!(Owner::classify(&gone, &here, &recorded), Owner::Orphaned);
         // Labels from before machine ids: cannot be proven gone.
-        let old = [
+        let no_machine = [
             (CREATED_BY.to_string(), "flue".to_string()),
             (HOST.to_string(), "twin".to_string()),
-            (PROCESS.to_string(), format!("1-1-{}", &boot[..12])),
+            (PROCESS.to_string(), format!("1-1-{}", &here.boot[..12])),
         ];
-        assert_eq!(Owner::classify(&old, &machine, &boot, &recorded), Owner::Unproven("twin".into()));
+        assert_eq!(Owner::classify(&no_machine, &here, &recorded), Owner::Unproven("twin".into()));
     }
 }

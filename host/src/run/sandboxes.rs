@@ -156,6 +156,10 @@ impl RunSandboxes {
         let connector = self.connector(connector).await?;
         let name = connector.info().name.clone();
         let started = Instant::now();
+        crate::sandbox::session::check_env(&options.env)?;
+        if let Some(resources) = &options.resources {
+            resources.check()?;
+        }
         let mut options = options.clone();
         // The operator's sizes are ceilings for every sandbox of the run.
         let (resources, lowered) = Resources::within(options.resources, self.settings.default_resources);

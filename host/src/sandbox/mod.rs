@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use error::SandboxResult;
+use error::{SandboxError, SandboxResult};
 use local::{IsolationSetting, LocalConfig, LocalConnector};
 
 /// What the user chose for the built-in backends (flags of `flue run` and
@@ -113,6 +113,20 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Refuse sizes of zero: no sandbox runs on no CPU, memory or disk, and
+    /// a zero must never read as "no limit".
+    pub fn check(&self) -> SandboxResult<()> {
+        let zero = [("cpu", self.cpu), ("memory-gib", self.memory_gib), ("disk-gib", self.disk_gib)]
+            .into_iter()
+            .find(|(_, value)| *value == Some(0));
+        match zero {
+            Some((name, _)) => Err(SandboxError::invalid_input(format!(
+                "resources.{name} is 0: give at least 1, or leave it out for the default"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// What an agent asked for, lowered to the operator's `ceiling` field by
     /// field (a field the agent left out gets the ceiling's). Ceilings may
     /// be lowered, never raised; the second value says what was lowered.

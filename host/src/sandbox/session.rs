@@ -81,11 +81,10 @@ impl Session {
             if command.trim().is_empty() {
                 return Err(SandboxError::invalid_input("empty command"));
             }
-            if let Some((key, _)) = options.env.iter().find(|(k, _)| !valid_env_name(k)) {
-                return Err(SandboxError::invalid_input(format!(
-                    "invalid environment variable name {key:?}: use letters, digits and _, not starting with a digit"
-                )));
+            if command.contains('\0') {
+                return Err(SandboxError::invalid_input("the command contains a NUL byte, which no shell can run"));
             }
+            check_env(&options.env)?;
             let cwd = match &options.cwd {
                 Some(cwd) => self.resolve(cwd)?,
                 None => self.cwd.clone(),
@@ -316,6 +315,20 @@ impl SessionWriter {
         });
         result
     }
+}
+
+/// Refuse variables a command could not be given as they are: a bad name,
+/// or a NUL byte (which would end the value early wherever it is passed).
+pub fn check_env(env: &[(String, String)]) -> SandboxResult<()> {
+    if let Some((key, _)) = env.iter().find(|(k, _)| !valid_env_name(k)) {
+        return Err(SandboxError::invalid_input(format!(
+            "invalid environment variable name {key:?}: use letters, digits and _, not starting with a digit"
+        )));
+    }
+    if let Some((key, _)) = env.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(SandboxError::invalid_input(format!("the value of {key} contains a NUL byte")));
+    }
+    Ok(())
 }
 
 /// POSIX-portable environment variable name.

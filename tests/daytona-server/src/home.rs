@@ -13,8 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use flue::sandbox::error::{SandboxError, SandboxResult};
 use flue::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter,
-    SandboxBackend, SandboxSummary, VolumeInfo,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    SandboxSummary, VolumeInfo,
 };
 
 use crate::HOME;
@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(sandbox.inward("/home/daytona/a/b"), "/tmp/s/local-1/a/b");
         assert_eq!(sandbox.inward("/home/daytonax"), "/home/daytonax");
         assert_eq!(sandbox.inward("/etc/hosts"), "/etc/hosts");
-        assert_eq!(sandbox.inward_text("cat /home/daytona/f > /home/daytona/g"), "cat /tmp/s/local-1/f > /tmp/s/local-1/g");
+        assert_eq!(
+            sandbox.inward_text("cat /home/daytona/f > /home/daytona/g"),
+            "cat /tmp/s/local-1/f > /tmp/s/local-1/g"
+        );
         assert_eq!(sandbox.outward_text("/tmp/s/local-1/project\n"), "/home/daytona/project\n");
     }
 

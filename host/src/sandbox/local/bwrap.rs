@@ -99,6 +99,14 @@ pub(crate) fn command(
         let fd = pass(&mut fds, memfd("flue-seccomp", program)?)?;
         args.extend(["--add-seccomp-fd".into(), fd.to_string()]);
     }
+    // Arguments travel NUL-separated: one holding a NUL would become
+    // several, and could add mounts of its own. Refuse, whatever its source.
+    if let Some(arg) = args.iter().chain(&tail).find(|arg| arg.contains('\0')) {
+        return Err(SandboxError::invalid_input(format!(
+            "a NUL byte in {:?}: commands, paths and variables cannot hold one",
+            arg.split('\0').next().unwrap_or_default()
+        )));
+    }
     let mut encoded = Vec::new();
     for arg in &args {
         encoded.extend_from_slice(arg.as_bytes());

@@ -146,6 +146,36 @@ impl ConfinedRoot {
         Ok(())
     }
 
+    /// Make `rel` a symbolic link to `target`, creating its parents: an
+    /// earlier link there is replaced, and so is an empty directory (the
+    /// mount point an older flue left); anything else is refused.
+    pub fn place_link(&self, rel: &str, target: &str) -> io::Result<()> {
+        if let Some(at) = rel.rfind('/') {
+            self.mkdir(&rel[..at], true)?;
+        }
+        let (parent, name) = self.parent_of(rel)?;
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => {
+                let kind = FileType::from_raw_mode(stat.st_mode);
+                let removed = match kind {
+                    FileType::Symlink => rustix::fs::unlinkat(&parent, name, AtFlags::empty()),
+                    FileType::Directory => rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR),
+                    _ => Err(rustix::io::Errno::EXIST),
+                };
+                removed.map_err(|err| match err {
+                    rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST => io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{rel} exists already in the sandbox (a {}): move it away first", describe(kind)),
+                    ),
+                    other => other.into(),
+                })?;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(err) => return Err(err.into()),
+        }
+        Ok(rustix::fs::symlinkat(target, &parent, name)?)
+    }
+
     /// `lstat` semantics for `is_symlink`; for a link, the other fields
     /// describe its target when that lies inside the root.
     pub fn stat(&self, rel: &str) -> io::Result<FileStat> {
@@ -220,6 +250,8 @@ pub struct TooLarge {
 
 fn describe(kind: FileType) -> &'static str {
     match kind {
+        FileType::RegularFile => "file",
+        FileType::Directory => "directory",
         FileType::Fifo => "FIFO",
         FileType::Socket => "socket",
         FileType::CharacterDevice => "character device",

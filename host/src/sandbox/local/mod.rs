@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
+pub(crate) use store::ensure_private_dir;
 use store::{Metadata, Store};
 pub use supervise::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
 pub use volumes::default_data_dir;
@@ -137,16 +138,15 @@ impl LocalConnector {
                 .into_owned()
         };
         let opened = self.volumes.open(&metadata.mounts)?;
-        let mounts = self.place_mounts(&root, &visible_root, &isolation, &opened)?;
+        let (binds, views) = self.place_mounts(&confined, &visible_root, &isolation, &opened)?;
         let mut mounted_fs = Vec::new();
-        // The file API also finds a volume at the path it was asked for
-        // (unisolated, that may name another sandbox's directory). Either
-        // way it is confined to the directory that was resolved safely.
-        for mount in mounts.iter().chain(&opened) {
+        // The file API reaches each volume directly, confined to the
+        // directory that was resolved safely.
+        for (visible, mount) in views {
             let confined = ConfinedRoot::from_dir(&mount.dir).map_err(|err| {
                 SandboxError::other(format!("cannot open volume directory {}: {err}", mount.host.display()))
             })?;
-            mounted_fs.push((mount.visible.clone(), Arc::new(confined)));
+            mounted_fs.push((visible, Arc::new(confined)));
         }
         // Longest first: a path goes to the innermost mount that holds it.
         mounted_fs.sort_by_key(|(visible, _)| std::cmp::Reverse(visible.len()));
@@ -154,11 +154,7 @@ impl LocalConnector {
         let limits = metadata.limits.map_or(self.config.limits, |kept| kept.lowest(&self.config.limits));
         let isolated = isolation.is_isolated();
         let enforced = limits::enforce(&id, &limits, isolated);
-        let place = exec::Place {
-            root,
-            visible_root: visible_root.clone(),
-            mounts: if isolated { mounts } else { Vec::new() },
-        };
+        let place = exec::Place { root, visible_root: visible_root.clone(), mounts: binds };
         let runner = exec::Runner::new(
             isolation,
             self.config.supervisor.clone(),
@@ -178,57 +174,86 @@ impl LocalConnector {
     }
 }
 
+/// Where isolated commands see the volumes mounted inside the sandbox
+/// directory: `VOLUME_LINKS/<n>` is a path in bubblewrap's own fresh root,
+/// out of every command's reach.
+const VOLUME_LINKS: &str = "/run/flue/volumes";
+
 impl LocalConnector {
-    /// Where each volume appears. Isolated: bind mounts at their paths.
-    /// Unisolated: only inside the sandbox directory, as a symbolic link (a
-    /// mount path under the isolated view's root, e.g. `/workspace/data`, or
-    /// under any local sandbox's directory).
+    /// Where each volume appears: the bind mounts bubblewrap makes, and the
+    /// paths the file API finds each volume at.
+    ///
+    /// A volume mounted inside the sandbox (under its root, e.g.
+    /// `/workspace/data`) is a symbolic link there, placed through the
+    /// confined root: isolated, to where bubblewrap mounts it
+    /// ([`VOLUME_LINKS`]); unisolated, to its directory. bubblewrap never
+    /// resolves a mount point through the sandbox directory, where a command
+    /// may have planted links. A volume mounted outside (`/data`) is bound
+    /// there, in bubblewrap's fresh root (isolated only).
     fn place_mounts(
         &self,
-        root: &Path,
+        confined: &ConfinedRoot,
         visible_root: &str,
         isolation: &Isolation,
         mounts: &[Mounted],
-    ) -> SandboxResult<Vec<Mounted>> {
-        if isolation.is_isolated() {
-            return Ok(mounts.to_vec());
-        }
-        mounts
-            .iter()
-            .map(|mount| {
-                // Unisolated, every local sandbox has its own real path: a
-                // mount path in any of them (or under the isolated view's
-                // root) means the same place in this one.
-                let base = self.config.base_dir.canonicalize().ok();
-                let in_any_sandbox = || {
-                    let base = base.as_ref()?.to_string_lossy().into_owned();
-                    crate::sandbox::paths::strip_root(&base, &mount.visible)?.split_once('/').map(|(_, rest)| rest)
-                };
-                let rel = crate::sandbox::paths::strip_root(&self.config.visible_root, &mount.visible)
-                    .or_else(|| crate::sandbox::paths::strip_root(visible_root, &mount.visible))
-                    .or_else(in_any_sandbox)
-                    .filter(|rel| !rel.is_empty())
-                    .ok_or_else(|| {
-                        SandboxError::new(
-                            crate::sandbox::error::ErrorKind::Unsupported,
-                            format!(
-                                "without isolation a volume can only be mounted inside the sandbox (under {}), not \
-                                 at {}: install bubblewrap, or mount it under {}",
-                                self.config.visible_root, mount.visible, self.config.visible_root
-                            ),
+    ) -> SandboxResult<(Vec<Mounted>, Vec<(String, Mounted)>)> {
+        let (mut binds, mut views) = (Vec::new(), Vec::new());
+        let base = self.config.base_dir.canonicalize().ok();
+        for (n, mount) in mounts.iter().enumerate() {
+            // Unisolated, every local sandbox has its own real path: a mount
+            // path in any of them (or under the isolated view's root) means
+            // the same place in this one.
+            let in_any_sandbox = || {
+                let base = base.as_ref()?.to_string_lossy().into_owned();
+                crate::sandbox::paths::strip_root(&base, &mount.visible)?.split_once('/').map(|(_, rest)| rest)
+            };
+            let inside = crate::sandbox::paths::strip_root(&self.config.visible_root, &mount.visible)
+                .or_else(|| crate::sandbox::paths::strip_root(visible_root, &mount.visible))
+                .or_else(|| if isolation.is_isolated() { None } else { in_any_sandbox() });
+            match inside {
+                Some("") => {
+                    return Err(SandboxError::invalid_input(format!(
+                        "a volume cannot be mounted at the sandbox root {}: mount it at a directory inside it, \
+                         e.g. {}/data",
+                        mount.visible, self.config.visible_root
+                    )));
+                }
+                Some(rel) => {
+                    let target = if isolation.is_isolated() {
+                        let at = format!("{VOLUME_LINKS}/{n}");
+                        binds.push(Mounted { visible: at.clone(), ..mount.clone() });
+                        at
+                    } else {
+                        mount.host.to_string_lossy().into_owned()
+                    };
+                    confined.place_link(rel, &target).map_err(|err| {
+                        SandboxError::from_io(
+                            &err,
+                            &format!("cannot place volume {} at {}", mount.host.display(), mount.visible),
                         )
                     })?;
-                let link = root.join(rel);
-                if std::fs::symlink_metadata(&link).is_err() {
-                    if let Some(parent) = link.parent() {
-                        std::fs::create_dir_all(parent).map_err(|err| io_error("cannot create", parent, err))?;
+                    views.push((format!("{visible_root}/{rel}"), mount.clone()));
+                    if visible_root != self.config.visible_root {
+                        views.push((mount.visible.clone(), mount.clone()));
                     }
-                    std::os::unix::fs::symlink(&mount.host, &link)
-                        .map_err(|err| io_error("cannot link the volume at", &link, err))?;
                 }
-                Ok(Mounted { visible: format!("{visible_root}/{rel}"), ..mount.clone() })
-            })
-            .collect()
+                None if isolation.is_isolated() => {
+                    binds.push(mount.clone());
+                    views.push((mount.visible.clone(), mount.clone()));
+                }
+                None => {
+                    return Err(SandboxError::new(
+                        crate::sandbox::error::ErrorKind::Unsupported,
+                        format!(
+                            "without isolation a volume can only be mounted inside the sandbox (under {}), not at \
+                             {}: install bubblewrap, or mount it under {}",
+                            self.config.visible_root, mount.visible, self.config.visible_root
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok((binds, views))
     }
 }
 
@@ -249,6 +274,9 @@ impl Connector for LocalConnector {
         {
             tracing::warn!("the local sandbox ignores image, snapshot and gpu: commands use this machine's system");
         }
+        if let Some(resources) = &options.resources {
+            resources.check()?;
+        }
         let (limits, capped) = self.config.limits.within(options.resources.as_ref());
         if !capped.is_empty() {
             tracing::warn!(
@@ -261,7 +289,7 @@ impl Connector for LocalConnector {
             labels: options.labels.clone(),
             env: options.env.clone(),
             limits: Some(limits),
-            mounts: self.volumes.specs(&options.volumes)?,
+            mounts: self.volumes.specs(&options.volumes, &self.config.visible_root)?,
         };
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
@@ -476,7 +504,8 @@ impl SandboxBackend for LocalSandbox {
     }
 
     async fn mkdir(&self, path: &str, recursive: bool) -> SandboxResult<()> {
-        if self.relative(path)?.is_empty() {
+        // The sandbox's root, or a volume's: there already.
+        if self.locate(path)?.1.is_empty() {
             return if recursive {
                 Ok(())
             } else {
@@ -487,8 +516,10 @@ impl SandboxBackend for LocalSandbox {
     }
 
     async fn rm(&self, path: &str, recursive: bool, force: bool) -> SandboxResult<()> {
-        if self.relative(path)?.is_empty() {
-            return Err(SandboxError::permission_denied(format!("refusing to remove the sandbox root {path}")));
+        if self.locate(path)?.1.is_empty() {
+            return Err(SandboxError::permission_denied(format!(
+                "refusing to remove {path}: it is the sandbox's root, or where a volume is mounted"
+            )));
         }
         match self.with_fs(path, move |fs, rel| fs.rm(rel, recursive)).await {
             Err(err) if force && err.kind == crate::sandbox::error::ErrorKind::NotFound => Ok(()),

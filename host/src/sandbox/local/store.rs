@@ -45,6 +45,52 @@ fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
     SandboxError::other(format!("{context} {}: {err}", path.display()))
 }
 
+/// Create `dir` (mode `0700`), or check that the existing one is ours and
+/// that nobody else can write to it (closing it to readers if an older flue
+/// left it open). `purpose` and `remedy` make the refusal's message.
+pub(crate) fn ensure_private_dir(dir: &Path, purpose: &str, remedy: &str) -> SandboxResult<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|err| io_error("cannot create", parent, err))?;
+            }
+            return std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .or_else(|err| if err.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(err) })
+                .map_err(|err| io_error("cannot create", dir, err))
+                .and_then(|()| ensure_private_dir(dir, purpose, remedy));
+        }
+        Err(err) => return Err(io_error("cannot inspect", dir, err)),
+    };
+    let refuse = |why: String| {
+        Err(SandboxError::permission_denied(format!(
+            "refusing to {purpose} in {}: {why}. Remove it, or {remedy}",
+            dir.display()
+        )))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return refuse(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!("others can write to it (mode {:o})", meta.mode() & 0o777));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // Ours, readable by others (made by an older flue): close it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|err| io_error("cannot make private", dir, err))?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn new(base: PathBuf) -> Self {
         Store { base }
@@ -60,45 +106,11 @@ impl Store {
     /// Create the base directory, or check that the existing one is ours
     /// and private.
     fn ensure_base(&self) -> SandboxResult<()> {
-        let base = &self.base;
-        let meta = match std::fs::symlink_metadata(base) {
-            Ok(meta) => meta,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(base)
-                    .or_else(|err| if err.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(err) })
-                    .map_err(|err| io_error("cannot create the sandboxes directory", base, err))
-                    .and_then(|()| self.ensure_base());
-            }
-            Err(err) => return Err(io_error("cannot inspect the sandboxes directory", base, err)),
-        };
-        let refuse = |why: String| {
-            Err(SandboxError::permission_denied(format!(
-                "refusing to keep sandboxes in {}: {why}. Remove it, or point TMPDIR (or --workdir) at a directory \
-                 only you can write to",
-                base.display()
-            )))
-        };
-        if meta.file_type().is_symlink() {
-            return refuse("it is a symbolic link".into());
-        }
-        if !meta.is_dir() {
-            return refuse("it is not a directory".into());
-        }
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me {
-            return refuse(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return refuse(format!("others can write to it (mode {:o})", meta.mode() & 0o777));
-        }
-        if meta.mode() & 0o077 != 0 {
-            // Ours, readable by others (made by an older flue): close it.
-            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700))
-                .map_err(|err| io_error("cannot make private", base, err))?;
-        }
-        Ok(())
+        ensure_private_dir(
+            &self.base,
+            "keep sandboxes",
+            "point TMPDIR (or --workdir) at a directory only you can write to",
+        )
     }
 
     /// A new, private sandbox directory with its metadata; returns its root.

@@ -101,6 +101,9 @@ fn check_name(name: &str) -> SandboxResult<()> {
 fn normal_mount_path(volume: &str, path: &str) -> SandboxResult<String> {
     let refuse =
         |why: &str| Err(SandboxError::invalid_input(format!("volume {volume}: the mount path {path:?} {why}")));
+    if path.contains('\0') {
+        return refuse("contains a NUL byte");
+    }
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         return refuse("must be absolute, without '..'");
     }
@@ -120,6 +123,35 @@ fn normal_mount_path(volume: &str, path: &str) -> SandboxResult<String> {
         ));
     }
     Ok(normal)
+}
+
+/// Whether `inner` is `outer` or lies under it.
+fn within(inner: &str, outer: &str) -> bool {
+    inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Refuse mounts inside one another (the inner mount point would be looked
+/// up through the outer volume, which sandboxes write) and mounts that
+/// would hide the sandbox's own directory.
+fn check_overlaps(specs: Vec<MountSpec>, visible_root: &str) -> SandboxResult<Vec<MountSpec>> {
+    for (i, a) in specs.iter().enumerate() {
+        if within(visible_root, &a.visible) {
+            return Err(SandboxError::invalid_input(format!(
+                "volume {}: the mount path {} would hide the sandbox's own directory {visible_root}: mount it inside \
+                 it (e.g. {visible_root}/data) or beside it",
+                a.volume, a.visible
+            )));
+        }
+        if let Some(b) =
+            specs[i + 1..].iter().find(|b| within(&a.visible, &b.visible) || within(&b.visible, &a.visible))
+        {
+            return Err(SandboxError::invalid_input(format!(
+                "volumes {} and {} would be mounted one inside the other ({} and {}): give them separate paths",
+                a.volume, b.volume, a.visible, b.visible
+            )));
+        }
+    }
+    Ok(specs)
 }
 
 /// `name` opened beneath `dir` as a directory, following no symbolic link.
@@ -172,11 +204,20 @@ impl Volumes {
         Ok(names.iter().map(|name| self.info(name)).collect())
     }
 
+    /// The volumes directory and the data directory holding it, created
+    /// private or checked to be ours alone: whoever could write them could
+    /// swap a volume for a link.
+    fn ensure_private(&self) -> SandboxResult<()> {
+        const REMEDY: &str = "point FLUE_DATA_DIR at a directory only you can write to";
+        if let Some(data_dir) = self.dir.parent() {
+            super::store::ensure_private_dir(data_dir, "keep flue's data", REMEDY)?;
+        }
+        super::store::ensure_private_dir(&self.dir, "keep volumes", REMEDY)
+    }
+
     pub fn create(&self, name: &str) -> SandboxResult<VolumeInfo> {
         let path = self.path(name)?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|err| {
-            SandboxError::other(format!("cannot create the volumes directory {}: {err}", self.dir.display()))
-        })?;
+        self.ensure_private()?;
         match std::fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => Ok(self.info(name)),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -196,7 +237,7 @@ impl Volumes {
 
     /// Check the mounts a new sandbox asks for, creating volumes where asked
     /// and missing; what its metadata keeps.
-    pub fn specs(&self, mounts: &[VolumeMount]) -> SandboxResult<Vec<MountSpec>> {
+    pub fn specs(&self, mounts: &[VolumeMount], visible_root: &str) -> SandboxResult<Vec<MountSpec>> {
         if mounts.len() > MAX_VOLUMES {
             return Err(SandboxError::invalid_input(format!(
                 "{} volumes asked for: a local sandbox mounts at most {MAX_VOLUMES}",
@@ -233,7 +274,8 @@ impl Volumes {
                 }
                 Ok(MountSpec { volume: mount.volume.clone(), subpath: subpath.map(str::to_string), visible })
             })
-            .collect()
+            .collect::<SandboxResult<Vec<MountSpec>>>()
+            .and_then(|specs| check_overlaps(specs, visible_root))
     }
 
     /// Open each mount's directory beneath its volume, creating the
@@ -251,6 +293,7 @@ impl Volumes {
             )));
         }
         check_name(&spec.volume)?;
+        self.ensure_private()?;
         let fail = |what: &str, err: rustix::io::Errno| {
             let why = match err {
                 rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
@@ -308,6 +351,18 @@ mod tests {
         assert_eq!(normal_mount_path("v", "/procfs").unwrap(), "/procfs");
         assert!(normal_mount_path("v", "data").is_err());
         assert!(normal_mount_path("v", "/a/../proc").is_err());
+        assert!(normal_mount_path("v", "/data\0--bind\0/\0/host").is_err());
+    }
+
+    #[test]
+    fn mounts_may_not_nest_or_hide_the_sandbox() {
+        let spec = |visible: &str| MountSpec { volume: "v".into(), subpath: None, visible: visible.into() };
+        assert!(check_overlaps(vec![spec("/data"), spec("/data/x")], "/workspace").is_err());
+        assert!(check_overlaps(vec![spec("/workspace/a/b"), spec("/workspace/a")], "/workspace").is_err());
+        assert!(check_overlaps(vec![spec("/data"), spec("/data")], "/workspace").is_err());
+        assert!(check_overlaps(vec![spec("/workspace")], "/workspace").is_err());
+        assert!(check_overlaps(vec![spec("/home")], "/home/daytona").is_err());
+        assert!(check_overlaps(vec![spec("/data"), spec("/datax"), spec("/workspace/data")], "/workspace").is_ok());
     }
 
     #[test]
