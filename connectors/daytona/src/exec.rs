@@ -90,7 +90,7 @@ pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecRe
     let nonce = nonce();
     let mut body = serde_json::json!({ "command": script(command, options.timeout_ms, &nonce) });
     if let Some(ms) = options.timeout_ms {
-        body["timeout"] = (ms.div_ceil(1000) + SAFETY_NET_SECS).into();
+        body["timeout"] = ms.div_ceil(1000).saturating_add(SAFETY_NET_SECS).into();
     }
     if let Some(cwd) = &options.cwd {
         body["cwd"] = cwd.clone().into();
@@ -107,7 +107,7 @@ pub fn run(toolbox: &str, command: &str, options: &ExecOptions) -> Result<ExecRe
     // Never retried: a command is not idempotent.
     let mut call = Call::post_json(url.clone(), &body);
     if let Some(ms) = options.timeout_ms {
-        call = call.timeout((ms.div_ceil(1000) + 2 * SAFETY_NET_SECS) * 1000);
+        call = call.timeout(ms.div_ceil(1000).saturating_add(2 * SAFETY_NET_SECS).saturating_mul(1000));
     }
     let response = match api::send(&call) {
         Ok(response) => response,

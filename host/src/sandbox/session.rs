@@ -89,8 +89,14 @@ impl Session {
                 Some(cwd) => self.resolve(cwd)?,
                 None => self.cwd.clone(),
             };
-            let request =
-                ExecRequest { command: command.to_string(), cwd, env: options.env.clone(), timeout: options.timeout };
+            let request = ExecRequest {
+                command: command.to_string(),
+                cwd,
+                env: options.env.clone(),
+                // No run lasts longer; a connector need not add to a
+                // number near u64::MAX.
+                timeout: options.timeout.map(|t| t.min(MAX_EXEC_TIMEOUT)),
+            };
             self.sandbox.exec(&request).await
         }
         .await;
@@ -316,6 +322,10 @@ impl SessionWriter {
         result
     }
 }
+
+/// The longest timeout a command is given: seven days, the longest a run
+/// may last (`runtime::limits::MAX_DEADLINE_SECS`).
+const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
 /// Refuse variables a command could not be given as they are: a bad name,
 /// or a NUL byte (which would end the value early wherever it is passed).
