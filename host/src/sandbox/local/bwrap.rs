@@ -15,11 +15,15 @@
 //! * All arguments — variables, paths, the command itself — travel in a
 //!   memfd (`--args`), not in bubblewrap's command line, where other users of
 //!   the machine could read them with `ps`.
+//!
+//! Builds of agent source ([`build_command`]) run in the same sandbox, with
+//! the host's network and the paths the build names.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use tokio::process::Command;
@@ -94,18 +98,8 @@ pub(crate) fn command(
             tail.push(nproc.unwrap_or(0).to_string());
         }
     }
-    let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
-    let mut fds = Vec::new();
-    for (i, program) in programs.iter().enumerate() {
-        args.extend(["--add-seccomp-fd".into(), (FIRST_FD + 1 + i as i32).to_string()]);
-        fds.push(memfd("flue-seccomp", program)?);
-    }
-    let mut encoded = Vec::new();
-    for arg in &args {
-        encoded.extend_from_slice(arg.as_bytes());
-        encoded.push(0);
-    }
-    fds.insert(0, memfd("flue-bwrap-args", &encoded)?);
+    let mut args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
+    let mut fds = argument_fds(&mut args)?;
     if let Some(socket) = passed {
         // bubblewrap passes on fds it was given; this one reaches the supervisor.
         let slot = tail.len() - 2;
@@ -124,12 +118,7 @@ pub(crate) fn command(
             // First: its fds may have any number, including those the
             // dup2 calls below take over.
             launch.apply()?;
-            for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+            place_fds(&fds)
         });
     }
     Ok(cmd)
@@ -137,6 +126,22 @@ pub(crate) fn command(
 
 /// The sandbox: namespaces, mounts, capabilities, environment.
 fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
+    let mut args = system_args("flue-sandbox", isolated.allow_network);
+    args.extend(["--bind".into(), isolated.root.to_string_lossy().into_owned(), isolated.visible_root.into()]);
+    for mount in isolated.mounts {
+        args.extend(["--bind".into(), mount.host.to_string_lossy().into_owned(), mount.visible.clone()]);
+    }
+    args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
+    for (name, value) in isolated.env {
+        args.extend(["--setenv".into(), name.clone(), value.clone()]);
+    }
+    args
+}
+
+/// What every bubblewrap sandbox of flue's has: fresh namespaces (the
+/// network too, unless `share_net`), no capabilities, the system read-only
+/// with `/etc`'s private files masked, and its own `/proc`, `/dev` and `/tmp`.
+fn system_args(hostname: &str, share_net: bool) -> Vec<String> {
     let mut args: Vec<String> = [
         "--unshare-all",
         "--die-with-parent",
@@ -145,14 +150,14 @@ fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
         "--cap-drop",
         "ALL",
         "--hostname",
-        "flue-sandbox",
+        hostname,
         "--ro-bind",
         "/usr",
         "/usr",
     ]
     .map(String::from)
     .to_vec();
-    if isolated.allow_network {
+    if share_net {
         args.push("--share-net".into());
     }
     // Merged-/usr systems have these as symlinks; older ones as directories.
@@ -179,25 +184,91 @@ fn sandbox_args(isolated: &Isolated<'_>) -> Vec<String> {
             Masked::Dir(path) => args.extend(["--tmpfs".into(), path.clone()]),
         }
     }
-    args.extend([
-        "--proc".into(),
-        "/proc".into(),
-        "--dev".into(),
-        "/dev".into(),
-        "--tmpfs".into(),
-        "/tmp".into(),
-        "--bind".into(),
-        isolated.root.to_string_lossy().into_owned(),
-        isolated.visible_root.into(),
-    ]);
-    for mount in isolated.mounts {
-        args.extend(["--bind".into(), mount.host.to_string_lossy().into_owned(), mount.visible.clone()]);
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(String::from));
+    args
+}
+
+/// A build of agent source (see `crate::guest::isolate`): what it may see
+/// and change besides the system.
+pub(crate) struct BuildSandbox<'a> {
+    /// Host paths it sees read-only, where they are (toolchains, WIT).
+    pub read_only: &'a [PathBuf],
+    /// Host directories it may change, and where it sees them.
+    pub writable: &'a [(PathBuf, PathBuf)],
+    /// Its working directory, as it sees it.
+    pub cwd: &'a Path,
+    /// Its whole environment.
+    pub env: &'a [(OsString, OsString)],
+}
+
+/// A `bwrap` command that runs `program args…` as a build: the sandbox of
+/// [`system_args`] (so no capabilities, and the seccomp filter) with the
+/// host's network, for package registries, and nothing of the host's but
+/// `build`'s paths. `program` runs directly, without a shell.
+pub(crate) fn build_command(
+    bwrap: &Path,
+    build: &BuildSandbox<'_>,
+    program: &Path,
+    program_args: &[OsString],
+) -> Result<std::process::Command, SandboxError> {
+    let mut args: Vec<OsString> = system_args("flue-build", true).into_iter().map(OsString::from).collect();
+    // With systemd-resolved, /etc/resolv.conf points into /run, which is not
+    // there: without it, no name resolves.
+    if let Ok(resolver) = std::fs::canonicalize("/etc/resolv.conf")
+        && !resolver.starts_with("/etc")
+        && !resolver.starts_with("/usr")
+    {
+        args.extend(["--ro-bind".into(), resolver.clone().into(), resolver.into()]);
     }
-    args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
-    for (name, value) in isolated.env {
+    for path in build.read_only {
+        args.extend(["--ro-bind".into(), path.into(), path.into()]);
+    }
+    for (host, visible) in build.writable {
+        args.extend(["--bind".into(), host.into(), visible.into()]);
+    }
+    args.extend(["--chdir".into(), build.cwd.into(), "--clearenv".into()]);
+    for (name, value) in build.env {
         args.extend(["--setenv".into(), name.clone(), value.clone()]);
     }
-    args
+    let fds = argument_fds(&mut args)?;
+    let mut cmd = std::process::Command::new(bwrap);
+    cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").arg(program).args(program_args);
+    // SAFETY: as in `command`: dup2 only, on fds the closure owns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || place_fds(&fds));
+    }
+    Ok(cmd)
+}
+
+/// The memfds bubblewrap reads `args` and the seccomp programs from, in the
+/// order [`place_fds`] numbers them from [`FIRST_FD`]; `args` gains the
+/// options that name the programs' fds.
+fn argument_fds(args: &mut Vec<OsString>) -> Result<Vec<OwnedFd>, SandboxError> {
+    let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
+    let mut fds = Vec::new();
+    for (i, program) in programs.iter().enumerate() {
+        args.extend(["--add-seccomp-fd".into(), (FIRST_FD + 1 + i as i32).to_string().into()]);
+        fds.push(memfd("flue-seccomp", program)?);
+    }
+    let mut encoded = Vec::new();
+    for arg in args.iter() {
+        encoded.extend_from_slice(arg.as_bytes());
+        encoded.push(0);
+    }
+    fds.insert(0, memfd("flue-bwrap-args", &encoded)?);
+    Ok(fds)
+}
+
+/// In the child, between fork and exec: `fds` at [`FIRST_FD`] onwards.
+/// Only dup2, which is async-signal-safe.
+fn place_fds(fds: &[OwnedFd]) -> std::io::Result<()> {
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 on fds that stay open for the call.
+        if unsafe { libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Compute, once per process, what every isolated command's arguments
