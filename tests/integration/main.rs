@@ -18,6 +18,7 @@ mod languages;
 mod lifecycle;
 mod limits;
 mod model;
+mod portable_examples;
 mod serve;
 mod support;
 mod volumes;
