@@ -9,6 +9,7 @@ mod cache;
 mod connectors;
 mod contract;
 mod daytona;
+mod daytona_server;
 mod examples;
 mod files;
 mod hardening;
