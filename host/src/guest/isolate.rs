@@ -132,7 +132,8 @@ pub(crate) struct BuildSpace {
 }
 
 /// Variables a build keeps from flue's environment: locale, proxies, CA
-/// bundles and the toolchains' own settings (not registry tokens).
+/// bundles, the toolchains' own settings and compiler flags (not registry
+/// tokens, not wrappers such as sccache that would need more of the host).
 fn kept_variable(name: &str) -> bool {
     const EXACT: [&str; 12] = [
         "LANG",
@@ -153,6 +154,11 @@ fn kept_variable(name: &str) -> bool {
         || upper.ends_with("_PROXY")
         || upper.starts_with("CARGO_NET_")
         || (upper.starts_with("CARGO_REGISTRIES_") && (upper.ends_with("_INDEX") || upper.ends_with("_PROTOCOL")))
+        || ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "WASI_SDK_PATH"].contains(&name)
+        || upper.starts_with("CARGO_PROFILE_")
+        || ["CC", "CXX", "AR", "CFLAGS", "CXXFLAGS"]
+            .iter()
+            .any(|tool| upper == *tool || upper.starts_with(&format!("{tool}_")))
 }
 
 impl BuildSpace {
@@ -368,5 +374,6 @@ mod tests {
         assert!(kept_variable("https_proxy") && kept_variable("CARGO_REGISTRIES_MINE_INDEX"));
         assert!(!kept_variable("CARGO_REGISTRIES_MINE_TOKEN") && !kept_variable("CARGO_REGISTRY_TOKEN"));
         assert!(!kept_variable("DAYTONA_API_KEY") && !kept_variable("LD_PRELOAD"));
+        assert!(kept_variable("CC_wasm32_wasip2") && !kept_variable("CARGO_BUILD_RUSTC_WRAPPER"));
     }
 }
