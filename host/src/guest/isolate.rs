@@ -269,7 +269,8 @@ pub(crate) fn flue_source_tree() -> Option<PathBuf> {
 }
 
 /// What every build reads besides the system: the toolchains on the PATH
-/// (a `bin`, `sbin` or `shims` directory with its prefix), rustup's home,
+/// (a `bin`, `sbin` or `shims` directory with its prefix, but never the
+/// home directory or `~/.local/share`), rustup's home,
 /// and flue's own WIT and Rust pin, which in-tree guests refer to.
 fn toolchain_paths() -> &'static [PathBuf] {
     static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
@@ -278,12 +279,24 @@ fn toolchain_paths() -> &'static [PathBuf] {
         let mut paths = Vec::new();
         for entry in absolute_path_entries() {
             let Ok(dir) = entry.canonicalize() else { continue };
+            if home.as_ref().is_some_and(|home| home.starts_with(&dir)) {
+                continue; // the home directory (or `/`) on the PATH: not all of it
+            }
             let prefix = dir.parent().filter(|parent| {
                 matches!(dir.file_name().and_then(OsStr::to_str), Some("bin" | "sbin" | "shims"))
                     && *parent != Path::new("/")
                     && Some(*parent) != home.as_deref()
             });
-            paths.push(prefix.map(Path::to_path_buf).unwrap_or(dir));
+            match prefix {
+                // `~/.local` also holds the user's data (`share/`, flue's
+                // volumes among it): its programs and libraries only.
+                Some(local) if home.as_ref().is_some_and(|home| local == home.join(".local")) => {
+                    paths.push(dir.clone());
+                    paths.extend(Some(local.join("lib")).filter(|lib| lib.is_dir()));
+                }
+                Some(prefix) => paths.push(prefix.to_path_buf()),
+                None => paths.push(dir),
+            }
         }
         paths.extend(rustup_home().and_then(|dir| dir.canonicalize().ok()));
         if let Some(tree) = flue_source_tree() {
