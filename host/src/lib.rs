@@ -21,7 +21,7 @@
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
 //! the contract suite), [`model`] (the model loop behind `session.prompt`),
 //! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
-//! [`guest`] (building agents from source), [`events`], [`config`].
+//! [`guest`] (building agents from source, isolated), [`events`], [`config`].
 
 #![deny(missing_docs)]
 

@@ -121,7 +121,8 @@ fn run_rebuilds_a_python_agent_only_when_its_source_changed() {
     let agent = dir.path().join("fresh");
     let run = || output(flue().arg("run").arg(&agent).args(["--events", "none"]).env("TMPDIR", dir.path()));
     assert_eq!(run().ok()["agent"], "fresh");
-    let wasm = agent.join("target/flue/agent.wasm");
+    let built = output(flue().arg("build").arg(&agent));
+    let wasm = std::path::PathBuf::from(built.stdout.trim());
     let first_build = std::fs::metadata(&wasm).unwrap().modified().unwrap();
 
     assert_eq!(run().ok()["agent"], "fresh");

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use super::{Failure, out, usage};
 use crate::events::EventLog;
-use crate::guest::Language;
+use crate::guest::{BuildIsolation, BuildOptions, Language};
 
 /// `flue build` arguments.
 #[derive(Args, Debug)]
@@ -14,6 +14,14 @@ pub struct BuildArgs {
     /// The agent's directory (with Cargo.toml, app.py or agent.js).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+
+    /// Where the build runs: building runs the agent's code (build scripts,
+    /// procedural macros, componentize's pre-initialization). `auto` uses
+    /// bubblewrap when it works here (network for the registries, nothing of
+    /// the host writable but the build's own output and caches) and warns
+    /// when it does not; `none` runs it on this machine, as you.
+    #[arg(long, value_enum, default_value = "auto", env = "FLUE_BUILD_ISOLATION")]
+    pub isolation: BuildIsolation,
 }
 
 /// `flue new` arguments.
@@ -50,7 +58,8 @@ impl From<LanguageArg> for Language {
 
 /// `flue build`: print the component's path.
 pub fn build(args: BuildArgs, events: EventLog) -> Result<(), Failure> {
-    let wasm = crate::guest::build::build_with(&args.dir, true, &events).map_err(usage)?;
+    let options = BuildOptions { force: true, isolation: args.isolation };
+    let wasm = crate::guest::build::build_with_options(&args.dir, options, &events).map_err(usage)?;
     out!("{}", wasm.display());
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::host_args::HostArgs;
 use super::{Failure, usage};
+use crate::events::EventLog;
 use crate::runtime::Limits;
 use crate::serve::ServeConfig;
 
@@ -77,6 +78,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub retention: usize,
 
+    /// serve: build every agent source (`agents/<name>/`) at start, isolated
+    /// as `flue build` is. Without it, serve runs prebuilt components only —
+    /// `agents/<name>.wasm`, or what `flue build` made of `agents/<name>/` —
+    /// and never runs an agent's build scripts. (`flue dev` always builds.)
+    #[arg(long)]
+    pub build: bool,
+
     /// Host flags.
     #[command(flatten)]
     pub host: HostArgs,
@@ -92,7 +100,7 @@ pub enum Allocator {
 }
 
 /// Run the server; `dev` rebuilds agents and re-reads the project per request.
-pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
+pub async fn serve(args: ServeArgs, dev: bool, events: EventLog) -> Result<(), Failure> {
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
     if !listen.ip().is_loopback() && args.token.as_deref().is_none_or(str::is_empty) {
         return Err(usage(anyhow::anyhow!(
@@ -101,6 +109,13 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
     }
     if !args.project.is_dir() {
         return Err(usage(anyhow::anyhow!("{} is not a project directory", args.project.display())));
+    }
+    if args.build && !dev {
+        let project = args.project.clone();
+        tokio::task::spawn_blocking(move || crate::guest::build_project(&project, &events))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(usage)?;
     }
     let limits = Limits {
         deadline: Duration::from_secs(args.deadline),

@@ -11,14 +11,21 @@
 //! | `app.py`     | Python     | `componentize-py … componentize app`             |
 //! | `agent.js`   | JavaScript | `componentize-js agent.js …`                     |
 //!
-//! Components are written to `<dir>/target/flue/` and rebuilt only when a
-//! source file (or the manifest, or the WIT) is newer: a warm `flue run`
-//! starts no toolchain at all. Missing toolchains are installed by
-//! [`super::toolchains`].
+//! A build runs the agent's code, so it runs isolated ([`super::isolate`]),
+//! in a copy of the agent's workspace, and writes only into flue's cache:
+//! `<cache>/builds/<key>/` (the copy, cargo's target directory) and the
+//! component, `<cache>/built/<key>.wasm`, keyed by the agent directory's
+//! path. A component is rebuilt only when a source file (or the manifest,
+//! or the WIT) is newer: a warm `flue run` starts no toolchain at all.
+//! Missing toolchains are installed by [`super::toolchains`].
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
+use sha2::{Digest, Sha256};
+
+use super::cache_dirs;
+use super::isolate::{BuildIsolation, BuildSpace};
 use crate::events::EventLog;
 
 /// Why an agent could not be found or built.
@@ -49,6 +56,19 @@ pub enum AgentSourceError {
     /// The toolchain is missing or cannot run.
     #[error("{0}")]
     Toolchain(String),
+    /// flue's cache cannot be used (why, and what to do).
+    #[error("{0}")]
+    Cache(String),
+    /// `flue serve` runs prebuilt components, and this agent has none.
+    #[error(
+        "{} has not been built, and `flue serve` runs only prebuilt components: run `flue build {}` first, \
+         or start the server with --build",
+        dir.display(), dir.display()
+    )]
+    NotBuilt {
+        /// The agent's directory.
+        dir: PathBuf,
+    },
     /// A file could not be read or written.
     #[error("cannot read {}: {reason}", path.display())]
     Read {
@@ -140,30 +160,178 @@ pub fn detect(dir: &Path) -> Option<Language> {
     }
 }
 
+/// How to build: always, or only when stale; and how isolated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    /// Hand the sources to the toolchain even when they look unchanged
+    /// (cargo sees changes outside the crate too).
+    pub force: bool,
+    /// Where the build runs.
+    pub isolation: BuildIsolation,
+}
+
 /// Build the agent in `dir` (if stale) and return its component.
 pub fn build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
     build_with(dir, false, events)
 }
 
 /// [`build`]; with `force`, a Rust agent is handed to cargo even when its
-/// sources look unchanged (cargo sees changes outside the crate too).
+/// sources look unchanged. Isolated as `FLUE_BUILD_ISOLATION` says.
 pub fn build_with(dir: &Path, force: bool, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    // Toolchains run inside `dir`: every path handed to them must be absolute.
-    let dir =
-        &dir.canonicalize().map_err(|err| AgentSourceError::Read { path: dir.into(), reason: err.to_string() })?;
+    build_with_options(dir, BuildOptions { force, isolation: BuildIsolation::from_env()? }, events)
+}
+
+/// Build the agent in `dir` as `options` say and return its component.
+pub fn build_with_options(dir: &Path, options: BuildOptions, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
+    let dir = &canonical(dir)?;
     match detect(dir) {
-        Some(Language::Rust) => super::rust::build_with(dir, force, events),
-        Some(Language::Python) => super::componentize::build(dir, &super::componentize::PYTHON, events),
-        Some(Language::JavaScript) => super::componentize::build(dir, &super::componentize::JAVASCRIPT, events),
+        Some(Language::Rust) => super::rust::build_agent(dir, options, events),
+        Some(Language::Python) => super::componentize::build(dir, &super::componentize::PYTHON, options, events),
+        Some(Language::JavaScript) => {
+            super::componentize::build(dir, &super::componentize::JAVASCRIPT, options, events)
+        }
         None => Err(AgentSourceError::UnknownLanguage { dir: dir.into() }),
     }
 }
 
-/// The WIT an agent builds against: its own `wit/` (as `flue new` makes),
-/// else this project's.
-pub(crate) fn wit_dir(dir: &Path) -> PathBuf {
-    let own = dir.join("wit");
-    if own.is_dir() { own } else { project_root().join("wit") }
+/// `dir` as an absolute path without links: toolchains run elsewhere, and
+/// builds are keyed by it.
+fn canonical(dir: &Path) -> Result<PathBuf, AgentSourceError> {
+    dir.canonicalize().map_err(|err| AgentSourceError::Read { path: dir.into(), reason: err.to_string() })
+}
+
+/// The component flue built before for the agent in `dir`, if there is one
+/// (whether or not its sources changed since).
+pub fn built_component(dir: &Path) -> Result<Option<PathBuf>, AgentSourceError> {
+    let dir = canonical(dir)?;
+    let built = cache_dirs::cache_root()
+        .and_then(|root| cache_dirs::private_subdir(&root, "built"))
+        .map_err(AgentSourceError::Cache)?;
+    let output = built.join(format!("{}.wasm", key(&dir)));
+    Ok(output.is_file().then_some(output))
+}
+
+/// Whether the component built for `dir` is older than its sources.
+pub(crate) fn sources_changed_since(dir: &Path, built: &Path) -> bool {
+    stale(built, &[dir.to_path_buf()])
+}
+
+/// A short, stable name for a path.
+fn key(path: &Path) -> String {
+    hex::encode(&Sha256::digest(path.as_os_str().as_encoded_bytes())[..12])
+}
+
+/// Where one agent's build happens and what it produces: the agent's
+/// directory and the workspace it builds in (a Rust workspace, else the
+/// agent's directory), the build's own directory in flue's cache, and the
+/// component.
+pub(crate) struct BuildPaths {
+    /// The workspace: what the build sees a copy of.
+    pub root: PathBuf,
+    /// The build's directory (`<cache>/builds/<key>`): its copy of the
+    /// workspace, its target directory, its partial output.
+    pub work: PathBuf,
+    /// The component (`<cache>/built/<key>.wasm`).
+    pub output: PathBuf,
+    builds: PathBuf,
+}
+
+impl BuildPaths {
+    /// The paths for building the agent in `agent`, part of the workspace
+    /// `root` (both canonical); the cache's directories are created private.
+    pub(crate) fn new(agent: &Path, root: &Path) -> Result<Self, AgentSourceError> {
+        let prepare = || -> Result<Self, String> {
+            let cache = cache_dirs::cache_root()?;
+            let builds = cache_dirs::private_subdir(&cache, "builds")?;
+            let built = cache_dirs::private_subdir(&cache, "built")?;
+            Ok(BuildPaths {
+                root: root.to_path_buf(),
+                work: builds.join(key(root)),
+                output: built.join(format!("{}.wasm", key(agent))),
+                builds,
+            })
+        };
+        prepare().map_err(AgentSourceError::Cache)
+    }
+
+    /// Hold the workspace's build lock (one build of it at a time) and
+    /// make sure its directory exists, private.
+    pub(crate) fn lock(&self) -> Result<std::fs::File, AgentSourceError> {
+        let name = self.work.file_name().expect("a key").to_string_lossy().into_owned();
+        let lock = cache_dirs::lock(&self.builds.join(format!("{name}.lock"))).map_err(AgentSourceError::Cache)?;
+        cache_dirs::private_subdir(&self.builds, &name).map_err(AgentSourceError::Cache)?;
+        Ok(lock)
+    }
+
+    /// Set up `space` to build the workspace, and return where the build
+    /// sees it. Isolated, that is a fresh copy, shown where the original is
+    /// (or at the copy's own path when a read-only directory is in the
+    /// way), with the build's directory writable; unisolated, the original.
+    pub(crate) fn prepare(&self, space: &mut BuildSpace) -> Result<PathBuf, AgentSourceError> {
+        if !space.is_sandboxed() {
+            return Ok(self.root.clone());
+        }
+        let copy = self.work.join("src");
+        super::source_copy::copy_workspace(&self.root, &copy)
+            .map_err(|reason| AgentSourceError::Read { path: self.root.clone(), reason })?;
+        space.writable(self.work.clone(), self.work.clone());
+        if space.under_read_only(&self.root) {
+            return Ok(copy);
+        }
+        space.writable(copy, self.root.clone());
+        Ok(self.root.clone())
+    }
+
+    /// Publish what the build wrote at `built` as the component. The build
+    /// could have left anything there, so it must be a regular file (not a
+    /// link to a host file) of a sane size, and it is copied, not moved.
+    pub(crate) fn publish(&self, built: &Path) -> Result<PathBuf, AgentSourceError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        const MAX_COMPONENT: u64 = 1 << 30;
+        let fail = |reason: String| AgentSourceError::Read { path: built.into(), reason };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(built)
+            .map_err(|err| fail(err.to_string()))?;
+        let meta = file.metadata().map_err(|err| fail(err.to_string()))?;
+        if !meta.is_file() || meta.len() > MAX_COMPONENT {
+            return Err(fail(format!("not a component: a regular file of at most {} GiB", MAX_COMPONENT >> 30)));
+        }
+        let dir = self.output.parent().expect("components live in a directory");
+        let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(|err| fail(err.to_string()))?;
+        std::io::copy(&mut file.take(MAX_COMPONENT), partial.as_file_mut()).map_err(|err| fail(err.to_string()))?;
+        partial.persist(&self.output).map_err(|err| fail(err.error.to_string()))?;
+        Ok(self.output.clone())
+    }
+}
+
+/// flue's WIT, written once into the cache (`<cache>/wit-<digest>/`), for
+/// agents that carry none of their own.
+pub(crate) fn embedded_wit() -> Result<PathBuf, AgentSourceError> {
+    let fail = |reason: String| AgentSourceError::Cache(reason);
+    let cache = cache_dirs::cache_root().map_err(fail)?;
+    let mut digest = Sha256::new();
+    for (name, content) in super::wit::FILES {
+        digest.update(name.as_bytes());
+        digest.update([0]);
+        digest.update(content.as_bytes());
+        digest.update([0]);
+    }
+    let name = format!("wit-{}", &hex::encode(digest.finalize())[..16]);
+    let dir = cache.join(&name);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        let partial = tempfile::Builder::new().prefix(".wit-").tempdir_in(&cache).map_err(|e| fail(e.to_string()))?;
+        super::wit::write_into(partial.path()).map_err(|err| fail(format!("{}: {err}", partial.path().display())))?;
+        // Another process may have won the race: its copy is as good.
+        if let Err(err) = std::fs::rename(partial.path(), &dir)
+            && std::fs::symlink_metadata(&dir).is_err()
+        {
+            return Err(fail(format!("{}: {err}", dir.display())));
+        }
+    }
+    cache_dirs::check_private(&dir).map_err(fail)?;
+    Ok(dir)
 }
 
 /// The newest modification time of the files under `dir`, skipping build
@@ -202,29 +370,6 @@ pub(crate) fn stale(output: &Path, inputs: &[PathBuf]) -> bool {
         .any(|source| source > built)
 }
 
-/// Run a guest toolchain in `dir`, turning failures into readable errors.
-pub(crate) fn run_tool(
-    mut command: std::process::Command,
-    dir: &Path,
-    what: &str,
-    events: &EventLog,
-) -> Result<(), AgentSourceError> {
-    let _progress = events.progress(format!("building {} ({what})", dir.display()));
-    let output = command
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| AgentSourceError::Toolchain(format!("cannot run {what}: {err}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut log = String::from_utf8_lossy(&output.stderr).into_owned();
-    if log.trim().is_empty() {
-        log = String::from_utf8_lossy(&output.stdout).into_owned();
-    }
-    Err(AgentSourceError::BuildFailed { dir: dir.into(), log: readable_log(&log) })
-}
-
 /// A toolchain's failure output without its own internal stack trace, and
 /// not longer than a screen.
 pub(crate) fn readable_log(log: &str) -> String {
@@ -235,16 +380,4 @@ pub(crate) fn readable_log(log: &str) -> String {
         return log.to_string();
     }
     format!("[… {} lines …]\n{}", lines.len() - MAX_LINES, lines[lines.len() - MAX_LINES..].join("\n"))
-}
-
-/// Where a build writes before it is published: never a half-written
-/// component at the final path, even with two builds at once.
-pub(crate) fn partial_output(output: &Path) -> PathBuf {
-    output.with_extension(format!("wasm.partial-{}", std::process::id()))
-}
-
-pub(crate) fn publish(partial: &Path, output: &Path) -> Result<PathBuf, AgentSourceError> {
-    std::fs::rename(partial, output)
-        .map_err(|err| AgentSourceError::Read { path: output.into(), reason: err.to_string() })?;
-    Ok(output.to_path_buf())
 }

@@ -1,9 +1,15 @@
 //! Python and JavaScript agents: built with componentize-py and
-//! componentize-js into `<dir>/target/flue/agent.wasm`.
+//! componentize-js, isolated as every build is ([`super::isolate`]) — both
+//! run the agent's code while they pre-initialize it.
+//!
+//! The WIT is the agent's own `wit/` when it has one (as `flue new` makes),
+//! else flue's, which the builder provides: an agent builds wherever it is.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::build::{AgentSourceError, partial_output, publish, run_tool, stale, wit_dir};
+use super::build::{AgentSourceError, BuildOptions, BuildPaths, embedded_wit, readable_log, stale};
+use super::isolate::{BuildSpace, launcher};
 use super::toolchains::{self, Tool};
 use crate::events::EventLog;
 
@@ -11,13 +17,13 @@ use crate::events::EventLog;
 /// arguments given the WIT directory and the output path.
 pub(crate) struct Componentizer {
     tool: &'static str,
-    provision: fn(&Path, &EventLog) -> Result<Tool, AgentSourceError>,
-    args: fn(&Path, &Path) -> Vec<std::ffi::OsString>,
+    provision: fn(&EventLog) -> Result<Tool, AgentSourceError>,
+    args: fn(&Path, &Path) -> Vec<OsString>,
 }
 
 pub(crate) const PYTHON: Componentizer = Componentizer {
     tool: "componentize-py",
-    provision: |_, events| toolchains::componentize_py(events),
+    provision: toolchains::componentize_py,
     args: |wit, out| {
         [
             "-d".as_ref(),
@@ -57,20 +63,49 @@ pub(crate) const JAVASCRIPT: Componentizer = Componentizer {
     },
 };
 
-/// Build `dir` with a componentize toolchain into `target/flue/agent.wasm`,
-/// unless that is newer than every source.
-pub(crate) fn build(dir: &Path, toolchain: &Componentizer, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    let output = dir.join("target/flue/agent.wasm");
-    let wit = wit_dir(dir);
-    if !stale(&output, &[dir.to_path_buf(), wit.clone()]) {
-        return Ok(output);
+/// Build `dir` (canonical) with a componentize toolchain, unless its
+/// component is newer than every source (`force` is cargo's business: these
+/// tools see nothing but the agent's directory and the WIT).
+pub(crate) fn build(
+    dir: &Path,
+    toolchain: &Componentizer,
+    options: BuildOptions,
+    events: &EventLog,
+) -> Result<PathBuf, AgentSourceError> {
+    let paths = BuildPaths::new(dir, dir)?;
+    let own_wit = dir.join("wit").is_dir();
+    let provided_wit = if own_wit { None } else { Some(embedded_wit()?) };
+    let inputs: Vec<PathBuf> = [dir.to_path_buf()].into_iter().chain(provided_wit.clone()).collect();
+    if !stale(&paths.output, &inputs) {
+        return Ok(paths.output);
     }
-    let tool = (toolchain.provision)(dir, events)?;
-    std::fs::create_dir_all(dir.join("target/flue"))
-        .map_err(|err| AgentSourceError::Read { path: dir.join("target"), reason: err.to_string() })?;
-    let partial = partial_output(&output);
-    let mut command = tool.command();
-    command.args((toolchain.args)(&wit, &partial));
-    run_tool(command, dir, toolchain.tool, events)?;
-    publish(&partial, &output)
+    let mut space = BuildSpace::new(launcher(options.isolation, events)?);
+    let tool = (toolchain.provision)(events)?;
+    let _lock = paths.lock()?;
+    if !stale(&paths.output, &inputs) {
+        return Ok(paths.output); // built by another build while this one waited
+    }
+    for needed in &tool.needs {
+        space.read_only(needed.clone());
+    }
+    let visible = paths.prepare(&mut space)?;
+    let wit = match provided_wit {
+        Some(wit) => {
+            space.read_only(wit.clone());
+            wit
+        }
+        None => visible.join("wit"),
+    };
+    let partial = paths.work.join("component.wasm.partial");
+    // A previous build may have left anything here, a link included.
+    let _ = std::fs::remove_file(&partial);
+    let mut args = tool.leading.clone();
+    args.extend((toolchain.args)(&wit, &partial));
+    let _progress = events.progress(format!("building {} ({})", dir.display(), toolchain.tool));
+    let ran = super::isolate::run(space.command(&tool.program, &args, &visible)?, toolchain.tool)?;
+    if !ran.success {
+        let log = if ran.stderr.trim().is_empty() { ran.stdout } else { ran.stderr };
+        return Err(AgentSourceError::BuildFailed { dir: dir.into(), log: readable_log(&log) });
+    }
+    paths.publish(&partial)
 }

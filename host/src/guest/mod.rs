@@ -1,11 +1,19 @@
 //! Agent sources: finding an agent by name, building it with its language's
-//! toolchain, and creating new ones from templates.
+//! toolchain (isolated: building runs the agent's code), and creating new
+//! ones from templates.
 
 pub mod build;
+mod cache_dirs;
 mod componentize;
+pub mod isolate;
 pub mod rust;
 pub mod scaffold;
+pub mod serving;
+mod source_copy;
 pub mod toolchains;
 pub(crate) mod which;
+mod wit;
 
-pub use build::{AgentSourceError, Language, build, detect, project_root, resolve};
+pub use build::{AgentSourceError, BuildOptions, Language, build, built_component, detect, project_root, resolve};
+pub use isolate::BuildIsolation;
+pub use serving::{build_project, component_for};

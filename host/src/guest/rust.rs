@@ -1,31 +1,29 @@
 //! Rust agents (and connectors): `cargo build --release --target
-//! wasm32-wasip2`, the component copied to `<dir>/target/flue/component.wasm`.
+//! wasm32-wasip2`, isolated as every build is ([`super::isolate`]), the
+//! component copied into flue's cache.
 //!
 //! `flue run` rebuilds only when a file under the crate, its workspace's
 //! `Cargo.toml`/`Cargo.lock` or the WIT is newer than that copy, without
 //! starting cargo. `flue build` always asks cargo, which also notices
-//! changes elsewhere (a path dependency outside the crate).
+//! changes elsewhere.
+//!
+//! An isolated build has a target directory of its own (a shared one would
+//! let one agent's build scripts tamper with another's dependencies) and
+//! uses flue's own cargo home, `<cache>/cargo`, for registry downloads: a
+//! build script can write there, so it must not be the cargo home the
+//! user's own, unisolated builds read sources from. The user's
+//! `config.toml` is carried over (mirrors, registries).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use super::build::{AgentSourceError, partial_output, publish, stale, wit_dir};
+use super::build::{AgentSourceError, BuildOptions, BuildPaths, readable_log, stale};
+use super::isolate::{BuildSpace, launcher};
 use crate::events::EventLog;
 
 /// Build the crate in `dir` when its sources changed, or always with `force`.
 pub fn build_with(dir: &Path, force: bool, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    let output = dir.join("target/flue/component.wasm");
-    if !force && !stale(&output, &inputs(dir)) {
-        return Ok(output);
-    }
-    super::toolchains::ensure_wasm_target(dir, events)?;
-    let artifact = cargo_build(dir, events)?;
-    std::fs::create_dir_all(dir.join("target/flue"))
-        .map_err(|err| AgentSourceError::Read { path: dir.join("target"), reason: err.to_string() })?;
-    let partial = partial_output(&output);
-    std::fs::copy(&artifact, &partial)
-        .map_err(|err| AgentSourceError::Read { path: artifact.clone(), reason: err.to_string() })?;
-    publish(&partial, &output)
+    super::build::build_with(dir, force, events)
 }
 
 /// [`build_with`], rebuilding only when stale.
@@ -33,36 +31,84 @@ pub fn build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError>
     build_with(dir, false, events)
 }
 
-/// What a Rust build depends on: the crate, its workspace's manifest and
-/// lock file, and the WIT.
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let mut inputs = vec![dir.to_path_buf(), wit_dir(dir)];
-    let own_workspace = std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"));
-    if !own_workspace
-        && let Some(root) = dir
-            .ancestors()
-            .skip(1)
-            .find(|d| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")))
-    {
-        inputs.extend([root.join("Cargo.toml"), root.join("Cargo.lock")]);
+/// Build the crate in `dir` (canonical) as `options` say.
+pub(crate) fn build_agent(dir: &Path, options: BuildOptions, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
+    let root = workspace_root(dir);
+    let paths = BuildPaths::new(dir, &root)?;
+    if !options.force && !stale(&paths.output, &inputs(dir, &root)) {
+        return Ok(paths.output);
     }
+    let mut space = BuildSpace::new(launcher(options.isolation, events)?);
+    let _lock = paths.lock()?;
+    if !options.force && !stale(&paths.output, &inputs(dir, &root)) {
+        return Ok(paths.output); // built by another build while this one waited
+    }
+    let visible_root = paths.prepare(&mut space)?;
+    let visible_crate = visible_root.join(dir.strip_prefix(&root).unwrap_or(Path::new("")));
+    let target = paths.work.join("target");
+    std::fs::create_dir_all(&target)
+        .map_err(|err| AgentSourceError::Read { path: target.clone(), reason: err.to_string() })?;
+    space.set_env("CARGO_TARGET_DIR", &target);
+    if space.is_sandboxed() {
+        let home = own_cargo_home()?;
+        space.writable(home.clone(), home.clone());
+        space.set_env("CARGO_HOME", home);
+    }
+    super::toolchains::ensure_wasm_target(&space, &visible_crate, events)?;
+    let artifact = cargo_build(&space, &visible_crate, &target, events)?;
+    paths.publish(&artifact)
+}
+
+/// The workspace `dir` belongs to: the nearest ancestor (or `dir`) whose
+/// `Cargo.toml` has `[workspace]`, else `dir` itself.
+fn workspace_root(dir: &Path) -> PathBuf {
+    let is_root = |d: &Path| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"));
+    dir.ancestors().find(|d| is_root(d)).unwrap_or(dir).to_path_buf()
+}
+
+/// What a Rust build depends on: the crate, its workspace's manifest and
+/// lock file, and flue's WIT (which in-tree guests refer to).
+fn inputs(dir: &Path, root: &Path) -> Vec<PathBuf> {
+    let mut inputs = vec![dir.to_path_buf(), root.join("Cargo.toml"), root.join("Cargo.lock")];
+    inputs.extend(super::isolate::flue_source_tree().map(|tree| tree.join("wit")));
     inputs
 }
 
-/// `cargo build --release --target wasm32-wasip2`, returning the `.wasm` of
-/// the package's cdylib where cargo wrote it.
-fn cargo_build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
+/// flue's cargo home for isolated builds, with the user's cargo
+/// configuration (not their credentials).
+fn own_cargo_home() -> Result<PathBuf, AgentSourceError> {
+    let home = super::cache_dirs::cache_root()
+        .and_then(|root| super::cache_dirs::private_subdir(&root, "cargo"))
+        .map_err(AgentSourceError::Cache)?;
+    let user = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let config = home.join("config.toml");
+    match user.map(|user| std::fs::read(user.join("config.toml"))) {
+        Some(Ok(text)) => std::fs::write(&config, text),
+        _ => std::fs::remove_file(&config)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
+    }
+    .map_err(|err| AgentSourceError::Cache(format!("{}: {err}", config.display())))?;
+    Ok(home)
+}
+
+/// `cargo build --release --target wasm32-wasip2` in `dir` (as `space`
+/// sees it), returning the `.wasm` of the package's cdylib in `target`.
+fn cargo_build(space: &BuildSpace, dir: &Path, target: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
+    let no_cargo = || AgentSourceError::Toolchain("cannot run cargo: install Rust from https://rustup.rs".into());
+    let cargo = match std::env::var_os("CARGO").map(PathBuf::from) {
+        Some(cargo) if cargo.is_absolute() => cargo,
+        _ => super::which::find_on_path("cargo").ok_or_else(no_cargo)?,
+    };
+    let args: Vec<OsString> =
+        ["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"]
+            .map(OsString::from)
+            .to_vec();
     let _progress = events.progress(format!("building {}", dir.display()));
-    let output = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| {
-            AgentSourceError::Toolchain(format!("cannot run cargo ({err}): install Rust from https://rustup.rs"))
-        })?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
+    let ran = super::isolate::run(space.command(&cargo, &args, dir)?, "cargo")?;
+    if !ran.success {
+        let stderr = ran.stderr;
         if stderr.contains("wasm32-wasip2")
             && (stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`"))
         {
@@ -70,15 +116,14 @@ fn cargo_build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceErro
                 "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`".into(),
             ));
         }
-        return Err(AgentSourceError::BuildFailed { dir: dir.into(), log: stderr.trim_end().to_string() });
+        return Err(AgentSourceError::BuildFailed { dir: dir.into(), log: readable_log(&stderr) });
     }
-    // The last cdylib artifact of the package in `dir` is the component.
-    let manifest = dir
-        .join("Cargo.toml")
-        .canonicalize()
-        .map_err(|err| AgentSourceError::Read { path: dir.join("Cargo.toml"), reason: err.to_string() })?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let wasm = stdout
+    // The last cdylib artifact of the package in `dir` is the component;
+    // anything else printed there (a build could print lines that look
+    // like cargo's) must at least be a file in the build's target directory.
+    let manifest = dir.join("Cargo.toml");
+    let wasm = ran
+        .stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|msg| msg["reason"] == "compiler-artifact")
@@ -87,8 +132,17 @@ fn cargo_build(dir: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceErro
         .flatten()
         .filter_map(|f| f.as_str().map(PathBuf::from))
         .rfind(|f| f.extension().is_some_and(|e| e == "wasm"));
-    wasm.ok_or_else(|| AgentSourceError::BuildFailed {
-        dir: dir.into(),
-        log: "cargo built no .wasm: the package needs `[lib] crate-type = [\"cdylib\"]`".into(),
-    })
+    match wasm {
+        Some(wasm) if wasm.starts_with(target) && !wasm.components().any(|c| c == std::path::Component::ParentDir) => {
+            Ok(wasm)
+        }
+        Some(wasm) => Err(AgentSourceError::BuildFailed {
+            dir: dir.into(),
+            log: format!("cargo named {} as the component, outside the build's target directory", wasm.display()),
+        }),
+        None => Err(AgentSourceError::BuildFailed {
+            dir: dir.into(),
+            log: "cargo built no .wasm: the package needs `[lib] crate-type = [\"cdylib\"]`".into(),
+        }),
+    }
 }

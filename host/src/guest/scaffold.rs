@@ -1,21 +1,11 @@
 //! `flue new`: a new agent, from a template that builds and runs as is.
 //!
-//! The templates and the WIT are compiled into the binary, so `flue new`
-//! works anywhere; each new agent gets its own copy of `wit/`.
+//! The templates and the WIT ([`super::wit`]) are compiled into the binary,
+//! so `flue new` works anywhere; each new agent gets its own copy of `wit/`.
 
 use std::path::{Path, PathBuf};
 
 use super::build::Language;
-
-const WIT: &[(&str, &str)] = &[
-    ("wit/types.wit", include_str!("../../../wit/types.wit")),
-    ("wit/sandbox-api.wit", include_str!("../../../wit/sandbox-api.wit")),
-    ("wit/connector.wit", include_str!("../../../wit/connector.wit")),
-    ("wit/agent.wit", include_str!("../../../wit/agent.wit")),
-    ("wit/log.wit", include_str!("../../../wit/log.wit")),
-    ("wit/model.wit", include_str!("../../../wit/model.wit")),
-    ("wit/worlds.wit", include_str!("../../../wit/worlds.wit")),
-];
 
 const README: &str = include_str!("../../templates/README.md");
 
@@ -96,7 +86,13 @@ pub fn create(language: Language, name: &str, parent: &Path) -> Result<PathBuf, 
     }
     let template = template(language);
     let readme = README.replace("{{language}}", template.language).replace("{{toolchain}}", template.toolchain);
-    let files = template.files.iter().copied().chain(WIT.iter().copied()).chain([("README.md", readme.as_str())]);
+    let wit = super::wit::FILES.iter().map(|(name, content)| (format!("wit/{name}"), *content));
+    let files = template
+        .files
+        .iter()
+        .map(|(path, content)| (path.to_string(), *content))
+        .chain(wit)
+        .chain([("README.md".to_string(), readme.as_str())]);
     for (relative, content) in files {
         let path = dir.join(relative);
         let write = || -> std::io::Result<()> {

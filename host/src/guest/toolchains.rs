@@ -1,88 +1,100 @@
 //! Guest toolchains, provisioned by flue the way cargo fetches crates.
 //!
 //! A Python or JavaScript agent needs a pinned componentize tool; a Rust
-//! agent needs the `wasm32-wasip2` target. When one is missing, flue installs
-//! it — componentize-py from PyPI into its own cache with `pip --target`,
-//! componentize-js from the npm registry with `npm install --prefix`, the
-//! Rust target with `rustup target add` — says so on a line of its own, and
-//! fails with an error naming the registry when it cannot reach it.
+//! agent needs the `wasm32-wasip2` target. flue finds a tool in exactly two
+//! places — its own cache, or the `PATH` (at the pinned version) — never
+//! beside the agent. When it is in neither, flue installs it —
+//! componentize-py from PyPI with `pip --target`, componentize-js from the
+//! npm registry with `npm install --prefix`, the Rust target with `rustup
+//! target add` — says so on a line of its own, and fails with an error
+//! naming the registry when it cannot reach it.
 //!
 //! Installs live in `<cache>/toolchains/<tool>-<version>/` (the cache is
-//! `$FLUE_CACHE_DIR`, else `$XDG_CACHE_HOME/flue`, else `~/.cache/flue`), are
-//! made under a lock (two builds at once install once) and count only once
-//! complete (a marker file written last).
+//! `$FLUE_CACHE_DIR`, else `$XDG_CACHE_HOME/flue`, else `~/.cache/flue`),
+//! are made under a lock (two builds at once install once), and are used
+//! only while they are what was installed: the directory and everything in
+//! it this user's alone ([`super::cache_dirs`]), and its files — names,
+//! sizes, times — what its marker file recorded when the install completed. Anything else is
+//! removed and installed again; a toolchains directory someone else can
+//! write to is refused.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 use super::build::AgentSourceError;
+use super::cache_dirs;
+use super::isolate::BuildSpace;
 use super::which::find_on_path;
 use crate::events::EventLog;
-use crate::runtime::cache::ComponentCache;
 
 /// The componentize-py flue builds Python agents with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// The componentize-js flue builds JavaScript agents with.
 pub const COMPONENTIZE_JS: &str = "0.23.0";
 
-/// Where toolchains are installed, or why there is nowhere.
+/// The marker file an install writes last.
+const MARKER: &str = ".installed";
+
+/// Where toolchains are installed, checked; or why there is nowhere.
 fn toolchains_dir() -> Result<PathBuf, AgentSourceError> {
-    ComponentCache::default_dir().map(|dir| dir.join("toolchains")).ok_or_else(|| {
-        AgentSourceError::Toolchain("no cache directory for toolchains: set FLUE_CACHE_DIR or HOME".into())
-    })
+    cache_dirs::cache_root()
+        .and_then(|root| cache_dirs::private_subdir(&root, "toolchains"))
+        .map_err(AgentSourceError::Cache)
 }
 
-/// How to run a tool: a program and the arguments that come first.
+/// How to run a tool: a program, the arguments that come first, and what a
+/// build must be able to read to run it.
 #[derive(Debug, Clone)]
 pub struct Tool {
     /// The program.
     pub program: PathBuf,
     /// Arguments before the tool's own.
-    pub leading: Vec<String>,
+    pub leading: Vec<OsString>,
+    /// Directories the tool runs from (its install, its interpreter).
+    pub needs: Vec<PathBuf>,
 }
 
-impl Tool {
-    /// A command that runs the tool.
-    pub fn command(&self) -> Command {
-        let mut command = Command::new(&self.program);
-        command.args(&self.leading);
-        command
-    }
-}
-
-/// componentize-py: flue's own copy, one on the PATH at the pinned version,
-/// or a fresh install.
+/// componentize-py: flue's copy, one on the PATH at the pinned version, or
+/// a fresh install.
 pub fn componentize_py(events: &EventLog) -> Result<Tool, AgentSourceError> {
-    let dir = toolchains_dir()?.join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let toolchains = toolchains_dir()?;
+    let dir = toolchains.join(format!("componentize-py-{COMPONENTIZE_PY}"));
     let python = find_on_path("python3").ok_or_else(|| {
         AgentSourceError::Toolchain(format!(
             "componentize-py is not installed, and flue cannot install it: python3 is not on the PATH \
              (install Python 3, or componentize-py {COMPONENTIZE_PY} yourself)"
         ))
     })?;
+    let interpreter = Interpreter::of(&python, &toolchains);
     // flue's copy is a plain package directory; run its entry point.
     let own = Tool {
-        program: python.clone(),
+        program: interpreter.executable.clone(),
         leading: vec![
             "-c".into(),
             format!(
                 "import sys; sys.path.insert(0, {:?}); from componentize_py import script; \
                  sys.argv[0] = 'componentize-py'; sys.exit(script())",
                 dir.join("site").display().to_string()
-            ),
+            )
+            .into(),
         ],
+        needs: [dir.clone()].into_iter().chain(interpreter.prefixes.iter().cloned()).collect(),
     };
-    if installed(&dir) {
+    let identity = format!("componentize-py {COMPONENTIZE_PY}");
+    if verified(&dir, &identity, events) {
         return Ok(own);
     }
     if let Some(found) = find_on_path("componentize-py")
-        && version_of(&found).is_some_and(|v| v.contains(COMPONENTIZE_PY))
+        && version_of(&found, &toolchains).is_some_and(|v| v.contains(COMPONENTIZE_PY))
     {
-        return Ok(Tool { program: found, leading: Vec::new() });
+        return Ok(Tool { program: found, leading: Vec::new(), needs: Vec::new() });
     }
     let index = std::env::var("PIP_INDEX_URL").unwrap_or_else(|_| "https://pypi.org/simple".into());
-    install(&dir, &format!("componentize-py {COMPONENTIZE_PY} from PyPI ({index})"), events, |dir| {
-        let mut pip = Command::new(&python);
+    let what = format!("componentize-py {COMPONENTIZE_PY} from PyPI ({index})");
+    install(&dir, &identity, &what, events, |dir| {
+        let mut pip = Command::new(&interpreter.executable);
         pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location"])
             .arg("--target")
             .arg(dir.join("site"))
@@ -92,21 +104,21 @@ pub fn componentize_py(events: &EventLog) -> Result<Tool, AgentSourceError> {
     Ok(own)
 }
 
-/// componentize-js: from the agent's own `node_modules`, flue's copy, one on
-/// the PATH at the pinned version, or a fresh install.
-pub fn componentize_js(agent: &Path, events: &EventLog) -> Result<Tool, AgentSourceError> {
-    if let Some(local) = agent.ancestors().map(|d| d.join("node_modules/.bin/componentize-js")).find(|p| p.is_file()) {
-        return Ok(Tool { program: local, leading: Vec::new() });
-    }
-    let dir = toolchains_dir()?.join(format!("componentize-js-{COMPONENTIZE_JS}"));
-    let own = Tool { program: dir.join("node_modules/.bin/componentize-js"), leading: Vec::new() };
-    if installed(&dir) {
+/// componentize-js: flue's copy, one on the PATH at the pinned version, or
+/// a fresh install.
+pub fn componentize_js(events: &EventLog) -> Result<Tool, AgentSourceError> {
+    let toolchains = toolchains_dir()?;
+    let dir = toolchains.join(format!("componentize-js-{COMPONENTIZE_JS}"));
+    let own =
+        Tool { program: dir.join("node_modules/.bin/componentize-js"), leading: Vec::new(), needs: vec![dir.clone()] };
+    let identity = format!("componentize-js {COMPONENTIZE_JS}");
+    if verified(&dir, &identity, events) {
         return Ok(own);
     }
     if let Some(found) = find_on_path("componentize-js")
-        && version_of(&found).is_some_and(|v| v.trim() == COMPONENTIZE_JS)
+        && version_of(&found, &toolchains).is_some_and(|v| v.trim() == COMPONENTIZE_JS)
     {
-        return Ok(Tool { program: found, leading: Vec::new() });
+        return Ok(Tool { program: found, leading: Vec::new(), needs: Vec::new() });
     }
     let npm = find_on_path("npm").ok_or_else(|| {
         AgentSourceError::Toolchain(format!(
@@ -115,7 +127,8 @@ pub fn componentize_js(agent: &Path, events: &EventLog) -> Result<Tool, AgentSou
         ))
     })?;
     let registry = std::env::var("npm_config_registry").unwrap_or_else(|_| "https://registry.npmjs.org/".into());
-    install(&dir, &format!("componentize-js {COMPONENTIZE_JS} from the npm registry ({registry})"), events, |dir| {
+    let what = format!("componentize-js {COMPONENTIZE_JS} from the npm registry ({registry})");
+    install(&dir, &identity, &what, events, |dir| {
         let mut command = Command::new(&npm);
         command
             .args(["install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
@@ -126,43 +139,83 @@ pub fn componentize_js(agent: &Path, events: &EventLog) -> Result<Tool, AgentSou
     Ok(own)
 }
 
-/// The `wasm32-wasip2` target, for the Rust toolchain that builds in `dir`
-/// (its `rust-toolchain.toml` applies): added with rustup when missing.
-pub fn ensure_wasm_target(dir: &Path, events: &EventLog) -> Result<(), AgentSourceError> {
-    const TARGET: &str = "wasm32-wasip2";
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).current_dir(dir).stderr(Stdio::null()).output();
-    let sysroot = match sysroot {
-        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
-        _ => {
-            return Err(AgentSourceError::Toolchain("cannot run rustc: install Rust from https://rustup.rs".into()));
+/// The Python a `python3` on the PATH really is (a pyenv shim or a venv's
+/// link resolves to an interpreter elsewhere), and the prefixes it loads
+/// its library from: what a sandboxed build must see to run it.
+struct Interpreter {
+    executable: PathBuf,
+    prefixes: Vec<PathBuf>,
+}
+
+impl Interpreter {
+    /// Ask `python` itself, from `neutral` (a shim may read the working
+    /// directory, which must not be the agent's).
+    fn of(python: &Path, neutral: &Path) -> Interpreter {
+        let asked = Command::new(python)
+            .args(["-c", "import sys; print(sys.executable); print(sys.prefix); print(sys.base_prefix)"])
+            .current_dir(neutral)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        let lines: Vec<PathBuf> = match asked {
+            Ok(out) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).filter(|p| p.is_absolute()).collect()
+            }
+            _ => Vec::new(),
+        };
+        match lines.as_slice() {
+            [executable, prefixes @ ..] if executable.is_file() => Interpreter {
+                executable: executable.clone(),
+                prefixes: prefixes.iter().filter_map(|p| p.canonicalize().ok()).collect(),
+            },
+            _ => Interpreter { executable: python.to_path_buf(), prefixes: Vec::new() },
         }
+    }
+}
+
+/// The `wasm32-wasip2` target, for the Rust toolchain a build in `cwd`
+/// (as `space` sees it) uses — its `rust-toolchain.toml` applies, so it is
+/// asked inside the build's sandbox: added with rustup when missing.
+pub(crate) fn ensure_wasm_target(space: &BuildSpace, cwd: &Path, events: &EventLog) -> Result<(), AgentSourceError> {
+    const TARGET: &str = "wasm32-wasip2";
+    let no_rustc = || AgentSourceError::Toolchain("cannot run rustc: install Rust from https://rustup.rs".into());
+    let rustc = match std::env::var_os("RUSTC").map(PathBuf::from) {
+        Some(rustc) if rustc.is_absolute() => rustc,
+        _ => find_on_path("rustc").ok_or_else(no_rustc)?,
     };
+    let asked = super::isolate::run(space.command(&rustc, &["--print".into(), "sysroot".into()], cwd)?, "rustc")?;
+    if !asked.success {
+        return Err(AgentSourceError::Toolchain(format!("cannot run rustc: {}", asked.stderr.trim())));
+    }
+    let sysroot = PathBuf::from(asked.stdout.trim());
     if sysroot.join("lib/rustlib").join(TARGET).is_dir() {
         return Ok(());
     }
-    let Some(rustup) = find_on_path("rustup") else {
-        return Err(AgentSourceError::Toolchain(format!(
-            "the Rust target {TARGET} is not installed, and without rustup flue cannot add it: \
-             install it for {}",
+    let install_for = || {
+        AgentSourceError::Toolchain(format!(
+            "the Rust target {TARGET} is not installed, and flue cannot add it: install it for {}",
             sysroot.display()
-        )));
+        ))
     };
+    let rustup = find_on_path("rustup").ok_or_else(install_for)?;
+    // rustup names its toolchains by their directory under `toolchains/`.
+    let toolchain = sysroot
+        .parent()
+        .filter(|parent| parent.file_name().is_some_and(|n| n == "toolchains"))
+        .and(sysroot.file_name())
+        .ok_or_else(install_for)?;
     // One install at a time (builds run in parallel); look again once locked.
     let dir = toolchains_dir()?;
-    std::fs::create_dir_all(&dir).map_err(|err| AgentSourceError::Toolchain(format!("{}: {err}", dir.display())))?;
-    let lock = std::fs::File::create(dir.join("rust-target.lock"))
-        .map_err(|err| AgentSourceError::Toolchain(format!("{}: {err}", dir.display())))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|err| AgentSourceError::Toolchain(format!("cannot lock {}: {err}", dir.display())))?;
+    let _lock = cache_dirs::lock(&dir.join("rust-target.lock")).map_err(AgentSourceError::Cache)?;
     if sysroot.join("lib/rustlib").join(TARGET).is_dir() {
         return Ok(());
     }
     events.log("flue", "info", format!("installing the Rust target {TARGET} (rustup)…"));
     let _progress = events.progress(format!("installing the Rust target {TARGET}"));
     let out = Command::new(rustup)
-        .args(["target", "add", TARGET])
-        .current_dir(dir)
+        .args(["target", "add", TARGET, "--toolchain"])
+        .arg(toolchain)
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .output()
         .map_err(|err| AgentSourceError::Toolchain(format!("cannot run rustup: {err}")))?;
@@ -175,42 +228,101 @@ pub fn ensure_wasm_target(dir: &Path, events: &EventLog) -> Result<(), AgentSour
     Ok(())
 }
 
-/// A complete install: its marker exists.
-fn installed(dir: &Path) -> bool {
-    dir.join(".installed").is_file()
+/// What an install's marker says: the tool and the digest of what was
+/// installed.
+fn marker_text(identity: &str, digest: &str) -> String {
+    format!("{identity}\nsha256 {digest}\n")
 }
 
-/// What `tool --version` prints.
-fn version_of(tool: &Path) -> Option<String> {
-    let out = Command::new(tool).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+/// Whether `dir` holds a complete install of `identity` that is still what
+/// was installed. A directory that exists but is not is reported (it is
+/// about to be installed afresh). Checked once per process.
+fn verified(dir: &Path, identity: &str, events: &EventLog) -> bool {
+    static VERIFIED: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    let memo = VERIFIED.get_or_init(Default::default);
+    if memo.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| d == dir) {
+        return true;
+    }
+    if std::fs::symlink_metadata(dir).is_err() {
+        return false;
+    }
+    match check_install(dir, identity) {
+        Ok(()) => {
+            memo.lock().unwrap_or_else(|e| e.into_inner()).push(dir.to_path_buf());
+            true
+        }
+        Err(why) => {
+            events.log("flue", "warn", format!("not using {}: {why}; installing {identity} afresh", dir.display()));
+            false
+        }
+    }
+}
+
+fn check_install(dir: &Path, identity: &str) -> Result<(), String> {
+    cache_dirs::check_private(dir)?;
+    let recorded = read_marker(&dir.join(MARKER)).ok_or("the install is incomplete (no marker)")?;
+    let digest = cache_dirs::tree_digest(dir, MARKER)?;
+    if recorded != marker_text(identity, &digest) {
+        return Err("its files are not what was installed".into());
+    }
+    Ok(())
+}
+
+/// The marker's text: a small regular file of ours, not a link.
+fn read_marker(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// What `tool --version` prints (run from `neutral`, not the agent's
+/// directory).
+fn version_of(tool: &Path, neutral: &Path) -> Option<String> {
+    let out = Command::new(tool)
+        .arg("--version")
+        .current_dir(neutral)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Install into `dir` with the command `installer` gives, once, under a
-/// lock; `what` names the tool and its registry for the progress line and
-/// for errors.
+/// Install `identity` into `dir` with the command `installer` gives, once,
+/// under a lock, and record its digest; `what` names the tool and its
+/// registry for the progress line and for errors.
 fn install(
     dir: &Path,
+    identity: &str,
     what: &str,
     events: &EventLog,
     installer: impl FnOnce(&Path) -> Command,
 ) -> Result<(), AgentSourceError> {
+    use std::os::unix::fs::DirBuilderExt;
     let fail = |reason: String| AgentSourceError::Toolchain(format!("could not install {what}: {reason}"));
     let parent = dir.parent().expect("toolchain directories have a parent");
-    std::fs::create_dir_all(parent).map_err(|err| fail(format!("cannot create {}: {err}", parent.display())))?;
-    let lock_path = dir.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|err| fail(format!("{}: {err}", lock_path.display())))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|err| fail(format!("cannot lock {}: {err}", lock_path.display())))?;
-    if installed(dir) {
+    let name = dir.file_name().expect("toolchain directories have a name").to_string_lossy();
+    let _lock = cache_dirs::lock(&parent.join(format!("{name}.lock"))).map_err(AgentSourceError::Cache)?;
+    if check_install(dir, identity).is_ok() {
         return Ok(()); // another build installed it while this one waited
     }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|err| fail(format!("cannot create {}: {err}", dir.display())))?;
+    if std::fs::symlink_metadata(dir).is_ok() {
+        std::fs::remove_dir_all(dir).map_err(|err| fail(format!("cannot remove {}: {err}", dir.display())))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|err| fail(format!("cannot create {}: {err}", dir.display())))?;
     events.log("flue", "info", format!("installing {what} into {}…", dir.display()));
     let _progress = events.progress(format!("installing {what}"));
-    let out =
-        installer(dir).stdin(Stdio::null()).output().map_err(|err| fail(format!("cannot run the installer: {err}")))?;
+    let out = installer(dir)
+        .current_dir(parent)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| fail(format!("cannot run the installer: {err}")))?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(dir);
         let log = String::from_utf8_lossy(&out.stderr);
@@ -218,6 +330,8 @@ fn install(
         let tail = last[last.len().saturating_sub(6)..].join("\n");
         return Err(fail(format!("the registry could not be reached or refused it (are you offline?):\n{tail}")));
     }
-    std::fs::write(dir.join(".installed"), what).map_err(|err| fail(err.to_string()))?;
+    cache_dirs::make_private(dir).map_err(|err| fail(format!("cannot make {} private: {err}", dir.display())))?;
+    let digest = cache_dirs::tree_digest(dir, MARKER).map_err(fail)?;
+    std::fs::write(dir.join(MARKER), marker_text(identity, &digest)).map_err(|err| fail(err.to_string()))?;
     Ok(())
 }

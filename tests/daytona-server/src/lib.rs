@@ -128,6 +128,10 @@ pub struct DaytonaServer {
     addr: SocketAddr,
     state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The HTTP server's task, awaited by [`DaytonaServer::shutdown`].
+    serving: Option<tokio::task::JoinHandle<()>>,
+    /// The temporary directory (sandboxes, volumes) this server made.
+    dir: PathBuf,
 }
 
 impl DaytonaServer {
@@ -141,6 +145,7 @@ impl DaytonaServer {
         };
         let isolated = isolation.is_isolated();
         let dir = tempfile::Builder::new().prefix("daytona-test-server-").tempdir()?;
+        let dir_path = dir.path().to_path_buf();
         let mut local = LocalConfig::new(isolation);
         local.base_dir = config.sandboxes_dir.clone().unwrap_or_else(|| dir.path().join("sandboxes"));
         if let Some(parent) = local.base_dir.parent() {
@@ -173,14 +178,44 @@ impl DaytonaServer {
             .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        // Responses go out in several writes (headers, then each part of a
+        // streamed body): with Nagle's algorithm a small write waits for the
+        // client's delayed ACK, ~40 ms. Send each write at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serving = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
                 })
                 .await;
         });
-        Ok(DaytonaServer { addr, state, shutdown: Some(tx) })
+        Ok(DaytonaServer { addr, state, shutdown: Some(tx), serving: Some(serving), dir: dir_path })
+    }
+
+    /// Stop serving (requests in flight get a few seconds), delete every
+    /// sandbox — their processes and files — and remove the server's
+    /// temporary directory: what a stopped server leaves is nothing.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(serving) = self.serving.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), serving).await;
+        }
+        let sandboxes: Vec<SandboxRecord> =
+            self.state.sandboxes.lock().expect("lock").drain().map(|(_, record)| record).collect();
+        for record in sandboxes {
+            let _ = self.state.local.delete(record.backend.id()).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// The temporary directory the server keeps its sandboxes and volumes
+    /// in (removed by [`DaytonaServer::shutdown`]).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The value for `DAYTONA_API_URL`.

@@ -1,7 +1,7 @@
 //! `daytona-test-server`: try the Daytona path without an account.
 //!
 //! Prints its base URL (`DAYTONA_API_URL`) on the first line of stdout, then
-//! serves until interrupted.
+//! serves until SIGINT or SIGTERM, and leaves nothing behind.
 
 use clap::Parser;
 use daytona_test_server::{DaytonaServer, Faults, ServerConfig};
@@ -51,6 +51,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Caught from the start: a signal while starting up still cleans up.
+    let mut signals = flue::run::signals::StopSignals::new();
     let faults = Faults::default();
     faults.set_latency_ms(args.latency_ms);
     faults.set_rates(args.error_rate, args.rate_limit_rate, args.drop_rate);
@@ -74,6 +76,11 @@ async fn main() -> anyhow::Result<()> {
         server.api_url(),
         server.toolbox_url()
     );
-    tokio::signal::ctrl_c().await?;
+    // Stopped by Ctrl-C or SIGTERM alike: delete the sandboxes and the
+    // temporary directory before exiting.
+    let stop = signals.next().await;
+    let dir = server.dir().to_path_buf();
+    server.shutdown().await;
+    eprintln!("daytona-test-server: {}; removed {}", stop.reason, dir.display());
     Ok(())
 }

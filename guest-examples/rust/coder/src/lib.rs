@@ -10,7 +10,7 @@
 //! to `anthropic/claude-sonnet-4-6` (set `ANTHROPIC_API_KEY`); e.g.
 //! `openai/llama3.2` with `OPENAI_BASE_URL` runs it on a local server.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "flue:sandbox/agent" });
+wit_bindgen::generate!({ path: "wit", world: "flue:sandbox/agent" });
 
 use exports::flue::sandbox::run::{Context, Guest};
 use flue::sandbox::harness::{self, InitOptions, SandboxSource};

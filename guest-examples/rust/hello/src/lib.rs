@@ -5,7 +5,7 @@
 //!
 //! Payload (optional): `{"name": "Ada"}` — who to greet in the file.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "flue:sandbox/agent" });
+wit_bindgen::generate!({ path: "wit", world: "flue:sandbox/agent" });
 
 use exports::flue::sandbox::run::{Context, Guest};
 use flue::sandbox::harness::{self, InitOptions, SandboxSource};

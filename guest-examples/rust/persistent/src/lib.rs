@@ -6,7 +6,7 @@
 //! persisted between harnesses. Then a volume carries a file from one new
 //! sandbox to the next (volumes outlive sandboxes, and runs).
 
-wit_bindgen::generate!({ path: "../../../wit", world: "flue:sandbox/agent" });
+wit_bindgen::generate!({ path: "wit", world: "flue:sandbox/agent" });
 
 use exports::flue::sandbox::run::{Context, Guest};
 use flue::sandbox::harness::{self, CreateRequest, InitOptions, SandboxSource};

@@ -15,11 +15,15 @@
 //! * All arguments — variables, paths, the command itself — travel in a
 //!   memfd (`--args`), not in bubblewrap's command line, where other users of
 //!   the machine could read them with `ps`.
+//!
+//! Builds of agent source ([`build_command`]) run in the same sandbox, with
+//! the host's network and the paths the build names.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use tokio::process::Command;
@@ -72,10 +76,8 @@ pub(crate) fn command(
     program: Program<'_>,
     launch: Launch,
 ) -> Result<Command, SandboxError> {
-    // fds handed to bubblewrap, numbered from FIRST_FD + 1 in this order;
-    // FIRST_FD itself is the memfd of arguments, written last.
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut args = sandbox_args(isolated, &mut fds)?;
+    let mut passed = Passed::default();
+    let mut args = sandbox_args(isolated, &mut passed)?;
     let mut tail: Vec<String> = Vec::new();
     match program {
         Program::Shell { command, nproc } => {
@@ -89,30 +91,14 @@ pub(crate) fn command(
         Program::Supervisor { program, socket, nproc } => {
             args.extend(["--ro-bind".into(), program.to_string_lossy().into_owned(), SUPERVISOR_PATH.into()]);
             // bubblewrap passes on fds it was given; this one reaches the supervisor.
-            let fd = pass(&mut fds, socket)?;
+            let fd = passed.pass(socket)?;
             tail.extend([SUPERVISOR_PATH.into(), super::supervise::SUPERVISOR_ARG.into(), fd.to_string()]);
             tail.push(nproc.unwrap_or(0).to_string());
         }
     }
-    let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
-    for program in programs.iter() {
-        let fd = pass(&mut fds, memfd("flue-seccomp", program)?)?;
-        args.extend(["--add-seccomp-fd".into(), fd.to_string()]);
-    }
-    // Arguments travel NUL-separated: one holding a NUL would become
-    // several, and could add mounts of its own. Refuse, whatever its source.
-    if let Some(arg) = args.iter().chain(&tail).find(|arg| arg.contains('\0')) {
-        return Err(SandboxError::invalid_input(format!(
-            "a NUL byte in {:?}: commands, paths and variables cannot hold one",
-            arg.split('\0').next().unwrap_or_default()
-        )));
-    }
-    let mut encoded = Vec::new();
-    for arg in &args {
-        encoded.extend_from_slice(arg.as_bytes());
-        encoded.push(0);
-    }
-    fds.insert(0, clear_of_targets(memfd("flue-bwrap-args", &encoded)?)?);
+    let mut args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
+    refuse_nul(tail.iter().map(|arg| arg.as_bytes()))?;
+    let fds = passed.finish(&mut args)?;
 
     let mut cmd = Command::new(bwrap);
     cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").args(&tail);
@@ -125,33 +111,34 @@ pub(crate) fn command(
             // First: its fds may have any number, including those the
             // dup2 calls below take over.
             launch.apply()?;
-            for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Nothing else flue inherited from whoever started it (a
-            // terminal, a socket) may reach the sandbox: bubblewrap passes
-            // on every fd it gets. Close-on-exec rather than closed, so the
-            // pipe that reports a failed exec keeps working.
-            libc::syscall(libc::SYS_close_range, FIRST_FD + fds.len() as i32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-            Ok(())
+            place_fds(&fds)
         });
     }
     Ok(cmd)
 }
 
-/// Hand `fd` to bubblewrap: the number it will have there.
-fn pass(fds: &mut Vec<OwnedFd>, fd: impl AsFd) -> Result<i32, SandboxError> {
-    fds.push(clear_of_targets(fd)?);
-    Ok(FIRST_FD + fds.len() as i32)
-}
-
 /// The sandbox: namespaces, mounts, capabilities, environment. Volumes are
-/// mounted from their descriptors (`--bind-fd`), which go into `fds`:
+/// mounted from their descriptors (`--bind-fd`), handed over in `passed`:
 /// bubblewrap checks that what it mounted is what the descriptor is, so no
 /// path is looked up again.
-fn sandbox_args(isolated: &Isolated<'_>, fds: &mut Vec<OwnedFd>) -> Result<Vec<String>, SandboxError> {
+fn sandbox_args(isolated: &Isolated<'_>, passed: &mut Passed) -> Result<Vec<String>, SandboxError> {
+    let mut args = system_args("flue-sandbox", isolated.allow_network);
+    args.extend(["--bind".into(), isolated.root.to_string_lossy().into_owned(), isolated.visible_root.into()]);
+    for mount in isolated.mounts {
+        let fd = passed.pass(&*mount.dir)?;
+        args.extend(["--bind-fd".into(), fd.to_string(), mount.visible.clone()]);
+    }
+    args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
+    for (name, value) in isolated.env {
+        args.extend(["--setenv".into(), name.clone(), value.clone()]);
+    }
+    Ok(args)
+}
+
+/// What every bubblewrap sandbox of flue's has: fresh namespaces (the
+/// network too, unless `share_net`), no capabilities, the system read-only
+/// with `/etc`'s private files masked, and its own `/proc`, `/dev` and `/tmp`.
+fn system_args(hostname: &str, share_net: bool) -> Vec<String> {
     let mut args: Vec<String> = [
         "--unshare-all",
         "--die-with-parent",
@@ -160,14 +147,14 @@ fn sandbox_args(isolated: &Isolated<'_>, fds: &mut Vec<OwnedFd>) -> Result<Vec<S
         "--cap-drop",
         "ALL",
         "--hostname",
-        "flue-sandbox",
+        hostname,
         "--ro-bind",
         "/usr",
         "/usr",
     ]
     .map(String::from)
     .to_vec();
-    if isolated.allow_network {
+    if share_net {
         args.push("--share-net".into());
     }
     // Merged-/usr systems have these as symlinks; older ones as directories.
@@ -194,26 +181,126 @@ fn sandbox_args(isolated: &Isolated<'_>, fds: &mut Vec<OwnedFd>) -> Result<Vec<S
             Masked::Dir(path) => args.extend(["--tmpfs".into(), path.clone()]),
         }
     }
-    args.extend([
-        "--proc".into(),
-        "/proc".into(),
-        "--dev".into(),
-        "/dev".into(),
-        "--tmpfs".into(),
-        "/tmp".into(),
-        "--bind".into(),
-        isolated.root.to_string_lossy().into_owned(),
-        isolated.visible_root.into(),
-    ]);
-    for mount in isolated.mounts {
-        let fd = pass(fds, &*mount.dir)?;
-        args.extend(["--bind-fd".into(), fd.to_string(), mount.visible.clone()]);
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(String::from));
+    args
+}
+
+/// A build of agent source (see `crate::guest::isolate`): what it may see
+/// and change besides the system.
+pub(crate) struct BuildSandbox<'a> {
+    /// Host paths it sees read-only, where they are (toolchains, WIT).
+    pub read_only: &'a [PathBuf],
+    /// Host directories it may change, and where it sees them.
+    pub writable: &'a [(PathBuf, PathBuf)],
+    /// Its working directory, as it sees it.
+    pub cwd: &'a Path,
+    /// Its whole environment.
+    pub env: &'a [(OsString, OsString)],
+}
+
+/// A `bwrap` command that runs `program args…` as a build: the sandbox of
+/// [`system_args`] (so no capabilities, and the seccomp filter) with the
+/// host's network, for package registries, and nothing of the host's but
+/// `build`'s paths. `program` runs directly, without a shell.
+pub(crate) fn build_command(
+    bwrap: &Path,
+    build: &BuildSandbox<'_>,
+    program: &Path,
+    program_args: &[OsString],
+) -> Result<std::process::Command, SandboxError> {
+    let mut args: Vec<OsString> = system_args("flue-build", true).into_iter().map(OsString::from).collect();
+    // With systemd-resolved, /etc/resolv.conf points into /run, which is not
+    // there: without it, no name resolves.
+    if let Ok(resolver) = std::fs::canonicalize("/etc/resolv.conf")
+        && !resolver.starts_with("/etc")
+        && !resolver.starts_with("/usr")
+    {
+        args.extend(["--ro-bind".into(), resolver.clone().into(), resolver.into()]);
     }
-    args.extend(["--chdir".into(), isolated.cwd.into(), "--clearenv".into()]);
-    for (name, value) in isolated.env {
+    for path in build.read_only {
+        args.extend(["--ro-bind".into(), path.into(), path.into()]);
+    }
+    for (host, visible) in build.writable {
+        args.extend(["--bind".into(), host.into(), visible.into()]);
+    }
+    args.extend(["--chdir".into(), build.cwd.into(), "--clearenv".into()]);
+    for (name, value) in build.env {
         args.extend(["--setenv".into(), name.clone(), value.clone()]);
     }
-    Ok(args)
+    refuse_nul(program_args.iter().map(|arg| arg.as_bytes()))?;
+    let fds = Passed::default().finish(&mut args)?;
+    let mut cmd = std::process::Command::new(bwrap);
+    cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").arg(program).args(program_args);
+    // SAFETY: as in `command`: dup2 only, on fds the closure owns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || place_fds(&fds));
+    }
+    Ok(cmd)
+}
+
+/// The fds handed to bubblewrap, numbered from `FIRST_FD + 1` in the order
+/// they are passed; `FIRST_FD` itself is the memfd of arguments, written
+/// last ([`Passed::finish`]).
+#[derive(Default)]
+struct Passed {
+    fds: Vec<OwnedFd>,
+}
+
+impl Passed {
+    /// Hand a copy of `fd` over: the number it will have in bubblewrap.
+    fn pass(&mut self, fd: impl AsFd) -> Result<i32, SandboxError> {
+        self.fds.push(clear_of_targets(fd)?);
+        Ok(FIRST_FD + self.fds.len() as i32)
+    }
+
+    /// Add the seccomp programs (and the options naming them to `args`),
+    /// then the memfd of `args`: every fd, in the order [`place_fds`]
+    /// numbers them from [`FIRST_FD`].
+    fn finish(mut self, args: &mut Vec<OsString>) -> Result<Vec<OwnedFd>, SandboxError> {
+        let programs = seccomp::programs().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
+        for program in programs.iter() {
+            let fd = self.pass(memfd("flue-seccomp", program)?)?;
+            args.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
+        }
+        refuse_nul(args.iter().map(|arg| arg.as_bytes()))?;
+        let mut encoded = Vec::new();
+        for arg in args.iter() {
+            encoded.extend_from_slice(arg.as_bytes());
+            encoded.push(0);
+        }
+        self.fds.insert(0, clear_of_targets(memfd("flue-bwrap-args", &encoded)?)?);
+        Ok(self.fds)
+    }
+}
+
+/// Arguments travel NUL-separated: one holding a NUL byte would become
+/// several, and could add mounts of its own. Refused, whatever its source
+/// (a command, a variable, a path).
+fn refuse_nul<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<(), SandboxError> {
+    match args.into_iter().find(|arg| arg.contains(&0)) {
+        Some(arg) => Err(SandboxError::invalid_input(format!(
+            "a NUL byte in {:?}: commands, paths and variables cannot hold one",
+            String::from_utf8_lossy(arg.split(|b| *b == 0).next().unwrap_or_default())
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// In the child, between fork and exec: `fds` at [`FIRST_FD`] onwards, and
+/// nothing else flue inherited from whoever started it (a terminal, a
+/// socket) — bubblewrap passes on every fd it gets. Those are marked
+/// close-on-exec rather than closed, so the pipe that reports a failed exec
+/// keeps working. Only dup2 and close_range, which are async-signal-safe.
+fn place_fds(fds: &[OwnedFd]) -> std::io::Result<()> {
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 on fds that stay open for the call.
+        if unsafe { libc::dup2(fd.as_raw_fd(), FIRST_FD + i as i32) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags.
+    unsafe { libc::syscall(libc::SYS_close_range, FIRST_FD + fds.len() as i32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    Ok(())
 }
 
 /// Compute, once per process, what every isolated command's arguments
@@ -291,7 +378,7 @@ mod tests {
             mounts: &[],
             allow_network: false,
         };
-        let args = sandbox_args(&isolated, &mut Vec::new()).unwrap();
+        let args = sandbox_args(&isolated, &mut Passed::default()).unwrap();
         let joined = args.join(" ");
         assert!(joined.contains("--cap-drop ALL"), "{joined}");
         let clearenv = args.iter().position(|a| a == "--clearenv").unwrap();

@@ -1,0 +1,392 @@
+//! Where agent builds run: in a bubblewrap sandbox when it works here, else
+//! on this machine — and then flue says so.
+//!
+//! Building an agent runs the agent's code: Rust build scripts and
+//! procedural macros, and the agent itself when componentize-py or
+//! componentize-js pre-initialize it. Isolated, a build
+//!
+//! * sees read-only the system (as the local sandbox does), the toolchains
+//!   — the directories on the `PATH` (with their prefix: `~/.cargo` for
+//!   `~/.cargo/bin`), rustup's home, the Python flue runs componentize-py
+//!   with, flue's installed tools — and flue's WIT;
+//! * sees a fresh copy of the agent's workspace where the original is
+//!   ([`super::source_copy`]), and writes only that copy, the build's own
+//!   directory in flue's cache (its target directory and output) and, for
+//!   Rust, flue's own cargo home (registry downloads);
+//! * has the network, to reach crates.io, PyPI or npm, and an environment
+//!   of its own: `PATH`, `HOME=/tmp`, locale, proxies and CA bundles, the
+//!   toolchain's variables — never the user's other variables.
+//!
+//! The host's other files — the home directory, the agent's project and its
+//! `.env`, flue's configuration and the rest of its cache — are out of its
+//! sight.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::build::AgentSourceError;
+use super::which::find_on_path;
+use crate::events::EventLog;
+
+/// How agent builds are isolated (`flue build --isolation`,
+/// `FLUE_BUILD_ISOLATION`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuildIsolation {
+    /// bubblewrap when it works here; else on this machine, with a warning.
+    #[default]
+    Auto,
+    /// bubblewrap, or fail.
+    #[value(name = "bwrap")]
+    Bubblewrap,
+    /// On this machine, as you (with a warning).
+    None,
+}
+
+impl BuildIsolation {
+    /// `FLUE_BUILD_ISOLATION` (`auto`, `bwrap` or `none`), else `auto`.
+    pub fn from_env() -> Result<Self, AgentSourceError> {
+        match std::env::var("FLUE_BUILD_ISOLATION") {
+            Err(_) => Ok(BuildIsolation::Auto),
+            Ok(value) => <Self as clap::ValueEnum>::from_str(&value, true).map_err(|_| {
+                AgentSourceError::Toolchain(format!("FLUE_BUILD_ISOLATION={value:?}: expected auto, bwrap or none"))
+            }),
+        }
+    }
+}
+
+/// How builds run, decided.
+#[derive(Clone, Debug)]
+pub(crate) enum Launcher {
+    /// In a bubblewrap sandbox, with this `bwrap`.
+    Sandboxed(PathBuf),
+    /// On this machine, as the user.
+    Unisolated,
+}
+
+/// Decide how builds run; an unisolated build is announced once per process.
+pub(crate) fn launcher(choice: BuildIsolation, events: &EventLog) -> Result<Launcher, AgentSourceError> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let warn = |why: &str| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            events.log(
+                "flue",
+                "warn",
+                format!(
+                    "building agents runs their build scripts on this machine, as you, unisolated ({why}): \
+                     build only agents you trust"
+                ),
+            );
+        }
+    };
+    match choice {
+        BuildIsolation::None => {
+            warn("--isolation none");
+            Ok(Launcher::Unisolated)
+        }
+        BuildIsolation::Bubblewrap => match probe() {
+            Ok(bwrap) => Ok(Launcher::Sandboxed(bwrap.clone())),
+            Err(reason) => Err(AgentSourceError::Toolchain(format!("--isolation bwrap: {reason}"))),
+        },
+        BuildIsolation::Auto => match probe() {
+            Ok(bwrap) => Ok(Launcher::Sandboxed(bwrap.clone())),
+            Err(reason) => {
+                warn(&format!("{reason}; install bubblewrap to isolate builds"));
+                Ok(Launcher::Unisolated)
+            }
+        },
+    }
+}
+
+/// A working bubblewrap, with the host's network: found once per process.
+fn probe() -> &'static Result<PathBuf, String> {
+    static PROBED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PROBED.get_or_init(|| {
+        let bwrap = find_on_path("bwrap").ok_or("bubblewrap (bwrap) is not installed")?;
+        let out = Command::new(&bwrap)
+            .args(["--unshare-all", "--share-net", "--die-with-parent", "--ro-bind", "/", "/", "--", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| format!("cannot run {}: {err}", bwrap.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} cannot create namespaces here: {}",
+                bwrap.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(bwrap)
+    })
+}
+
+/// What one build may see, change and know: built up by the language's
+/// builder, then used for each command of the build.
+pub(crate) struct BuildSpace {
+    launcher: Launcher,
+    read_only: Vec<PathBuf>,
+    writable: Vec<(PathBuf, PathBuf)>,
+    env: Vec<(OsString, OsString)>,
+}
+
+/// Variables a build keeps from flue's environment: locale, proxies, CA
+/// bundles, the toolchains' own settings and compiler flags (not registry
+/// tokens, not wrappers such as sccache that would need more of the host).
+fn kept_variable(name: &str) -> bool {
+    const EXACT: [&str; 12] = [
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTUP_AUTO_INSTALL",
+        "RUSTC",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CARGO_HTTP_CAINFO",
+        "CARGO_HTTP_PROXY",
+    ];
+    let upper = name.to_ascii_uppercase();
+    EXACT.contains(&name)
+        || upper.ends_with("_PROXY")
+        || upper.starts_with("CARGO_NET_")
+        || (upper.starts_with("CARGO_REGISTRIES_") && (upper.ends_with("_INDEX") || upper.ends_with("_PROTOCOL")))
+        || ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "WASI_SDK_PATH"].contains(&name)
+        || upper.starts_with("CARGO_PROFILE_")
+        || ["CC", "CXX", "AR", "CFLAGS", "CXXFLAGS"]
+            .iter()
+            .any(|tool| upper == *tool || upper.starts_with(&format!("{tool}_")))
+}
+
+impl BuildSpace {
+    /// A build run by `launcher`, with the toolchains read-only and the
+    /// environment every build has.
+    pub(crate) fn new(launcher: Launcher) -> Self {
+        let sandboxed = matches!(launcher, Launcher::Sandboxed(_));
+        let mut space = BuildSpace { launcher, read_only: Vec::new(), writable: Vec::new(), env: Vec::new() };
+        for path in toolchain_paths() {
+            space.read_only(path.clone());
+        }
+        space.set_env("PATH", std::env::join_paths(absolute_path_entries()).unwrap_or_default());
+        for (name, value) in std::env::vars_os() {
+            if name.to_str().is_some_and(kept_variable) {
+                space.set_env(name, value);
+            }
+        }
+        if let Some(rustup) = rustup_home() {
+            space.set_env("RUSTUP_HOME", rustup);
+        }
+        if sandboxed {
+            space.set_env("HOME", "/tmp");
+        } else {
+            for name in ["HOME", "TMPDIR", "CARGO_HOME"] {
+                if let Some(value) = std::env::var_os(name) {
+                    space.set_env(name, value);
+                }
+            }
+        }
+        space.set_env("PYTHONDONTWRITEBYTECODE", "1");
+        space
+    }
+
+    /// Whether the build runs in a sandbox.
+    pub(crate) fn is_sandboxed(&self) -> bool {
+        matches!(self.launcher, Launcher::Sandboxed(_))
+    }
+
+    /// Let the build read `path` (where it is).
+    pub(crate) fn read_only(&mut self, path: PathBuf) {
+        let system = SYSTEM.iter().any(|system| path.starts_with(system));
+        if !system && !self.read_only.iter().any(|bound| path.starts_with(bound)) {
+            self.read_only.retain(|bound| !bound.starts_with(&path));
+            self.read_only.push(path);
+        }
+    }
+
+    /// Let the build change `host`, seen at `visible`.
+    pub(crate) fn writable(&mut self, host: PathBuf, visible: PathBuf) {
+        self.writable.push((host, visible));
+    }
+
+    /// Whether `path` lies in a directory the build sees read-only (a copy
+    /// of the workspace cannot be shown there).
+    pub(crate) fn under_read_only(&self, path: &Path) -> bool {
+        self.read_only.iter().any(|bound| path.starts_with(bound) || bound.starts_with(path))
+            || SYSTEM.iter().chain(&["/proc", "/dev"]).any(|system| path.starts_with(system))
+    }
+
+    /// Set a variable of the build's environment.
+    pub(crate) fn set_env(&mut self, name: impl Into<OsString>, value: impl Into<OsString>) {
+        let name = name.into();
+        self.env.retain(|(existing, _)| *existing != name);
+        self.env.push((name, value.into()));
+    }
+
+    /// A command that runs `program args…` in `cwd` (as the build sees it).
+    pub(crate) fn command(&self, program: &Path, args: &[OsString], cwd: &Path) -> Result<Command, AgentSourceError> {
+        match &self.launcher {
+            Launcher::Sandboxed(bwrap) => {
+                let sandbox = crate::sandbox::local::BuildSandbox {
+                    read_only: &self.read_only,
+                    writable: &self.writable,
+                    cwd,
+                    env: &self.env,
+                };
+                crate::sandbox::local::build_command(bwrap, &sandbox, program, args)
+                    .map_err(|err| AgentSourceError::Toolchain(format!("cannot set up the build's sandbox: {err}")))
+            }
+            Launcher::Unisolated => {
+                let mut command = Command::new(program);
+                command.args(args).current_dir(cwd).env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
+                Ok(command)
+            }
+        }
+    }
+}
+
+/// The absolute entries of the `PATH` (a relative one would mean the
+/// agent's own directory).
+fn absolute_path_entries() -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).filter(|p| p.is_absolute()).collect())
+        .unwrap_or_default()
+}
+
+/// rustup's home: `$RUSTUP_HOME`, else `~/.rustup` when it exists.
+fn rustup_home() -> Option<PathBuf> {
+    std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".rustup")))
+        .filter(|dir| dir.is_dir())
+}
+
+/// The source tree this flue was built from (its WIT, its pinned Rust).
+pub(crate) fn flue_source_tree() -> Option<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(|dir| dir.canonicalize().ok())
+}
+
+/// What every build reads besides the system: the toolchains on the PATH
+/// (a `bin`, `sbin` or `shims` directory with its prefix, but never the
+/// home directory or `~/.local/share`), rustup's home,
+/// and flue's own WIT and Rust pin, which in-tree guests refer to.
+fn toolchain_paths() -> &'static [PathBuf] {
+    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| h.canonicalize().ok());
+        let mut paths = Vec::new();
+        for entry in absolute_path_entries() {
+            let Ok(dir) = entry.canonicalize() else { continue };
+            if home.as_ref().is_some_and(|home| home.starts_with(&dir)) {
+                continue; // the home directory (or `/`) on the PATH: not all of it
+            }
+            let prefix = dir.parent().filter(|parent| {
+                matches!(dir.file_name().and_then(OsStr::to_str), Some("bin" | "sbin" | "shims"))
+                    && *parent != Path::new("/")
+                    && Some(*parent) != home.as_deref()
+            });
+            match prefix {
+                // `~/.local` also holds the user's data (`share/`, flue's
+                // volumes among it): its programs and libraries only.
+                Some(local) if home.as_ref().is_some_and(|home| local == home.join(".local")) => {
+                    paths.push(dir.clone());
+                    paths.extend(Some(local.join("lib")).filter(|lib| lib.is_dir()));
+                }
+                Some(prefix) => paths.push(prefix.to_path_buf()),
+                None => paths.push(dir),
+            }
+        }
+        paths.extend(rustup_home().and_then(|dir| dir.canonicalize().ok()));
+        if let Some(tree) = flue_source_tree() {
+            for own in ["wit", "host/wit-compat", "rust-toolchain.toml"] {
+                if tree.join(own).exists() {
+                    paths.push(tree.join(own));
+                }
+            }
+        }
+        paths
+    })
+}
+
+/// What every sandbox sees of the system already (see `sandbox::local`).
+const SYSTEM: [&str; 7] = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64"];
+
+/// What a build printed: the end of each stream, within bounds.
+pub(crate) struct Ran {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// The last [`STDOUT_KEPT`] bytes of stdout.
+    pub stdout: String,
+    /// The last [`STDERR_KEPT`] bytes of stderr.
+    pub stderr: String,
+}
+
+/// Bytes of a build's stdout kept (cargo's JSON messages; ours come last).
+const STDOUT_KEPT: usize = 8 << 20;
+/// Bytes of a build's stderr kept (the error at its end).
+const STDERR_KEPT: usize = 256 << 10;
+
+/// Run a build command to its end, keeping the end of what it prints (a
+/// build may print without limit; flue's memory is not its to grow).
+pub(crate) fn run(mut command: Command, what: &str) -> Result<Ran, AgentSourceError> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| AgentSourceError::Toolchain(format!("cannot run {what}: {err}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || tail(stdout, STDOUT_KEPT));
+    let err = std::thread::spawn(move || tail(stderr, STDERR_KEPT));
+    let status = child.wait().map_err(|err| AgentSourceError::Toolchain(format!("{what}: {err}")))?;
+    Ok(Ran {
+        success: status.success(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// The last `keep` bytes of `reader`, read to its end.
+fn tail(mut reader: impl Read, keep: usize) -> String {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * keep {
+                    kept.drain(..kept.len() - keep);
+                }
+            }
+        }
+    }
+    if kept.len() > keep {
+        kept.drain(..kept.len() - keep);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_flood_is_kept() {
+        let flood = vec![b'x'; 1 << 20];
+        let text = tail([&flood[..], b"the error"].concat().as_slice(), 100);
+        assert_eq!(text.len(), 100);
+        assert!(text.ends_with("the error"));
+    }
+
+    #[test]
+    fn registry_tokens_stay_behind() {
+        assert!(kept_variable("https_proxy") && kept_variable("CARGO_REGISTRIES_MINE_INDEX"));
+        assert!(!kept_variable("CARGO_REGISTRIES_MINE_TOKEN") && !kept_variable("CARGO_REGISTRY_TOKEN"));
+        assert!(!kept_variable("DAYTONA_API_KEY") && !kept_variable("LD_PRELOAD"));
+        assert!(kept_variable("CC_wasm32_wasip2") && !kept_variable("CARGO_BUILD_RUSTC_WRAPPER"));
+    }
+}

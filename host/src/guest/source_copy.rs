@@ -1,0 +1,160 @@
+//! The copy of an agent's workspace an isolated build works in.
+//!
+//! The build sees the copy where the original is, may change it (cargo
+//! writes `Cargo.lock`, tools write caches), and never touches the
+//! original. The copy is made afresh for every build — nothing a previous
+//! build left in it survives — with the files' modification times, so that
+//! cargo still rebuilds only what changed. Build outputs and dependencies
+//! (`target/`, `node_modules/`, `__pycache__/`, `.git/`) are not copied, and
+//! neither is anything but files, directories and symbolic links (copied as
+//! links, never followed).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The most files and directories a workspace may hold.
+const MAX_ENTRIES: usize = 50_000;
+/// The most bytes its files may hold together.
+const MAX_BYTES: u64 = 1 << 30;
+
+/// Replace `to` with a copy of the workspace `from`. A `Cargo.lock` that
+/// only the previous copy had (cargo made it) is kept.
+pub(crate) fn copy_workspace(from: &Path, to: &Path) -> Result<(), String> {
+    let kept_lock = if from.join("Cargo.lock").exists() { None } else { read_lock(&to.join("Cargo.lock")) };
+    if std::fs::symlink_metadata(to).is_ok() {
+        std::fs::remove_dir_all(to).map_err(|err| format!("cannot clear {}: {err}", to.display()))?;
+    }
+    let mut budget = Budget { entries: 0, bytes: 0, root: from };
+    copy_dir(from, to, &mut budget)?;
+    if let Some(lock) = kept_lock {
+        std::fs::write(to.join("Cargo.lock"), lock).map_err(|err| format!("{}: {err}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// A lock file the previous build left, read without following a link
+/// (the build could have made it one) and only if it is of a sane size.
+fn read_lock(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const MAX_LOCK: u64 = 16 << 20;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_LOCK + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= MAX_LOCK).then_some(bytes)
+}
+
+struct Budget<'a> {
+    entries: usize,
+    bytes: u64,
+    root: &'a Path,
+}
+
+impl Budget<'_> {
+    fn take(&mut self, bytes: u64) -> Result<(), String> {
+        self.entries += 1;
+        self.bytes += bytes;
+        if self.entries > MAX_ENTRIES || self.bytes > MAX_BYTES {
+            return Err(format!(
+                "{} is too large to build in isolation (over {MAX_ENTRIES} files or {} GiB; target/, node_modules/ \
+                 and .git/ do not count): flue copies the agent's workspace for each build, so keep data elsewhere",
+                self.root.display(),
+                MAX_BYTES >> 30
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` in `dir` is a build output or a dependency tree.
+fn skipped(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    match name.to_str() {
+        Some(".git" | "node_modules" | "__pycache__") => true,
+        // cargo's output sits beside a manifest; elsewhere `target` may be source.
+        Some("target") => {
+            dir.join("Cargo.toml").exists() || dir.join("app.py").exists() || dir.join("agent.js").exists()
+        }
+        _ => false,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path, budget: &mut Budget<'_>) -> Result<(), String> {
+    let fail = |path: &Path, err: std::io::Error| format!("cannot copy {}: {err}", path.display());
+    std::fs::create_dir(to).map_err(|err| fail(to, err))?;
+    let mut entries: Vec<(PathBuf, std::ffi::OsString)> = Vec::new();
+    for entry in std::fs::read_dir(from).map_err(|err| fail(from, err))? {
+        let entry = entry.map_err(|err| fail(from, err))?;
+        entries.push((entry.path(), entry.file_name()));
+    }
+    for (source, name) in entries {
+        if skipped(from, &name) {
+            continue;
+        }
+        let target = to.join(&name);
+        let meta = std::fs::symlink_metadata(&source).map_err(|err| fail(&source, err))?;
+        if meta.file_type().is_symlink() {
+            budget.take(0)?;
+            let link = std::fs::read_link(&source).map_err(|err| fail(&source, err))?;
+            std::os::unix::fs::symlink(link, &target).map_err(|err| fail(&target, err))?;
+        } else if meta.is_dir() {
+            budget.take(0)?;
+            copy_dir(&source, &target, budget)?;
+            keep_mtime(&target, &meta);
+        } else if meta.is_file() {
+            budget.take(meta.len())?;
+            std::fs::copy(&source, &target).map_err(|err| fail(&source, err))?;
+            // No set-id bits, nothing writable by others.
+            let mode = meta.permissions().mode() & 0o755;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                .map_err(|err| fail(&target, err))?;
+            keep_mtime(&target, &meta);
+        }
+    }
+    Ok(())
+}
+
+/// Give `copy` the original's modification time (cargo compares them).
+fn keep_mtime(copy: &Path, original: &std::fs::Metadata) {
+    if let Ok(modified) = original.modified()
+        && let Ok(file) = std::fs::File::open(copy)
+    {
+        let _ = file.set_modified(modified);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_skips_outputs_keeps_times_and_forgets_what_a_build_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        std::fs::create_dir_all(from.join("src")).unwrap();
+        std::fs::create_dir_all(from.join("target/release")).unwrap();
+        std::fs::write(from.join("Cargo.toml"), "[package]").unwrap();
+        std::fs::write(from.join("src/lib.rs"), "fn main() {}").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", from.join("link")).unwrap();
+        copy_workspace(&from, &to).unwrap();
+        assert!(to.join("src/lib.rs").is_file() && !to.join("target").exists());
+        assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("/etc/passwd"));
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(mtime(&to.join("src/lib.rs")), mtime(&from.join("src/lib.rs")));
+
+        // What a build planted is gone; the lock file cargo made is kept.
+        std::fs::write(to.join("src/planted.rs"), "").unwrap();
+        std::fs::write(to.join("Cargo.lock"), "# made by cargo").unwrap();
+        copy_workspace(&from, &to).unwrap();
+        assert!(!to.join("src/planted.rs").exists());
+        assert_eq!(std::fs::read_to_string(to.join("Cargo.lock")).unwrap(), "# made by cargo");
+        // A lock file turned into a link to a host file is not read.
+        std::fs::remove_file(to.join("Cargo.lock")).unwrap();
+        std::fs::write(dir.path().join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), to.join("Cargo.lock")).unwrap();
+        copy_workspace(&from, &to).unwrap();
+        assert!(!to.join("Cargo.lock").exists());
+    }
+}
