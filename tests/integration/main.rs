@@ -12,6 +12,7 @@ mod daytona;
 mod examples;
 mod files;
 mod hardening;
+mod hostile_server;
 mod isolation;
 mod languages;
 mod lifecycle;

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,37 +11,65 @@ use serde_json::{Value, json};
 use crate::support::{fixture, flue, scratch};
 
 /// A `flue serve`/`flue dev` process and its base URL.
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub child: Child,
+    pub url: String,
 }
 
 impl Server {
-    fn start(command: &str, project: &Path, tmp: &Path, extra: &[&str]) -> Server {
-        let mut child = flue()
+    pub fn start(command: &str, project: &Path, tmp: &Path, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(command, project, tmp, extra))
+    }
+
+    /// The command [`Server::start`] runs, to adjust before [`Server::spawn`].
+    pub fn command(command: &str, project: &Path, tmp: &Path, extra: &[&str]) -> Command {
+        let mut server = flue();
+        server
             .arg(command)
             .arg(project)
             .args(["--listen", "127.0.0.1:0", "--isolation", "none"])
             .args(extra)
             .env("TMPDIR", tmp)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flue serve");
+            .stderr(Stdio::inherit());
+        server
+    }
+
+    /// Start `command` and wait for its "listening on" line.
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child = command.spawn().expect("start flue serve");
         let mut first = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
         let url = first.split("listening on ").nth(1).expect("a URL line").trim().to_string();
         Server { child, url }
     }
 
-    fn signal(&self, signal: i32) {
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
-    fn wait(mut self) -> i32 {
+    pub fn wait(mut self) -> i32 {
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
+    }
+
+    /// Its exit code, if it exits within `guard` (a hang guard, not a
+    /// speed check); `None` if it is still running then.
+    pub fn exits_within(&mut self, guard: Duration) -> Option<i32> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < guard {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 
@@ -54,7 +82,7 @@ impl Drop for Server {
 
 /// A project with the probe agent as `probe` (a webhook) and `hidden`
 /// (not one).
-fn project() -> tempfile::TempDir {
+pub(crate) fn project() -> tempfile::TempDir {
     let dir = scratch();
     std::fs::create_dir(dir.path().join("agents")).unwrap();
     for name in ["probe", "hidden"] {
@@ -65,7 +93,7 @@ fn project() -> tempfile::TempDir {
 }
 
 /// A response body as JSON.
-trait BodyJson {
+pub(crate) trait BodyJson {
     async fn body_json(self) -> Value;
 }
 
@@ -77,11 +105,11 @@ impl BodyJson for reqwest::Response {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
-fn local_sandboxes(tmp: &Path) -> usize {
+pub(crate) fn local_sandboxes(tmp: &Path) -> usize {
     std::fs::read_dir(tmp.join("flue-local")).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
 }
 
@@ -165,7 +193,7 @@ fn a_token_is_required_off_loopback_and_checked_when_set() {
     let refused = crate::support::output(flue().args(["serve"]).arg(project.path()).args(["--listen", "0.0.0.0:0"]));
     assert_eq!(refused.code, 2);
     assert!(refused.stderr.contains("needs a bearer token"), "{}", refused.stderr);
-    let server = Server::start("serve", project.path(), tmp.path(), &["--token", "s3cret-token"]);
+    let server = Server::start("serve", project.path(), tmp.path(), &["--token", "s3cret-token-of-some-length"]);
     rt().block_on(async {
         let client = reqwest::Client::new();
         let post = |token: Option<&str>| {
@@ -178,7 +206,7 @@ fn a_token_is_required_off_loopback_and_checked_when_set() {
         };
         assert_eq!(post(None).await, 401);
         assert_eq!(post(Some("wrong")).await, 401);
-        assert_eq!(post(Some("s3cret-token")).await, 200);
+        assert_eq!(post(Some("s3cret-token-of-some-length")).await, 200);
     });
 }
 

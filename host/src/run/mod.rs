@@ -7,6 +7,7 @@
 
 pub mod imports;
 pub mod ownership;
+pub mod panics;
 mod prompt;
 pub mod sandboxes;
 pub mod signals;
@@ -80,6 +81,13 @@ pub enum RunError {
         /// The limit.
         limit_mib: usize,
     },
+    /// flue itself failed (panicked) during the run: a bug. The run's
+    /// sandboxes are still deleted.
+    #[error("flue failed inside this run (a bug, please report it): {message}")]
+    Panicked {
+        /// What the panic said.
+        message: String,
+    },
     /// The agent trapped.
     #[error("the agent crashed (trap): {trap}{}", guest_said.as_ref().map(|s| format!("\n  its last output: {s}")).unwrap_or_default())]
     Trapped {
@@ -119,8 +127,10 @@ pub async fn run_agent(
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
     let result = tokio::select! {
-        finished = tokio::time::timeout(deadline, execute(runtime, &limits, &services, &run, &run_id)) => match finished {
-            Ok(result) => result,
+        finished = tokio::time::timeout(deadline, panics::catch_panic(execute(runtime, &limits, &services, &run, &run_id))) => match finished {
+            Ok(Ok(result)) => result,
+            // Still delete what the run created (below).
+            Ok(Err(message)) => Err(RunError::Panicked { message }),
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
         reason = stop => Err(RunError::Interrupted { reason }),

@@ -164,7 +164,7 @@ impl RunSandboxes {
             connector.create(&options).await?
         };
         // Record ownership before anything else can fail.
-        self.owned.lock().expect("owned lock").push(OwnedSandbox {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedSandbox {
             connector,
             lookup,
             id: sandbox.id().to_string(),
@@ -196,7 +196,8 @@ impl RunSandboxes {
         // Let go of the run's sandbox first: a local one then stops its
         // processes at once, before slower deletions elsewhere.
         self.default_sandbox.lock().await.take();
-        let owned = std::mem::take(&mut *self.owned.lock().expect("owned lock"));
+        // A panic elsewhere in the run (see `run::panics`) must not stop this.
+        let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
         for sandbox in owned {
             let connector = sandbox.connector.info().name.clone();
             if sandbox.keep {

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
+use super::private_files;
+
 /// The SQLite run store.
 pub struct RunStore {
     conn: Mutex<Connection>,
@@ -20,11 +22,15 @@ fn now_ms() -> i64 {
 
 impl RunStore {
     /// Open (or create) the store at `path`, keeping the newest `retention`
-    /// runs. Runs a previous server left unfinished are marked failed.
-    pub fn open(path: &Path, retention: usize) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// runs. Runs a previous server left unfinished are marked failed. Its
+    /// directory and files are made private (see [`super::private_files`]);
+    /// `own_dir`: the directory is flue's own (`.flue/`), so an existing one
+    /// readable by others is made `0700` too.
+    pub fn open(path: &Path, retention: usize, own_dir: bool) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            private_files::prepare_dir(dir, own_dir)?;
         }
+        private_files::prepare_database(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
