@@ -126,8 +126,9 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// Run the server; `dev` rebuilds agents and re-reads the project per request.
-pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
+/// Run the server; `dev` rebuilds agents and re-reads the project per
+/// request. `events`: how its events are shown on stderr.
+pub async fn serve(args: ServeArgs, dev: bool, events: super::render::EventFormat) -> Result<(), Failure> {
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
     let token = args.token.clone().filter(|t| !t.is_empty());
     if !listen.ip().is_loopback() && token.is_none() {
@@ -199,6 +200,7 @@ pub async fn serve(args: ServeArgs, dev: bool) -> Result<(), Failure> {
         grace: Duration::from_secs(args.grace),
         retention: args.retention as usize,
         dev,
+        events,
     };
     crate::serve::serve(host, config, reload).await?;
     Ok(())

@@ -81,6 +81,15 @@ pub enum RunError {
         /// The limit.
         limit_mib: usize,
     },
+    /// The agent failed after a sandbox provider (a connector's service)
+    /// was unavailable: down, timing out, or refusing the credentials.
+    #[error("the sandbox provider {connector} is unavailable: {reason}")]
+    SandboxUnavailable {
+        /// The connector.
+        connector: String,
+        /// Its error.
+        reason: String,
+    },
     /// flue itself failed (panicked) during the run: a bug. The run's
     /// sandboxes are still deleted.
     #[error("flue failed inside this run (a bug, please report it): {message}")]
@@ -134,6 +143,14 @@ pub async fn run_agent(
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
         reason = stop => Err(RunError::Interrupted { reason }),
+    };
+    // An agent that failed once a provider was down failed because of it
+    // (it got the provider's error as its own, and gave up).
+    let result = match (result, services.unavailable()) {
+        (Err(RunError::AgentFailed(_) | RunError::Trapped { .. }), Some((connector, err))) => {
+            Err(RunError::SandboxUnavailable { connector, reason: err.to_string() })
+        }
+        (result, _) => result,
     };
     services.cleanup().await;
     events.record(Event::RunFinished {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::events::{Event, EventLog, millis};
-use crate::sandbox::error::SandboxResult;
+use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
 use crate::sandbox::{Connector, CreateOptions, Resources, SandboxBackend};
@@ -70,6 +70,9 @@ pub struct RunSandboxes {
     connectors: tokio::sync::Mutex<HashMap<String, Arc<dyn Connector>>>,
     default_sandbox: tokio::sync::Mutex<Option<Arc<dyn SandboxBackend>>>,
     owned: Mutex<Vec<OwnedSandbox>>,
+    /// The first sandbox the run could not get because its provider was
+    /// down, timing out or refusing the credentials: connector and error.
+    unavailable: Mutex<Option<(String, SandboxError)>>,
 }
 
 impl RunSandboxes {
@@ -91,6 +94,7 @@ impl RunSandboxes {
             connectors: Default::default(),
             default_sandbox: Default::default(),
             owned: Default::default(),
+            unavailable: Default::default(),
         })
     }
 
@@ -119,8 +123,30 @@ impl RunSandboxes {
         Ok(Session::new(sandbox, cwd, self.events.clone())?.with_max_read(self.max_read))
     }
 
-    /// A sandbox for the agent, from `source`.
+    /// A sandbox for the agent, from `source`. A provider that is down is
+    /// remembered (see [`RunSandboxes::unavailable`]).
     pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let connector = match &source {
+            SandboxSource::Create { connector: Some(name), .. }
+            | SandboxSource::Connect { connector: Some(name), .. } => name.clone(),
+            _ => self.settings.default_connector.clone(),
+        };
+        let opened = self.open_sandbox_from(source).await;
+        if let Err(err) = &opened
+            && matches!(err.kind, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Auth)
+        {
+            self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| (connector, err.clone()));
+        }
+        opened
+    }
+
+    /// The first sandbox provider that failed the run this way, if one did:
+    /// a run that then failed, failed because of it.
+    pub fn unavailable(&self) -> Option<(String, SandboxError)> {
+        self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn open_sandbox_from(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
         match source {
             SandboxSource::RunDefault => {
                 let mut default = self.default_sandbox.lock().await;

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::ServerState;
+use super::errors::{ApiError, ErrorKind};
 
 /// The server's run counts.
 pub struct Admission {
@@ -37,6 +38,11 @@ impl Admission {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// Runs admitted and not yet ended.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Wait until no admitted run is left.
@@ -98,7 +104,7 @@ impl Ticket {
     }
 
     /// Record how the run ended, with its events.
-    pub fn record(&mut self, outcome: Result<&Value, &str>, events: &[Value]) {
+    pub fn record(&mut self, outcome: Result<&Value, &ApiError>, events: &[Value]) {
         let metrics = &self.state.metrics;
         if let Some((_, started)) = &self.running {
             metrics.duration_ms_sum.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -114,7 +120,8 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.recorded {
             // Only a panic in the run's task gets here without an outcome.
-            self.record(Err("flue failed inside this run (a bug, please report it); it was stopped"), &[]);
+            let lost = ApiError::new(ErrorKind::Internal, "flue failed inside this run (a bug, please report it)");
+            self.record(Err(&lost), &[]);
         }
         let metrics = &self.state.metrics;
         match self.running.take() {

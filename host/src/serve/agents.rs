@@ -98,10 +98,19 @@ pub enum ProjectError {
     },
 }
 
-/// The agents of the project in `dir`, by name.
-pub fn discover(dir: &Path) -> Result<HashMap<String, AgentEntry>, ProjectError> {
-    let manifest_path = dir.join("flue.toml");
-    let manifest: Manifest = match std::fs::read_to_string(&manifest_path) {
+/// What a project directory holds.
+pub struct Project {
+    /// Its agents, by name.
+    pub agents: HashMap<String, AgentEntry>,
+    /// Agents `flue.toml` names that are not under `agents/`.
+    pub missing: Vec<String>,
+}
+
+/// The agents of the project in `dir`.
+pub fn discover(dir: &Path) -> Result<Project, ProjectError> {
+    // Errors name it as the user knows it: no server paths in answers.
+    let manifest_path = PathBuf::from("flue.toml");
+    let manifest: Manifest = match std::fs::read_to_string(dir.join(&manifest_path)) {
         Ok(text) => toml::from_str(&text)
             .map_err(|err| ProjectError::Invalid { path: manifest_path.clone(), reason: err.to_string() })?,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
@@ -127,18 +136,12 @@ pub fn discover(dir: &Path) -> Result<HashMap<String, AgentEntry>, ProjectError>
             let Some(name) = name.and_then(|n| n.to_str()).map(str::to_string) else { continue };
             let manifest = manifest.agents.get(&name).cloned().unwrap_or_default();
             let refused = inside_project(dir, &path).err();
-            if let Some(why) = &refused {
-                tracing::warn!("not serving agent {name}: {why}");
-            }
             agents.insert(name, AgentEntry { source: path, manifest, refused });
         }
     }
-    for name in manifest.agents.keys() {
-        if !agents.contains_key(name) {
-            tracing::warn!("flue.toml names agent {name}, but there is no agents/{name}/ or agents/{name}.wasm");
-        }
-    }
-    Ok(agents)
+    let mut missing: Vec<String> = manifest.agents.into_keys().filter(|name| !agents.contains_key(name)).collect();
+    missing.sort();
+    Ok(Project { agents, missing })
 }
 
 /// `path` with every symbolic link resolved, if it lies inside `project`;

@@ -14,10 +14,11 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
 
 use super::ServerState;
+use super::errors::{ApiError, ErrorKind};
 
 /// What the guard lets through.
 #[derive(Clone, Debug, Default)]
@@ -56,17 +57,17 @@ pub fn host_name(value: &str) -> Option<String> {
 
 impl GuardConfig {
     /// Why this request is refused, if it is.
-    fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let host = header("host");
         if self.loopback || !self.allowed_hosts.is_empty() {
             let Some(name) = host.and_then(host_name) else {
-                return Some((StatusCode::BAD_REQUEST, "the request has no valid Host header".into()));
+                return Some(ApiError::new(ErrorKind::BadRequest, "the request has no valid Host header"));
             };
             let loopback_name = self.loopback && LOOPBACK_NAMES.contains(&name.as_str());
             if !loopback_name && !self.allowed_hosts.contains(&name) {
-                return Some((
-                    StatusCode::MISDIRECTED_REQUEST,
+                return Some(ApiError::new(
+                    ErrorKind::UnknownHost,
                     format!(
                         "this server does not answer to the host name {name:?} (a request through a re-pointed DNS \
                          name?); use localhost or 127.0.0.1, or start the server with --allowed-host {name}"
@@ -77,8 +78,8 @@ impl GuardConfig {
         if let Some(origin) = header("origin") {
             let own = host.map(|h| format!("http://{}", h.trim()));
             if !own.is_some_and(|own| own.eq_ignore_ascii_case(origin.trim())) {
-                return Some((
-                    StatusCode::FORBIDDEN,
+                return Some(ApiError::new(
+                    ErrorKind::CrossOrigin,
                     format!(
                         "cross-origin requests are refused: this request comes from a page at {origin:?}, not from \
                          this server"
@@ -89,8 +90,8 @@ impl GuardConfig {
         if let Some(site) = header("sec-fetch-site")
             && !matches!(site.trim(), "same-origin" | "none")
         {
-            return Some((
-                StatusCode::FORBIDDEN,
+            return Some(ApiError::new(
+                ErrorKind::CrossOrigin,
                 format!("cross-site requests are refused: the browser says this request is {site:?}"),
             ));
         }
@@ -100,9 +101,9 @@ impl GuardConfig {
             let expected = format!("Bearer {token}");
             let given = header("authorization").unwrap_or_default();
             if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                return Some((
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token (Authorization: Bearer …)".into(),
+                return Some(ApiError::new(
+                    ErrorKind::Unauthorized,
+                    "missing or wrong bearer token (Authorization: Bearer …)",
                 ));
             }
         }
@@ -112,8 +113,8 @@ impl GuardConfig {
             let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default();
             let media = media.trim().to_ascii_lowercase();
             if media != "application/json" && !(media.starts_with("application/") && media.ends_with("+json")) {
-                return Some((
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                return Some(ApiError::new(
+                    ErrorKind::UnsupportedMediaType,
                     format!(
                         "the body must be JSON: send Content-Type: application/json (or none), not {media:?} \
                          (with curl: --json '{{…}}')"
@@ -135,8 +136,8 @@ pub async fn guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some((status, message)) = state.guard.refusal(request.method(), request.uri().path(), request.headers()) {
-        return super::error(status, message);
+    if let Some(refusal) = state.guard.refusal(request.method(), request.uri().path(), request.headers()) {
+        return refusal.into_response();
     }
     next.run(request).await
 }

@@ -8,23 +8,28 @@
 //!   carries `x-flue-run-id`.
 //! * `GET /runs/<runId>`: status, result and events, from the [`store`].
 //! * `GET /healthz`; `GET /metrics` in Prometheus text format ([`metrics`]).
+//! * Every error, whatever answers it, is `{"error": {"kind", "message"}}`
+//!   ([`errors`]); `--events` lines go to stderr ([`server_events`]).
 //!
 //! Every request first passes the [`http_guard`] (host names, cross-site
 //! browsers, the token); connections are capped and timed ([`connections`]);
 //! runs are admitted atomically ([`admission`]) and run in their own task
 //! ([`runs`]). Shutdown: stop accepting, let runs finish for a grace period,
-//! then stop them (their sandboxes are deleted) and close every connection.
+//! then stop them (their sandboxes are deleted) and close every connection;
+//! a second signal exits at once, saying what may be left behind.
 
 mod admission;
 pub mod agents;
 pub mod bounds;
 pub mod connections;
+pub mod errors;
 pub mod http_guard;
 mod metrics;
 mod private_files;
 mod reload;
 mod routes;
 mod runs;
+mod server_events;
 mod sse;
 pub mod store;
 
@@ -34,12 +39,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tokio::sync::watch;
 
+use crate::cli::render::EventFormat;
 use crate::host::Host;
 use crate::runtime::Limits;
 pub use reload::{BuildHost, Reload};
@@ -80,12 +82,17 @@ pub struct ServeConfig {
     pub retention: usize,
     /// `flue dev`: look for agents (and rebuild them) at every request.
     pub dev: bool,
+    /// How the server's events are shown on stderr (`--events`).
+    pub events: EventFormat,
 }
 
 /// What every request handler shares.
 pub struct ServerState {
     host: std::sync::RwLock<Host>,
-    reload: Option<(Reload, tokio::sync::Mutex<reload::Fingerprint>)>,
+    reload: Option<reload::DevReload>,
+    /// `flue dev`: what is broken in the configuration, while it is.
+    config_error: Mutex<Option<String>>,
+    events: server_events::ServerEvents,
     config: ServeConfig,
     guard: http_guard::GuardConfig,
     agents: Mutex<HashMap<String, agents::AgentEntry>>,
@@ -96,11 +103,6 @@ pub struct ServerState {
     cancel: watch::Receiver<bool>,
 }
 
-/// A JSON error answer.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
-}
-
 /// Serve until SIGINT or SIGTERM, then shut down gracefully. Prints the
 /// base URL once listening.
 pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> anyhow::Result<()> {
@@ -108,13 +110,20 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     let addr = listener.local_addr()?;
-    let found = agents::discover(&config.project)?;
+    let project = agents::discover(&config.project)?;
     let store = store::RunStore::open(&config.store, config.retention, config.own_store_dir)?;
     let (cancel_tx, cancel) = watch::channel(false);
-    let reload = reload.map(|reload| {
-        let seen = reload::fingerprint(&reload.watch);
-        (reload, tokio::sync::Mutex::new(seen))
-    });
+    let reload = reload.map(|reload| reload::DevReload::new(reload, &config.project));
+    let events = server_events::ServerEvents::new(config.events);
+    let mut refused: Vec<_> = project.agents.iter().filter_map(|(n, a)| Some((n, a.refused.as_ref()?))).collect();
+    refused.sort();
+    for (name, why) in refused {
+        events.agent_refused(name, why);
+    }
+    for name in &project.missing {
+        events
+            .agent_refused(name, &format!("flue.toml names it, but there is no agents/{name}/ or agents/{name}.wasm"));
+    }
     let guard = http_guard::GuardConfig {
         loopback: config.listen.ip().is_loopback(),
         allowed_hosts: config.allowed_hosts.iter().filter_map(|h| http_guard::host_name(h)).collect(),
@@ -123,8 +132,10 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     let state = Arc::new(ServerState {
         host: std::sync::RwLock::new(host),
         reload,
+        config_error: Mutex::default(),
+        events,
         guard,
-        agents: Mutex::new(found),
+        agents: Mutex::new(project.agents),
         store,
         metrics: Arc::default(),
         admission: admission::Admission::new(config.max_concurrent, config.queue),
@@ -148,14 +159,29 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
+    reload::watch(state.clone());
     let (stopping_tx, mut stopping) = watch::channel(false);
     let grace = config.grace;
+    let runs = state.clone();
     tokio::spawn(async move {
         let reason = signals.next().await.reason;
-        eprintln!("flue: {reason}: no new runs; letting runs in flight finish (up to {} s)", grace.as_secs());
+        eprintln!(
+            "flue: {reason}: no new runs; letting runs in flight finish (up to {} s; send it again to exit at once)",
+            grace.as_secs()
+        );
         let _ = stopping_tx.send(true);
-        tokio::time::sleep(grace).await;
-        let _ = cancel_tx.send(true);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = cancel_tx.send(true);
+        });
+        let second = signals.next().await;
+        let left = runs.admission.active();
+        eprintln!(
+            "flue: {}: exiting at once; {left} run(s) were still going: their sandboxes may be left behind \
+             (`flue sandboxes gc` deletes them) and their records read as failed at the next start",
+            second.reason
+        );
+        std::process::exit(second.exit_code);
     });
     let stop_accepting = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
