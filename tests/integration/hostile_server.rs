@@ -311,6 +311,40 @@ fn an_event_stream_reader_that_never_reads_is_dropped_and_the_run_goes_on() {
 }
 
 #[test]
+fn an_answer_the_client_stops_reading_is_dropped_after_the_body_timeout() {
+    let (project, tmp) = (project(), scratch());
+    std::fs::copy(fixture("hostile-agent"), project.path().join("agents/flood.wasm")).unwrap();
+    std::fs::write(project.path().join("flue.toml"), "[agents.flood]\nwebhook = true\n").unwrap();
+    let server = Server::start("serve", project.path(), tmp.path(), &["--body-timeout", "1"]);
+    // A run whose record (its events) is megabytes long.
+    let run_id = rt().block_on(async {
+        let request =
+            reqwest::Client::new().post(format!("{}/agents/flood/x", server.url)).body(r#"{"mode":"log-flood"}"#);
+        let response = request.send().await.unwrap();
+        response.headers()["x-flue-run-id"].to_str().unwrap().to_string()
+    });
+    // Asked for ten times on one connection, more than socket buffers hold.
+    let mut reader = small_window_socket(&server.addr());
+    let ask = format!("GET /runs/{run_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    reader.write_all(ask.repeat(10).as_bytes()).unwrap();
+    // The server gives up on it: only the connections of our /metrics requests remain.
+    let started = std::time::Instant::now();
+    while metric(&server, "flue_connections_open") != "flue_connections_open 1" {
+        assert!(started.elapsed() < GUARD, "a client that does not read held its connection");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    reader.set_read_timeout(Some(GUARD)).unwrap();
+    let mut answer = Vec::new();
+    let _ = reader.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|n| n.trim().parse().unwrap()))
+        .expect("a content-length");
+    assert!(answer.len() < 10 * length, "every answer was delivered after all: {} of {length} x 10", answer.len());
+}
+
+#[test]
 fn a_burst_never_admits_more_than_max_concurrent_plus_queue() {
     let (project, tmp) = (project(), scratch());
     // Before, a run was counted only after its record was written: a burst
