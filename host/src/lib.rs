@@ -32,6 +32,7 @@ pub mod events;
 pub mod guest;
 pub mod host;
 pub mod model;
+pub mod private_dir;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;

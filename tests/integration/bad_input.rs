@@ -172,9 +172,9 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
 fn huge_numbers_in_flags_are_refused_not_panicked_on() {
     let tmp = scratch();
     let cases: [(&[&str], &str); 6] = [
-        (&["run", "hello", "--deadline", "99999999999999999"], "--deadline must be between 1 and 604800 seconds"),
-        (&["run", "hello", "--deadline", "0"], "--deadline must be between 1"),
-        (&["run", "hello", "--memory", "99999999999999"], "--memory must be between 1 and 16384 MiB"),
+        (&["run", "hello", "--deadline", "99999999999999999"], "1..=604800"),
+        (&["run", "hello", "--deadline", "0"], "--deadline"),
+        (&["run", "hello", "--memory", "99999999999999"], "1..=4096"),
         (&["run", "hello", "--memory-gib", "99999999999"], "--memory-gib"),
         (&["run", "hello", "--cpus", "0"], "--cpus"),
         (&["sandboxes", "gc", "--older-than", "99999999999999999d"], "longer than ten years"),

@@ -207,10 +207,14 @@ fn gc_never_collects_a_twin_machines_sandbox_and_ls_shows_labels_escaped() {
 fn a_panic_in_flue_mid_run_fails_the_run_and_deletes_its_sandbox() {
     let tmp = scratch();
     let out = output(
-        flue_probe(json!({"mode": "exec", "command": "flue-test-panic"}), &["--isolation", "none"], tmp.path())
-            .env("FLUE_TEST_HOOKS", "panic"),
+        flue_probe(
+            json!({"mode": "exec", "command": "true"}),
+            &["--isolation", "none", "--id", "panic-me"],
+            tmp.path(),
+        )
+        .env("FLUE_TEST_ONLY_PANIC_RUN", "panic-me"),
     );
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("flue hit an internal error and stopped the run"), "{}", out.stderr);
+    assert!(out.stderr.contains("flue failed inside this run (a bug, please report it)"), "{}", out.stderr);
     assert_eq!(local_sandboxes(tmp.path()), Vec::<String>::new(), "the panicked run left its sandbox");
 }

@@ -15,6 +15,7 @@ mod files;
 mod hardening;
 mod hostile_build;
 mod hostile_model;
+mod hostile_server;
 mod isolation;
 mod languages;
 mod lifecycle;

@@ -117,6 +117,12 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// A flag's parser that accepts a whole number in `range` only (clap names
+/// the flag and the range when it refuses).
+fn ranged(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::new().range(range)
+}
+
 /// A failure caused by bad usage or input (exit code 2).
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure { code: EXIT_USAGE, error: error.into() }
@@ -131,8 +137,8 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Conformance(args) => conformance::conformance(args, events).await,
         Command::Sandboxes(args) => sandboxes::sandboxes(args, events).await,
         Command::Volumes(args) => volumes::volumes(args, events).await,
-        Command::Serve(args) => serve::serve(args, false, events).await,
-        Command::Dev(args) => serve::serve(args, true, events).await,
+        Command::Serve(args) => serve::serve(args, false, cli.events, events).await,
+        Command::Dev(args) => serve::serve(args, true, cli.events, events).await,
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),

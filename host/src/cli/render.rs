@@ -54,7 +54,7 @@ pub fn escape_block(text: &str) -> String {
 /// A JSON line with the characters serde leaves raw (DEL, C1 controls,
 /// bidirectional overrides) written as `\u` escapes: the same JSON value,
 /// but inert on a terminal.
-fn escape_json(line: String) -> String {
+pub fn escape_json(line: String) -> String {
     if !line.chars().any(is_dangerous) {
         return line;
     }

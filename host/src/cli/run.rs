@@ -36,13 +36,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID")]
     pub reuse: Option<String>,
 
-    /// Stop the agent after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    /// Stop the agent after this many seconds (at most a week).
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = super::ranged(crate::runtime::limits::DEADLINE_SECS))]
     pub deadline: u64,
 
-    /// The agent's memory limit, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 512)]
-    pub memory: usize,
+    /// The agent's memory limit, in MiB (at most 4096, all a 32-bit wasm
+    /// memory can address).
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = super::ranged(crate::runtime::limits::AGENT_MEMORY_MIB))]
+    pub memory: u64,
 
     /// Host flags.
     #[command(flatten)]
@@ -58,9 +61,12 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         })?,
         None => serde_json::Value::Null,
     };
-    let limits = Limits::default()
-        .with_run_limits(("--deadline", args.deadline), ("--memory", args.memory as u64))
-        .map_err(|err| usage(anyhow::Error::new(err)))?;
+    let limits = Limits {
+        deadline: std::time::Duration::from_secs(args.deadline),
+        // Bounded by its parser: no overflow.
+        agent_memory: (args.memory as usize) * 1024 * 1024,
+        ..Limits::default()
+    };
     let host = args.host.host(limits).await?;
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;

@@ -8,10 +8,17 @@ use std::time::Duration;
 use clap::Args;
 
 use super::host_args::HostArgs;
-use super::{Failure, usage};
+use super::{Failure, ranged, usage};
 use crate::events::EventLog;
 use crate::runtime::Limits;
-use crate::serve::ServeConfig;
+use crate::serve::{ServeConfig, bounds};
+
+/// The shortest bearer token accepted, in bytes.
+const MIN_TOKEN_BYTES: usize = 16;
+
+/// Descriptors kept free for runs (sandbox processes' pipes, files, the
+/// run store) besides client connections.
+const RESERVED_FDS: u64 = 64;
 
 /// The default port of `flue dev` and `flue serve`.
 pub const DEFAULT_PORT: u16 = 3583;
@@ -28,38 +35,60 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Bearer token clients must send (`Authorization: Bearer …`). Required
-    /// unless listening on loopback only.
+    /// Bearer token clients must send (`Authorization: Bearer …`), at least
+    /// 16 bytes. Required unless listening on loopback only.
     #[arg(long, value_name = "TOKEN", env = "FLUE_SERVE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// A host name clients may use besides localhost, 127.0.0.1 and [::1]
+    /// (repeatable). On a loopback address other names are refused (421):
+    /// that is how a web page re-pointing its DNS name at this machine is
+    /// kept out. On other addresses, when given, only these names are served.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+
     /// The largest request body, in KiB (larger: 413).
-    #[arg(long, value_name = "KIB", default_value_t = 1024)]
-    pub max_body_kib: usize,
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = ranged(bounds::MAX_BODY_KIB))]
+    pub max_body_kib: u64,
 
     /// Runs at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub max_concurrent: usize,
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = ranged(bounds::MAX_CONCURRENT))]
+    pub max_concurrent: u64,
 
     /// Runs waiting for a slot; past that, requests get 429 with Retry-After.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub queue: usize,
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = ranged(bounds::QUEUE))]
+    pub queue: u64,
+
+    /// Client connections open at once; more wait until one closes
+    /// [default: 512, or half the open-file limit (ulimit -n) if lower].
+    #[arg(long, value_name = "N", value_parser = ranged(bounds::MAX_CONNECTIONS))]
+    pub max_connections: Option<u64>,
+
+    /// Seconds a client has to send a request's headers; an idle connection
+    /// is closed after as long.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = ranged(bounds::HEADER_TIMEOUT_SECS))]
+    pub header_timeout: u64,
+
+    /// Seconds a client has to send a request's body; a client that stops
+    /// reading its answer is disconnected after as long.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = ranged(bounds::BODY_TIMEOUT_SECS))]
+    pub body_timeout: u64,
 
     /// A run's deadline in seconds (an agent's `deadline-secs` in flue.toml wins).
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = ranged(bounds::DEADLINE_SECS))]
     pub deadline: u64,
 
     /// An agent's memory limit in MiB (an agent's `memory-mib` wins).
-    #[arg(long, value_name = "MIB", default_value_t = 512)]
-    pub memory: usize,
+    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = ranged(bounds::MEMORY_MIB))]
+    pub memory: u64,
 
     /// Connector of a run's sandbox (an agent's `sandbox` wins).
     #[arg(long, value_name = "NAME", default_value = "local")]
     pub sandbox: String,
 
     /// Seconds runs in flight may finish after SIGTERM/SIGINT before they are
-    /// stopped (and their sandboxes deleted).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// stopped (and their sandboxes deleted) and every connection closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = ranged(bounds::GRACE_SECS))]
     pub grace: u64,
 
     /// The run store (SQLite) [default: PROJECT/.flue/runs.sqlite].
@@ -75,8 +104,8 @@ pub struct ServeArgs {
     pub allocator: Allocator,
 
     /// Runs the store keeps (the newest).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub retention: usize,
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = ranged(bounds::RETENTION))]
+    pub retention: u64,
 
     /// serve: build every agent source (`agents/<name>/`) at start, isolated
     /// as `flue build` is. Without it, serve runs prebuilt components only —
@@ -99,27 +128,53 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// Run the server; `dev` rebuilds agents and re-reads the project per request.
-pub async fn serve(args: ServeArgs, dev: bool, events: EventLog) -> Result<(), Failure> {
+/// Run the server; `dev` rebuilds agents and re-reads the project per
+/// request. `events`: how its events are shown on stderr; `log`: where
+/// `--build`'s progress goes.
+pub async fn serve(
+    args: ServeArgs,
+    dev: bool,
+    events: super::render::EventFormat,
+    log: EventLog,
+) -> Result<(), Failure> {
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-    if !listen.ip().is_loopback() && args.token.as_deref().is_none_or(str::is_empty) {
+    let token = args.token.clone().filter(|t| !t.is_empty());
+    if !listen.ip().is_loopback() && token.is_none() {
         return Err(usage(anyhow::anyhow!(
             "listening on {listen} (not loopback) needs a bearer token: pass --token or set FLUE_SERVE_TOKEN"
         )));
     }
+    if let Some(token) = &token
+        && token.len() < MIN_TOKEN_BYTES
+    {
+        return Err(usage(anyhow::anyhow!(
+            "the bearer token (--token or FLUE_SERVE_TOKEN) is {} bytes long; it must be at least {MIN_TOKEN_BYTES}: \
+             a short token can be guessed by trying them all. Make one with: openssl rand -hex 32",
+            token.len()
+        )));
+    }
+    for name in &args.allowed_hosts {
+        if crate::serve::http_guard::host_name(name).is_none() {
+            return Err(usage(anyhow::anyhow!("--allowed-host {name:?} is not a host name (like app.example.com)")));
+        }
+    }
     if !args.project.is_dir() {
         return Err(usage(anyhow::anyhow!("{} is not a project directory", args.project.display())));
     }
+    // flue.toml's errors (say, a limit out of range) are the user's to fix: exit 2, before anything starts.
+    crate::serve::agents::discover(&args.project).map_err(usage)?;
     if args.build && !dev {
         let project = args.project.clone();
-        tokio::task::spawn_blocking(move || crate::guest::build_project(&project, &events))
+        tokio::task::spawn_blocking(move || crate::guest::build_project(&project, &log))
             .await
             .map_err(anyhow::Error::from)?
             .map_err(usage)?;
     }
+    let max_connections = connection_cap(args.max_connections)?;
     let limits = Limits {
         deadline: Duration::from_secs(args.deadline),
-        agent_memory: args.memory.saturating_mul(1024 * 1024),
+        // Both bounded by their parsers: no overflow.
+        agent_memory: (args.memory as usize) * 1024 * 1024,
         ..Limits::default()
     };
     let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
@@ -141,18 +196,46 @@ pub async fn serve(args: ServeArgs, dev: bool, events: EventLog) -> Result<(), F
     });
     let config = ServeConfig {
         listen,
+        own_store_dir: args.store.is_none(),
         store: args.store.clone().unwrap_or_else(|| args.project.join(".flue").join("runs.sqlite")),
         project: args.project,
-        token: args.token.filter(|t| !t.is_empty()),
-        body_limit: args.max_body_kib.saturating_mul(1024),
-        max_concurrent: args.max_concurrent,
-        queue: args.queue,
+        token,
+        allowed_hosts: args.allowed_hosts,
+        body_limit: (args.max_body_kib as usize) * 1024,
+        max_concurrent: args.max_concurrent as usize,
+        queue: args.queue as usize,
+        connections: crate::serve::connections::ConnectionLimits {
+            max: max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            stall_timeout: Duration::from_secs(args.body_timeout),
+        },
+        body_timeout: Duration::from_secs(args.body_timeout),
         limits,
         sandbox: args.sandbox,
+        resources: args.host.resources(),
         grace: Duration::from_secs(args.grace),
-        retention: args.retention.max(1),
+        retention: args.retention as usize,
         dev,
+        events,
     };
     crate::serve::serve(host, config, reload).await?;
     Ok(())
+}
+
+/// `--max-connections`, or its default: 512, or half the open-file limit if
+/// lower. A cap that leaves runs fewer than [`RESERVED_FDS`] descriptors
+/// is refused.
+fn connection_cap(asked: Option<u64>) -> Result<usize, Failure> {
+    let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let Some(asked) = asked else {
+        return Ok(512.min(fds / 2).max(1) as usize);
+    };
+    if asked.saturating_add(RESERVED_FDS) > fds {
+        return Err(usage(anyhow::anyhow!(
+            "--max-connections {asked} leaves too few file descriptors for runs: this process may open {fds} \
+             (ulimit -n); use at most {} or raise ulimit -n",
+            fds.saturating_sub(RESERVED_FDS).max(1)
+        )));
+    }
+    Ok(asked as usize)
 }

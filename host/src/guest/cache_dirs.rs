@@ -9,7 +9,7 @@
 //! have planted. An installed toolchain is also checked against what was
 //! installed ([`tree_digest`]): every file, its size and time.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -20,54 +20,35 @@ use crate::runtime::cache::ComponentCache;
 /// it is not ours alone.
 pub(crate) fn cache_root() -> Result<PathBuf, String> {
     let root = ComponentCache::default_dir().ok_or("no cache directory: set FLUE_CACHE_DIR or HOME")?;
-    if !root.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)
-            .map_err(|err| format!("cannot create {}: {err}", root.display()))?;
-    }
-    check_private(&root)?;
+    ensure_private(&root)?;
     Ok(root)
 }
 
 /// `parent/name`, created private when missing, and checked.
 pub(crate) fn private_subdir(parent: &Path, name: &str) -> Result<PathBuf, String> {
     let dir = parent.join(name);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(format!("cannot create {}: {err}", dir.display())),
-    }
-    check_private(&dir)?;
+    ensure_private(&dir)?;
     Ok(dir)
+}
+
+/// `dir` created private, or checked to be ours alone; the reason (with
+/// what to do) when it is not.
+fn ensure_private(dir: &Path) -> Result<(), String> {
+    crate::private_dir::ensure_dir(dir, false).map_err(|why| refusal(dir, &why))
 }
 
 /// Whether `dir` is a directory only this user can change; the reason
 /// (with what to do) when it is not.
 pub(crate) fn check_private(dir: &Path) -> Result<(), String> {
-    let refuse = |why: String| {
-        Err(format!(
-            "refusing to use {}: {why}. flue runs tools from its cache, so it must be yours alone: \
-             remove it, or set FLUE_CACHE_DIR to a directory only you can write to",
-            dir.display()
-        ))
-    };
-    let meta = std::fs::symlink_metadata(dir).map_err(|err| format!("cannot inspect {}: {err}", dir.display()))?;
-    if meta.file_type().is_symlink() {
-        return refuse("it is a symbolic link".into());
-    }
-    if !meta.is_dir() {
-        return refuse("it is not a directory".into());
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return refuse(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return refuse(format!("others can write to it (mode {:o})", meta.mode() & 0o777));
-    }
-    Ok(())
+    crate::private_dir::check_dir(dir).map_err(|why| refusal(dir, &why))
+}
+
+fn refusal(dir: &Path, why: &crate::private_dir::NotPrivate) -> String {
+    format!(
+        "refusing to use {}: {why}. flue runs tools from its cache, so it must be yours alone: remove it, or set \
+         FLUE_CACHE_DIR to a directory only you can write to",
+        dir.display()
+    )
 }
 
 /// A lock file in a private directory, opened without following a

@@ -411,8 +411,6 @@ impl harness::HostSession for AgentState {
         command: String,
         options: types::ExecOptions,
     ) -> WitResult<types::ExecResult> {
-        #[cfg(debug_assertions)]
-        super::test_hooks::before_command(&command);
         wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
     }
 

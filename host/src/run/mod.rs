@@ -7,6 +7,7 @@
 
 pub mod imports;
 pub mod ownership;
+pub mod panics;
 mod prompt;
 pub mod sandboxes;
 pub mod signals;
@@ -15,8 +16,6 @@ pub mod test_hooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use futures_util::FutureExt as _;
 
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -84,11 +83,20 @@ pub enum RunError {
         /// The limit.
         limit_mib: usize,
     },
-    /// flue itself failed (a bug) while running the agent: the run was
-    /// stopped, its sandboxes deleted; the process goes on.
-    #[error("flue hit an internal error and stopped the run (this is a bug; please report it): {message}")]
-    HostPanicked {
-        /// The panic's message.
+    /// The agent failed after a sandbox provider (a connector's service)
+    /// was unavailable: down, timing out, or refusing the credentials.
+    #[error("the sandbox provider {connector} is unavailable: {reason}")]
+    SandboxUnavailable {
+        /// The connector.
+        connector: String,
+        /// Its error.
+        reason: String,
+    },
+    /// flue itself failed (panicked) during the run: a bug. The run's
+    /// sandboxes are still deleted.
+    #[error("flue failed inside this run (a bug, please report it): {message}")]
+    Panicked {
+        /// What the panic said.
         message: String,
     },
     /// The agent trapped.
@@ -123,22 +131,33 @@ pub async fn run_agent(
     let started = Instant::now();
     let events = events.with_log_budget(limits.log_bytes);
     events.record(Event::RunStarted { run_id: run_id.clone(), agent: run.label.clone() });
-    let services =
-        RunSandboxes::new(registry, (&run_id, &run.label), run.settings.clone(), events.clone(), limits.max_read());
+    let services = RunSandboxes::new(
+        registry,
+        (&run_id, &run.label, &run.id),
+        run.settings.clone(),
+        events.clone(),
+        limits.max_read(),
+    );
     let deadline = limits.deadline;
 
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
-    // A panic in flue's own code during the run (a bug) ends this run as
-    // failed, and its sandboxes are still deleted below.
-    let execution = std::panic::AssertUnwindSafe(execute(runtime, &limits, &services, &run, &run_id)).catch_unwind();
     let result = tokio::select! {
-        finished = tokio::time::timeout(deadline, execution) => match finished {
+        finished = tokio::time::timeout(deadline, panics::catch_panic(execute(runtime, &limits, &services, &run, &run_id))) => match finished {
             Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(RunError::HostPanicked { message: panic_message(&*panic) }),
+            // Still delete what the run created (below).
+            Ok(Err(message)) => Err(RunError::Panicked { message }),
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
         reason = stop => Err(RunError::Interrupted { reason }),
+    };
+    // An agent that failed once a provider was down failed because of it
+    // (it got the provider's error as its own, and gave up).
+    let result = match (result, services.unavailable()) {
+        (Err(RunError::AgentFailed(_) | RunError::Trapped { .. }), Some((connector, err))) => {
+            Err(RunError::SandboxUnavailable { connector, reason: err.to_string() })
+        }
+        (result, _) => result,
     };
     services.cleanup().await;
     events.record(Event::RunFinished {
@@ -147,15 +166,6 @@ pub async fn run_agent(
         duration_ms: millis(started.elapsed()),
     });
     RunOutcome { run_id, result }
-}
-
-/// What a panic said.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 async fn execute(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::events::{Event, EventLog, millis};
-use crate::sandbox::error::SandboxResult;
+use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
 use crate::sandbox::{Connector, CreateOptions, Resources, SandboxBackend};
@@ -64,6 +64,8 @@ pub struct RunSandboxes {
     /// The run's id and agent, for the labels of the sandboxes it creates.
     run_id: String,
     agent: String,
+    /// The id the agent was invoked with (`--id`, or a webhook's `<id>`).
+    invocation: String,
     settings: RunSettings,
     pub(crate) events: EventLog,
     /// The largest file a session reads at once.
@@ -71,13 +73,16 @@ pub struct RunSandboxes {
     connectors: tokio::sync::Mutex<HashMap<String, Arc<dyn Connector>>>,
     default_sandbox: tokio::sync::Mutex<Option<Arc<dyn SandboxBackend>>>,
     owned: Mutex<Vec<OwnedSandbox>>,
+    /// The first sandbox the run could not get because its provider was
+    /// down, timing out or refusing the credentials: connector and error.
+    unavailable: Mutex<Option<(String, SandboxError)>>,
 }
 
 impl RunSandboxes {
     /// Nothing opened yet.
     pub fn new(
         registry: Arc<ConnectorRegistry>,
-        (run_id, agent): (&str, &str),
+        (run_id, agent, invocation): (&str, &str, &str),
         settings: RunSettings,
         events: EventLog,
         max_read: u64,
@@ -86,12 +91,14 @@ impl RunSandboxes {
             registry,
             run_id: run_id.to_string(),
             agent: agent.to_string(),
+            invocation: invocation.to_string(),
             settings,
             events,
             max_read,
             connectors: Default::default(),
             default_sandbox: Default::default(),
             owned: Default::default(),
+            unavailable: Default::default(),
         })
     }
 
@@ -120,8 +127,30 @@ impl RunSandboxes {
         Ok(Session::new(sandbox, cwd, self.events.clone())?.with_max_read(self.max_read))
     }
 
-    /// A sandbox for the agent, from `source`.
+    /// A sandbox for the agent, from `source`. A provider that is down is
+    /// remembered (see [`RunSandboxes::unavailable`]).
     pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
+        let connector = match &source {
+            SandboxSource::Create { connector: Some(name), .. }
+            | SandboxSource::Connect { connector: Some(name), .. } => name.clone(),
+            _ => self.settings.default_connector.clone(),
+        };
+        let opened = self.open_sandbox_from(source).await;
+        if let Err(err) = &opened
+            && matches!(err.kind, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Auth)
+        {
+            self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| (connector, err.clone()));
+        }
+        opened
+    }
+
+    /// The first sandbox provider that failed the run this way, if one did:
+    /// a run that then failed, failed because of it.
+    pub fn unavailable(&self) -> Option<(String, SandboxError)> {
+        self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn open_sandbox_from(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
         match source {
             SandboxSource::RunDefault => {
                 let mut default = self.default_sandbox.lock().await;
@@ -183,12 +212,14 @@ impl RunSandboxes {
             connector.create(&options).await?
         };
         // Record ownership before anything else can fail.
-        self.owned.lock().expect("owned lock").push(OwnedSandbox {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedSandbox {
             connector,
             lookup,
             id: sandbox.id().to_string(),
             keep,
         });
+        #[cfg(debug_assertions)]
+        super::test_hooks::after_sandbox_created(&self.invocation);
         self.events.record(Event::Sandbox {
             action: "created",
             connector: name,
@@ -215,7 +246,8 @@ impl RunSandboxes {
         // Let go of the run's sandbox first: a local one then stops its
         // processes at once, before slower deletions elsewhere.
         self.default_sandbox.lock().await.take();
-        let owned = std::mem::take(&mut *self.owned.lock().expect("owned lock"));
+        // A panic elsewhere in the run (see `run::panics`) must not stop this.
+        let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
         for sandbox in owned {
             let connector = sandbox.connector.info().name.clone();
             if sandbox.keep {

@@ -1,16 +1,14 @@
 //! A fault the tests can ask for, in debug builds only: with
-//! `FLUE_TEST_HOOKS=panic`, an agent's command of exactly `flue-test-panic`
-//! makes the host panic in the middle of a run, with a sandbox open — so
-//! the tests can prove that a bug in flue ends that run as failed, deletes
-//! its sandboxes and releases what it held, in `flue run` and in the server.
-//! Release builds have no such hook.
+//! `FLUE_TEST_ONLY_PANIC_RUN=<id>`, a run invoked with that id (`flue run
+//! --id <id>`, or `POST /agents/<name>/<id>`) panics inside flue right
+//! after its first sandbox is created — so the tests can prove that a bug
+//! in flue ends that run as failed, deletes its sandboxes and releases what
+//! it held, in `flue run` and in the server. No known real input panics a
+//! run; release builds have no such hook.
 
-/// The command that panics.
-pub const PANIC_COMMAND: &str = "flue-test-panic";
-
-/// Panic if the tests asked for it and `command` is [`PANIC_COMMAND`].
-pub fn before_command(command: &str) {
-    if command == PANIC_COMMAND && std::env::var("FLUE_TEST_HOOKS").is_ok_and(|hooks| hooks == "panic") {
-        panic!("flue test hook: panicking mid-run, as FLUE_TEST_HOOKS=panic asked");
+/// Panic if the tests asked for it for this run.
+pub fn after_sandbox_created(invocation: &str) {
+    if std::env::var("FLUE_TEST_ONLY_PANIC_RUN").is_ok_and(|id| id == invocation) {
+        panic!("FLUE_TEST_ONLY_PANIC_RUN: run {invocation} panics on purpose");
     }
 }

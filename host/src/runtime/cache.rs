@@ -15,7 +15,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -124,16 +124,11 @@ impl ComponentCache {
 }
 
 fn prepare_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    if !owned_and_private(&std::fs::metadata(dir)?) {
-        return Err(std::io::Error::other("not owned by this user, or writable by others"));
-    }
-    Ok(())
+    crate::private_dir::ensure_dir(dir, true).map_err(std::io::Error::other)
 }
 
 fn owned_and_private(meta: &std::fs::Metadata) -> bool {
-    meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o022 == 0
+    crate::private_dir::check_owner_and_mode(meta).is_ok()
 }
 
 fn trusted_entry(entry: &Path) -> bool {

@@ -41,50 +41,14 @@ impl Default for Limits {
     }
 }
 
-/// The longest deadline a run may be given (seven days).
-pub const MAX_DEADLINE_SECS: u64 = 7 * 86_400;
-/// The most linear memory an agent may be given (16 GiB, in MiB).
-pub const MAX_AGENT_MEMORY_MIB: u64 = 16 * 1024;
-
-/// A limit given out of its range (a flag, a `flue.toml` value).
-#[derive(Debug, thiserror::Error)]
-#[error("{setting} must be between {min} and {max}{unit}, not {value}")]
-pub struct LimitOutOfRange {
-    /// Which setting, as the user wrote it (e.g. `--deadline`).
-    pub setting: String,
-    /// What was given.
-    pub value: u64,
-    /// The smallest allowed.
-    pub min: u64,
-    /// The largest allowed.
-    pub max: u64,
-    /// The unit, with its leading space (e.g. ` seconds`).
-    pub unit: &'static str,
-}
-
-/// `value` if it is within `min..=max`, else why not.
-pub fn bounded(setting: &str, value: u64, min: u64, max: u64, unit: &'static str) -> Result<u64, LimitOutOfRange> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(LimitOutOfRange { setting: setting.to_string(), value, min, max, unit })
-    }
-}
+/// A run's deadline, in seconds: up to a week (further is no deadline,
+/// and `Instant + deadline` would overflow).
+pub const DEADLINE_SECS: std::ops::RangeInclusive<u64> = 1..=7 * 24 * 3600;
+/// An agent's memory, in MiB: up to 4 GiB, all a 32-bit wasm memory can
+/// address.
+pub const AGENT_MEMORY_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
 
 impl Limits {
-    /// These limits with a run's deadline and agent memory, as a user gave
-    /// them (`deadline_setting` and `memory_setting` name where, for the
-    /// error), each checked against its range.
-    pub fn with_run_limits(
-        self,
-        (deadline_setting, deadline_secs): (&str, u64),
-        (memory_setting, memory_mib): (&str, u64),
-    ) -> Result<Limits, LimitOutOfRange> {
-        let deadline = bounded(deadline_setting, deadline_secs, 1, MAX_DEADLINE_SECS, " seconds")?;
-        let memory = bounded(memory_setting, memory_mib, 1, MAX_AGENT_MEMORY_MIB, " MiB")?;
-        Ok(Limits { deadline: Duration::from_secs(deadline), agent_memory: memory as usize * MIB, ..self })
-    }
-
     /// The store limits of an agent.
     pub fn agent_store(&self) -> StoreLimitsConfig {
         StoreLimitsConfig::with_memory(self.agent_memory)
@@ -203,16 +167,6 @@ impl ResourceLimiter for Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_limits_are_bounded_with_a_clear_error() {
-        let limits = Limits::default().with_run_limits(("--deadline", 60), ("--memory", 256)).unwrap();
-        assert_eq!((limits.deadline, limits.agent_memory), (Duration::from_secs(60), 256 * MIB));
-        let err = Limits::default().with_run_limits(("deadline-secs", u64::MAX), ("memory-mib", 1)).unwrap_err();
-        assert_eq!(err.to_string(), format!("deadline-secs must be between 1 and 604800 seconds, not {}", u64::MAX));
-        let err = Limits::default().with_run_limits(("--deadline", 1), ("--memory", 0)).unwrap_err();
-        assert!(err.to_string().starts_with("--memory must be between 1 and 16384 MiB"), "{err}");
-    }
 
     #[test]
     fn a_refused_growth_is_remembered() {

@@ -324,7 +324,7 @@ impl SessionWriter {
 }
 
 /// The longest timeout a command is given: seven days, the longest a run
-/// may last (`runtime::limits::MAX_DEADLINE_SECS`).
+/// may last (`runtime::limits::DEADLINE_SECS`).
 const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
 /// Refuse variables a command could not be given as they are: a bad name,

@@ -9,7 +9,7 @@
 //! users of the machine.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -45,50 +45,16 @@ fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
     SandboxError::other(format!("{context} {}: {err}", path.display()))
 }
 
-/// Create `dir` (mode `0700`), or check that the existing one is ours and
-/// that nobody else can write to it (closing it to readers if an older flue
-/// left it open). `purpose` and `remedy` make the refusal's message.
+/// Create `dir` private, or check that the existing one is ours alone
+/// ([`crate::private_dir`]); `purpose` and `remedy` make the refusal's
+/// message.
 pub(crate) fn ensure_private_dir(dir: &Path, purpose: &str, remedy: &str) -> SandboxResult<()> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|err| io_error("cannot create", parent, err))?;
-            }
-            return std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .or_else(|err| if err.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(err) })
-                .map_err(|err| io_error("cannot create", dir, err))
-                .and_then(|()| ensure_private_dir(dir, purpose, remedy));
-        }
-        Err(err) => return Err(io_error("cannot inspect", dir, err)),
-    };
-    let refuse = |why: String| {
-        Err(SandboxError::permission_denied(format!(
+    crate::private_dir::ensure_dir(dir, true).map_err(|why| {
+        SandboxError::permission_denied(format!(
             "refusing to {purpose} in {}: {why}. Remove it, or {remedy}",
             dir.display()
-        )))
-    };
-    if meta.file_type().is_symlink() {
-        return refuse("it is a symbolic link".into());
-    }
-    if !meta.is_dir() {
-        return refuse("it is not a directory".into());
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return refuse(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return refuse(format!("others can write to it (mode {:o})", meta.mode() & 0o777));
-    }
-    if meta.mode() & 0o077 != 0 {
-        // Ours, readable by others (made by an older flue): close it.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|err| io_error("cannot make private", dir, err))?;
-    }
-    Ok(())
+        ))
+    })
 }
 
 impl Store {

@@ -1,0 +1,135 @@
+//! Admission: at most `max_concurrent` runs at once and `queue` more
+//! waiting, checked and counted in one step (a semaphore of `max_concurrent
+//! + queue` permits), so a burst cannot slip past the limit.
+//!
+//! An admitted run holds a [`Ticket`] until it ends. Whatever way the run
+//! ends — a result, an error, or a panic unwinding through its task — the
+//! ticket's `Drop` gives back its permits, its queued or in-flight count and
+//! its place among the runs shutdown waits for, and a run that never
+//! recorded an outcome is recorded as failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::ServerState;
+use super::errors::{ApiError, ErrorKind};
+
+/// The server's run counts.
+pub struct Admission {
+    /// One permit per run admitted and not yet ended (running or queued).
+    admitted: Arc<Semaphore>,
+    /// One permit per running run.
+    running: Arc<Semaphore>,
+    /// Runs admitted and not yet ended, for shutdown to wait on.
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl Admission {
+    /// Room for `max_concurrent` running and `queue` waiting.
+    pub fn new(max_concurrent: usize, queue: usize) -> Self {
+        Admission {
+            admitted: Arc::new(Semaphore::new(max_concurrent + queue)),
+            running: Arc::new(Semaphore::new(max_concurrent)),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Runs admitted and not yet ended.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no admitted run is left.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One admitted run.
+pub struct Ticket {
+    state: Arc<ServerState>,
+    run_id: String,
+    _admitted: OwnedSemaphorePermit,
+    running: Option<(OwnedSemaphorePermit, Instant)>,
+    recorded: bool,
+}
+
+/// Why a queued run did not start.
+pub struct ShuttingDown;
+
+impl Ticket {
+    /// Admit run `run_id` (recorded as queued), or `None` when the queue is
+    /// full.
+    pub fn admit(state: &Arc<ServerState>, run_id: &str, agent: &str, invocation: &str) -> Option<Ticket> {
+        let permit = state.admission.admitted.clone().try_acquire_owned().ok()?;
+        state.admission.active.fetch_add(1, Ordering::SeqCst);
+        state.metrics.queued.fetch_add(1, Ordering::SeqCst);
+        state.store.insert(run_id, agent, invocation);
+        Some(Ticket {
+            state: state.clone(),
+            run_id: run_id.to_string(),
+            _admitted: permit,
+            running: None,
+            recorded: false,
+        })
+    }
+
+    /// Wait for a slot, then count the run as running; a run still waiting
+    /// when the grace period ends does not start.
+    pub async fn start(&mut self) -> Result<(), ShuttingDown> {
+        let mut cancel = self.state.cancel.clone();
+        let slot = tokio::select! {
+            slot = self.state.admission.running.clone().acquire_owned() => slot.map_err(|_| ShuttingDown)?,
+            _ = cancel.wait_for(|stop| *stop) => return Err(ShuttingDown),
+        };
+        let metrics = &self.state.metrics;
+        metrics.queued.fetch_sub(1, Ordering::SeqCst);
+        metrics.in_flight.fetch_add(1, Ordering::SeqCst);
+        metrics.started.fetch_add(1, Ordering::Relaxed);
+        self.state.store.running(&self.run_id);
+        self.running = Some((slot, Instant::now()));
+        Ok(())
+    }
+
+    /// Record how the run ended, with its events.
+    pub fn record(&mut self, outcome: Result<&Value, &ApiError>, events: &[Value]) {
+        let metrics = &self.state.metrics;
+        if let Some((_, started)) = &self.running {
+            metrics.duration_ms_sum.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        let counter = if outcome.is_ok() { &metrics.succeeded } else { &metrics.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.state.store.finish(&self.run_id, outcome, events);
+        self.recorded = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.recorded {
+            // Only a panic in the run's task gets here without an outcome.
+            let lost = ApiError::new(ErrorKind::Internal, "flue failed inside this run (a bug, please report it)");
+            self.record(Err(&lost), &[]);
+        }
+        let metrics = &self.state.metrics;
+        match self.running.take() {
+            Some(_) => metrics.in_flight.fetch_sub(1, Ordering::SeqCst),
+            None => metrics.queued.fetch_sub(1, Ordering::SeqCst),
+        };
+        let admission = &self.state.admission;
+        admission.active.fetch_sub(1, Ordering::SeqCst);
+        admission.idle.notify_waiters();
+    }
+}

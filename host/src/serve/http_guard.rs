@@ -1,0 +1,159 @@
+//! Who may talk to the server, checked before any route runs:
+//!
+//! * **DNS rebinding**: on a loopback address, only requests naming the
+//!   server by a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any
+//!   port) or an `--allowed-host` are served (`421`): a page on
+//!   `evil.example` whose name was re-pointed at 127.0.0.1 sends
+//!   `Host: evil.example`. With `--allowed-host`, any address checks it.
+//! * **Cross-site requests from browsers**: an `Origin` that is not the
+//!   server's own, or `Sec-Fetch-Site` other than `same-origin`/`none`, is
+//!   refused (`403`); a `POST` body must be JSON — a `Content-Type` other
+//!   than `application/json` (or `…+json`), such as the `text/plain` a
+//!   page may send without asking first, is refused (`415`).
+//! * **The bearer token**, when set (`401`; `/healthz` is open).
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+
+use super::ServerState;
+use super::errors::{ApiError, ErrorKind};
+
+/// What the guard lets through.
+#[derive(Clone, Debug, Default)]
+pub struct GuardConfig {
+    /// Check `Host` against the loopback names (a loopback listen address).
+    pub loopback: bool,
+    /// More host names to accept (`--allowed-host`), lower-case, without port.
+    pub allowed_hosts: Vec<String>,
+    /// Required as `Authorization: Bearer …` when set.
+    pub token: Option<String>,
+}
+
+/// The names a loopback server answers to.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The host name of a `Host` header value: lower-case, without port,
+/// brackets or a trailing dot. `None` if it is not a plausible host.
+pub fn host_name(value: &str) -> Option<String> {
+    let value = value.trim();
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))) {
+            return None;
+        }
+        inside
+    } else {
+        match value.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return None,
+            None => value,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+impl GuardConfig {
+    /// Why this request is refused, if it is.
+    fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = header("host");
+        if self.loopback || !self.allowed_hosts.is_empty() {
+            let Some(name) = host.and_then(host_name) else {
+                return Some(ApiError::new(ErrorKind::BadRequest, "the request has no valid Host header"));
+            };
+            let loopback_name = self.loopback && LOOPBACK_NAMES.contains(&name.as_str());
+            if !loopback_name && !self.allowed_hosts.contains(&name) {
+                return Some(ApiError::new(
+                    ErrorKind::UnknownHost,
+                    format!(
+                        "this server does not answer to the host name {name:?} (a request through a re-pointed DNS \
+                         name?); use localhost or 127.0.0.1, or start the server with --allowed-host {name}"
+                    ),
+                ));
+            }
+        }
+        if let Some(origin) = header("origin") {
+            let own = host.map(|h| format!("http://{}", h.trim()));
+            if !own.is_some_and(|own| own.eq_ignore_ascii_case(origin.trim())) {
+                return Some(ApiError::new(
+                    ErrorKind::CrossOrigin,
+                    format!(
+                        "cross-origin requests are refused: this request comes from a page at {origin:?}, not from \
+                         this server"
+                    ),
+                ));
+            }
+        }
+        if let Some(site) = header("sec-fetch-site")
+            && !matches!(site.trim(), "same-origin" | "none")
+        {
+            return Some(ApiError::new(
+                ErrorKind::CrossOrigin,
+                format!("cross-site requests are refused: the browser says this request is {site:?}"),
+            ));
+        }
+        if let Some(token) = &self.token
+            && path != "/healthz"
+        {
+            let expected = format!("Bearer {token}");
+            let given = header("authorization").unwrap_or_default();
+            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return Some(ApiError::new(
+                    ErrorKind::Unauthorized,
+                    "missing or wrong bearer token (Authorization: Bearer …)",
+                ));
+            }
+        }
+        if method == Method::POST
+            && let Some(content_type) = headers.get("content-type")
+        {
+            let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default();
+            let media = media.trim().to_ascii_lowercase();
+            if media != "application/json" && !(media.starts_with("application/") && media.ends_with("+json")) {
+                return Some(ApiError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!(
+                        "the body must be JSON: send Content-Type: application/json (or none), not {media:?} \
+                         (with curl: --json '{{…}}')"
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The middleware: refuse, or pass the request on.
+pub async fn guard(
+    axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(refusal) = state.guard.refusal(request.method(), request.uri().path(), request.headers()) {
+        return refusal.into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names_lose_port_brackets_case_and_trailing_dot() {
+        assert_eq!(host_name("LocalHost:3583").as_deref(), Some("localhost"));
+        assert_eq!(host_name("[::1]:80").as_deref(), Some("::1"));
+        assert_eq!(host_name("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host_name("example.com.:1").as_deref(), Some("example.com"));
+        assert_eq!(host_name("evil.example:x"), None);
+        assert_eq!(host_name("[::1]junk"), None);
+        assert_eq!(host_name(""), None);
+    }
+}

@@ -1,0 +1,52 @@
+//! The server's counters and gauges, and `GET /metrics` (Prometheus text).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// What `/metrics` shows.
+#[derive(Default)]
+pub struct Metrics {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub queued: AtomicUsize,
+    pub duration_ms_sum: AtomicU64,
+    /// Event-stream readers dropped for falling behind.
+    pub readers_dropped: AtomicU64,
+    /// Client connections open now.
+    pub connections: AtomicUsize,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let succeeded = self.succeeded.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        format!(
+            "# HELP flue_runs_started_total Runs started.\n# TYPE flue_runs_started_total counter\n\
+             flue_runs_started_total {}\n\
+             # HELP flue_runs_finished_total Runs finished, by outcome.\n# TYPE flue_runs_finished_total counter\n\
+             flue_runs_finished_total{{outcome=\"succeeded\"}} {succeeded}\n\
+             flue_runs_finished_total{{outcome=\"failed\"}} {failed}\n\
+             # HELP flue_runs_rejected_total Runs refused with 429 (queue full).\n\
+             # TYPE flue_runs_rejected_total counter\nflue_runs_rejected_total {}\n\
+             # HELP flue_runs_in_flight Runs running now.\n# TYPE flue_runs_in_flight gauge\nflue_runs_in_flight {}\n\
+             # HELP flue_runs_queued Runs waiting for a slot.\n# TYPE flue_runs_queued gauge\nflue_runs_queued {}\n\
+             # HELP flue_run_duration_seconds Run durations.\n# TYPE flue_run_duration_seconds summary\n\
+             flue_run_duration_seconds_sum {:.3}\nflue_run_duration_seconds_count {}\n\
+             # HELP flue_event_readers_dropped_total Event-stream readers dropped for falling behind.\n\
+             # TYPE flue_event_readers_dropped_total counter\nflue_event_readers_dropped_total {}\n\
+             # HELP flue_connections_open Client connections open now.\n\
+             # TYPE flue_connections_open gauge\nflue_connections_open {}\n",
+            self.started.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
+            self.queued.load(Ordering::Relaxed),
+            self.duration_ms_sum.load(Ordering::Relaxed) as f64 / 1000.0,
+            succeeded + failed,
+            self.readers_dropped.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+        )
+    }
+}

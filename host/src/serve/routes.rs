@@ -1,0 +1,252 @@
+//! The HTTP routes: `POST /agents/<name>/<id>`, `GET /runs/<runId>`,
+//! `GET /healthz`, `GET /metrics`; anything else is a JSON `404` or `405`.
+//!
+//! Two layers wrap them all: the outermost gives every `POST
+//! /agents/…` request its run id up front (so that every answer to it,
+//! refusals included, carries `x-flue-run-id`) and writes the request's
+//! event line; inside it the [`http_guard`] refuses what it must.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::admission::Ticket;
+use super::errors::{ApiError, ErrorKind};
+use super::runs::RunTask;
+use super::sse::{self, LiveFeed};
+use super::{ServerState, http_guard, reload};
+
+/// The run id a `POST /agents/…` request was given.
+#[derive(Clone)]
+struct RunId(String);
+
+/// The server's routes, behind the [`http_guard`].
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/agents/{name}/{id}", post(invoke))
+        .route("/runs/{run_id}", get(run_record))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http_guard::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), identify_and_log))
+        .with_state(state)
+}
+
+/// Give `POST /agents/…` its run id, and log every request once answered.
+async fn identify_and_log(
+    State(state): State<Arc<ServerState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let run_id = (method == Method::POST && path.starts_with("/agents/"))
+        .then(|| format!("run_{}", uuid::Uuid::new_v4().simple()));
+    let sends_body = request.headers().get("content-length").is_some_and(|v| v != "0")
+        || request.headers().contains_key("transfer-encoding");
+    if let Some(id) = &run_id {
+        request.extensions_mut().insert(RunId(id.clone()));
+    }
+    let mut response = next.run(request).await;
+    if let Some(id) = &run_id
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        response.headers_mut().insert("x-flue-run-id", value);
+    }
+    // A refusal may come before the body was read: the connection cannot
+    // carry another request, so tell the client not to reuse it.
+    if sends_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert("connection", HeaderValue::from_static("close"));
+    }
+    let shown_id = response.headers().get("x-flue-run-id").and_then(|v| v.to_str().ok());
+    state.events.request(method.as_str(), &path, response.status().as_u16(), shown_id, started.elapsed());
+    response
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    let path = crate::events::one_line(uri.path(), 200);
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!(
+            "nothing at {method} {path}: POST /agents/<name>/<id>, GET /runs/<runId>, GET /healthz and GET /metrics \
+             are"
+        ),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let path = crate::events::one_line(uri.path(), 200);
+    let allowed = if path.starts_with("/agents/") { "POST" } else { "GET" };
+    let mut response =
+        ApiError::new(ErrorKind::MethodNotAllowed, format!("{path} takes {allowed}, not {method}")).into_response();
+    response.headers_mut().insert("allow", HeaderValue::from_static(allowed));
+    response
+}
+
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
+    let pooled = state.host.read().unwrap_or_else(|e| e.into_inner()).runtime().pooled;
+    axum::Json(json!({"ok": true, "allocator": if pooled { "pooling" } else { "on-demand" }})).into_response()
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn run_record(State(state): State<Arc<ServerState>>, Path(run_id): Path<String>) -> Response {
+    match state.store.get(&run_id) {
+        Some(record) => {
+            let mut response = axum::Json(record).into_response();
+            if let Ok(value) = HeaderValue::from_str(&run_id) {
+                response.headers_mut().insert("x-flue-run-id", value);
+            }
+            response
+        }
+        None => ApiError::new(ErrorKind::NotFound, format!("no run {}", crate::events::one_line(&run_id, 100)))
+            .into_response(),
+    }
+}
+
+/// How a request wants its answer.
+enum Mode {
+    Sync,
+    Stream,
+    Background,
+}
+
+async fn invoke(
+    State(state): State<Arc<ServerState>>,
+    Path((name, invocation)): Path<(String, String)>,
+    Extension(RunId(run_id)): Extension<RunId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match admit(&state, &name, &invocation, &headers, body, &run_id).await {
+        Ok(response) => response,
+        Err(err) => {
+            let queue_full = err.kind == ErrorKind::QueueFull;
+            let mut response = err.into_response();
+            if queue_full {
+                response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
+/// The request body, at most `limit` bytes, within `timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(ErrorKind::BodyTooLarge, format!("the body is larger than {} KiB (--max-body-kib)", limit / 1024))
+    };
+    let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|err| ApiError::new(ErrorKind::BadRequest, format!("cannot read the body: {err}")))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorKind::BodyTimeout,
+            format!("the body did not arrive within {} s (--body-timeout)", timeout.as_secs()),
+        ))
+    })
+}
+
+async fn admit(
+    state: &Arc<ServerState>,
+    name: &str,
+    invocation: &str,
+    headers: &HeaderMap,
+    body: Body,
+    run_id: &str,
+) -> Result<Response, ApiError> {
+    reload::refresh(state).await;
+    if let Some(broken) = state.config_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return Err(ApiError::new(
+            ErrorKind::ConfigError,
+            format!("the project's configuration is broken; fix it and retry: {broken}"),
+        ));
+    }
+    let agent = state.agents.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+    let Some(agent) = agent.filter(|a| a.manifest.webhook) else {
+        return Err(ApiError::new(
+            ErrorKind::UnknownAgent,
+            format!("no webhook agent {name:?} (agents/{name} with webhook = true in flue.toml)"),
+        ));
+    };
+    if let Some(why) = &agent.refused {
+        return Err(ApiError::new(ErrorKind::AgentOutsideProject, format!("agent {name:?} is not served: {why}")));
+    }
+    let config = &state.config;
+    let body = read_body(headers, body, config.body_limit, config.body_timeout).await?;
+    let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|err| ApiError::new(ErrorKind::BadPayload, format!("the body is not JSON: {err}")))?
+    };
+    let Some(ticket) = Ticket::admit(state, run_id, name, invocation) else {
+        state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::new(ErrorKind::QueueFull, "too many runs: the queue is full, retry later"));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mode = if header("x-webhook").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        Mode::Background
+    } else if header("accept").is_some_and(|v| v.contains("text/event-stream")) {
+        Mode::Stream
+    } else {
+        Mode::Sync
+    };
+    let live = matches!(mode, Mode::Stream).then(|| LiveFeed::new(run_id, state.metrics.clone()));
+    let task = RunTask {
+        state: state.clone(),
+        name: name.to_string(),
+        invocation: invocation.to_string(),
+        agent,
+        payload,
+        run_id: run_id.to_string(),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let feed = live.clone();
+    tokio::spawn(async move {
+        let _ = done_tx.send(task.run(ticket, feed).await);
+    });
+    Ok(match (mode, live) {
+        (Mode::Stream, Some(live)) => sse::response(live),
+        (Mode::Background, _) => (StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response(),
+        _ => match done_rx.await {
+            Ok(Ok(result)) => axum::Json(json!({"result": result, "runId": run_id})).into_response(),
+            Ok(Err(err)) => {
+                (err.kind.status(), axum::Json(json!({"error": err.to_json(), "runId": run_id}))).into_response()
+            }
+            Err(_) => ApiError::new(ErrorKind::Internal, "the run was lost (a bug, please report it)").into_response(),
+        },
+    })
+}
