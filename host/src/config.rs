@@ -28,13 +28,14 @@ pub enum ConfigError {
     },
 }
 
-/// Merge the layers. `env` is the process environment.
+/// Merge the layers: `dotenv` (the project's `.env`) when it exists, then
+/// `env_files`, then `env`, the process environment.
 pub fn load(
+    dotenv: &Path,
     env_files: &[PathBuf],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<HashMap<String, String>, ConfigError> {
     let mut values = HashMap::new();
-    let dotenv = Path::new(".env");
     if dotenv.is_file() && !env_files.iter().any(|f| f == dotenv) {
         read_file(dotenv, &mut values)?;
     }
@@ -76,7 +77,7 @@ mod tests {
         let second = dir.path().join("b.env");
         std::fs::write(&first, "A=1\nB=1\nC=1\n").unwrap();
         std::fs::write(&second, "B=2\nC=2\n").unwrap();
-        let values = load(&[first, second], [("C".to_string(), "env".to_string())]).unwrap();
+        let values = load(Path::new(".env"), &[first, second], [("C".to_string(), "env".to_string())]).unwrap();
         assert_eq!(values["A"], "1");
         assert_eq!(values["B"], "2");
         assert_eq!(values["C"], "env");
@@ -84,7 +85,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = load(&[PathBuf::from("/nonexistent/x.env")], []).unwrap_err();
+        let err = load(Path::new(".env"), &[PathBuf::from("/nonexistent/x.env")], []).unwrap_err();
         assert!(err.to_string().contains("file not found"), "{err}");
     }
 }

@@ -91,7 +91,7 @@ fn a_connector_with_source_but_not_installed_says_to_add_it() {
     );
     assert_eq!(out.code, 1);
     assert!(
-        out.stderr.contains("connector \"daytona\" is not installed: install it with `flue add daytona`"),
+        out.stderr.contains("connector \"daytona\" is not installed in") && out.stderr.contains("`flue add daytona`"),
         "{}",
         out.stderr
     );

@@ -19,7 +19,7 @@ fn wit_files(dir: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_rust_example_carries_the_current_wit() {
+fn every_rust_example_and_the_daytona_connector_carry_the_current_wit() {
     let wit = wit_files(&repo_root().join("wit"));
     let examples = repo_root().join("guest-examples/rust");
     let mut checked = 0;
@@ -29,6 +29,9 @@ fn every_rust_example_carries_the_current_wit() {
         checked += 1;
     }
     assert!(checked >= 3, "no Rust examples found in {}", examples.display());
+    // The shipped connector, too (flue add writes flue's own WIT there).
+    let daytona = repo_root().join("connectors/daytona/wit");
+    assert!(wit_files(&daytona) == wit, "{} differs from wit/: copy wit/*.wit into it", daytona.display());
 }
 
 /// Copy the directory `from` to `to`, leaving out build output.

@@ -670,3 +670,51 @@ fn a_second_signal_during_the_drain_exits_at_once_saying_what_may_be_left() {
     let (_, said) = stderr.wait_for(at, |l| l.contains("exiting at once"));
     assert!(said.contains("1 run(s) were still going") && said.contains("flue sandboxes gc"), "{said}");
 }
+
+/// A project stands alone: `flue add` installs into its `connectors/`
+/// (from the source built into flue, outside a checkout), and `flue serve`
+/// started from anywhere uses the project's connectors and `.env`.
+#[test]
+fn a_project_stands_alone_with_its_own_connectors_and_env() {
+    let daytona = crate::support::TestDaytona::start();
+    let project = project();
+    std::fs::write(
+        project.path().join("flue.toml"),
+        "[agents.probe]\nwebhook = true\ndeadline-secs = 60\nsandbox = \"daytona\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.path().join(".env"),
+        format!("DAYTONA_API_URL={}\nDAYTONA_API_KEY={}\n", daytona.server.api_url(), crate::support::TEST_API_KEY),
+    )
+    .unwrap();
+    let checkout_connectors = crate::support::repo_root().join("connectors");
+    let before = std::fs::read_dir(&checkout_connectors).unwrap().count();
+
+    // `flue add` in the project, outside any flue checkout.
+    let added = crate::support::output(flue().args(["add", "daytona"]).current_dir(project.path()));
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    let installed = project.path().join("connectors/daytona.wasm");
+    assert!(installed.is_file(), "{}", added.stdout);
+    assert_eq!(std::fs::read_dir(&checkout_connectors).unwrap().count(), before, "flue add wrote into flue's tree");
+
+    // Served from /, the agent runs on Daytona with the project's settings.
+    let tmp = scratch();
+    let mut command = Server::command("serve", project.path(), tmp.path(), &[]);
+    command.current_dir("/").env_remove("FLUE_CONNECTORS");
+    let server = Server::spawn(command);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = rt.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/agents/probe/standalone", server.url))
+            .header("content-type", "application/json")
+            .body(json!({"mode": "exec", "command": "pwd"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.body_json().await)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["stdout"], "/home/daytona\n", "{body}");
+    daytona.assert_no_sandboxes_left();
+}

@@ -9,7 +9,7 @@
 //! * lifecycle on `{DAYTONA_API_URL}/sandbox…`;
 //! * commands and files on the toolbox proxy, `{toolboxProxyUrl}/{id}/…`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "flue:sandbox/connector" });
+wit_bindgen::generate!({ path: "wit", world: "flue:sandbox/connector" });
 
 mod api;
 mod exec;

@@ -7,6 +7,7 @@ use super::host_args::HostArgs;
 use super::render::escape;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
+use crate::guest::embedded_connectors::CONNECTORS as EMBEDDED;
 use crate::runtime::Limits;
 use crate::sandbox::ConnectorInfo;
 
@@ -19,6 +20,11 @@ pub struct AddArgs {
     /// Print how to wire the connector up (its settings) instead of installing it.
     #[arg(long)]
     pub print: bool,
+
+    /// The project to install into: its `connectors/` (created when
+    /// missing) [default: the current directory; --connectors wins].
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub project: std::path::PathBuf,
 
     /// Host flags.
     #[command(flatten)]
@@ -63,30 +69,45 @@ pub async fn list(args: HostArgs, _events: EventLog) -> Result<(), Failure> {
 }
 
 /// `flue add`: build a connector from this project's source and install it.
-pub async fn add(args: AddArgs, events: EventLog) -> Result<(), Failure> {
-    let sources = crate::guest::project_root().join("connectors");
-    let mut available: Vec<String> = std::fs::read_dir(&sources)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().join("Cargo.toml").is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+pub async fn add(mut args: AddArgs, events: EventLog) -> Result<(), Failure> {
+    // Inside a flue checkout, its sources (so that edits show); else those
+    // built into this binary.
+    let checkout = crate::guest::build::checkout_root().map(|root| root.join("connectors"));
+    let in_checkout =
+        |name: &str| checkout.as_ref().map(|dir| dir.join(name)).filter(|dir| dir.join("Cargo.toml").is_file());
+    let mut available: Vec<String> = checkout
+        .as_ref()
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .chain(EMBEDDED.iter().map(|c| c.name.to_string()))
+        .collect();
     available.sort();
+    available.dedup();
     let Some(name) = args.name.clone() else {
-        out!("connectors that can be added (from {}):", sources.display());
+        out!("connectors that can be added:");
         for name in &available {
             out!("  {name:<12} flue add {name}    (or `flue add {name} --print` for its settings)");
         }
         return Ok(());
     };
-    if !available.contains(&name) {
-        return Err(usage(anyhow::anyhow!("no connector source named {name:?}; available: {}", available.join(", "))));
-    }
+    let source = match (in_checkout(&name), crate::guest::embedded_connectors::find(&name)) {
+        (Some(dir), _) => dir,
+        (None, Some(embedded)) => embedded.write_source().map_err(|err| anyhow::anyhow!(err))?,
+        (None, None) => {
+            return Err(usage(anyhow::anyhow!(
+                "no connector named {name:?} ships with flue; available: {}",
+                available.join(", ")
+            )));
+        }
+    };
     // Always through cargo: it sees every change, path dependencies included.
-    let built = crate::guest::rust::build_with(&sources.join(&name), true, &events).map_err(anyhow::Error::from)?;
+    let built = crate::guest::rust::build_with(&source, true, &events).map_err(anyhow::Error::from)?;
+    // Into the project's connectors/, wherever flue is started from.
+    args.host.project = Some(args.project.clone());
     let host = args.host.host(Limits::default()).await?;
     let info = escaped_info(&host.registry().inspect(&built, &name).await?);
     if !args.print {

@@ -64,6 +64,12 @@ pub struct HostArgs {
     #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub disk_gib: Option<u32>,
 
+    /// The project these flags are for (set by `serve`/`dev`, not a flag):
+    /// its `connectors/` and `.env` are used, wherever flue is started from.
+    /// `None`: the current directory's.
+    #[arg(skip)]
+    pub project: Option<PathBuf>,
+
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/flue].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -112,7 +118,7 @@ impl HostArgs {
     /// The host these flags describe, with `limits`, pooling instances for
     /// `pooled_runs` concurrent runs when given (a server).
     pub async fn host_pooled(&self, limits: Limits, pooled_runs: Option<u32>) -> Result<Host, Failure> {
-        let config = crate::config::load(&self.env_files, std::env::vars()).map_err(usage)?;
+        let config = crate::config::load(&self.dotenv(), &self.env_files, std::env::vars()).map_err(usage)?;
         let cache_dir = self.cache_dir.clone().or_else(ComponentCache::default_dir);
         let isolation = match self.isolation {
             IsolationChoice::None => Isolation::None.into(),
@@ -137,9 +143,14 @@ impl HostArgs {
             .config(config)
             .backends(builtin_backends(&settings))
             .pooling(pooled_runs);
-        if let Some(dir) = &self.connectors {
+        if let Some(dir) = self.connectors.clone().or_else(|| Some(self.project.as_ref()?.join("connectors"))) {
             builder = builder.connectors_dir(dir);
         }
         Ok(builder.build()?)
+    }
+
+    /// The `.env` read before `--env` files: the project's.
+    pub fn dotenv(&self) -> PathBuf {
+        self.project.as_deref().unwrap_or(std::path::Path::new(".")).join(".env")
     }
 }

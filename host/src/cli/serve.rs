@@ -132,7 +132,7 @@ pub enum Allocator {
 /// request. `events`: how its events are shown on stderr; `log`: where
 /// `--build`'s progress goes.
 pub async fn serve(
-    args: ServeArgs,
+    mut args: ServeArgs,
     dev: bool,
     events: super::render::EventFormat,
     log: EventLog,
@@ -178,10 +178,13 @@ pub async fn serve(
         ..Limits::default()
     };
     let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
+    // The project stands alone: its connectors/ and .env, wherever flue was
+    // started from.
+    args.host.project = Some(args.project.clone());
     let host = args.host.host_pooled(limits.clone(), pooled_runs).await?;
     let reload = dev.then(|| {
         let mut watch = args.host.env_files.clone();
-        watch.push(PathBuf::from(".env"));
+        watch.push(args.host.dotenv());
         watch.push(host.registry().dir().to_path_buf());
         let (host_args, limits) = (args.host.clone(), limits.clone());
         crate::serve::Reload {

@@ -92,6 +92,16 @@ pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// The flue source checkout the current directory is in (an ancestor with
+/// `guest-examples/` and `connectors/`), if any: `flue add` builds its
+/// connectors from there, so that edits show.
+pub fn checkout_root() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .find(|dir| dir.join("guest-examples").is_dir() && dir.join("connectors").is_dir())
+        .map(Path::to_path_buf)
+}
+
 /// Example agent directories, Rust first: a bare name like `hello` means
 /// the Rust example.
 fn example_dirs(root: &Path) -> Vec<PathBuf> {

@@ -5,6 +5,7 @@
 pub mod build;
 mod cache_dirs;
 mod componentize;
+pub(crate) mod embedded_connectors;
 pub mod isolate;
 pub mod rust;
 pub mod scaffold;

@@ -26,8 +26,9 @@ pub enum ConnectorError {
         /// What is wrong with it.
         reason: String,
     },
-    /// This project has the connector's source, but it is not installed.
-    #[error("connector {name:?} is not installed: install it with `flue add {name}` (it builds connectors/{name}/ into {})", dir.display())]
+    /// flue ships this connector (or the checkout has its source), but it
+    /// is not installed in this project.
+    #[error("connector {name:?} is not installed in {}: install it there with `flue add {name}` (run in the project, or with --project DIR)", dir.display())]
     NotInstalled {
         /// The name asked for.
         name: String,
@@ -142,7 +143,8 @@ impl ConnectorRegistry {
         let file = self.dir.join(format!("{name}.wasm"));
         if valid_name
             && !file.is_file()
-            && crate::guest::project_root().join("connectors").join(name).join("Cargo.toml").is_file()
+            && (crate::guest::project_root().join("connectors").join(name).join("Cargo.toml").is_file()
+                || crate::guest::embedded_connectors::find(name).is_some())
         {
             return Err(ConnectorError::NotInstalled { name: name.into(), dir: self.dir.clone() });
         }

@@ -158,6 +158,7 @@ fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn directories_are_private_and_a_symlinked_base_is_refused() {
