@@ -15,8 +15,8 @@ use flue::sandbox::session::Session;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TEST_API_KEY, TestDaytona, bwrap_available, children_of, fixture, flue, output, output_watching,
-    output_with_peak_rss, process_state, scratch, skip_without_bwrap,
+    TEST_API_KEY, TestDaytona, children_of, fixture, flue, output, output_watching, output_with_peak_rss,
+    process_state, scratch, skip_without_bwrap,
 };
 
 /// `flue run <hostile-agent> --payload PAYLOAD ARGS…`, local sandboxes under `tmp`.

@@ -8,7 +8,7 @@ use flue::sandbox::Connector as _;
 use flue::sandbox::session::{ExecOptions, Session};
 use serde_json::json;
 
-use crate::support::{bwrap_available, host, isolation, isolation_modes, probe, scratch, skip_without_bwrap};
+use crate::support::{host, isolation, isolation_modes, probe, scratch, skip_without_bwrap};
 
 #[test]
 fn commands_never_see_the_hosts_environment() {

@@ -139,7 +139,7 @@ impl LocalConnector {
                 .into_owned()
         };
         let opened = self.volumes.open(&metadata.mounts)?;
-        let (binds, views) = self.place_mounts(&confined, &visible_root, &isolation, &opened)?;
+        let Placed { binds, views } = self.place_mounts(&confined, &visible_root, &isolation, &opened)?;
         let mut mounted_fs = Vec::new();
         // The file API reaches each volume directly, confined to the
         // directory that was resolved safely.
@@ -180,6 +180,14 @@ impl LocalConnector {
 /// out of every command's reach.
 const VOLUME_LINKS: &str = "/run/flue/volumes";
 
+/// Where a sandbox's volumes appear.
+struct Placed {
+    /// The bind mounts bubblewrap makes (isolated only).
+    binds: Vec<Mounted>,
+    /// Each path the file API finds a volume at.
+    views: Vec<(String, Mounted)>,
+}
+
 impl LocalConnector {
     /// Where each volume appears: the bind mounts bubblewrap makes, and the
     /// paths the file API finds each volume at.
@@ -197,7 +205,7 @@ impl LocalConnector {
         visible_root: &str,
         isolation: &Isolation,
         mounts: &[Mounted],
-    ) -> SandboxResult<(Vec<Mounted>, Vec<(String, Mounted)>)> {
+    ) -> SandboxResult<Placed> {
         let (mut binds, mut views) = (Vec::new(), Vec::new());
         let base = self.config.base_dir.canonicalize().ok();
         for (n, mount) in mounts.iter().enumerate() {
@@ -254,7 +262,7 @@ impl LocalConnector {
                 }
             }
         }
-        Ok((binds, views))
+        Ok(Placed { binds, views })
     }
 }
 
