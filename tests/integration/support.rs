@@ -64,7 +64,10 @@ pub fn skip_without_bwrap(test: &str, needs: &str) -> bool {
     if bwrap_available() {
         return false;
     }
-    eprintln!("skipped {test}: it needs bubblewrap ({needs}), which does not work here");
+    // Straight to stderr, not through `eprintln!`, which the test harness
+    // captures (and shows only for failures): a skip must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped {test}: it needs bubblewrap ({needs}), which does not work here");
     true
 }
 
