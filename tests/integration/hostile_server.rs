@@ -458,3 +458,86 @@ fn the_run_store_is_private_and_a_store_directory_others_control_is_refused() {
     let (code, stderr) = refused(project.path(), &["--listen", "127.0.0.1:0"], &[]);
     assert!(code != 0 && stderr.contains("symbolic link"), "{stderr}");
 }
+
+/// A Rust agent whose build script never ends.
+fn agent_whose_build_never_ends(agent: &Path) {
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        "[package]\nname = \"stuck\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
+         [workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        agent.join("build.rs"),
+        "fn main() {\n    loop {\n        std::thread::sleep(std::time::Duration::from_secs(3600));\n    }\n}\n",
+    )
+    .unwrap();
+}
+
+/// Live processes (not zombies) working in `dir` — a build's cargo, rustc
+/// and build script, isolated or not — and the programs they run.
+fn processes_in(dir: &Path) -> Vec<(u32, String)> {
+    let dir = dir.canonicalize().unwrap();
+    let pids = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok());
+    pids.filter(|pid: &u32| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+        .map(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            (pid, exe.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Wait (up to the hang guard) until `done` holds of the processes in `dir`.
+fn until_processes_in(dir: &Path, what: &str, done: impl Fn(&[(u32, String)]) -> bool) {
+    let started = std::time::Instant::now();
+    while !done(&processes_in(dir)) {
+        assert!(started.elapsed() < GUARD, "{what}: {:?}", processes_in(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `POST url` with an empty payload: the status and the answer.
+fn post_and_wait(url: String) -> (u16, Value) {
+    rt().block_on(async {
+        let client = reqwest::Client::builder().timeout(GUARD).build().unwrap();
+        let response = client.post(url).body("{}").send().await.unwrap();
+        (response.status().as_u16(), response.body_json().await)
+    })
+}
+
+#[test]
+fn a_build_that_never_ends_cannot_hold_shutdown_or_a_request_and_its_processes_are_killed() {
+    let (project, tmp) = (scratch(), scratch());
+    let agent = project.path().join("agents/stuck");
+    agent_whose_build_never_ends(&agent);
+    std::fs::write(project.path().join("flue.toml"), "[agents.stuck]\nwebhook = true\n").unwrap();
+    let build_script_running = |running: &[(u32, String)]| running.iter().any(|(_, exe)| exe == "build-script-build");
+
+    // Shutdown: the grace period ends the build, and the run with kind
+    // `shutdown`. Unisolated, the build's processes would not die with flue.
+    let mut command = Server::command("dev", project.path(), tmp.path(), &["--grace", "1"]);
+    command.env("FLUE_BUILD_ISOLATION", "none");
+    let mut server = Server::spawn(command);
+    let url = format!("{}/agents/stuck/x", server.url);
+    let caller = std::thread::spawn(move || post_and_wait(url));
+    until_processes_in(&agent, "the build script never ran", build_script_running);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.exits_within(GUARD), Some(0), "a build that never ends held shutdown");
+    let (status, answer) = caller.join().unwrap();
+    assert_eq!((status, answer["error"]["kind"].as_str()), (503, Some("shutdown")), "{answer}");
+    until_processes_in(&agent, "after shutdown, the build's processes live on", <[_]>::is_empty);
+
+    // The build timeout (isolated where bubblewrap works): the request fails
+    // with `build-timeout`, the build is killed.
+    let server = Server::start("dev", project.path(), tmp.path(), &["--build-timeout", "5"]);
+    let (status, answer) = post_and_wait(format!("{}/agents/stuck/x", server.url));
+    assert_eq!((status, answer["error"]["kind"].as_str()), (504, Some("build-timeout")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("--build-timeout"), "{answer}");
+    until_processes_in(&agent, "after the build timeout, the build's processes live on", <[_]>::is_empty);
+}

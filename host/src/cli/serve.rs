@@ -82,6 +82,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = ranged(bounds::MEMORY_MIB))]
     pub memory: u64,
 
+    /// `flue dev`: seconds an agent's build may take; a longer one is stopped
+    /// (its processes killed) and the request fails with build-timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = ranged(bounds::BUILD_TIMEOUT_SECS))]
+    pub build_timeout: u64,
+
     /// Connector of a run's sandbox (an agent's `sandbox` wins).
     #[arg(long, value_name = "NAME", default_value = "local")]
     pub sandbox: String,
@@ -219,6 +224,7 @@ pub async fn serve(
         grace: Duration::from_secs(args.grace),
         retention: args.retention as usize,
         dev,
+        build_timeout: Duration::from_secs(args.build_timeout),
         events,
     };
     crate::serve::serve(host, config, reload).await?;

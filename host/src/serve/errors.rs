@@ -72,6 +72,8 @@ kinds! {
     OutOfMemory => ("out-of-memory", INTERNAL_SERVER_ERROR),
     /// The agent does not build, or is not an agent component.
     BuildFailed => ("build-failed", INTERNAL_SERVER_ERROR),
+    /// `flue dev`: the agent's build took longer than `--build-timeout`.
+    BuildTimeout => ("build-timeout", GATEWAY_TIMEOUT),
     /// flue itself failed (a bug).
     Internal => ("internal", INTERNAL_SERVER_ERROR),
     /// The sandbox provider (a connector's service, e.g. Daytona) is down,
