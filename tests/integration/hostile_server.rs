@@ -459,6 +459,70 @@ fn the_run_store_is_private_and_a_store_directory_others_control_is_refused() {
     assert!(code != 0 && stderr.contains("symbolic link"), "{stderr}");
 }
 
+#[test]
+fn request_bodies_together_hold_no_more_memory_than_the_budget() {
+    let (project, tmp) = (project(), scratch());
+    let server =
+        Server::start("serve", project.path(), tmp.path(), &["--body-memory-mib", "1", "--body-timeout", "3600"]);
+    // Eight clients send 256 KiB of a body each, then stall: 2 MiB offered
+    // to a budget of 1 MiB. Before, the server kept all of it (up to
+    // --max-connections × --max-body-kib) for --body-timeout.
+    let head = "POST /agents/probe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n";
+    let part = vec![b' '; 256 * 1024];
+    let clients: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
+            // A refused client may find its connection closed mid-body.
+            let _ = stream.write_all(&part);
+            stream
+        })
+        .collect();
+    // Each body the server keeps holds at least 256 KiB of the budget: at
+    // least four are refused, at once.
+    let started = std::time::Instant::now();
+    loop {
+        let refused: u64 = metric(&server, "flue_bodies_refused_total").rsplit(' ').next().unwrap().parse().unwrap();
+        if refused >= 4 {
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "{refused} of 8 bodies refused with a budget for 4");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What a refused client could still read is the JSON refusal.
+    for mut client in &clients {
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        if !answer.is_empty() {
+            assert_eq!(status(&answer), 503, "{answer}");
+            assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+            assert_eq!(body(&answer)["error"]["kind"], "server-busy", "{answer}");
+        }
+    }
+    // Once the stalled clients go, their memory is free again.
+    drop(clients);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        loop {
+            let request =
+                client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"true"}"#);
+            match request.send().await.unwrap().status().as_u16() {
+                200 => break,
+                503 => assert!(started.elapsed() < GUARD, "the budget was never given back"),
+                other => panic!("status {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The budget holds at least one body of --max-body-kib.
+    let (code, stderr) =
+        refused(project.path(), &["--listen", "127.0.0.1:0", "--body-memory-mib", "1", "--max-body-kib", "2048"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--body-memory-mib") && stderr.contains("at least 2"), "{stderr}");
+}
+
 /// A Rust agent whose build script never ends.
 fn agent_whose_build_never_ends(agent: &Path) {
     std::fs::create_dir_all(agent.join("src")).unwrap();

@@ -10,7 +10,7 @@
 //!   idle kept-alive connection is closed after as long.
 //! * A write that cannot progress for `stall_timeout` (the client does not
 //!   read its answer) closes the connection. Bodies have their own timeout
-//!   where they are read (see `routes`).
+//!   where they are read (see `bodies`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -64,6 +64,8 @@ kinds! {
     UnknownHost => ("unknown-host", MISDIRECTED_REQUEST),
     /// Too many runs.
     QueueFull => ("queue-full", TOO_MANY_REQUESTS),
+    /// Request bodies being received hold all of `--body-memory-mib`.
+    ServerBusy => ("server-busy", SERVICE_UNAVAILABLE),
     /// The agent returned an error, or a result that is not JSON.
     AgentFailed => ("agent-failed", INTERNAL_SERVER_ERROR),
     /// The agent trapped (crashed).

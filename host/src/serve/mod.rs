@@ -20,6 +20,7 @@
 
 mod admission;
 pub mod agents;
+mod bodies;
 pub mod bounds;
 mod builds;
 pub mod connections;
@@ -60,6 +61,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// The largest request body.
     pub body_limit: usize,
+    /// The most bytes of request bodies held at once, all requests together.
+    pub body_memory: usize,
     /// Runs at once.
     pub max_concurrent: usize,
     /// Runs waiting for a slot; past that, 429.
@@ -108,6 +111,8 @@ pub struct ServerState {
     store: store::RunStore,
     metrics: Arc<metrics::Metrics>,
     admission: admission::Admission,
+    /// The memory request bodies being read may hold.
+    body_budget: bodies::BodyBudget,
     /// Agent builds going on (`flue dev`).
     builds: builds::Builds,
     /// Set when runs still going must stop (the grace period is over).
@@ -150,6 +155,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         store,
         metrics: Arc::default(),
         admission: admission::Admission::new(config.max_concurrent, config.queue),
+        body_budget: bodies::BodyBudget::new(config.body_memory),
         builds: builds::Builds::default(),
         cancel,
         config: config.clone(),
