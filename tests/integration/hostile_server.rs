@@ -186,6 +186,18 @@ fn foreign_host_names_and_cross_site_browser_requests_are_refused() {
         ("localhost with another port", "POST", "/agents/probe/x", "localhost:1", vec![json], 200),
         ("[::1]", "POST", "/agents/probe/x", "[::1]:8080", vec![], 200),
         ("an --allowed-host", "POST", "/agents/probe/x", "flue.test:80", vec![json], 200),
+        // An absolute-form target names the host too, and wins over Host.
+        ("a foreign absolute target", "POST", "http://evil.example/agents/probe/x", "localhost", vec![json], 421),
+        (
+            "a foreign absolute target reading a run",
+            "GET",
+            "http://evil.example:80/runs/run_x",
+            "localhost",
+            vec![],
+            421,
+        ),
+        ("a loopback absolute target", "POST", "http://localhost:1/agents/probe/x", "localhost", vec![json], 200),
+        ("two Host headers", "GET", "/runs/run_x", "localhost", vec!["Host: evil.example"], 400),
         // A browser page elsewhere posting to us.
         ("a foreign Origin", "POST", "/agents/probe/x", addr.as_str(), vec!["Origin: http://evil.example", json], 403),
         ("a null Origin", "POST", "/agents/probe/x", addr.as_str(), vec!["Origin: null"], 403),
