@@ -1,7 +1,8 @@
 //! `flue serve` and `flue dev` against hostile clients and hostile inputs:
 //! raw TCP sockets that send half a request or never read, bursts, foreign
 //! host names and cross-site browsers, out-of-range numbers, symbolic links
-//! out of the project, and a run that panics inside flue.
+//! out of the project, a run that panics inside flue, bodies that together
+//! would fill memory, malformed requests, and an agent whose build never ends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -533,6 +534,59 @@ fn request_bodies_together_hold_no_more_memory_than_the_budget() {
         refused(project.path(), &["--listen", "127.0.0.1:0", "--body-memory-mib", "1", "--max-body-kib", "2048"], &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--body-memory-mib") && stderr.contains("at least 2"), "{stderr}");
+}
+
+#[test]
+fn every_refusal_is_json_even_from_axum_and_hyper() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    let addr = server.addr();
+    let many_headers: String = (0..120).map(|i| format!("X-Header-{i}: x\r\n")).collect();
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "a".repeat(70_000));
+    let get = |path: &str| request("GET", path, "127.0.0.1", &[], "");
+    for (what, text, expected, kind) in [
+        // Paths that are not UTF-8: axum's extractors refused them as text.
+        ("a run id that is not UTF-8", get("/runs/%ff"), 400, "bad-request"),
+        (
+            "an agent name that is not UTF-8",
+            request("POST", "/agents/%ff/x", "127.0.0.1", &[], "{}"),
+            400,
+            "bad-request",
+        ),
+        // hyper answers these itself, with an empty body.
+        ("not HTTP", "GARBAGE\r\n\r\n".to_string(), 400, "bad-request"),
+        (
+            "a Content-Length that is not a number",
+            "POST /agents/probe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n".to_string(),
+            400,
+            "bad-request",
+        ),
+        (
+            "too many headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{many_headers}Connection: close\r\n\r\n"),
+            431,
+            "headers-too-large",
+        ),
+        ("a target too long", long_target, 414, "uri-too-long"),
+        // And the rest, JSON already.
+        ("an unknown run", get("/runs/run_nope"), 404, "not-found"),
+        ("a CORS preflight", request("OPTIONS", "/agents/probe/x", "127.0.0.1", &[], ""), 405, "method-not-allowed"),
+        ("DELETE", request("DELETE", "/runs/run_x", "127.0.0.1", &[], ""), 405, "method-not-allowed"),
+    ] {
+        let answer = raw(&addr, &text);
+        assert_eq!(status(&answer), expected, "{what}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {answer}");
+        let error = &body(&answer)["error"];
+        assert_eq!(error["kind"], kind, "{what}: {answer}");
+        assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{what}: {answer}");
+        if what.starts_with("an agent name") {
+            assert!(answer.contains("x-flue-run-id: run_"), "{what}: {answer}");
+        }
+    }
+    // HEAD answers have no body, but say what GET's would be.
+    let answer = raw(&addr, &request("HEAD", "/nowhere", "127.0.0.1", &[], ""));
+    assert_eq!(status(&answer), 404, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
 }
 
 /// A Rust agent whose build script never ends.

@@ -12,7 +12,9 @@
 //!   server's own, or `Sec-Fetch-Site` other than `same-origin`/`none`, is
 //!   refused (`403`); a `POST` body must be JSON — a `Content-Type` other
 //!   than `application/json` (or `…+json`), such as the `text/plain` a
-//!   page may send without asking first, is refused (`415`).
+//!   page may send without asking first, is refused (`415`). A body with no
+//!   `Content-Type` is taken as JSON: a page can send one, but a browser
+//!   always adds `Origin` to a cross-origin `POST`, which is refused above.
 //! * **The bearer token**, when set (`401`; `/healthz` is open).
 
 use std::sync::Arc;

@@ -13,10 +13,12 @@
 //!
 //! Every request first passes the [`http_guard`] (host names, cross-site
 //! browsers, the token); connections are capped and timed ([`connections`]);
-//! runs are admitted atomically ([`admission`]) and run in their own task
-//! ([`runs`]). Shutdown: stop accepting, let runs finish for a grace period,
-//! then stop them (their sandboxes are deleted) and close every connection;
-//! a second signal exits at once, saying what may be left behind.
+//! bodies share one memory budget ([`bodies`]); runs are admitted atomically
+//! ([`admission`]) and run in their own task ([`runs`]); `flue dev`'s builds
+//! are timed and stoppable ([`builds`]). Shutdown: stop accepting, let runs
+//! finish for a grace period, then stop them (their sandboxes are deleted,
+//! their builds killed) and close every connection; a second signal exits at
+//! once, saying what may be left behind.
 
 mod admission;
 pub mod agents;
@@ -27,6 +29,7 @@ pub mod connections;
 pub mod errors;
 pub mod http_guard;
 mod metrics;
+mod parse_errors;
 mod private_files;
 mod reload;
 mod routes;

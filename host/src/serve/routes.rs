@@ -3,8 +3,10 @@
 //!
 //! Two layers wrap them all: the outermost gives every `POST
 //! /agents/…` request its run id up front (so that every answer to it,
-//! refusals included, carries `x-flue-run-id`) and writes the request's
-//! event line; inside it the [`http_guard`] refuses what it must.
+//! refusals included, carries `x-flue-run-id`), puts any error answer that
+//! is not JSON yet (axum's extractor rejections) in the one error shape,
+//! and writes the request's event line; inside it the [`http_guard`]
+//! refuses what it must.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +20,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::admission::Ticket;
-use super::errors::{ApiError, ErrorKind};
+use super::errors::{self, ApiError, ErrorKind};
 use super::runs::RunTask;
 use super::sse::{self, LiveFeed};
 use super::{ServerState, bodies, http_guard, reload};
@@ -56,7 +58,7 @@ async fn identify_and_log(
     if let Some(id) = &run_id {
         request.extensions_mut().insert(RunId(id.clone()));
     }
-    let mut response = next.run(request).await;
+    let mut response = errors::in_error_shape(next.run(request).await).await;
     if let Some(id) = &run_id
         && let Ok(value) = HeaderValue::from_str(id)
     {
