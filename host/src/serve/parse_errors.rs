@@ -30,8 +30,16 @@ impl<T> JsonParseErrors<T> {
     }
 }
 
+/// The longest head hyper's parse-error answers have (they are about 100
+/// bytes); a longer write is never one.
+const MAX_HEAD: usize = 512;
+
 /// The JSON answer for `head`, if it is one of hyper's parse-error answers.
+/// Cheap for every other write: most are refused on their first bytes.
 fn json_answer(head: &[u8]) -> Option<Vec<u8>> {
+    if head.len() > MAX_HEAD || !(head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4")) {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let status = text.strip_prefix("HTTP/1.1 ").or_else(|| text.strip_prefix("HTTP/1.0 "))?.get(..3)?;
     let (kind, message) = match status {
