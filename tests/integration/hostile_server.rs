@@ -1,7 +1,8 @@
 //! `flue serve` and `flue dev` against hostile clients and hostile inputs:
 //! raw TCP sockets that send half a request or never read, bursts, foreign
 //! host names and cross-site browsers, out-of-range numbers, symbolic links
-//! out of the project, and a run that panics inside flue.
+//! out of the project, a run that panics inside flue, bodies that together
+//! would fill memory, malformed requests, and an agent whose build never ends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -186,6 +187,18 @@ fn foreign_host_names_and_cross_site_browser_requests_are_refused() {
         ("localhost with another port", "POST", "/agents/probe/x", "localhost:1", vec![json], 200),
         ("[::1]", "POST", "/agents/probe/x", "[::1]:8080", vec![], 200),
         ("an --allowed-host", "POST", "/agents/probe/x", "flue.test:80", vec![json], 200),
+        // An absolute-form target names the host too, and wins over Host.
+        ("a foreign absolute target", "POST", "http://evil.example/agents/probe/x", "localhost", vec![json], 421),
+        (
+            "a foreign absolute target reading a run",
+            "GET",
+            "http://evil.example:80/runs/run_x",
+            "localhost",
+            vec![],
+            421,
+        ),
+        ("a loopback absolute target", "POST", "http://localhost:1/agents/probe/x", "localhost", vec![json], 200),
+        ("two Host headers", "GET", "/runs/run_x", "localhost", vec!["Host: evil.example"], 400),
         // A browser page elsewhere posting to us.
         ("a foreign Origin", "POST", "/agents/probe/x", addr.as_str(), vec!["Origin: http://evil.example", json], 403),
         ("a null Origin", "POST", "/agents/probe/x", addr.as_str(), vec!["Origin: null"], 403),
@@ -457,4 +470,204 @@ fn the_run_store_is_private_and_a_store_directory_others_control_is_refused() {
     std::os::unix::fs::symlink(elsewhere.path(), &dot_flue).unwrap();
     let (code, stderr) = refused(project.path(), &["--listen", "127.0.0.1:0"], &[]);
     assert!(code != 0 && stderr.contains("symbolic link"), "{stderr}");
+}
+
+#[test]
+fn request_bodies_together_hold_no_more_memory_than_the_budget() {
+    let (project, tmp) = (project(), scratch());
+    let server =
+        Server::start("serve", project.path(), tmp.path(), &["--body-memory-mib", "1", "--body-timeout", "3600"]);
+    // Eight clients send 256 KiB of a body each, then stall: 2 MiB offered
+    // to a budget of 1 MiB. Before, the server kept all of it (up to
+    // --max-connections × --max-body-kib) for --body-timeout.
+    let head = "POST /agents/probe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n";
+    let part = vec![b' '; 256 * 1024];
+    let clients: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
+            // A refused client may find its connection closed mid-body.
+            let _ = stream.write_all(&part);
+            stream
+        })
+        .collect();
+    // Each body the server keeps holds at least 256 KiB of the budget: at
+    // least four are refused, at once.
+    let started = std::time::Instant::now();
+    loop {
+        let refused: u64 = metric(&server, "flue_bodies_refused_total").rsplit(' ').next().unwrap().parse().unwrap();
+        if refused >= 4 {
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "{refused} of 8 bodies refused with a budget for 4");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What a refused client could still read is the JSON refusal.
+    for mut client in &clients {
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        if !answer.is_empty() {
+            assert_eq!(status(&answer), 503, "{answer}");
+            assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+            assert_eq!(body(&answer)["error"]["kind"], "server-busy", "{answer}");
+        }
+    }
+    // Once the stalled clients go, their memory is free again.
+    drop(clients);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        loop {
+            let request =
+                client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"true"}"#);
+            match request.send().await.unwrap().status().as_u16() {
+                200 => break,
+                503 => assert!(started.elapsed() < GUARD, "the budget was never given back"),
+                other => panic!("status {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The budget holds at least one body of --max-body-kib.
+    let (code, stderr) =
+        refused(project.path(), &["--listen", "127.0.0.1:0", "--body-memory-mib", "1", "--max-body-kib", "2048"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--body-memory-mib") && stderr.contains("at least 2"), "{stderr}");
+}
+
+#[test]
+fn every_refusal_is_json_even_from_axum_and_hyper() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    let addr = server.addr();
+    let many_headers: String = (0..120).map(|i| format!("X-Header-{i}: x\r\n")).collect();
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "a".repeat(70_000));
+    let get = |path: &str| request("GET", path, "127.0.0.1", &[], "");
+    for (what, text, expected, kind) in [
+        // Paths that are not UTF-8: axum's extractors refused them as text.
+        ("a run id that is not UTF-8", get("/runs/%ff"), 400, "bad-request"),
+        (
+            "an agent name that is not UTF-8",
+            request("POST", "/agents/%ff/x", "127.0.0.1", &[], "{}"),
+            400,
+            "bad-request",
+        ),
+        // hyper answers these itself, with an empty body.
+        ("not HTTP", "GARBAGE\r\n\r\n".to_string(), 400, "bad-request"),
+        (
+            "a Content-Length that is not a number",
+            "POST /agents/probe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n".to_string(),
+            400,
+            "bad-request",
+        ),
+        (
+            "too many headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{many_headers}Connection: close\r\n\r\n"),
+            431,
+            "headers-too-large",
+        ),
+        ("a target too long", long_target, 414, "uri-too-long"),
+        // And the rest, JSON already.
+        ("an unknown run", get("/runs/run_nope"), 404, "not-found"),
+        ("a CORS preflight", request("OPTIONS", "/agents/probe/x", "127.0.0.1", &[], ""), 405, "method-not-allowed"),
+        ("DELETE", request("DELETE", "/runs/run_x", "127.0.0.1", &[], ""), 405, "method-not-allowed"),
+    ] {
+        let answer = raw(&addr, &text);
+        assert_eq!(status(&answer), expected, "{what}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {answer}");
+        let error = &body(&answer)["error"];
+        assert_eq!(error["kind"], kind, "{what}: {answer}");
+        assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{what}: {answer}");
+        if what.starts_with("an agent name") {
+            assert!(answer.contains("x-flue-run-id: run_"), "{what}: {answer}");
+        }
+    }
+    // HEAD answers have no body, but say what GET's would be.
+    let answer = raw(&addr, &request("HEAD", "/nowhere", "127.0.0.1", &[], ""));
+    assert_eq!(status(&answer), 404, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+}
+
+/// A Rust agent whose build script never ends.
+fn agent_whose_build_never_ends(agent: &Path) {
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        "[package]\nname = \"stuck\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
+         [workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        agent.join("build.rs"),
+        "fn main() {\n    loop {\n        std::thread::sleep(std::time::Duration::from_secs(3600));\n    }\n}\n",
+    )
+    .unwrap();
+}
+
+/// Live processes (not zombies) working in `dir` — a build's cargo, rustc
+/// and build script, isolated or not — and the programs they run.
+fn processes_in(dir: &Path) -> Vec<(u32, String)> {
+    let dir = dir.canonicalize().unwrap();
+    let pids = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok());
+    pids.filter(|pid: &u32| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+        .map(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            (pid, exe.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Wait (up to the hang guard) until `done` holds of the processes in `dir`.
+fn until_processes_in(dir: &Path, what: &str, done: impl Fn(&[(u32, String)]) -> bool) {
+    let started = std::time::Instant::now();
+    while !done(&processes_in(dir)) {
+        assert!(started.elapsed() < GUARD, "{what}: {:?}", processes_in(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `POST url` with an empty payload: the status and the answer.
+fn post_and_wait(url: String) -> (u16, Value) {
+    rt().block_on(async {
+        let client = reqwest::Client::builder().timeout(GUARD).build().unwrap();
+        let response = client.post(url).body("{}").send().await.unwrap();
+        (response.status().as_u16(), response.body_json().await)
+    })
+}
+
+#[test]
+fn a_build_that_never_ends_cannot_hold_shutdown_or_a_request_and_its_processes_are_killed() {
+    let (project, tmp) = (scratch(), scratch());
+    let agent = project.path().join("agents/stuck");
+    agent_whose_build_never_ends(&agent);
+    std::fs::write(project.path().join("flue.toml"), "[agents.stuck]\nwebhook = true\n").unwrap();
+    let build_script_running = |running: &[(u32, String)]| running.iter().any(|(_, exe)| exe == "build-script-build");
+
+    // Shutdown: the grace period ends the build, and the run with kind
+    // `shutdown`. Unisolated, the build's processes would not die with flue.
+    let mut command = Server::command("dev", project.path(), tmp.path(), &["--grace", "1"]);
+    command.env("FLUE_BUILD_ISOLATION", "none");
+    let mut server = Server::spawn(command);
+    let url = format!("{}/agents/stuck/x", server.url);
+    let caller = std::thread::spawn(move || post_and_wait(url));
+    until_processes_in(&agent, "the build script never ran", build_script_running);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.exits_within(GUARD), Some(0), "a build that never ends held shutdown");
+    let (status, answer) = caller.join().unwrap();
+    assert_eq!((status, answer["error"]["kind"].as_str()), (503, Some("shutdown")), "{answer}");
+    until_processes_in(&agent, "after shutdown, the build's processes live on", <[_]>::is_empty);
+
+    // The build timeout (isolated where bubblewrap works): the request fails
+    // with `build-timeout`, the build is killed.
+    let server = Server::start("dev", project.path(), tmp.path(), &["--build-timeout", "5"]);
+    let (status, answer) = post_and_wait(format!("{}/agents/stuck/x", server.url));
+    assert_eq!((status, answer["error"]["kind"].as_str()), (504, Some("build-timeout")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("--build-timeout"), "{answer}");
+    until_processes_in(&agent, "after the build timeout, the build's processes live on", <[_]>::is_empty);
 }

@@ -51,6 +51,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = ranged(bounds::MAX_BODY_KIB))]
     pub max_body_kib: u64,
 
+    /// The most memory request bodies being received may hold, all
+    /// together, in MiB; past it, requests are refused at once (503 with
+    /// Retry-After). At least --max-body-kib.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = ranged(bounds::BODY_MEMORY_MIB))]
+    pub body_memory_mib: u64,
+
     /// Runs at once.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = ranged(bounds::MAX_CONCURRENT))]
     pub max_concurrent: u64,
@@ -81,6 +87,11 @@ pub struct ServeArgs {
     /// An agent's memory limit in MiB (an agent's `memory-mib` wins).
     #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = ranged(bounds::MEMORY_MIB))]
     pub memory: u64,
+
+    /// `flue dev`: seconds an agent's build may take; a longer one is stopped
+    /// (its processes killed) and the request fails with build-timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = ranged(bounds::BUILD_TIMEOUT_SECS))]
+    pub build_timeout: u64,
 
     /// Connector of a run's sandbox (an agent's `sandbox` wins).
     #[arg(long, value_name = "NAME", default_value = "local")]
@@ -158,6 +169,14 @@ pub async fn serve(
             return Err(usage(anyhow::anyhow!("--allowed-host {name:?} is not a host name (like app.example.com)")));
         }
     }
+    if args.body_memory_mib * 1024 < args.max_body_kib {
+        return Err(usage(anyhow::anyhow!(
+            "--body-memory-mib {} is less than one body of --max-body-kib {}: raise it to at least {}",
+            args.body_memory_mib,
+            args.max_body_kib,
+            args.max_body_kib.div_ceil(1024)
+        )));
+    }
     if !args.project.is_dir() {
         return Err(usage(anyhow::anyhow!("{} is not a project directory", args.project.display())));
     }
@@ -205,6 +224,8 @@ pub async fn serve(
         token,
         allowed_hosts: args.allowed_hosts,
         body_limit: (args.max_body_kib as usize) * 1024,
+        // Bounded by its parser (64 GiB): no overflow.
+        body_memory: (args.body_memory_mib as usize) << 20,
         max_concurrent: args.max_concurrent as usize,
         queue: args.queue as usize,
         connections: crate::serve::connections::ConnectionLimits {
@@ -219,6 +240,7 @@ pub async fn serve(
         grace: Duration::from_secs(args.grace),
         retention: args.retention as usize,
         dev,
+        build_timeout: Duration::from_secs(args.build_timeout),
         events,
     };
     crate::serve::serve(host, config, reload).await?;

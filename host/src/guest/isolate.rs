@@ -328,19 +328,96 @@ const STDOUT_KEPT: usize = 8 << 20;
 /// Bytes of a build's stderr kept (the error at its end).
 const STDERR_KEPT: usize = 256 << 10;
 
+/// Stops builds from another thread (`flue dev`'s build timeout, a server's
+/// shutdown). The commands of a build run inside [`BuildStop::run`] start
+/// in a process group of their own, which [`BuildStop::stop`] kills
+/// (bubblewrap's sandbox dies with it); once stopped, no further command of
+/// that build starts.
+#[derive(Clone, Default)]
+pub struct BuildStop(std::sync::Arc<std::sync::Mutex<Stopping>>);
+
+#[derive(Default)]
+struct Stopping {
+    stopped: bool,
+    /// The running command's process group, while its leader is not reaped
+    /// (so the group's id cannot have been reused).
+    group: Option<rustix::process::Pid>,
+}
+
+std::thread_local! {
+    static BUILD_STOP: std::cell::RefCell<Option<BuildStop>> = const { std::cell::RefCell::new(None) };
+}
+
+impl BuildStop {
+    /// Run `build` on this thread, stoppable by `self`.
+    pub fn run<T>(&self, build: impl FnOnce() -> T) -> T {
+        struct Restore(Option<BuildStop>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                BUILD_STOP.set(self.0.take());
+            }
+        }
+        let _restore = Restore(BUILD_STOP.replace(Some(self.clone())));
+        build()
+    }
+
+    /// Kill the running command's processes; start no more.
+    pub fn stop(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.stopped = true;
+        if let Some(group) = state.group.take() {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Stopping> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Run a build command to its end, keeping the end of what it prints (a
 /// build may print without limit; flue's memory is not its to grow).
 pub(crate) fn run(mut command: Command, what: &str) -> Result<Ran, AgentSourceError> {
+    let stop = BUILD_STOP.with_borrow(Clone::clone);
+    let stopped = || AgentSourceError::Toolchain(format!("{what} was stopped"));
+    let mut stopping = stop.as_ref().map(BuildStop::state);
+    if let Some(state) = &stopping {
+        if state.stopped {
+            return Err(stopped());
+        }
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| AgentSourceError::Toolchain(format!("cannot run {what}: {err}")))?;
+    let pid = rustix::process::Pid::from_child(&child);
+    if let Some(state) = &mut stopping {
+        state.group = Some(pid);
+    }
+    drop(stopping);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || tail(stdout, STDOUT_KEPT));
     let err = std::thread::spawn(move || tail(stderr, STDERR_KEPT));
+    if let Some(stop) = &stop {
+        // Wait without reaping, so that `stop` never kills a group whose id
+        // was given to someone else meanwhile.
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        while let Err(rustix::io::Errno::INTR) = waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT)
+        {
+        }
+        let mut state = stop.state();
+        state.group = None;
+        if state.stopped {
+            drop(state);
+            let _ = child.wait();
+            // Not waiting for the output: a process that left the group may hold it open.
+            return Err(stopped());
+        }
+    }
     let status = child.wait().map_err(|err| AgentSourceError::Toolchain(format!("{what}: {err}")))?;
     Ok(Ran {
         success: status.success(),

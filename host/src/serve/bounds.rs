@@ -13,6 +13,11 @@ pub const MEMORY_MIB: RangeInclusive<u64> = crate::runtime::limits::AGENT_MEMORY
 pub const GRACE_SECS: RangeInclusive<u64> = 0..=24 * 3600;
 /// The largest request body, in KiB: up to 64 MiB (bodies are held in memory).
 pub const MAX_BODY_KIB: RangeInclusive<u64> = 1..=64 * 1024;
+/// The most memory request bodies being read may hold, all together, in
+/// MiB: up to 64 GiB.
+pub const BODY_MEMORY_MIB: RangeInclusive<u64> = 1..=64 * 1024;
+/// Seconds an agent's build (`flue dev`) may take: up to a day.
+pub const BUILD_TIMEOUT_SECS: RangeInclusive<u64> = 1..=24 * 3600;
 /// Runs at once.
 pub const MAX_CONCURRENT: RangeInclusive<u64> = 1..=4096;
 /// Runs waiting for a slot.

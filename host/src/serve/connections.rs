@@ -10,7 +10,9 @@
 //!   idle kept-alive connection is closed after as long.
 //! * A write that cannot progress for `stall_timeout` (the client does not
 //!   read its answer) closes the connection. Bodies have their own timeout
-//!   where they are read (see `routes`).
+//!   where they are read (see `bodies`).
+//! * What hyper answers itself (a request it cannot parse) is made JSON
+//!   ([`super::parse_errors`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::metrics::Metrics;
+use super::parse_errors::JsonParseErrors;
 
 /// How connections are bounded.
 #[derive(Clone, Copy, Debug)]
@@ -118,7 +121,8 @@ async fn serve_one(
     metrics.connections.fetch_add(1, Ordering::Relaxed);
     let _open = Open(metrics);
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(StallGuard { inner: stream, limit: limits.stall_timeout, stalled: None });
+    let io =
+        TokioIo::new(JsonParseErrors::new(StallGuard { inner: stream, limit: limits.stall_timeout, stalled: None }));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let connection = builder.serve_connection(io, TowerToHyperService::new(app));

@@ -60,10 +60,16 @@ kinds! {
     BodyTooLarge => ("body-too-large", PAYLOAD_TOO_LARGE),
     /// The body is not declared as JSON.
     UnsupportedMediaType => ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE),
+    /// The request's target (its URL) is too long to read.
+    UriTooLong => ("uri-too-long", URI_TOO_LONG),
+    /// The request's headers are too many or too large to read.
+    HeadersTooLarge => ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE),
     /// The request names a host this server does not answer to.
     UnknownHost => ("unknown-host", MISDIRECTED_REQUEST),
     /// Too many runs.
     QueueFull => ("queue-full", TOO_MANY_REQUESTS),
+    /// Request bodies being received hold all of `--body-memory-mib`.
+    ServerBusy => ("server-busy", SERVICE_UNAVAILABLE),
     /// The agent returned an error, or a result that is not JSON.
     AgentFailed => ("agent-failed", INTERNAL_SERVER_ERROR),
     /// The agent trapped (crashed).
@@ -72,6 +78,8 @@ kinds! {
     OutOfMemory => ("out-of-memory", INTERNAL_SERVER_ERROR),
     /// The agent does not build, or is not an agent component.
     BuildFailed => ("build-failed", INTERNAL_SERVER_ERROR),
+    /// `flue dev`: the agent's build took longer than `--build-timeout`.
+    BuildTimeout => ("build-timeout", GATEWAY_TIMEOUT),
     /// flue itself failed (a bug).
     Internal => ("internal", INTERNAL_SERVER_ERROR),
     /// The sandbox provider (a connector's service, e.g. Daytona) is down,
@@ -119,6 +127,49 @@ impl ApiError {
         };
         ApiError::new(kind, format!("{:#}", anyhow::Error::new(err)))
     }
+}
+
+impl ErrorKind {
+    /// The kind of an error answer that came with only a status (axum's
+    /// rejections): by its status, `bad-request` or `internal` otherwise.
+    fn for_status(status: StatusCode) -> ErrorKind {
+        match status {
+            StatusCode::NOT_FOUND => ErrorKind::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ErrorKind::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::BodyTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
+            StatusCode::URI_TOO_LONG => ErrorKind::UriTooLong,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ErrorKind::HeadersTooLarge,
+            status if status.is_server_error() => ErrorKind::Internal,
+            _ => ErrorKind::BadRequest,
+        }
+    }
+}
+
+/// `response` in the one error shape if it is an error answer that is not
+/// JSON yet — axum's own rejections, such as a path that is not UTF-8
+/// (`/runs/%ff`) — its text the message, its status that of its kind.
+pub async fn in_error_shape(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejections are a line of text; more is not read.
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let text = crate::events::one_line(String::from_utf8_lossy(&text).trim(), 300);
+    let kind = ErrorKind::for_status(status);
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_string() } else { text };
+    parts.status = kind.status();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, "application/json".parse().expect("a header value"));
+    let body = json!({"error": ApiError::new(kind, message).to_json()}).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 impl IntoResponse for ApiError {

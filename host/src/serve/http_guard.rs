@@ -4,17 +4,22 @@
 //!   server by a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any
 //!   port) or an `--allowed-host` are served (`421`): a page on
 //!   `evil.example` whose name was re-pointed at 127.0.0.1 sends
-//!   `Host: evil.example`. With `--allowed-host`, any address checks it.
+//!   `Host: evil.example`. The name is checked wherever the request gives
+//!   it: the `Host` header (exactly one), and the target when it is in
+//!   absolute form (`POST http://evil.example/agents/…`), which HTTP/1.1
+//!   says wins over `Host`. With `--allowed-host`, any address checks it.
 //! * **Cross-site requests from browsers**: an `Origin` that is not the
 //!   server's own, or `Sec-Fetch-Site` other than `same-origin`/`none`, is
 //!   refused (`403`); a `POST` body must be JSON — a `Content-Type` other
 //!   than `application/json` (or `…+json`), such as the `text/plain` a
-//!   page may send without asking first, is refused (`415`).
+//!   page may send without asking first, is refused (`415`). A body with no
+//!   `Content-Type` is taken as JSON: a page can send one, but a browser
+//!   always adds `Origin` to a cross-origin `POST`, which is refused above.
 //! * **The bearer token**, when set (`401`; `/healthz` is open).
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::ServerState;
@@ -56,23 +61,41 @@ pub fn host_name(value: &str) -> Option<String> {
 }
 
 impl GuardConfig {
+    /// Why a request naming host `name` is refused, if it is.
+    fn foreign_host(&self, name: &str) -> Option<ApiError> {
+        let loopback_name = self.loopback && LOOPBACK_NAMES.contains(&name);
+        (!loopback_name && !self.allowed_hosts.iter().any(|allowed| allowed == name)).then(|| {
+            ApiError::new(
+                ErrorKind::UnknownHost,
+                format!(
+                    "this server does not answer to the host name {name:?} (a request through a re-pointed DNS \
+                     name?); use localhost or 127.0.0.1, or start the server with --allowed-host {name}"
+                ),
+            )
+        })
+    }
+
     /// Why this request is refused, if it is.
-    fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<ApiError> {
+    fn refusal(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if headers.get_all("host").iter().nth(1).is_some() {
+            return Some(ApiError::new(ErrorKind::BadRequest, "the request has more than one Host header"));
+        }
         let host = header("host");
         if self.loopback || !self.allowed_hosts.is_empty() {
             let Some(name) = host.and_then(host_name) else {
                 return Some(ApiError::new(ErrorKind::BadRequest, "the request has no valid Host header"));
             };
-            let loopback_name = self.loopback && LOOPBACK_NAMES.contains(&name.as_str());
-            if !loopback_name && !self.allowed_hosts.contains(&name) {
-                return Some(ApiError::new(
-                    ErrorKind::UnknownHost,
-                    format!(
-                        "this server does not answer to the host name {name:?} (a request through a re-pointed DNS \
-                         name?); use localhost or 127.0.0.1, or start the server with --allowed-host {name}"
-                    ),
-                ));
+            if let Some(refusal) = self.foreign_host(&name) {
+                return Some(refusal);
+            }
+            if let Some(authority) = uri.authority() {
+                let Some(name) = host_name(authority.host()) else {
+                    return Some(ApiError::new(ErrorKind::BadRequest, "the request's target names no valid host"));
+                };
+                if let Some(refusal) = self.foreign_host(&name) {
+                    return Some(refusal);
+                }
             }
         }
         if let Some(origin) = header("origin") {
@@ -96,7 +119,7 @@ impl GuardConfig {
             ));
         }
         if let Some(token) = &self.token
-            && path != "/healthz"
+            && uri.path() != "/healthz"
         {
             let expected = format!("Bearer {token}");
             let given = header("authorization").unwrap_or_default();
@@ -136,7 +159,7 @@ pub async fn guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(refusal) = state.guard.refusal(request.method(), request.uri().path(), request.headers()) {
+    if let Some(refusal) = state.guard.refusal(request.method(), request.uri(), request.headers()) {
         return refusal.into_response();
     }
     next.run(request).await
@@ -144,7 +167,26 @@ pub async fn guard(
 
 #[cfg(test)]
 mod tests {
-    use super::host_name;
+    use super::*;
+
+    fn refusal(target: &str, hosts: &[&str]) -> Option<ErrorKind> {
+        let guard = GuardConfig { loopback: true, ..GuardConfig::default() };
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append("host", host.parse().unwrap());
+        }
+        guard.refusal(&Method::POST, &target.parse().unwrap(), &headers).map(|refusal| refusal.kind)
+    }
+
+    #[test]
+    fn the_host_is_checked_in_an_absolute_target_and_given_once() {
+        assert_eq!(refusal("/agents/a/x", &["localhost"]), None);
+        assert_eq!(refusal("http://localhost:1/agents/a/x", &["localhost"]), None);
+        assert_eq!(refusal("http://[::1]/agents/a/x", &["127.0.0.1"]), None);
+        assert_eq!(refusal("http://evil.example/agents/a/x", &["localhost"]), Some(ErrorKind::UnknownHost));
+        assert_eq!(refusal("http://localhost@evil.example/a", &["localhost"]), Some(ErrorKind::UnknownHost));
+        assert_eq!(refusal("/agents/a/x", &["localhost", "evil.example"]), Some(ErrorKind::BadRequest));
+    }
 
     #[test]
     fn host_names_lose_port_brackets_case_and_trailing_dot() {

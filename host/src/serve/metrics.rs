@@ -16,6 +16,8 @@ pub struct Metrics {
     pub readers_dropped: AtomicU64,
     /// Client connections open now.
     pub connections: AtomicUsize,
+    /// Requests refused because bodies held all of `--body-memory-mib`.
+    pub bodies_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -38,7 +40,9 @@ impl Metrics {
              # HELP flue_event_readers_dropped_total Event-stream readers dropped for falling behind.\n\
              # TYPE flue_event_readers_dropped_total counter\nflue_event_readers_dropped_total {}\n\
              # HELP flue_connections_open Client connections open now.\n\
-             # TYPE flue_connections_open gauge\nflue_connections_open {}\n",
+             # TYPE flue_connections_open gauge\nflue_connections_open {}\n\
+             # HELP flue_bodies_refused_total Requests refused with 503 while bodies held all of --body-memory-mib.\n\
+             # TYPE flue_bodies_refused_total counter\nflue_bodies_refused_total {}\n",
             self.started.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
@@ -47,6 +51,7 @@ impl Metrics {
             succeeded + failed,
             self.readers_dropped.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
+            self.bodies_refused.load(Ordering::Relaxed),
         )
     }
 }

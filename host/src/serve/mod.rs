@@ -13,18 +13,23 @@
 //!
 //! Every request first passes the [`http_guard`] (host names, cross-site
 //! browsers, the token); connections are capped and timed ([`connections`]);
-//! runs are admitted atomically ([`admission`]) and run in their own task
-//! ([`runs`]). Shutdown: stop accepting, let runs finish for a grace period,
-//! then stop them (their sandboxes are deleted) and close every connection;
-//! a second signal exits at once, saying what may be left behind.
+//! bodies share one memory budget ([`bodies`]); runs are admitted atomically
+//! ([`admission`]) and run in their own task ([`runs`]); `flue dev`'s builds
+//! are timed and stoppable ([`builds`]). Shutdown: stop accepting, let runs
+//! finish for a grace period, then stop them (their sandboxes are deleted,
+//! their builds killed) and close every connection; a second signal exits at
+//! once, saying what may be left behind.
 
 mod admission;
 pub mod agents;
+mod bodies;
 pub mod bounds;
+mod builds;
 pub mod connections;
 pub mod errors;
 pub mod http_guard;
 mod metrics;
+mod parse_errors;
 mod private_files;
 mod reload;
 mod routes;
@@ -59,6 +64,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// The largest request body.
     pub body_limit: usize,
+    /// The most bytes of request bodies held at once, all requests together.
+    pub body_memory: usize,
     /// Runs at once.
     pub max_concurrent: usize,
     /// Runs waiting for a slot; past that, 429.
@@ -85,9 +92,14 @@ pub struct ServeConfig {
     pub retention: usize,
     /// `flue dev`: look for agents (and rebuild them) at every request.
     pub dev: bool,
+    /// `flue dev`: the longest an agent's build may take.
+    pub build_timeout: Duration,
     /// How the server's events are shown on stderr (`--events`).
     pub events: EventFormat,
 }
+
+/// How long shutdown waits for the threads of stopped builds to return.
+const BUILD_THREADS_GRACE: Duration = Duration::from_secs(5);
 
 /// What every request handler shares.
 pub struct ServerState {
@@ -102,6 +114,10 @@ pub struct ServerState {
     store: store::RunStore,
     metrics: Arc<metrics::Metrics>,
     admission: admission::Admission,
+    /// The memory request bodies being read may hold.
+    body_budget: bodies::BodyBudget,
+    /// Agent builds going on (`flue dev`).
+    builds: builds::Builds,
     /// Set when runs still going must stop (the grace period is over).
     cancel: watch::Receiver<bool>,
 }
@@ -142,6 +158,8 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         store,
         metrics: Arc::default(),
         admission: admission::Admission::new(config.max_concurrent, config.queue),
+        body_budget: bodies::BodyBudget::new(config.body_memory),
+        builds: builds::Builds::default(),
         cancel,
         config: config.clone(),
     });
@@ -178,6 +196,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
             let _ = cancel_tx.send(true);
         });
         let second = signals.next().await;
+        runs.builds.stop_all();
         let left = runs.admission.active();
         eprintln!(
             "flue: {}: exiting at once; {left} run(s) were still going: their sandboxes may be left behind \
@@ -204,5 +223,11 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     // the cleanup of those the grace period stopped.
     state.admission.idle().await;
     eprintln!("flue: stopped; every run's result is in the run store");
+    // A stopped build's thread returns at once, unless it waits for the build
+    // lock of a build in another process: do not wait on that to exit.
+    if !state.builds.finished(BUILD_THREADS_GRACE).await {
+        eprintln!("flue: a build thread is still waiting (for another process's build of the same agent); exiting");
+        std::process::exit(0);
+    }
     Ok(())
 }

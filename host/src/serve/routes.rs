@@ -3,26 +3,27 @@
 //!
 //! Two layers wrap them all: the outermost gives every `POST
 //! /agents/…` request its run id up front (so that every answer to it,
-//! refusals included, carries `x-flue-run-id`) and writes the request's
-//! event line; inside it the [`http_guard`] refuses what it must.
+//! refusals included, carries `x-flue-run-id`), puts any error answer that
+//! is not JSON yet (axum's extractor rejections) in the one error shape,
+//! and writes the request's event line; inside it the [`http_guard`]
+//! refuses what it must.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::admission::Ticket;
-use super::errors::{ApiError, ErrorKind};
+use super::errors::{self, ApiError, ErrorKind};
 use super::runs::RunTask;
 use super::sse::{self, LiveFeed};
-use super::{ServerState, http_guard, reload};
+use super::{ServerState, bodies, http_guard, reload};
 
 /// The run id a `POST /agents/…` request was given.
 #[derive(Clone)]
@@ -57,7 +58,7 @@ async fn identify_and_log(
     if let Some(id) = &run_id {
         request.extensions_mut().insert(RunId(id.clone()));
     }
-    let mut response = next.run(request).await;
+    let mut response = errors::in_error_shape(next.run(request).await).await;
     if let Some(id) = &run_id
         && let Ok(value) = HeaderValue::from_str(id)
     {
@@ -134,49 +135,14 @@ async fn invoke(
     match admit(&state, &name, &invocation, &headers, body, &run_id).await {
         Ok(response) => response,
         Err(err) => {
-            let queue_full = err.kind == ErrorKind::QueueFull;
+            let retry = matches!(err.kind, ErrorKind::QueueFull | ErrorKind::ServerBusy);
             let mut response = err.into_response();
-            if queue_full {
+            if retry {
                 response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
             }
             response
         }
     }
-}
-
-/// The request body, at most `limit` bytes, within `timeout`.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(ErrorKind::BodyTooLarge, format!("the body is larger than {} KiB (--max-body-kib)", limit / 1024))
-    };
-    let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    let read = async {
-        let mut stream = body.into_data_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|err| ApiError::new(ErrorKind::BadRequest, format!("cannot read the body: {err}")))?;
-            if bytes.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(Bytes::from(bytes))
-    };
-    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
-        Err(ApiError::new(
-            ErrorKind::BodyTimeout,
-            format!("the body did not arrive within {} s (--body-timeout)", timeout.as_secs()),
-        ))
-    })
 }
 
 async fn admit(
@@ -205,13 +171,16 @@ async fn admit(
         return Err(ApiError::new(ErrorKind::AgentOutsideProject, format!("agent {name:?} is not served: {why}")));
     }
     let config = &state.config;
-    let body = read_body(headers, body, config.body_limit, config.body_timeout).await?;
-    let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let body =
+        bodies::read(headers, body, config.body_limit, config.body_timeout, &state.body_budget, &state.metrics).await?;
+    let payload: Value = if body.bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(&body.bytes)
             .map_err(|err| ApiError::new(ErrorKind::BadPayload, format!("the body is not JSON: {err}")))?
     };
+    // Its memory goes back to the budget now, not when the run ends.
+    drop(body);
     let Some(ticket) = Ticket::admit(state, run_id, name, invocation) else {
         state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ApiError::new(ErrorKind::QueueFull, "too many runs: the queue is full, retry later"));

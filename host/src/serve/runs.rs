@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::ServerState;
 use super::admission::Ticket;
 use super::agents::{self, AgentEntry};
+use super::builds::Interrupted;
 use super::errors::{ApiError, ErrorKind};
 use super::sse::LiveFeed;
 use crate::events::{Event, EventLog, EventSink, one_line};
@@ -124,11 +125,32 @@ impl RunTask {
         // `flue serve` runs only what was built before (never an agent's
         // build scripts while serving).
         let dev = self.state.config.dev;
-        let built = tokio::task::spawn_blocking(move || crate::guest::component_for(&source, dev, &build_events))
-            .await
-            .map_err(|err| {
-                ApiError::new(ErrorKind::Internal, format!("building the agent failed inside flue: {err}"))
-            })?;
+        let build = move || crate::guest::component_for(&source, dev, &build_events);
+        let built = match self.state.builds.run(self.state.config.build_timeout, self.state.cancel.clone(), build).await
+        {
+            Ok(built) => built,
+            Err(Interrupted::Shutdown) => {
+                return Err(ApiError::new(
+                    ErrorKind::Shutdown,
+                    "the server shut down and its grace period ended while the agent was building; the build was \
+                     stopped",
+                ));
+            }
+            Err(Interrupted::TimedOut(limit)) => {
+                let why = format!("the build took longer than {} s (--build-timeout) and was stopped", limit.as_secs());
+                self.state.events.build_failed(&self.name, &why);
+                return Err(ApiError::new(
+                    ErrorKind::BuildTimeout,
+                    format!("agent {} does not build: {why}", self.name),
+                ));
+            }
+            Err(Interrupted::Panicked(err)) => {
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    format!("building the agent failed inside flue: {err}"),
+                ));
+            }
+        };
         let build_started = sink.build_started.lock().unwrap_or_else(|e| e.into_inner()).take();
         let wasm_path = match built {
             Ok(path) => {
