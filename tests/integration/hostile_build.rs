@@ -208,7 +208,7 @@ fn start_serve(project: &Path, args: &[&str]) -> Result<(std::process::Child, St
 /// `POST path` with an empty JSON object: the whole response, as text.
 fn post(addr: &str, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr.split('/').next().unwrap()).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: flue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
