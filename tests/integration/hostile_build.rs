@@ -208,7 +208,8 @@ fn start_serve(project: &Path, args: &[&str]) -> Result<(std::process::Child, St
 /// `POST path` with an empty JSON object: the whole response, as text.
 fn post(addr: &str, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr.split('/').next().unwrap()).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -254,4 +255,20 @@ fn asking_for_an_isolated_build_without_bubblewrap_fails_clearly() {
         output(flue().args(["build", "--isolation", "bwrap", "a"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--isolation bwrap: bubblewrap (bwrap) is not installed"), "{}", out.stderr);
+}
+
+#[test]
+fn a_program_on_a_relative_path_entry_is_never_run() {
+    let dir = scratch();
+    let marker = dir.path().join("ran");
+    for tool in ["bwrap", "cargo", "rustc", "rustup", "python3", "npm", "node", "componentize-py", "componentize-js"] {
+        planted_tool(&dir.path().join("node_modules/.bin").join(tool), &marker);
+        // The empty entry means the current directory too.
+        planted_tool(&dir.path().join(tool), &marker);
+    }
+    assert_eq!(output(flue().args(["new", "python", "a"]).current_dir(dir.path())).code, 0);
+    let path = format!("node_modules/.bin::{}", std::env::var("PATH").unwrap());
+    let out = output(flue().args(["build", "a"]).current_dir(dir.path()).env("PATH", path));
+    assert!(!marker.exists(), "flue ran a program from a relative PATH entry: {}", out.stderr);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
