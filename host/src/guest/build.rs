@@ -292,6 +292,20 @@ impl BuildPaths {
         Ok(self.root.clone())
     }
 
+    /// The build's target directory (`<work>/target`), a real directory:
+    /// a previous build could have left a link in its place.
+    pub(crate) fn target_dir(&self) -> Result<PathBuf, AgentSourceError> {
+        let target = self.work.join("target");
+        let fail = |err: std::io::Error| AgentSourceError::Read { path: target.clone(), reason: err.to_string() };
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => return Ok(target),
+            Ok(_) => std::fs::remove_file(&target).map_err(fail)?,
+            Err(_) => {}
+        }
+        std::fs::create_dir(&target).map_err(fail)?;
+        Ok(target)
+    }
+
     /// Publish what the build wrote at `built` as the component. The build
     /// could have left anything there, so it must be a regular file (not a
     /// link to a host file) of a sane size, and it is copied, not moved.

@@ -4,6 +4,7 @@
 
 pub mod build;
 mod cache_dirs;
+mod cargo_fetch;
 mod componentize;
 pub(crate) mod embedded_connectors;
 pub mod isolate;
