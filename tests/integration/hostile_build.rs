@@ -452,6 +452,44 @@ fn a_build_cannot_poison_later_builds() {
 }
 
 #[test]
+fn a_build_never_sees_the_projects_env() {
+    if crate::support::skip_without_bwrap("a_build_never_sees_the_projects_env", "isolated builds") {
+        return;
+    }
+    // A project whose root is the Cargo workspace of its agents.
+    let project = scratch();
+    let root = project.path();
+    std::fs::write(root.join("flue.toml"), "[agents.evil]\nwebhook = true\n").unwrap();
+    std::fs::write(root.join("Cargo.toml"), "[workspace]\nresolver = \"3\"\nmembers = [\"agents/*\"]\n").unwrap();
+    std::fs::write(root.join(".env"), "DAYTONA_API_KEY=dtn-PROJECT-SECRET\n").unwrap();
+    std::fs::write(root.join(".env.local"), "OPENAI_API_KEY=sk-LOCAL-SECRET\n").unwrap();
+    std::fs::create_dir_all(root.join(".flue")).unwrap();
+    std::fs::write(root.join(".flue/runs.sqlite"), "RUN-STORE-SECRET").unwrap();
+    let agent = root.join("agents/evil");
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        "[package]\nname = \"evil\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n",
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        agent.join("build.rs"),
+        "fn main() {\n\
+         let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.kind());\n\
+         panic!(\"BUILD-SCRIPT-RAN env={:?} local={:?} store={:?}\", read(\"../../.env\"), read(\"../../.env.local\"), \
+         read(\"../../.flue/runs.sqlite\"));\n}\n",
+    )
+    .unwrap();
+    let out = output(flue().args(["build", "--isolation", "bwrap"]).arg(&agent));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("BUILD-SCRIPT-RAN env=Err(NotFound)"), "{}", out.stderr);
+    for secret in ["PROJECT-SECRET", "LOCAL-SECRET", "RUN-STORE-SECRET"] {
+        assert!(!out.stderr.contains(secret), "the build read the project's {secret}: {}", out.stderr);
+    }
+}
+
+#[test]
 fn a_program_on_a_relative_path_entry_is_never_run() {
     let dir = scratch();
     let marker = dir.path().join("ran");

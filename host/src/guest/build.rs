@@ -146,6 +146,12 @@ pub fn resolve(arg: &str, events: &EventLog) -> Result<PathBuf, AgentSourceError
     }
 }
 
+/// Whether `dir` is a project's root: where `flue.toml` or `agents/` is.
+/// A build never takes in anything above it.
+pub(crate) fn is_project_root(dir: &Path) -> bool {
+    dir.join("flue.toml").is_file() || dir.join("agents").is_dir()
+}
+
 /// Languages flue can build agents from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Language {

@@ -12,11 +12,15 @@
 //! dependencies are fetched first, with network, by cargo alone; then it
 //! builds offline, without any network, with a cargo home of its own
 //! ([`super::cargo_fetch`]).
+//!
+//! The workspace a crate builds in is the nearest directory at or above it
+//! whose `Cargo.toml` has a `[workspace]` table, but never above the
+//! project around the agent (a directory with `flue.toml` or `agents/`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::build::{AgentSourceError, BuildOptions, BuildPaths, readable_log, stale};
+use super::build::{AgentSourceError, BuildOptions, BuildPaths, is_project_root, readable_log, stale};
 use super::isolate::{BuildSpace, launcher};
 use crate::events::EventLog;
 
@@ -74,11 +78,33 @@ pub(crate) fn build_agent(dir: &Path, options: BuildOptions, events: &EventLog) 
     paths.publish(&artifact)
 }
 
-/// The workspace `dir` belongs to: the nearest ancestor (or `dir`) whose
-/// `Cargo.toml` has `[workspace]`, else `dir` itself.
+/// The workspace `dir` belongs to: the nearest directory at or above it
+/// whose `Cargo.toml` has a `[workspace]` table — at most the project
+/// around it — else `dir` itself.
 fn workspace_root(dir: &Path) -> PathBuf {
-    let is_root = |d: &Path| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"));
-    dir.ancestors().find(|d| is_root(d)).unwrap_or(dir).to_path_buf()
+    for candidate in dir.ancestors() {
+        if declares_workspace(&candidate.join("Cargo.toml")) {
+            return candidate.to_path_buf();
+        }
+        if is_project_root(candidate) {
+            break;
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// Whether the manifest at `path` has a `[workspace]` table (read as TOML,
+/// up to a sane size).
+fn declares_workspace(path: &Path) -> bool {
+    use std::io::Read;
+    const MAX_MANIFEST: u64 = 4 << 20;
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let mut text = String::new();
+    if file.take(MAX_MANIFEST).read_to_string(&mut text).is_err() {
+        return false;
+    }
+    toml::from_str::<toml::Table>(&text)
+        .is_ok_and(|manifest| manifest.get("workspace").is_some_and(toml::Value::is_table))
 }
 
 /// What a Rust build depends on: the crate, its workspace's manifest and
