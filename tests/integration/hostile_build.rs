@@ -506,6 +506,35 @@ fn a_program_on_a_relative_path_entry_is_never_run() {
 }
 
 #[test]
+fn a_component_outside_the_builds_directory_is_never_published() {
+    if crate::support::skip_without_bwrap(
+        "a_component_outside_the_builds_directory_is_never_published",
+        "isolated builds",
+    ) {
+        return;
+    }
+    let dir = scratch();
+    // A host file the agent's author would like flue to take as its component.
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("lure.wasm"), "HOST-FILE").unwrap();
+    let agent_dir = dir.path().join("lurer");
+    // Its cargo makes the release directory a link to the host directory,
+    // and names the file in it as the component.
+    let script = format!(
+        "release=\"$CARGO_TARGET_DIR/wasm32-wasip2/release\"\nmkdir -p \"$CARGO_TARGET_DIR/wasm32-wasip2\"\n\
+         rm -rf \"$release\"\nln -s {host:?} \"$release\"\n\
+         echo '{{\"reason\":\"compiler-artifact\",\"manifest_path\":\"{manifest}\",\"filenames\":[\"'\"$release\"'/lure.wasm\"]}}'",
+        host = host.display().to_string(),
+        manifest = agent_dir.join("Cargo.toml").display()
+    );
+    let agent = agent_with_own_toolchain(dir.path(), "lurer", &rust_sysroot(), &script);
+    let out = output(&mut isolated_build(&agent));
+    assert_eq!(out.code, 2, "flue published a file outside the build: {}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.trim().is_empty(), "{}", out.stdout);
+}
+
+#[test]
 fn rustup_is_never_handed_a_toolchain_the_build_named() {
     if crate::support::skip_without_bwrap("rustup_is_never_handed_a_toolchain_the_build_named", "isolated builds") {
         return;

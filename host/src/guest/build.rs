@@ -312,17 +312,23 @@ impl BuildPaths {
         Ok(target)
     }
 
-    /// Publish what the build wrote at `built` as the component. The build
-    /// could have left anything there, so it must be a regular file (not a
-    /// link to a host file) of a sane size, and it is copied, not moved.
+    /// Publish what the build wrote at `built` (in its directory) as the
+    /// component. The build could have left anything there, so it is opened
+    /// beneath the build's directory, following no link out of it
+    /// (`openat2(RESOLVE_BENEATH)`: a `target/…/release` made a link to a
+    /// host directory is refused), must be a regular file of a sane size,
+    /// and is copied, not moved.
     pub(crate) fn publish(&self, built: &Path) -> Result<PathBuf, AgentSourceError> {
-        use std::os::unix::fs::OpenOptionsExt;
         const MAX_COMPONENT: u64 = 1 << 30;
         let fail = |reason: String| AgentSourceError::Read { path: built.into(), reason };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(built)
+        let relative = built
+            .strip_prefix(&self.work)
+            .ok()
+            .filter(|rel| rel.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+            .and_then(Path::to_str)
+            .ok_or_else(|| fail("not in the build's directory".into()))?;
+        let file = crate::sandbox::local::ConfinedRoot::open(&self.work)
+            .and_then(|work| work.open_read(relative, 0))
             .map_err(|err| fail(err.to_string()))?;
         let meta = file.metadata().map_err(|err| fail(err.to_string()))?;
         if !meta.is_file() || meta.len() > MAX_COMPONENT {

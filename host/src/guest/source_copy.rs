@@ -44,7 +44,7 @@ const MAX_BYTES: u64 = 1 << 30;
 /// Replace `to` with a copy of the workspace `from`. A `Cargo.lock` that
 /// only the previous copy had (cargo made it) is kept.
 pub(crate) fn copy_workspace(from: &Path, to: &Path) -> Result<(), String> {
-    let kept_lock = if from.join("Cargo.lock").exists() { None } else { read_lock(&to.join("Cargo.lock")) };
+    let kept_lock = if from.join("Cargo.lock").exists() { None } else { read_lock(to) };
     if std::fs::symlink_metadata(to).is_ok() {
         std::fs::remove_dir_all(to).map_err(|err| format!("cannot clear {}: {err}", to.display()))?;
     }
@@ -56,19 +56,14 @@ pub(crate) fn copy_workspace(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A lock file the previous build left, read without following a link
-/// (the build could have made it one) and only if it is of a sane size.
-fn read_lock(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+/// The lock file the previous build left in its copy `copy`, read beneath
+/// the copy's parent (the build's directory) following no link out of it
+/// — the build could have made the copy, or the lock file, a link to a host
+/// file — and only if it is of a sane size.
+fn read_lock(copy: &Path) -> Option<Vec<u8>> {
     const MAX_LOCK: u64 = 16 << 20;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_LOCK + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= MAX_LOCK).then_some(bytes)
+    let work = crate::sandbox::local::ConfinedRoot::open(copy.parent()?).ok()?;
+    work.read(&format!("{}/Cargo.lock", copy.file_name()?.to_str()?), MAX_LOCK).ok()
 }
 
 struct Budget<'a> {
@@ -186,6 +181,13 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), to.join("Cargo.lock")).unwrap();
         copy_workspace(&from, &to).unwrap();
         assert!(!to.join("Cargo.lock").exists());
+        // Nor is one read through a copy made a link to a host directory.
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("Cargo.lock"), "host file").unwrap();
+        std::fs::remove_dir_all(&to).unwrap();
+        std::os::unix::fs::symlink(&host, &to).unwrap();
+        assert_eq!(read_lock(&to), None);
     }
 
     #[test]
