@@ -35,6 +35,8 @@ pub fn load(
     env_files: &[PathBuf],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<HashMap<String, String>, ConfigError> {
+    // They may hold secrets: no agent's build gets a copy.
+    crate::guest::never_copy(std::iter::once(dotenv).chain(env_files.iter().map(PathBuf::as_path)));
     let mut values = HashMap::new();
     if dotenv.is_file() && !env_files.iter().any(|f| f == dotenv) {
         read_file(dotenv, &mut values)?;

@@ -261,3 +261,318 @@ fn asking_for_an_isolated_build_without_bubblewrap_fails_clearly() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--isolation bwrap: bubblewrap (bwrap) is not installed"), "{}", out.stderr);
 }
+
+// What follows plays a hostile agent with a toolchain of its own: its
+// `rust-toolchain.toml` names `tc/` in the agent, so its `cargo` — a shell
+// script the agent's author wrote — runs as the build, with the power of a
+// build script.
+
+/// A file on the `PATH` of the tests, canonical.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|file| file.is_file())
+        .and_then(|file| file.canonicalize().ok())
+}
+
+/// The sysroot of the Rust the tests build with (it has the wasm target).
+fn rust_sysroot() -> String {
+    let out = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(crate::support::repo_root())
+        .output()
+        .expect("run rustc");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// rustup's home, as the tests' rustup has it.
+fn rustup_home() -> PathBuf {
+    std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".rustup"))
+}
+
+/// `flue build --isolation bwrap AGENT`, with no `RUSTUP_TOOLCHAIN` (cargo
+/// sets it for the tests; it would override the agent's own toolchain).
+fn isolated_build(agent: &Path) -> std::process::Command {
+    let mut command = flue();
+    command.args(["build", "--isolation", "bwrap"]).arg(agent).env_remove("RUSTUP_TOOLCHAIN");
+    command
+}
+
+/// A Rust agent `name` in `parent` whose toolchain is its own `tc/`: its
+/// `rustc` answers `sysroot` to `--print sysroot`, its `cargo` runs
+/// `cargo_script` (sh).
+fn agent_with_own_toolchain(parent: &Path, name: &str, sysroot: &str, cargo_script: &str) -> PathBuf {
+    let agent = parent.join(name);
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = \
+             [\"cdylib\"]\n\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(agent.join("rust-toolchain.toml"), format!("[toolchain]\npath = {:?}\n", agent.join("tc"))).unwrap();
+    for (tool, script) in [("rustc", format!("echo '{sysroot}'")), ("cargo", cargo_script.to_string())] {
+        let path = agent.join("tc/bin").join(tool);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    agent
+}
+
+#[test]
+fn a_build_cannot_read_the_users_cargo_credentials() {
+    if crate::support::skip_without_bwrap("a_build_cannot_read_the_users_cargo_credentials", "isolated builds") {
+        return;
+    }
+    let Some(rustup) = on_path("rustup") else {
+        eprintln!("skipped a_build_cannot_read_the_users_cargo_credentials: it needs rustup");
+        return;
+    };
+    let dir = scratch();
+    // A home whose cargo (rustup's proxies) is on the PATH, with a
+    // crates.io token in credentials.toml and others in config.toml.
+    let home = dir.path().join("home");
+    let cargo_home = home.join(".cargo");
+    std::fs::create_dir_all(cargo_home.join("bin")).unwrap();
+    for tool in ["cargo", "rustc", "rustup"] {
+        std::os::unix::fs::symlink(&rustup, cargo_home.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(cargo_home.join("credentials.toml"), "[registry]\ntoken = \"cio-CREDENTIALS-TOKEN\"\n").unwrap();
+    std::fs::write(
+        cargo_home.join("config.toml"),
+        "[registry]\ntoken = \"cio-CONFIG-TOKEN\"\n[registries.mine]\nindex = \"sparse+https://example.invalid/\"\n\
+         token = \"mine-CONFIG-TOKEN\"\ncredential-provider = \"/bin/true\"\n",
+    )
+    .unwrap();
+    // Its cargo prints every cargo file it can find.
+    let script = format!(
+        "echo OWN-CARGO-RAN >&2\nfor f in {home:?}/.cargo/* \"$CARGO_HOME\"/* /root/.cargo/*; do cat \"$f\" >&2; done\n\
+         exit 1",
+        home = home.display().to_string()
+    );
+    let agent = agent_with_own_toolchain(dir.path(), "reader", &rust_sysroot(), &script);
+    // Its bin/ on the PATH; and, as some set ups have, the cargo home
+    // itself (a directory on the PATH is shown whole: its credentials and
+    // configuration must be masked).
+    let path = std::env::join_paths(
+        [cargo_home.join("bin"), cargo_home.clone()]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let out = output(isolated_build(&agent).env("HOME", &home).env("PATH", path).env("RUSTUP_HOME", rustup_home()));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("OWN-CARGO-RAN"), "{}", out.stderr);
+    assert!(!out.stderr.contains("CREDENTIALS-TOKEN"), "the build read ~/.cargo/credentials.toml: {}", out.stderr);
+    assert!(!out.stderr.contains("CONFIG-TOKEN"), "the build read a token from ~/.cargo/config.toml: {}", out.stderr);
+    assert!(!out.stderr.contains("/bin/true"), "the build got a credential provider: {}", out.stderr);
+}
+
+#[test]
+fn a_build_reaches_no_socket_of_the_host() {
+    if crate::support::skip_without_bwrap("a_build_reaches_no_socket_of_the_host", "isolated builds") {
+        return;
+    }
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let name = format!("flue-test-{}-{port}", std::process::id());
+    let unix = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    unix.set_nonblocking(true).unwrap();
+
+    let dir = scratch();
+    let agent = dir.path().join("caller");
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        "[package]\nname = \"caller\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
+         [workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        agent.join("build.rs"),
+        format!(
+            "use std::os::linux::net::SocketAddrExt;\n\
+             fn main() {{\n\
+             let tcp = std::net::TcpStream::connect(\"127.0.0.1:{port}\").map(|_| ()).map_err(|e| e.kind());\n\
+             let addr = std::os::unix::net::SocketAddr::from_abstract_name(b\"{name}\").unwrap();\n\
+             let unix = std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| ()).map_err(|e| e.kind());\n\
+             panic!(\"BUILD-SCRIPT-RAN tcp={{tcp:?}} unix={{unix:?}}\");\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = output(flue().args(["build", "--isolation", "bwrap"]).arg(&agent));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("BUILD-SCRIPT-RAN"), "{}", out.stderr);
+    let would_block =
+        |accepted: std::io::Result<()>| matches!(&accepted, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock);
+    assert!(would_block(tcp.accept().map(drop)), "a build connected to 127.0.0.1:{port}: {}", out.stderr);
+    assert!(would_block(unix.accept().map(drop)), "a build connected to @{name}: {}", out.stderr);
+}
+
+#[test]
+fn a_build_cannot_poison_later_builds() {
+    if crate::support::skip_without_bwrap("a_build_cannot_poison_later_builds", "isolated builds") {
+        return;
+    }
+    let dir = scratch();
+    let planted = format!("planted-{}", dir.path().file_name().unwrap().to_string_lossy());
+    // Each build first says what an earlier build left for it, then leaves
+    // its own: a cargo configuration, a `rustc` in the cargo home's bin/,
+    // files in the registry's caches and sources.
+    let script = format!(
+        "test -e \"$CARGO_HOME/config\" && echo SEEN-CONFIG >&2\n\
+         test -e \"$CARGO_HOME/bin/rustc\" && echo SEEN-RUSTC >&2\n\
+         test -e \"$CARGO_HOME/registry/{planted}\" && echo SEEN-REGISTRY >&2\n\
+         ls \"$CARGO_HOME\"/registry/src/*/{planted} >/dev/null 2>&1 && echo SEEN-SOURCE >&2\n\
+         printf '[build]\\nrustc-wrapper = \"/bin/false\"\\n' > \"$CARGO_HOME/config\"\n\
+         mkdir -p \"$CARGO_HOME/bin\" && printf '#!/bin/sh\\nexit 1\\n' > \"$CARGO_HOME/bin/rustc\"\n\
+         mkdir -p \"$CARGO_HOME/registry/src/x\"\n\
+         echo planted > \"$CARGO_HOME/registry/{planted}\"\n\
+         for source in \"$CARGO_HOME\"/registry/src/*/; do echo planted > \"$source/{planted}\"; done\n\
+         echo OWN-CARGO-RAN >&2\nexit 1"
+    );
+    let sysroot = rust_sysroot();
+    let first = agent_with_own_toolchain(dir.path(), "first", &sysroot, &script);
+    let second = agent_with_own_toolchain(dir.path(), "second", &sysroot, &script);
+    for (agent, what) in [(&first, "the first build"), (&first, "its second build"), (&second, "another agent's build")]
+    {
+        let out = output(&mut isolated_build(agent));
+        assert_eq!(out.code, 2, "{what}: {}", out.stderr);
+        assert!(out.stderr.contains("OWN-CARGO-RAN"), "{what}: {}", out.stderr);
+        assert!(!out.stderr.contains("SEEN-"), "{what} saw what an earlier build planted: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_build_never_sees_the_projects_env() {
+    if crate::support::skip_without_bwrap("a_build_never_sees_the_projects_env", "isolated builds") {
+        return;
+    }
+    // A project whose root is the Cargo workspace of its agents.
+    let project = scratch();
+    let root = project.path();
+    std::fs::write(root.join("flue.toml"), "[agents.evil]\nwebhook = true\n").unwrap();
+    std::fs::write(root.join("Cargo.toml"), "[workspace]\nresolver = \"3\"\nmembers = [\"agents/*\"]\n").unwrap();
+    std::fs::write(root.join(".env"), "DAYTONA_API_KEY=dtn-PROJECT-SECRET\n").unwrap();
+    std::fs::write(root.join(".env.local"), "OPENAI_API_KEY=sk-LOCAL-SECRET\n").unwrap();
+    std::fs::create_dir_all(root.join(".flue")).unwrap();
+    std::fs::write(root.join(".flue/runs.sqlite"), "RUN-STORE-SECRET").unwrap();
+    let agent = root.join("agents/evil");
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        "[package]\nname = \"evil\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n",
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        agent.join("build.rs"),
+        "fn main() {\n\
+         let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.kind());\n\
+         panic!(\"BUILD-SCRIPT-RAN env={:?} local={:?} store={:?}\", read(\"../../.env\"), read(\"../../.env.local\"), \
+         read(\"../../.flue/runs.sqlite\"));\n}\n",
+    )
+    .unwrap();
+    let out = output(flue().args(["build", "--isolation", "bwrap"]).arg(&agent));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("BUILD-SCRIPT-RAN env=Err(NotFound)"), "{}", out.stderr);
+    for secret in ["PROJECT-SECRET", "LOCAL-SECRET", "RUN-STORE-SECRET"] {
+        assert!(!out.stderr.contains(secret), "the build read the project's {secret}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_program_on_a_relative_path_entry_is_never_run() {
+    let dir = scratch();
+    let marker = dir.path().join("ran");
+    for tool in ["bwrap", "cargo", "rustc", "rustup", "python3", "npm", "node", "componentize-py", "componentize-js"] {
+        planted_tool(&dir.path().join("node_modules/.bin").join(tool), &marker);
+        // The empty entry means the current directory too.
+        planted_tool(&dir.path().join(tool), &marker);
+    }
+    assert_eq!(output(flue().args(["new", "python", "a"]).current_dir(dir.path())).code, 0);
+    let path = format!("node_modules/.bin::{}", std::env::var("PATH").unwrap());
+    let out = output(flue().args(["build", "a"]).current_dir(dir.path()).env("PATH", path));
+    assert!(!marker.exists(), "flue ran a program from a relative PATH entry: {}", out.stderr);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn a_component_outside_the_builds_directory_is_never_published() {
+    if crate::support::skip_without_bwrap(
+        "a_component_outside_the_builds_directory_is_never_published",
+        "isolated builds",
+    ) {
+        return;
+    }
+    let dir = scratch();
+    // A host file the agent's author would like flue to take as its component.
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("lure.wasm"), "HOST-FILE").unwrap();
+    let agent_dir = dir.path().join("lurer");
+    // Its cargo makes the release directory a link to the host directory,
+    // and names the file in it as the component.
+    let script = format!(
+        "release=\"$CARGO_TARGET_DIR/wasm32-wasip2/release\"\nmkdir -p \"$CARGO_TARGET_DIR/wasm32-wasip2\"\n\
+         rm -rf \"$release\"\nln -s {host:?} \"$release\"\n\
+         echo '{{\"reason\":\"compiler-artifact\",\"manifest_path\":\"{manifest}\",\"filenames\":[\"'\"$release\"'/lure.wasm\"]}}'",
+        host = host.display().to_string(),
+        manifest = agent_dir.join("Cargo.toml").display()
+    );
+    let agent = agent_with_own_toolchain(dir.path(), "lurer", &rust_sysroot(), &script);
+    let out = output(&mut isolated_build(&agent));
+    assert_eq!(out.code, 2, "flue published a file outside the build: {}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.trim().is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn rustup_is_never_handed_a_toolchain_the_build_named() {
+    if crate::support::skip_without_bwrap("rustup_is_never_handed_a_toolchain_the_build_named", "isolated builds") {
+        return;
+    }
+    let Some(rustup) = on_path("rustup") else {
+        eprintln!("skipped rustup_is_never_handed_a_toolchain_the_build_named: it needs rustup");
+        return;
+    };
+    let dir = scratch();
+    let marker = dir.path().join("target-added");
+    // A rustup that records `rustup target add`, and otherwise is rustup.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("rustup"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = target ]; then echo \"$@\" > {marker:?}; exit 1; fi\nexec {rustup:?} \"$@\"\n",
+            marker = marker.display().to_string(),
+            rustup = rustup.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("rustup"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The agent's rustc names, as its sysroot, a directory of its own named
+    // like an official toolchain, without the wasm target.
+    let named = dir.path().join("toolchains/nightly-2019-01-01-x86_64-unknown-linux-gnu");
+    std::fs::create_dir_all(&named).unwrap();
+    let agent = agent_with_own_toolchain(dir.path(), "namer", &named.display().to_string(), "exit 1");
+    let path =
+        std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
+            .unwrap();
+    let out = output(isolated_build(&agent).env("PATH", path));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!marker.exists(), "flue ran `rustup {}`", std::fs::read_to_string(&marker).unwrap_or_default().trim());
+    assert!(out.stderr.contains("not one of rustup's installed official toolchains"), "{}", out.stderr);
+}

@@ -407,7 +407,11 @@ pub fn probe_as(user: &str, payload: Value, args: &[&str]) -> Output {
     let home = tempfile::Builder::new().prefix("flue-unprivileged-").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for (from, name) in [(PathBuf::from(env!("CARGO_BIN_EXE_flue")), "flue"), (fixture("probe"), "probe.wasm")] {
-        std::fs::copy(from, home.path().join(name)).unwrap();
+        // The copy keeps the source's mode, which a private build cache or
+        // checkout (umask 077) makes unreadable to `user`.
+        let to = home.path().join(name);
+        std::fs::copy(from, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let work = home.path().join("work");
     std::fs::create_dir(&work).unwrap();

@@ -17,9 +17,10 @@ pub struct BuildArgs {
 
     /// Where the build runs: building runs the agent's code (build scripts,
     /// procedural macros, componentize's pre-initialization). `auto` uses
-    /// bubblewrap when it works here (network for the registries, nothing of
-    /// the host writable but the build's own output and caches) and warns
-    /// when it does not; `none` runs it on this machine, as you.
+    /// bubblewrap when it works here (no network — a Rust agent's
+    /// dependencies are fetched before, by cargo alone — and nothing of the
+    /// host writable but the build's own directory) and warns when it does
+    /// not; `none` runs it on this machine, as you.
     #[arg(long, value_enum, default_value = "auto", env = "FLUE_BUILD_ISOLATION")]
     pub isolation: BuildIsolation,
 }

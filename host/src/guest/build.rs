@@ -146,6 +146,12 @@ pub fn resolve(arg: &str, events: &EventLog) -> Result<PathBuf, AgentSourceError
     }
 }
 
+/// Whether `dir` is a project's root: where `flue.toml` or `agents/` is.
+/// A build never takes in anything above it.
+pub(crate) fn is_project_root(dir: &Path) -> bool {
+    dir.join("flue.toml").is_file() || dir.join("agents").is_dir()
+}
+
 /// Languages flue can build agents from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Language {
@@ -292,17 +298,37 @@ impl BuildPaths {
         Ok(self.root.clone())
     }
 
-    /// Publish what the build wrote at `built` as the component. The build
-    /// could have left anything there, so it must be a regular file (not a
-    /// link to a host file) of a sane size, and it is copied, not moved.
+    /// The build's target directory (`<work>/target`), a real directory:
+    /// a previous build could have left a link in its place.
+    pub(crate) fn target_dir(&self) -> Result<PathBuf, AgentSourceError> {
+        let target = self.work.join("target");
+        let fail = |err: std::io::Error| AgentSourceError::Read { path: target.clone(), reason: err.to_string() };
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => return Ok(target),
+            Ok(_) => std::fs::remove_file(&target).map_err(fail)?,
+            Err(_) => {}
+        }
+        std::fs::create_dir(&target).map_err(fail)?;
+        Ok(target)
+    }
+
+    /// Publish what the build wrote at `built` (in its directory) as the
+    /// component. The build could have left anything there, so it is opened
+    /// beneath the build's directory, following no link out of it
+    /// (`openat2(RESOLVE_BENEATH)`: a `target/…/release` made a link to a
+    /// host directory is refused), must be a regular file of a sane size,
+    /// and is copied, not moved.
     pub(crate) fn publish(&self, built: &Path) -> Result<PathBuf, AgentSourceError> {
-        use std::os::unix::fs::OpenOptionsExt;
         const MAX_COMPONENT: u64 = 1 << 30;
         let fail = |reason: String| AgentSourceError::Read { path: built.into(), reason };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(built)
+        let relative = built
+            .strip_prefix(&self.work)
+            .ok()
+            .filter(|rel| rel.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+            .and_then(Path::to_str)
+            .ok_or_else(|| fail("not in the build's directory".into()))?;
+        let file = crate::sandbox::local::ConfinedRoot::open(&self.work)
+            .and_then(|work| work.open_read(relative, 0))
             .map_err(|err| fail(err.to_string()))?;
         let meta = file.metadata().map_err(|err| fail(err.to_string()))?;
         if !meta.is_file() || meta.len() > MAX_COMPONENT {

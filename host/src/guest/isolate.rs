@@ -6,16 +6,24 @@
 //! componentize-js pre-initialize it. Isolated, a build
 //!
 //! * sees read-only the system (as the local sandbox does), the toolchains
-//!   — the directories on the `PATH` (with their prefix: `~/.cargo` for
-//!   `~/.cargo/bin`), rustup's home, the Python flue runs componentize-py
-//!   with, flue's installed tools — and flue's WIT;
+//!   — the directories on the `PATH` and, for a `bin`, `sbin` or `shims`
+//!   directory, the parts of its prefix programs run from (`lib`,
+//!   `libexec`, `share`, pyenv's `versions`…: never a prefix itself, so
+//!   `~/.cargo/bin` shows no more of `~/.cargo`), rustup's home, the Python
+//!   flue runs componentize-py with, flue's installed tools — and flue's
+//!   WIT; a cargo home's credentials and configuration in that view are
+//!   masked;
 //! * sees a fresh copy of the agent's workspace where the original is
-//!   ([`super::source_copy`]), and writes only that copy, the build's own
-//!   directory in flue's cache (its target directory and output) and, for
-//!   Rust, flue's own cargo home (registry downloads);
-//! * has the network, to reach crates.io, PyPI or npm, and an environment
-//!   of its own: `PATH`, `HOME=/tmp`, locale, proxies and CA bundles, the
-//!   toolchain's variables — never the user's other variables.
+//!   ([`super::source_copy`]), and writes only that copy and the build's
+//!   own directory in flue's cache (its target directory, its own cargo
+//!   home, its output) — nothing a later build reads;
+//! * has no network at all: a Rust agent's dependencies are fetched before,
+//!   by cargo alone ([`super::rust`]), and componentize-py and
+//!   componentize-js need none. The fetch is the one phase with the host's
+//!   network; it runs no agent code, and cannot open unix sockets;
+//! * has an environment of its own: `PATH`, `HOME=/tmp`, locale, proxies
+//!   and CA bundles, the toolchain's variables — never the user's other
+//!   variables.
 //!
 //! The host's other files — the home directory, the agent's project and its
 //! `.env`, flue's configuration and the rest of its cache — are out of its
@@ -101,13 +109,14 @@ pub(crate) fn launcher(choice: BuildIsolation, events: &EventLog) -> Result<Laun
     }
 }
 
-/// A working bubblewrap, with the host's network: found once per process.
+/// A working bubblewrap, with a network namespace of its own (what builds
+/// need; their fetch phase only shares the host's): found once per process.
 fn probe() -> &'static Result<PathBuf, String> {
     static PROBED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PROBED.get_or_init(|| {
         let bwrap = find_on_path("bwrap").ok_or("bubblewrap (bwrap) is not installed")?;
         let out = Command::new(&bwrap)
-            .args(["--unshare-all", "--share-net", "--die-with-parent", "--ro-bind", "/", "/", "--", "true"])
+            .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "true"])
             .stdin(Stdio::null())
             .output()
             .map_err(|err| format!("cannot run {}: {err}", bwrap.display()))?;
@@ -124,10 +133,13 @@ fn probe() -> &'static Result<PathBuf, String> {
 
 /// What one build may see, change and know: built up by the language's
 /// builder, then used for each command of the build.
+#[derive(Clone)]
 pub(crate) struct BuildSpace {
     launcher: Launcher,
     read_only: Vec<PathBuf>,
     writable: Vec<(PathBuf, PathBuf)>,
+    read_only_within: Vec<(PathBuf, PathBuf)>,
+    network: bool,
     env: Vec<(OsString, OsString)>,
 }
 
@@ -166,7 +178,14 @@ impl BuildSpace {
     /// environment every build has.
     pub(crate) fn new(launcher: Launcher) -> Self {
         let sandboxed = matches!(launcher, Launcher::Sandboxed(_));
-        let mut space = BuildSpace { launcher, read_only: Vec::new(), writable: Vec::new(), env: Vec::new() };
+        let mut space = BuildSpace {
+            launcher,
+            read_only: Vec::new(),
+            writable: Vec::new(),
+            read_only_within: Vec::new(),
+            network: false,
+            env: Vec::new(),
+        };
         for path in toolchain_paths() {
             space.read_only(path.clone());
         }
@@ -211,6 +230,18 @@ impl BuildSpace {
         self.writable.push((host, visible));
     }
 
+    /// Let the build read `host`, seen at `visible`, inside a directory it
+    /// may change.
+    pub(crate) fn read_only_within(&mut self, host: PathBuf, visible: PathBuf) {
+        self.read_only_within.push((host, visible));
+    }
+
+    /// Give the build the host's network (or take it away): only for a
+    /// phase that runs no agent code.
+    pub(crate) fn set_network(&mut self, network: bool) {
+        self.network = network;
+    }
+
     /// Whether `path` lies in a directory the build sees read-only (a copy
     /// of the workspace cannot be shown there).
     pub(crate) fn under_read_only(&self, path: &Path) -> bool {
@@ -225,13 +256,22 @@ impl BuildSpace {
         self.env.push((name, value.into()));
     }
 
+    /// Remove a variable from the build's environment.
+    pub(crate) fn remove_env(&mut self, name: &str) {
+        self.env.retain(|(existing, _)| existing != name);
+    }
+
     /// A command that runs `program args…` in `cwd` (as the build sees it).
     pub(crate) fn command(&self, program: &Path, args: &[OsString], cwd: &Path) -> Result<Command, AgentSourceError> {
         match &self.launcher {
             Launcher::Sandboxed(bwrap) => {
+                let masked = credentials_in_sight(&self.read_only);
                 let sandbox = crate::sandbox::local::BuildSandbox {
                     read_only: &self.read_only,
                     writable: &self.writable,
+                    read_only_within: &self.read_only_within,
+                    masked: &masked,
+                    network: self.network,
                     cwd,
                     env: &self.env,
                 };
@@ -256,7 +296,7 @@ fn absolute_path_entries() -> Vec<PathBuf> {
 }
 
 /// rustup's home: `$RUSTUP_HOME`, else `~/.rustup` when it exists.
-fn rustup_home() -> Option<PathBuf> {
+pub(crate) fn rustup_home() -> Option<PathBuf> {
     std::env::var_os("RUSTUP_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".rustup")))
@@ -269,9 +309,10 @@ pub(crate) fn flue_source_tree() -> Option<PathBuf> {
 }
 
 /// What every build reads besides the system: the toolchains on the PATH
-/// (a `bin`, `sbin` or `shims` directory with its prefix, but never the
-/// home directory or `~/.local/share`), rustup's home,
-/// and flue's own WIT and Rust pin, which in-tree guests refer to.
+/// (a `bin`, `sbin` or `shims` directory with the parts of its prefix in
+/// [`TOOLCHAIN_PARTS`], never the prefix itself, nor the home directory),
+/// rustup's home, and flue's own WIT and Rust pin, which in-tree guests
+/// refer to.
 fn toolchain_paths() -> &'static [PathBuf] {
     static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     PATHS.get_or_init(|| {
@@ -287,16 +328,19 @@ fn toolchain_paths() -> &'static [PathBuf] {
                     && *parent != Path::new("/")
                     && Some(*parent) != home.as_deref()
             });
-            match prefix {
-                // `~/.local` also holds the user's data (`share/`, flue's
-                // volumes among it): its programs and libraries only.
-                Some(local) if home.as_ref().is_some_and(|home| local == home.join(".local")) => {
-                    paths.push(dir.clone());
-                    paths.extend(Some(local.join("lib")).filter(|lib| lib.is_dir()));
-                }
-                Some(prefix) => paths.push(prefix.to_path_buf()),
-                None => paths.push(dir),
-            }
+            let Some(prefix) = prefix else {
+                paths.push(dir);
+                continue;
+            };
+            // `~/.local` also holds the user's data (`share/`, flue's
+            // volumes among it): its programs and libraries only.
+            let parts: &[&str] = if home.as_ref().is_some_and(|home| prefix == home.join(".local")) {
+                &["bin", "lib"]
+            } else {
+                &TOOLCHAIN_PARTS
+            };
+            paths.push(dir.clone());
+            paths.extend(parts.iter().map(|part| prefix.join(part)).filter(|part| *part != dir && part.is_dir()));
         }
         paths.extend(rustup_home().and_then(|dir| dir.canonicalize().ok()));
         if let Some(tree) = flue_source_tree() {
@@ -308,6 +352,49 @@ fn toolchain_paths() -> &'static [PathBuf] {
         }
         paths
     })
+}
+
+/// What of a toolchain's prefix (`~/.nvm/versions/node/v22` for its `bin`)
+/// programs run from: their libraries, data and helpers, pyenv's
+/// interpreters and plugins, Homebrew's cellar — never the prefix's other
+/// files (`~/.cargo` holds `credentials.toml`, `config.toml` and every
+/// crate the user downloaded).
+const TOOLCHAIN_PARTS: [&str; 13] = [
+    "bin", "sbin", "shims", "lib", "lib32", "lib64", "libexec", "include", "share", "versions", "plugins", "Cellar",
+    "opt",
+];
+
+/// The files of the user's cargo home that a build must not read — its
+/// registry tokens (`credentials`, `credentials.toml`, and any other file
+/// named `credentials*`) and configuration (`config*`, which may hold
+/// tokens too) — where they lie in what the build sees (the system: a
+/// `/usr/local/cargo`; or a directory on the `PATH`): each as the path to
+/// mask.
+fn credentials_in_sight(read_only: &[PathBuf]) -> Vec<PathBuf> {
+    let homes = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let in_sight = |path: &Path| {
+        SYSTEM.iter().any(|system| path.starts_with(system)) || read_only.iter().any(|bound| path.starts_with(bound))
+    };
+    let mut masked = Vec::new();
+    for home in homes {
+        let Ok(entries) = std::fs::read_dir(&home) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with("credentials") || name.starts_with("config")) {
+                continue;
+            }
+            // A link is masked where it leads: that is what the build would read.
+            let Ok(file) = entry.path().canonicalize() else { continue };
+            if in_sight(&file) && file.is_file() && !masked.contains(&file) {
+                masked.push(file);
+            }
+        }
+    }
+    masked
 }
 
 /// What every sandbox sees of the system already (see `sandbox::local`).
@@ -457,6 +544,37 @@ mod tests {
         let text = tail([&flood[..], b"the error"].concat().as_slice(), 100);
         assert_eq!(text.len(), 100);
         assert!(text.ends_with("the error"));
+    }
+
+    /// The networked phase (the fetch) cannot reach the host's unix
+    /// sockets — abstract ones included, which a network namespace of its
+    /// own would hide — while socket pairs, which reach nothing, still work.
+    #[test]
+    fn a_networked_phase_cannot_open_unix_sockets() {
+        let (Ok(bwrap), python) = (probe(), Path::new("/usr/bin/python3")) else {
+            eprintln!("skipped a_networked_phase_cannot_open_unix_sockets: bubblewrap does not work here");
+            return;
+        };
+        if !python.is_file() {
+            eprintln!("skipped a_networked_phase_cannot_open_unix_sockets: it needs /usr/bin/python3");
+            return;
+        }
+        let script = "import socket\n\
+                      try:\n    socket.socket(socket.AF_UNIX); print('unix-opened')\n\
+                      except OSError as e:\n    print('unix-refused', e.errno)\n\
+                      socket.socketpair(); print('pair-opened')\n";
+        let mut space = BuildSpace::new(Launcher::Sandboxed(bwrap.clone()));
+        for (network, expected) in [(true, "unix-refused"), (false, "unix-opened")] {
+            space.set_network(network);
+            let command = space.command(python, &["-c".into(), script.into()], Path::new("/")).unwrap();
+            let ran = run(command, "python3").unwrap();
+            assert!(ran.success, "{}", ran.stderr);
+            assert!(
+                ran.stdout.contains(expected) && ran.stdout.contains("pair-opened"),
+                "network {network}: {}",
+                ran.stdout
+            );
+        }
     }
 
     #[test]

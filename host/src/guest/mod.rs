@@ -4,6 +4,7 @@
 
 pub mod build;
 mod cache_dirs;
+mod cargo_fetch;
 mod componentize;
 pub(crate) mod embedded_connectors;
 pub mod isolate;
@@ -18,3 +19,4 @@ mod wit;
 pub use build::{AgentSourceError, BuildOptions, Language, build, built_component, detect, project_root, resolve};
 pub use isolate::BuildIsolation;
 pub use serving::{build_project, component_for};
+pub(crate) use source_copy::never_copy;

@@ -8,16 +8,19 @@
 //! changes elsewhere.
 //!
 //! An isolated build has a target directory of its own (a shared one would
-//! let one agent's build scripts tamper with another's dependencies) and
-//! uses flue's own cargo home, `<cache>/cargo`, for registry downloads: a
-//! build script can write there, so it must not be the cargo home the
-//! user's own, unisolated builds read sources from. The user's
-//! `config.toml` is carried over (mirrors, registries).
+//! let one agent's build scripts tamper with another's dependencies). Its
+//! dependencies are fetched first, with network, by cargo alone; then it
+//! builds offline, without any network, with a cargo home of its own
+//! ([`super::cargo_fetch`]).
+//!
+//! The workspace a crate builds in is the nearest directory at or above it
+//! whose `Cargo.toml` has a `[workspace]` table, but never above the
+//! project around the agent (a directory with `flue.toml` or `agents/`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::build::{AgentSourceError, BuildOptions, BuildPaths, readable_log, stale};
+use super::build::{AgentSourceError, BuildOptions, BuildPaths, is_project_root, readable_log, stale};
 use super::isolate::{BuildSpace, launcher};
 use crate::events::EventLog;
 
@@ -45,25 +48,63 @@ pub(crate) fn build_agent(dir: &Path, options: BuildOptions, events: &EventLog) 
     }
     let visible_root = paths.prepare(&mut space)?;
     let visible_crate = visible_root.join(dir.strip_prefix(&root).unwrap_or(Path::new("")));
-    let target = paths.work.join("target");
-    std::fs::create_dir_all(&target)
-        .map_err(|err| AgentSourceError::Read { path: target.clone(), reason: err.to_string() })?;
+    let target = paths.target_dir()?;
     space.set_env("CARGO_TARGET_DIR", &target);
+    let mut fetch_failed = None;
     if space.is_sandboxed() {
-        let home = own_cargo_home()?;
-        space.writable(home.clone(), home.clone());
-        space.set_env("CARGO_HOME", home);
+        fetch_failed = super::cargo_fetch::fetch(&space, &visible_crate.join("Cargo.toml"), events)?;
+        super::cargo_fetch::offline_home(&mut space, &paths.work)?;
     }
     super::toolchains::ensure_wasm_target(&space, &visible_crate, events)?;
-    let artifact = cargo_build(&space, &visible_crate, &target, events)?;
+    let artifact = match cargo_build(&space, &visible_crate, &target, events) {
+        Err(AgentSourceError::BuildFailed { dir, log }) if let Some(fetch_log) = fetch_failed => {
+            return Err(AgentSourceError::BuildFailed {
+                dir,
+                log: format!("fetching its dependencies failed:\n{fetch_log}\n\nthen building offline failed:\n{log}"),
+            });
+        }
+        other => other?,
+    };
+    if let Some(fetch_log) = fetch_failed {
+        events.log(
+            "flue",
+            "warn",
+            format!(
+                "could not fetch the dependencies of {} (built from those fetched before): {fetch_log}",
+                dir.display()
+            ),
+        );
+    }
     paths.publish(&artifact)
 }
 
-/// The workspace `dir` belongs to: the nearest ancestor (or `dir`) whose
-/// `Cargo.toml` has `[workspace]`, else `dir` itself.
+/// The workspace `dir` belongs to: the nearest directory at or above it
+/// whose `Cargo.toml` has a `[workspace]` table — at most the project
+/// around it — else `dir` itself.
 fn workspace_root(dir: &Path) -> PathBuf {
-    let is_root = |d: &Path| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"));
-    dir.ancestors().find(|d| is_root(d)).unwrap_or(dir).to_path_buf()
+    for candidate in dir.ancestors() {
+        if declares_workspace(&candidate.join("Cargo.toml")) {
+            return candidate.to_path_buf();
+        }
+        if is_project_root(candidate) {
+            break;
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// Whether the manifest at `path` has a `[workspace]` table (read as TOML,
+/// up to a sane size).
+fn declares_workspace(path: &Path) -> bool {
+    use std::io::Read;
+    const MAX_MANIFEST: u64 = 4 << 20;
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let mut text = String::new();
+    if file.take(MAX_MANIFEST).read_to_string(&mut text).is_err() {
+        return false;
+    }
+    toml::from_str::<toml::Table>(&text)
+        .is_ok_and(|manifest| manifest.get("workspace").is_some_and(toml::Value::is_table))
 }
 
 /// What a Rust build depends on: the crate, its workspace's manifest and
@@ -74,37 +115,17 @@ fn inputs(dir: &Path, root: &Path) -> Vec<PathBuf> {
     inputs
 }
 
-/// flue's cargo home for isolated builds, with the user's cargo
-/// configuration (not their credentials).
-fn own_cargo_home() -> Result<PathBuf, AgentSourceError> {
-    let home = super::cache_dirs::cache_root()
-        .and_then(|root| super::cache_dirs::private_subdir(&root, "cargo"))
-        .map_err(AgentSourceError::Cache)?;
-    let user = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let config = home.join("config.toml");
-    match user.map(|user| std::fs::read(user.join("config.toml"))) {
-        Some(Ok(text)) => std::fs::write(&config, text),
-        _ => std::fs::remove_file(&config)
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
-    }
-    .map_err(|err| AgentSourceError::Cache(format!("{}: {err}", config.display())))?;
-    Ok(home)
-}
-
 /// `cargo build --release --target wasm32-wasip2` in `dir` (as `space`
 /// sees it), returning the `.wasm` of the package's cdylib in `target`.
 fn cargo_build(space: &BuildSpace, dir: &Path, target: &Path, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
-    let no_cargo = || AgentSourceError::Toolchain("cannot run cargo: install Rust from https://rustup.rs".into());
-    let cargo = match std::env::var_os("CARGO").map(PathBuf::from) {
-        Some(cargo) if cargo.is_absolute() => cargo,
-        _ => super::which::find_on_path("cargo").ok_or_else(no_cargo)?,
-    };
-    let args: Vec<OsString> =
+    let cargo = super::cargo_fetch::cargo()?;
+    let mut args: Vec<OsString> =
         ["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"]
             .map(OsString::from)
             .to_vec();
+    if space.is_sandboxed() {
+        args.push("--offline".into()); // its dependencies were fetched before
+    }
     let _progress = events.progress(format!("building {}", dir.display()));
     let ran = super::isolate::run(space.command(&cargo, &args, dir)?, "cargo")?;
     if !ran.success {

@@ -8,9 +8,33 @@
 //! (`target/`, `node_modules/`, `__pycache__/`, `.git/`) are not copied, and
 //! neither is anything but files, directories and symbolic links (copied as
 //! links, never followed).
+//!
+//! Nor are the project's secrets and state, wherever the workspace is: no
+//! `.env` file (`.env`, `.env.local`, `.envrc`…), no `.flue/` (the run
+//! store), no `connectors/` at a project's root (its connectors and their
+//! configuration), and none of the files this flue was given with `--env`
+//! ([`never_copy`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Files given to this process as configuration (`--env` files, the
+/// project's `.env`), canonical: never copied into a build.
+static NEVER_COPIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Never copy `files` (configuration this flue read, which may hold
+/// secrets) into a build.
+pub(crate) fn never_copy<'a>(files: impl IntoIterator<Item = &'a Path>) {
+    let mut never = NEVER_COPIED.lock().unwrap_or_else(|e| e.into_inner());
+    for file in files {
+        if let Ok(file) = file.canonicalize()
+            && !never.contains(&file)
+        {
+            never.push(file);
+        }
+    }
+}
 
 /// The most files and directories a workspace may hold.
 const MAX_ENTRIES: usize = 50_000;
@@ -20,7 +44,7 @@ const MAX_BYTES: u64 = 1 << 30;
 /// Replace `to` with a copy of the workspace `from`. A `Cargo.lock` that
 /// only the previous copy had (cargo made it) is kept.
 pub(crate) fn copy_workspace(from: &Path, to: &Path) -> Result<(), String> {
-    let kept_lock = if from.join("Cargo.lock").exists() { None } else { read_lock(&to.join("Cargo.lock")) };
+    let kept_lock = if from.join("Cargo.lock").exists() { None } else { read_lock(to) };
     if std::fs::symlink_metadata(to).is_ok() {
         std::fs::remove_dir_all(to).map_err(|err| format!("cannot clear {}: {err}", to.display()))?;
     }
@@ -32,19 +56,14 @@ pub(crate) fn copy_workspace(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A lock file the previous build left, read without following a link
-/// (the build could have made it one) and only if it is of a sane size.
-fn read_lock(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+/// The lock file the previous build left in its copy `copy`, read beneath
+/// the copy's parent (the build's directory) following no link out of it
+/// — the build could have made the copy, or the lock file, a link to a host
+/// file — and only if it is of a sane size.
+fn read_lock(copy: &Path) -> Option<Vec<u8>> {
     const MAX_LOCK: u64 = 16 << 20;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_LOCK + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= MAX_LOCK).then_some(bytes)
+    let work = crate::sandbox::local::ConfinedRoot::open(copy.parent()?).ok()?;
+    work.read(&format!("{}/Cargo.lock", copy.file_name()?.to_str()?), MAX_LOCK).ok()
 }
 
 struct Budget<'a> {
@@ -69,10 +88,16 @@ impl Budget<'_> {
     }
 }
 
-/// Whether `name` in `dir` is a build output or a dependency tree.
+/// Whether `name` in `dir` is a build output, a dependency tree, or the
+/// project's secrets or state.
 fn skipped(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    if NEVER_COPIED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|file| *file == dir.join(name)) {
+        return true;
+    }
     match name.to_str() {
-        Some(".git" | "node_modules" | "__pycache__") => true,
+        Some(".git" | "node_modules" | "__pycache__" | ".flue") => true,
+        Some(env) if env.starts_with(".env") => true,
+        Some("connectors") => super::build::is_project_root(dir),
         // cargo's output sits beside a manifest; elsewhere `target` may be source.
         Some("target") => {
             dir.join("Cargo.toml").exists() || dir.join("app.py").exists() || dir.join("agent.js").exists()
@@ -156,5 +181,35 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), to.join("Cargo.lock")).unwrap();
         copy_workspace(&from, &to).unwrap();
         assert!(!to.join("Cargo.lock").exists());
+        // Nor is one read through a copy made a link to a host directory.
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("Cargo.lock"), "host file").unwrap();
+        std::fs::remove_dir_all(&to).unwrap();
+        std::os::unix::fs::symlink(&host, &to).unwrap();
+        assert_eq!(read_lock(&to), None);
+    }
+
+    #[test]
+    fn the_projects_secrets_and_state_are_never_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("project"), dir.path().join("copy"));
+        for sub in ["agents/a/src/connectors", "connectors", ".flue", "config"] {
+            std::fs::create_dir_all(from.join(sub)).unwrap();
+        }
+        std::fs::write(from.join("flue.toml"), "").unwrap();
+        for file in [".env", ".env.local", ".envrc", "agents/a/.env", ".flue/runs.sqlite", "connectors/x.wasm"] {
+            std::fs::write(from.join(file), "secret").unwrap();
+        }
+        std::fs::write(from.join("agents/a/src/connectors/mod.rs"), "").unwrap();
+        std::fs::write(from.join("config/daytona.conf"), "DAYTONA_API_KEY=secret").unwrap();
+        never_copy([from.join("config/daytona.conf").as_path()]);
+        copy_workspace(&from, &to).unwrap();
+        for gone in [".env", ".env.local", ".envrc", "agents/a/.env", ".flue", "connectors", "config/daytona.conf"] {
+            assert!(std::fs::symlink_metadata(to.join(gone)).is_err(), "{gone} was copied");
+        }
+        // Source that merely shares a name is copied.
+        assert!(to.join("agents/a/src/connectors/mod.rs").is_file());
+        assert!(to.join("flue.toml").is_file());
     }
 }

@@ -173,11 +173,88 @@ impl Interpreter {
     }
 }
 
+/// The target Rust agents are built for.
+pub(crate) const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The Rust toolchain flue itself builds and tests with (its source tree's
+/// `rust-toolchain.toml`).
+fn pinned_rust_channel() -> Option<String> {
+    let pin: toml::Table = toml::from_str(include_str!("../../../rust-toolchain.toml")).ok()?;
+    Some(pin.get("toolchain")?.get("channel")?.as_str()?.to_string())
+}
+
+/// The toolchains rustup has installed (`rustup toolchain list`, asked on
+/// this machine from flue's cache, so that no `rust-toolchain.toml` of an
+/// agent's applies), each with whether it is the default; asked once.
+fn installed_rust_toolchains() -> &'static [(String, bool)] {
+    static INSTALLED: OnceLock<Vec<(String, bool)>> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let (Some(rustup), Ok(neutral)) = (find_on_path("rustup"), toolchains_dir()) else { return Vec::new() };
+        let listed = Command::new(rustup)
+            .args(["toolchain", "list"])
+            .current_dir(neutral)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        match listed {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    let name = words.next()?;
+                    Some((name.to_string(), words.any(|word| word.contains("default"))))
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    })
+}
+
+/// The toolchain a build's fetch phase runs cargo with, decided on this
+/// machine, never by the agent: `$RUSTUP_TOOLCHAIN` when you set it, else
+/// flue's pinned Rust when rustup has it, else rustup's default; `None`
+/// without rustup (the cargo on the `PATH` is then the only one).
+pub(crate) fn trusted_rust_toolchain() -> Option<String> {
+    if let Some(chosen) = std::env::var("RUSTUP_TOOLCHAIN").ok().filter(|t| !t.is_empty()) {
+        return Some(chosen);
+    }
+    let installed = installed_rust_toolchains();
+    let pinned = pinned_rust_channel().and_then(|pin| {
+        installed
+            .iter()
+            .find(|(name, _)| *name == pin || name.strip_prefix(&pin).is_some_and(|rest| rest.starts_with('-')))
+    });
+    pinned.or_else(|| installed.iter().find(|(_, default)| *default)).map(|(name, _)| name.clone())
+}
+
+/// Whether `name` is the name of an official toolchain rustup could add a
+/// target to: a channel (`stable`, `beta`, `nightly`) or a version, with an
+/// optional date and host, in the characters such names have.
+fn official_toolchain_name(name: &str) -> bool {
+    let channel = ["stable", "beta", "nightly"].iter().any(|c| name == *c || name.starts_with(&format!("{c}-")))
+        || name.starts_with(|c: char| c.is_ascii_digit());
+    channel && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// The rustup toolchain whose sysroot is `sysroot`, when it is one of
+/// rustup's installed official toolchains; `None` for anything else (a
+/// build's `rustc` answers what it likes: its toolchain file may name a
+/// directory of the agent's).
+fn installed_toolchain_at(sysroot: &Path) -> Option<String> {
+    let toolchains = super::isolate::rustup_home()?.join("toolchains").canonicalize().ok()?;
+    let name = sysroot.file_name()?.to_str()?;
+    let located = sysroot.parent().and_then(|parent| parent.canonicalize().ok()).is_some_and(|p| p == toolchains);
+    let installed = installed_rust_toolchains().iter().any(|(installed, _)| installed == name);
+    (located && installed && official_toolchain_name(name)).then(|| name.to_string())
+}
+
 /// The `wasm32-wasip2` target, for the Rust toolchain a build in `cwd`
 /// (as `space` sees it) uses — its `rust-toolchain.toml` applies, so it is
-/// asked inside the build's sandbox: added with rustup when missing.
+/// asked inside the build's sandbox — added with rustup when missing, and
+/// only to one of rustup's installed official toolchains.
 pub(crate) fn ensure_wasm_target(space: &BuildSpace, cwd: &Path, events: &EventLog) -> Result<(), AgentSourceError> {
-    const TARGET: &str = "wasm32-wasip2";
+    const TARGET: &str = WASM_TARGET;
     let no_rustc = || AgentSourceError::Toolchain("cannot run rustc: install Rust from https://rustup.rs".into());
     let rustc = match std::env::var_os("RUSTC").map(PathBuf::from) {
         Some(rustc) if rustc.is_absolute() => rustc,
@@ -193,28 +270,31 @@ pub(crate) fn ensure_wasm_target(space: &BuildSpace, cwd: &Path, events: &EventL
     }
     let install_for = || {
         AgentSourceError::Toolchain(format!(
-            "the Rust target {TARGET} is not installed, and flue cannot add it: install it for {}",
-            sysroot.display()
+            "the Rust target {TARGET} is not installed, and flue cannot add it: install it for {:?}",
+            sysroot.display().to_string()
         ))
     };
     let rustup = find_on_path("rustup").ok_or_else(install_for)?;
-    // rustup names its toolchains by their directory under `toolchains/`.
-    let toolchain = sysroot
-        .parent()
-        .filter(|parent| parent.file_name().is_some_and(|n| n == "toolchains"))
-        .and(sysroot.file_name())
-        .ok_or_else(install_for)?;
+    // The name comes from the build's answer: acted on only when it is one
+    // of rustup's own official toolchains, in rustup's own directory.
+    let toolchain = installed_toolchain_at(&sysroot).ok_or_else(|| {
+        AgentSourceError::Toolchain(format!(
+            "the Rust target {TARGET} is missing from the toolchain this agent builds with ({:?}), which is not \
+             one of rustup's installed official toolchains: flue adds targets only to those; install it yourself",
+            sysroot.display().to_string()
+        ))
+    })?;
     // One install at a time (builds run in parallel); look again once locked.
     let dir = toolchains_dir()?;
     let _lock = cache_dirs::lock(&dir.join("rust-target.lock")).map_err(AgentSourceError::Cache)?;
     if sysroot.join("lib/rustlib").join(TARGET).is_dir() {
         return Ok(());
     }
-    events.log("flue", "info", format!("installing the Rust target {TARGET} (rustup)…"));
+    events.log("flue", "info", format!("installing the Rust target {TARGET} for {toolchain} (rustup)…"));
     let _progress = events.progress(format!("installing the Rust target {TARGET}"));
     let out = Command::new(rustup)
         .args(["target", "add", TARGET, "--toolchain"])
-        .arg(toolchain)
+        .arg(&toolchain)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .output()
@@ -334,4 +414,22 @@ fn install(
     let digest = cache_dirs::tree_digest(dir, MARKER).map_err(fail)?;
     std::fs::write(dir.join(MARKER), marker_text(identity, &digest)).map_err(|err| fail(err.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_official_toolchain_names_go_to_rustup() {
+        for official in
+            ["stable", "1.95.0-x86_64-unknown-linux-gnu", "nightly-2026-01-01-x86_64-unknown-linux-gnu", "beta"]
+        {
+            assert!(official_toolchain_name(official), "{official}");
+        }
+        for other in ["--help", "my-toolchain", "stable/../../x", "1.95 ; rm", "", "stablex"] {
+            assert!(!official_toolchain_name(other), "{other}");
+        }
+        assert!(pinned_rust_channel().is_some_and(|channel| official_toolchain_name(&channel)));
+    }
 }

@@ -17,7 +17,8 @@
 //!   the machine could read them with `ps`.
 //!
 //! Builds of agent source ([`build_command`]) run in the same sandbox, with
-//! the host's network and the paths the build names.
+//! the paths the build names and no network — but for the phase that fetches
+//! dependencies, which has the host's network and no unix sockets.
 
 use std::ffi::{CString, OsString};
 use std::io::Write;
@@ -192,6 +193,16 @@ pub(crate) struct BuildSandbox<'a> {
     pub read_only: &'a [PathBuf],
     /// Host directories it may change, and where it sees them.
     pub writable: &'a [(PathBuf, PathBuf)],
+    /// Host directories it sees read-only at a path inside one of the
+    /// writable ones (mounted after them): the fetched crates in a build's
+    /// own cargo home.
+    pub read_only_within: &'a [(PathBuf, PathBuf)],
+    /// Files in what it sees that it must not read (a cargo home's
+    /// credentials): each replaced by an empty file.
+    pub masked: &'a [PathBuf],
+    /// Whether it has the host's network (only the phase that fetches
+    /// dependencies, which runs no agent code; it cannot create unix sockets).
+    pub network: bool,
     /// Its working directory, as it sees it.
     pub cwd: &'a Path,
     /// Its whole environment.
@@ -199,19 +210,20 @@ pub(crate) struct BuildSandbox<'a> {
 }
 
 /// A `bwrap` command that runs `program args…` as a build: the sandbox of
-/// [`system_args`] (so no capabilities, and the seccomp filter) with the
-/// host's network, for package registries, and nothing of the host's but
-/// `build`'s paths. `program` runs directly, without a shell.
+/// [`system_args`] (so no capabilities, and the seccomp filter), without
+/// network unless `build.network`, and nothing of the host's but `build`'s
+/// paths. `program` runs directly, without a shell.
 pub(crate) fn build_command(
     bwrap: &Path,
     build: &BuildSandbox<'_>,
     program: &Path,
     program_args: &[OsString],
 ) -> Result<std::process::Command, SandboxError> {
-    let mut args: Vec<OsString> = system_args("flue-build", true).into_iter().map(OsString::from).collect();
+    let mut args: Vec<OsString> = system_args("flue-build", build.network).into_iter().map(OsString::from).collect();
     // With systemd-resolved, /etc/resolv.conf points into /run, which is not
     // there: without it, no name resolves.
-    if let Ok(resolver) = std::fs::canonicalize("/etc/resolv.conf")
+    if build.network
+        && let Ok(resolver) = std::fs::canonicalize("/etc/resolv.conf")
         && !resolver.starts_with("/etc")
         && !resolver.starts_with("/usr")
     {
@@ -223,12 +235,24 @@ pub(crate) fn build_command(
     for (host, visible) in build.writable {
         args.extend(["--bind".into(), host.into(), visible.into()]);
     }
+    for (host, visible) in build.read_only_within {
+        args.extend(["--ro-bind".into(), host.into(), visible.into()]);
+    }
+    for path in build.masked {
+        args.extend(["--ro-bind".into(), "/dev/null".into(), path.into()]);
+    }
     args.extend(["--chdir".into(), build.cwd.into(), "--clearenv".into()]);
     for (name, value) in build.env {
         args.extend(["--setenv".into(), name.clone(), value.clone()]);
     }
     refuse_nul(program_args.iter().map(|arg| arg.as_bytes()))?;
-    let fds = Passed::default().finish(&mut args)?;
+    let mut passed = Passed::default();
+    if build.network {
+        let program = seccomp::no_unix_sockets().map_err(|e| SandboxError::other(format!("seccomp filter: {e}")))?;
+        let fd = passed.pass(memfd("flue-seccomp", program)?)?;
+        args.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
+    }
+    let fds = passed.finish(&mut args)?;
     let mut cmd = std::process::Command::new(bwrap);
     cmd.env_clear().arg("--args").arg(FIRST_FD.to_string()).arg("--").arg(program).args(program_args);
     // SAFETY: as in `command`: dup2 only, on fds the closure owns.

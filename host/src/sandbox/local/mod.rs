@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 pub(crate) use bwrap::{BuildSandbox, build_command};
-use fs::ConfinedRoot;
+pub(crate) use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
 pub(crate) use store::ensure_private_dir;

@@ -9,6 +9,11 @@
 //! `S_ISGID`. `openat2` takes its mode in a struct the filter cannot read,
 //! so it fails with `ENOSYS` and callers fall back to `openat`.
 //!
+//! A build's fetch phase, the one phase of an agent's build that keeps the
+//! host's network, adds [`no_unix_sockets`]: `socket(AF_UNIX, …)` fails, so
+//! nothing in it reaches the abstract unix sockets of the host's network
+//! namespace (X11's `@/tmp/.X11-unix/X0`, D-Bus) or any socket file.
+//!
 //! The program is compiled by `seccompiler` (rust-vmm), which also rejects
 //! syscalls made through another ABI (i386 on x86_64) by killing the
 //! process: otherwise they would bypass a filter keyed on x86_64 numbers.
@@ -76,6 +81,30 @@ fn compile() -> Result<Vec<Vec<u8>>, String> {
             Ok(encode(&program))
         })
         .collect()
+}
+
+/// The filter a networked build phase adds: creating an `AF_UNIX` socket
+/// fails with `EAFNOSUPPORT` (socket pairs, which reach nothing outside,
+/// still work).
+pub fn no_unix_sockets() -> Result<&'static [u8], String> {
+    static PROGRAM: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    PROGRAM.get_or_init(compile_no_unix_sockets).as_deref().map_err(Clone::clone)
+}
+
+fn compile_no_unix_sockets() -> Result<Vec<u8>, String> {
+    let arch: seccompiler::TargetArch =
+        std::env::consts::ARCH.try_into().map_err(|_| format!("no seccomp filter for {}", std::env::consts::ARCH))?;
+    let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
+        .map_err(|e| e.to_string())?;
+    let rule = vec![SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?];
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_socket | X32_SYSCALL_BIT, rule.clone());
+    rules.insert(libc::SYS_socket, rule);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EAFNOSUPPORT as u32), arch)
+        .map_err(|e| e.to_string())?;
+    let program: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    Ok(encode(&program))
 }
 
 /// `struct sock_filter` as the kernel reads it: u16 code, u8 jt, u8 jf, u32 k.
