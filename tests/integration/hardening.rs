@@ -113,7 +113,7 @@ fn ld_preload_from_an_agent_runs_only_inside_the_sandbox() {
 
 // 2. Root inside the sandbox has no capabilities.
 
-const PRIVILEGE_PROBE: &str = "grep CapEff /proc/self/status; \
+const PRIVILEGE_PROBE: &str = "umask 022; grep CapEff /proc/self/status; \
     mount -o remount,rw /etc 2>/dev/null && echo REMOUNTED; \
     mount -t tmpfs none /tmp 2>/dev/null && echo MOUNTED; \
     mknod /tmp/null c 1 3 2>/dev/null && echo MKNOD; \
