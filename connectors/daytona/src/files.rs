@@ -74,14 +74,25 @@ pub fn write(toolbox: &str, path: &str, data: &[u8]) -> Result<()> {
 
 fn info(toolbox: &str, path: &str) -> Result<FileInfo> {
     let url = format!("{toolbox}/files/info?path={}", encode(path));
-    let response = match api::send(&Call::get(url.clone())) {
-        // A path through a file: the daemon answers 400 with the OS's words.
-        Err(Answer(SandboxError::InvalidInput(m))) if m.to_ascii_lowercase().contains("not a directory") => {
-            return Err(Answer(SandboxError::NotADirectory(m)));
+    match api::send(&Call::get(url.clone())) {
+        Ok(response) => api::json(&url, &response),
+        // A path through a file: the daemon answers 400 with the OS's words
+        // and no code of its own for it, so whether a file stands in the
+        // way is asked of the parent (one more call, on this path only).
+        Err(Answer(SandboxError::InvalidInput(m))) if path != "/" && through_a_file(toolbox, parent(path)) => {
+            Err(Answer(SandboxError::NotADirectory(m)))
         }
-        other => other?,
-    };
-    api::json(&url, &response)
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether `dir` is, or passes through, something that is not a directory.
+fn through_a_file(toolbox: &str, dir: &str) -> bool {
+    match info(toolbox, dir) {
+        Ok(info) => !info.is_dir,
+        Err(Answer(SandboxError::NotADirectory(_))) => true,
+        Err(_) => false,
+    }
 }
 
 pub fn stat(toolbox: &str, path: &str) -> Result<FileStat> {

@@ -64,7 +64,7 @@ const SUPERVISOR_PATH: &str = "/run/flue/supervisor";
 pub(crate) enum Program<'a> {
     /// One command, with `bash -c`; `nproc` limits processes inside.
     Shell { command: &'a str, nproc: Option<u64> },
-    /// The sandbox's supervisor ([`super::supervise`]): `program` is the
+    /// The sandbox's supervisor ([`super::supervisor`]): `program` is the
     /// `flue` binary, `socket` its end of the host's socket.
     Supervisor { program: &'a Path, socket: OwnedFd, nproc: Option<u64> },
 }
@@ -93,7 +93,7 @@ pub(crate) fn command(
             args.extend(["--ro-bind".into(), program.to_string_lossy().into_owned(), SUPERVISOR_PATH.into()]);
             // bubblewrap passes on fds it was given; this one reaches the supervisor.
             let fd = passed.pass(socket)?;
-            tail.extend([SUPERVISOR_PATH.into(), super::supervise::SUPERVISOR_ARG.into(), fd.to_string()]);
+            tail.extend([SUPERVISOR_PATH.into(), super::supervisor::SUPERVISOR_ARG.into(), fd.to_string()]);
             tail.push(nproc.unwrap_or(0).to_string());
         }
     }

@@ -220,10 +220,10 @@ impl Runner {
         let (ended, timed_out) = started.wait(spec.timeout).await?;
         match ended {
             Ended::Exited(code) => Ok((if timed_out { TIMEOUT_EXIT_CODE } else { code }, timed_out, running)),
-            Ended::NotStarted(why) => {
+            Ended::NotStarted { errno, message: why } => {
                 let counters = self.counters();
                 let _ = (drain(running.stdout).await, drain(running.stderr).await);
-                let note = if why.contains("Resource temporarily unavailable") || counters.refused_forks > 0 {
+                let note = if errno == Some(libc::EAGAIN) || counters.refused_forks > 0 {
                     format!(" (the sandbox's limit of {} processes is reached)", self.limits.max_processes)
                 } else {
                     String::new()

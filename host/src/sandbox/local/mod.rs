@@ -7,7 +7,7 @@
 //! Under bubblewrap commands see the sandbox at [`VISIBLE_ROOT`]; without it
 //! they see the real directory, and the host says once that commands are not
 //! isolated. Each sandbox has resource limits ([`limits`]), and an isolated
-//! one a supervisor process that starts its commands ([`supervise`]).
+//! one a supervisor process that starts its commands ([`supervisor`]).
 
 mod bwrap;
 mod exec;
@@ -16,7 +16,6 @@ mod isolation;
 mod limits;
 mod seccomp;
 mod store;
-mod supervise;
 mod supervisor;
 mod volumes;
 
@@ -32,7 +31,7 @@ pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
 pub(crate) use store::ensure_private_dir;
 use store::{Metadata, Store};
-pub use supervise::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
+pub use supervisor::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
 pub use volumes::default_data_dir;
 use volumes::{MountSpec, Mounted, Volumes};
 

@@ -1,5 +1,5 @@
-//! The host's side of a sandbox's supervisor ([`super::supervise`]): start
-//! it under bubblewrap, hand it commands, learn how they ended.
+//! The host's side of a sandbox's supervisor: start it under bubblewrap,
+//! hand it commands, learn how they ended.
 //!
 //! A supervisor is started at a sandbox's first isolated command and kept
 //! for the sandbox's life. Each command gets two fresh pipes (the host keeps
@@ -9,7 +9,8 @@
 //! command starts a new one.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IoSlice, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
@@ -17,15 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags, SocketType};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::oneshot;
 
-use super::bwrap::{Isolated, Program};
-use super::limits::Launch;
-use super::supervise::{StartRequest, send_with_fds};
+use super::super::bwrap::{Isolated, Program};
+use super::super::limits::Launch;
+use super::{MAX_PACKET, Reply, Request, StartRequest};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 
 /// How long a new supervisor may take to say it is ready.
@@ -36,8 +37,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) enum Ended {
     /// Exit code (signals as 128 + n).
     Exited(i32),
-    /// It could not start (e.g. the process limit refused the fork).
-    NotStarted(String),
+    /// It could not start: the OS's error number, if any (`EAGAIN`: the
+    /// process limit refused the fork), and what failed.
+    NotStarted { errno: Option<i32>, message: String },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Ended>>>>;
@@ -76,7 +78,7 @@ impl Supervisor {
         let (host_end, supervisor_end) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                 .map_err(|err| failed("cannot create the supervisor's socket", err))?;
-        let mut command = super::bwrap::command(
+        let mut command = super::super::bwrap::command(
             bwrap,
             isolated,
             Program::Supervisor { program, socket: supervisor_end, nproc },
@@ -100,12 +102,12 @@ impl Supervisor {
         let socket = unsafe { AsyncFd::register(host_end) }.map_err(|err| failed("supervisor socket", err))?;
         let socket = Arc::new(socket);
         match tokio::time::timeout(READY_TIMEOUT, receive(&socket)).await {
-            Ok(Ok(Some(message))) if message == "ready" => {}
+            Ok(Ok(Some(Reply::Ready))) => {}
             outcome => {
                 let _ = child.start_kill();
                 let said = tokio::time::timeout(Duration::from_secs(2), diagnostics).await;
                 let said = said.ok().and_then(Result::ok).unwrap_or_default();
-                super::isolation::forget_probe();
+                super::super::isolation::forget_probe();
                 let what = match outcome {
                     Err(_) => "it did not answer in time".to_string(),
                     _ if said.is_empty() => "it exited at once".to_string(),
@@ -145,7 +147,7 @@ impl Supervisor {
         self.pending.lock().expect("not poisoned").insert(id, tell);
         let sent = send_with_fds(
             self.socket.get_ref(),
-            format!("start {id}").as_bytes(),
+            &Request::Start { id }.encode(),
             &[file.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
         );
         if let Err(err) = sent {
@@ -157,7 +159,7 @@ impl Supervisor {
     }
 
     fn kill(&self, id: u64) {
-        let _ = send_with_fds(self.socket.get_ref(), format!("kill {id}").as_bytes(), &[]);
+        let _ = send_with_fds(self.socket.get_ref(), &Request::Kill { id }.encode(), &[]);
     }
 }
 
@@ -221,7 +223,7 @@ impl Drop for Supervisor {
             }
         }
         // Still there (stuck in the kernel?): reap it in the background.
-        super::exec::reap_in_background(child);
+        super::super::exec::reap_in_background(child);
     }
 }
 
@@ -242,11 +244,12 @@ fn output_pipe() -> SandboxResult<(Receiver, OwnedFd)> {
     Ok((read, write))
 }
 
-/// One message from the supervisor; `None` when it is gone.
-async fn receive(socket: &AsyncFd<OwnedFd>) -> std::io::Result<Option<String>> {
+/// One reply from the supervisor; `None` when it is gone. A packet that is
+/// not a reply (a subverted supervisor's) is skipped.
+async fn receive(socket: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Reply>> {
     loop {
         let mut guard = socket.readable().await?;
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; MAX_PACKET];
         let got = guard.try_io(|fd| {
             let mut control = rustix::net::RecvAncillaryBuffer::new(&mut []);
             rustix::net::recvmsg(
@@ -259,7 +262,10 @@ async fn receive(socket: &AsyncFd<OwnedFd>) -> std::io::Result<Option<String>> {
         });
         match got {
             Ok(Ok(received)) if received.bytes == 0 => return Ok(None),
-            Ok(Ok(received)) => return Ok(Some(String::from_utf8_lossy(&buf[..received.bytes]).into_owned())),
+            Ok(Ok(received)) => match serde_json::from_slice(&buf[..received.bytes]) {
+                Ok(reply) => return Ok(Some(reply)),
+                Err(_) => continue,
+            },
             Ok(Err(err)) => return Err(err),
             Err(_would_block) => continue,
         }
@@ -269,13 +275,11 @@ async fn receive(socket: &AsyncFd<OwnedFd>) -> std::io::Result<Option<String>> {
 /// Route the supervisor's answers to the commands waiting for them; when it
 /// is gone, fail them all.
 async fn read_answers(socket: Arc<AsyncFd<OwnedFd>>, pending: Pending, dead: Arc<AtomicBool>) {
-    while let Ok(Some(message)) = receive(&socket).await {
-        let mut words = message.splitn(3, ' ');
-        let (verb, id, rest) = (words.next(), words.next().and_then(|w| w.parse::<u64>().ok()), words.next());
-        let ended = match (verb, id, rest) {
-            (Some("exit"), Some(id), Some(code)) => code.trim().parse().ok().map(|code| (id, Ended::Exited(code))),
-            (Some("fail"), Some(id), why) => Some((id, Ended::NotStarted(why.unwrap_or("").to_string()))),
-            _ => None,
+    while let Ok(Some(reply)) = receive(&socket).await {
+        let ended = match reply {
+            Reply::Exited { id, code } => Some((id, Ended::Exited(code))),
+            Reply::NotStarted { id, errno, message } => Some((id, Ended::NotStarted { errno, message })),
+            Reply::Ready => None,
         };
         if let Some((id, ended)) = ended
             && let Some(tell) = pending.lock().expect("not poisoned").remove(&id)
@@ -285,4 +289,20 @@ async fn read_answers(socket: Arc<AsyncFd<OwnedFd>>, pending: Pending, dead: Arc
     }
     dead.store(true, Ordering::Release);
     pending.lock().expect("not poisoned").clear();
+}
+
+/// Send `message` with `fds` attached.
+fn send_with_fds(
+    socket: impl AsFd,
+    message: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control =
+        if fds.is_empty() { SendAncillaryBuffer::default() } else { SendAncillaryBuffer::new(&mut space) };
+    if !fds.is_empty() && !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many fds for one message"));
+    }
+    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::DONTWAIT)?;
+    Ok(())
 }

@@ -1,20 +1,8 @@
-//! The supervisor: the one process that stays alive inside an isolated
-//! local sandbox and starts each command there, so a command costs a fork
-//! and an exec instead of new namespaces.
-//!
-//! It is the `flue` binary itself, started by bubblewrap as
-//! `flue __flue-supervisor FD NPROC` with the host's end of a
-//! `SOCK_SEQPACKET` socket at `FD`. It holds no more privilege than the
-//! commands it starts (same namespaces, no capabilities, same seccomp
-//! filter), so a command that kills or subverts it gains nothing; the host
-//! treats what it says as untrusted and replaces it when it dies.
-//!
-//! Protocol, one message per packet:
-//!
-//! * host → supervisor: `start ID` with three fds (a memfd holding the
-//!   request as JSON, then the write ends of stdout and stderr); `kill ID`.
-//! * supervisor → host: `ready` once; `exit ID CODE` when a command ended
-//!   (signals as 128 + n); `fail ID MESSAGE` when it could not start.
+//! The supervisor's side: the process inside the sandbox. It holds no more
+//! privilege than the commands it starts (same namespaces, no capabilities,
+//! same seccomp filter), so a command that kills or subverts it gains
+//! nothing; the host treats what it says as untrusted and replaces it when
+//! it dies.
 //!
 //! Each command runs as `bash -c` in a session of its own. When it exits —
 //! or is killed — every process of its session is killed, and so is every
@@ -28,21 +16,14 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendFlags};
-use serde::{Deserialize, Serialize};
+
+use super::{MAX_PACKET, Reply, Request, StartRequest};
 
 /// The argument that turns the `flue` binary into a supervisor.
 pub const SUPERVISOR_ARG: &str = "__flue-supervisor";
-
-/// What the host asks the supervisor to run.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StartRequest {
-    pub command: String,
-    pub cwd: String,
-    pub env: Vec<(String, String)>,
-}
 
 /// Run as the supervisor if the command line says so (call first thing in
 /// `main`); otherwise return.
@@ -85,7 +66,7 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
     // mounted over /proc can hide an fd from it.
     mark_fds_cloexec_from(3);
     if nproc > 0 {
-        super::limits::set_rlimit(libc::RLIMIT_NPROC, nproc)?;
+        super::super::limits::set_rlimit(libc::RLIMIT_NPROC, nproc)?;
     }
     let signals = child_signals()?;
     let bash = ["/bin/bash", "/usr/bin/bash"]
@@ -93,7 +74,7 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
         .find(|p| std::path::Path::new(p).exists())
         .map(|p| CString::new(p).expect("no NUL"))
         .ok_or_else(|| std::io::Error::other("bash is not installed"))?;
-    send(&socket, b"ready")?;
+    send(&socket, &Reply::Ready.encode())?;
     let mut running: HashMap<i32, Running> = HashMap::new();
     loop {
         let mut polled = [
@@ -115,7 +96,7 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
             reap(&socket, &mut running)?;
         }
         if polled[0].revents != 0 {
-            let mut buf = [0u8; 256];
+            let mut buf = [0u8; MAX_PACKET];
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let received =
@@ -132,22 +113,19 @@ fn supervise(socket: OwnedFd, nproc: u64) -> std::io::Result<()> {
                 unsafe { libc::kill(-1, libc::SIGKILL) };
                 return Ok(());
             }
-            let text = String::from_utf8_lossy(&buf[..received.bytes]).into_owned();
-            let mut words = text.split(' ');
-            let (verb, id) = (words.next().unwrap_or(""), words.next().and_then(|w| w.parse::<u64>().ok()));
-            match (verb, id) {
-                ("start", Some(id)) => match start(&bash, fds) {
+            match serde_json::from_slice::<Request>(&buf[..received.bytes]) {
+                Ok(Request::Start { id }) => match start(&bash, fds) {
                     Ok(pid) => {
                         running.insert(pid, Running { id });
                     }
-                    Err(err) => send(&socket, format!("fail {id} {err}").as_bytes())?,
+                    Err(err) => send(&socket, &Reply::not_started(id, &err).encode())?,
                 },
-                ("kill", Some(id)) => {
+                Ok(Request::Kill { id }) => {
                     if let Some((&pid, _)) = running.iter().find(|(_, r)| r.id == id) {
                         kill_session(pid);
                     }
                 }
-                _ => {}
+                Err(_) => {}
             }
         }
     }
@@ -258,7 +236,7 @@ fn reap(socket: &OwnedFd, running: &mut HashMap<i32, Running>) -> std::io::Resul
         unsafe { libc::waitpid(pid, &mut status, 0) };
         if let Some(command) = running.remove(&pid) {
             let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-            send(socket, format!("exit {} {code}", command.id).as_bytes())?;
+            send(socket, &Reply::Exited { id: command.id, code }.encode())?;
             sweep(running);
         }
     }
@@ -302,20 +280,4 @@ fn sweep(running: &HashMap<i32, Running>) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-}
-
-/// The host's side of [`send`] with fds attached.
-pub(crate) fn send_with_fds(
-    socket: impl AsFd,
-    message: &[u8],
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) -> std::io::Result<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control =
-        if fds.is_empty() { SendAncillaryBuffer::default() } else { SendAncillaryBuffer::new(&mut space) };
-    if !fds.is_empty() && !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
-        return Err(std::io::Error::other("too many fds for one message"));
-    }
-    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::DONTWAIT)?;
-    Ok(())
 }
