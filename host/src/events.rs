@@ -55,8 +55,8 @@ pub enum Event {
     Log {
         /// Who wrote it: `agent`, `agent stdout`, `connector NAME`, `flue`.
         source: String,
-        /// `trace`, `debug`, `info`, `warn` or `error`.
-        level: String,
+        /// How much it matters.
+        level: LogLevel,
         /// The line, as written (renderers escape it for terminals).
         message: String,
     },
@@ -122,12 +122,41 @@ impl Event {
                 fields
             }
             Event::Sandbox { connector, id, detail, .. } => vec![connector, id, detail],
-            Event::Log { source, level, message } => vec![source, level, message],
+            Event::Log { source, message, .. } => vec![source, message],
             Event::ModelText { text } => vec![text],
             Event::ModelTurn { model, .. } => vec![model],
             Event::ToolCall { tool, arguments, .. } => vec![tool, arguments],
             Event::RunStarted { run_id, agent } => vec![run_id, agent],
             Event::RunFinished { run_id, .. } => vec![run_id],
+        }
+    }
+}
+
+/// How much a log line matters; events carry it as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Finest detail.
+    Trace,
+    /// Detail for whoever debugs the agent.
+    Debug,
+    /// Normal progress (and what the agent printed to stdout).
+    Info,
+    /// Something to look at (and what a guest printed to stderr).
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl LogLevel {
+    /// Its name, as events and terminals show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
         }
     }
 }
@@ -273,7 +302,7 @@ impl EventLog {
 
     /// Record a log line. Lines from guests (any source but `flue`) count
     /// against the log budget; past it they are dropped, after one marker.
-    pub fn log(&self, source: &str, level: &str, message: impl Into<String>) {
+    pub fn log(&self, source: &str, level: LogLevel, message: impl Into<String>) {
         let mut message = message.into();
         if let Cow::Owned(redacted) = self.redact(&message) {
             message = redacted;
@@ -292,7 +321,7 @@ impl EventLog {
                 if !budget.exhausted.swap(true, Ordering::Relaxed) {
                     self.record(Event::Log {
                         source: "flue".into(),
-                        level: "warn".into(),
+                        level: LogLevel::Warn,
                         message: format!(
                             "[flue: the run's log output reached its limit of {} bytes; further lines are dropped]",
                             budget.limit
@@ -302,7 +331,7 @@ impl EventLog {
                 return;
             }
         }
-        self.record(Event::Log { source: source.into(), level: level.into(), message });
+        self.record(Event::Log { source: source.into(), level, message });
     }
 }
 
@@ -386,9 +415,9 @@ mod tests {
         // Room for three cut lines (each a little over MAX_LOG_LINE), not four.
         let events = EventLog::new(sink.clone()).with_log_budget(4 * MAX_LOG_LINE);
         for _ in 0..100 {
-            events.log("agent", "info", "x".repeat(1024 * 1024));
+            events.log("agent", LogLevel::Info, "x".repeat(1024 * 1024));
         }
-        events.log("flue", "error", "flue's own lines are never dropped");
+        events.log("flue", LogLevel::Error, "flue's own lines are never dropped");
         let logged = messages(&sink);
         assert_eq!(logged.len(), 3 + 1 + 1, "{:?}", logged.iter().map(|m| m.len()).collect::<Vec<_>>());
         assert!(logged[0].len() < MAX_LOG_LINE + 100 && logged[0].ends_with("more bytes dropped]"));

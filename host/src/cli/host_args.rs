@@ -11,6 +11,35 @@ use crate::runtime::cache::ComponentCache;
 use crate::sandbox::local::{Isolation, IsolationSetting, SandboxLimits, probe_bubblewrap};
 use crate::sandbox::{BuiltinSettings, builtin_backends};
 
+/// An agent's own limits, for `flue run` and (as defaults that an agent's
+/// `flue.toml` entry may change) for `flue serve`/`flue dev`.
+#[derive(Args, Clone, Debug)]
+pub struct AgentLimitArgs {
+    /// Stop the agent after this many seconds (at most a week). Served
+    /// agents: `deadline-secs` in flue.toml wins.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = super::ranged(crate::runtime::limits::DEADLINE_SECS))]
+    pub deadline: u64,
+
+    /// The agent's memory limit, in MiB (at most 4096, all a 32-bit wasm
+    /// memory can address). Served agents: `memory-mib` in flue.toml wins.
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = super::ranged(crate::runtime::limits::AGENT_MEMORY_MIB))]
+    pub memory: u64,
+}
+
+impl AgentLimitArgs {
+    /// The run limits these flags give.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            deadline: std::time::Duration::from_secs(self.deadline),
+            // Bounded by its parser: no overflow.
+            agent_memory: (self.memory as usize) * 1024 * 1024,
+            ..Limits::default()
+        }
+    }
+}
+
 /// Where connectors, configuration and the local sandbox come from.
 #[derive(Args, Clone, Debug)]
 pub struct HostArgs {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::events::{Event, EventSink, one_line};
+use crate::events::{Event, EventSink, LogLevel, one_line};
 
 /// Characters that could steer a terminal or reorder what it shows.
 fn is_dangerous(c: char) -> bool {
@@ -139,12 +139,12 @@ impl StderrSink {
                 )
             }
             Event::Log { source, level, message } => {
-                let code = match level.as_str() {
-                    "error" => "31",
-                    "warn" => "33",
-                    _ => "2",
+                let code = match level {
+                    LogLevel::Error => "31",
+                    LogLevel::Warn => "33",
+                    LogLevel::Trace | LogLevel::Debug | LogLevel::Info => "2",
                 };
-                let tag = self.paint(code, &format!("[{} {}]", escape(source), escape(level)));
+                let tag = self.paint(code, &format!("[{} {}]", escape(source), level.as_str()));
                 let lines: Vec<&str> = message.trim_end().split('\n').collect();
                 lines.iter().map(|line| format!("  {tag} {}", escape(line))).collect::<Vec<_>>().join("\n")
             }
@@ -229,7 +229,7 @@ mod tests {
         let sink = StderrSink { format: EventFormat::Text, color: false, spinners: false, state: Mutex::default() };
         let event = Event::Log {
             source: "agent".into(),
-            level: "info".into(),
+            level: LogLevel::Info,
             message: "hello\n▸ run ok in 1 ms\r\x1b[2Kerror: forged".into(),
         };
         let text = sink.render_text(&event);

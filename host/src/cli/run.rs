@@ -3,11 +3,10 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use super::host_args::HostArgs;
+use super::host_args::{AgentLimitArgs, HostArgs};
 use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
 use crate::run::{AgentRun, RunSettings};
-use crate::runtime::Limits;
 
 /// `flue run` arguments.
 #[derive(Args, Debug)]
@@ -36,16 +35,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID")]
     pub reuse: Option<String>,
 
-    /// Stop the agent after this many seconds (at most a week).
-    #[arg(long, value_name = "SECS", default_value_t = 600,
-          value_parser = super::ranged(crate::runtime::limits::DEADLINE_SECS))]
-    pub deadline: u64,
-
-    /// The agent's memory limit, in MiB (at most 4096, all a 32-bit wasm
-    /// memory can address).
-    #[arg(long, value_name = "MIB", default_value_t = 512,
-          value_parser = super::ranged(crate::runtime::limits::AGENT_MEMORY_MIB))]
-    pub memory: u64,
+    /// The agent's limits.
+    #[command(flatten)]
+    pub agent_limits: AgentLimitArgs,
 
     /// Host flags.
     #[command(flatten)]
@@ -61,13 +53,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         })?,
         None => serde_json::Value::Null,
     };
-    let limits = Limits {
-        deadline: std::time::Duration::from_secs(args.deadline),
-        // Bounded by its parser: no overflow.
-        agent_memory: (args.memory as usize) * 1024 * 1024,
-        ..Limits::default()
-    };
-    let host = args.host.host(limits).await?;
+    let host = args.host.host(args.agent_limits.limits()).await?;
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
 

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::host_args::HostArgs;
+use super::host_args::{AgentLimitArgs, HostArgs};
 use super::{Failure, ranged, usage};
 use crate::events::EventLog;
-use crate::runtime::Limits;
 use crate::serve::{ServeConfig, bounds};
 
 /// The shortest bearer token accepted, in bytes.
@@ -80,13 +79,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = ranged(bounds::BODY_TIMEOUT_SECS))]
     pub body_timeout: u64,
 
-    /// A run's deadline in seconds (an agent's `deadline-secs` in flue.toml wins).
-    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = ranged(bounds::DEADLINE_SECS))]
-    pub deadline: u64,
-
-    /// An agent's memory limit in MiB (an agent's `memory-mib` wins).
-    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = ranged(bounds::MEMORY_MIB))]
-    pub memory: u64,
+    /// Each run's limits.
+    #[command(flatten)]
+    pub agent_limits: AgentLimitArgs,
 
     /// `flue dev`: seconds an agent's build may take; a longer one is stopped
     /// (its processes killed) and the request fails with build-timeout.
@@ -190,12 +185,7 @@ pub async fn serve(
             .map_err(usage)?;
     }
     let max_connections = connection_cap(args.max_connections)?;
-    let limits = Limits {
-        deadline: Duration::from_secs(args.deadline),
-        // Both bounded by their parsers: no overflow.
-        agent_memory: (args.memory as usize) * 1024 * 1024,
-        ..Limits::default()
-    };
+    let limits = args.agent_limits.limits();
     let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
     // The project stands alone: its connectors/ and .env, wherever flue was
     // started from.

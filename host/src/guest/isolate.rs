@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::build::AgentSourceError;
 use super::which::find_on_path;
-use crate::events::EventLog;
+use crate::events::{EventLog, LogLevel};
 
 /// How agent builds are isolated (`flue build --isolation`,
 /// `FLUE_BUILD_ISOLATION`).
@@ -82,7 +82,7 @@ pub(crate) fn launcher(choice: BuildIsolation, events: &EventLog) -> Result<Laun
         if !WARNED.swap(true, Ordering::Relaxed) {
             events.log(
                 "flue",
-                "warn",
+                LogLevel::Warn,
                 format!(
                     "building agents runs their build scripts on this machine, as you, unisolated ({why}): \
                      build only agents you trust"

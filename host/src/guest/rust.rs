@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::build::{AgentSourceError, BuildOptions, BuildPaths, is_project_root, readable_log, stale};
 use super::isolate::{BuildSpace, launcher};
-use crate::events::EventLog;
+use crate::events::{EventLog, LogLevel};
 
 /// Build the crate in `dir` when its sources changed, or always with `force`.
 pub fn build_with(dir: &Path, force: bool, events: &EventLog) -> Result<PathBuf, AgentSourceError> {
@@ -68,7 +68,7 @@ pub(crate) fn build_agent(dir: &Path, options: BuildOptions, events: &EventLog) 
     if let Some(fetch_log) = fetch_failed {
         events.log(
             "flue",
-            "warn",
+            LogLevel::Warn,
             format!(
                 "could not fetch the dependencies of {} (built from those fetched before): {fetch_log}",
                 dir.display()

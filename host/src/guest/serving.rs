@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::build::{AgentSourceError, build, built_component, detect, sources_changed_since};
-use crate::events::EventLog;
+use crate::events::{EventLog, LogLevel};
 
 /// The component to run for `source` (a `.wasm` file or an agent's
 /// directory): built when stale if `build`, else the one built before.
@@ -25,7 +25,7 @@ pub fn component_for(source: &Path, build_stale: bool, events: &EventLog) -> Res
     if sources_changed_since(source, &built) {
         events.log(
             "flue",
-            "warn",
+            LogLevel::Warn,
             format!(
                 "{} changed since it was built; serving the earlier build (run `flue build {}`, or restart with \
                  --build)",

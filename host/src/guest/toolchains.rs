@@ -27,7 +27,7 @@ use super::build::AgentSourceError;
 use super::cache_dirs;
 use super::isolate::BuildSpace;
 use super::which::find_on_path;
-use crate::events::EventLog;
+use crate::events::{EventLog, LogLevel};
 
 /// The componentize-py flue builds Python agents with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
@@ -290,7 +290,7 @@ pub(crate) fn ensure_wasm_target(space: &BuildSpace, cwd: &Path, events: &EventL
     if sysroot.join("lib/rustlib").join(TARGET).is_dir() {
         return Ok(());
     }
-    events.log("flue", "info", format!("installing the Rust target {TARGET} for {toolchain} (rustup)…"));
+    events.log("flue", LogLevel::Info, format!("installing the Rust target {TARGET} for {toolchain} (rustup)…"));
     let _progress = events.progress(format!("installing the Rust target {TARGET}"));
     let out = Command::new(rustup)
         .args(["target", "add", TARGET, "--toolchain"])
@@ -332,7 +332,11 @@ fn verified(dir: &Path, identity: &str, events: &EventLog) -> bool {
             true
         }
         Err(why) => {
-            events.log("flue", "warn", format!("not using {}: {why}; installing {identity} afresh", dir.display()));
+            events.log(
+                "flue",
+                LogLevel::Warn,
+                format!("not using {}: {why}; installing {identity} afresh", dir.display()),
+            );
             false
         }
     }
@@ -396,7 +400,7 @@ fn install(
         .mode(0o700)
         .create(dir)
         .map_err(|err| fail(format!("cannot create {}: {err}", dir.display())))?;
-    events.log("flue", "info", format!("installing {what} into {}…", dir.display()));
+    events.log("flue", LogLevel::Info, format!("installing {what} into {}…", dir.display()));
     let _progress = events.progress(format!("installing {what}"));
     let out = installer(dir)
         .current_dir(parent)

@@ -441,7 +441,7 @@ impl harness::HostSession for AgentState {
 
 impl log::Host for AgentState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        self.sandboxes.events.log("agent", level.as_str(), message);
+        self.sandboxes.events.log("agent", level.into(), message);
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::events::{Event, EventLog, millis};
+use crate::events::{Event, EventLog, LogLevel, millis};
 use crate::runtime::bindings::agent::exports::flue::sandbox::run::Context;
 use crate::runtime::compat::{AnyAgentPre, v0_1_0};
 use crate::runtime::engine::DeadlineExceeded;
@@ -52,8 +52,14 @@ pub struct AgentRun {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The agent could not be compiled or is not an agent.
-    #[error("{0}")]
-    Load(String),
+    #[error("{agent}: {source:#}")]
+    Load {
+        /// The agent, as the run names it.
+        agent: String,
+        /// Why.
+        #[source]
+        source: anyhow::Error,
+    },
     /// The agent returned an error.
     #[error("the agent failed: {0}")]
     AgentFailed(String),
@@ -178,10 +184,10 @@ async fn execute(
     let events = &services.events;
     let pre = runtime
         .prepare_agent(&run.wasm, &run.label, events)
-        .map_err(|err| RunError::Load(format!("{}: {err:#}", run.label)))?;
+        .map_err(|source| RunError::Load { agent: run.label.clone(), source })?;
 
-    let stdout = GuestOutput::new("agent stdout", "info", events.clone());
-    let stderr = GuestOutput::new("agent stderr", "warn", events.clone());
+    let stdout = GuestOutput::new("agent stdout", LogLevel::Info, events.clone());
+    let stderr = GuestOutput::new("agent stderr", LogLevel::Warn, events.clone());
     // Secure defaults (see WasiCtxBuilder): no env, no args, no preopened
     // directories, no sockets, no name lookup, stdin closed. Only stdout and
     // stderr are granted, and they go into the run's events.

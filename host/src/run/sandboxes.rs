@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::events::{Event, EventLog, millis};
+use crate::events::{Event, EventLog, LogLevel, millis};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
@@ -196,7 +196,7 @@ impl RunSandboxes {
         if !lowered.is_empty() {
             self.events.log(
                 "flue",
-                "warn",
+                LogLevel::Warn,
                 format!(
                     "the agent asked for {} on {name}: it gets the ceiling (the operator sets it with --cpus, \
                      --memory-gib, --disk-gib)",
@@ -277,7 +277,7 @@ impl RunSandboxes {
                 }),
                 Err(err) => self.events.log(
                     "flue",
-                    "error",
+                    LogLevel::Error,
                     format!("could not delete sandbox {} on {connector}: {err}; delete it by hand", sandbox.id),
                 ),
             }

@@ -97,16 +97,15 @@ impl From<lifecycle::ConnectorInfo> for ConnectorInfo {
 same_fields!(SandboxSummary, lifecycle::SandboxSummary, { id, name, state, labels, created_ms });
 same_fields!(VolumeInfo, lifecycle::VolumeInfo, { name, state, created_ms });
 
-impl super::bindings::agent::flue::sandbox::log::Level {
-    /// The level's name as events carry it (`info`, `warn`, …).
-    pub fn as_str(self) -> &'static str {
+impl From<super::bindings::agent::flue::sandbox::log::Level> for crate::events::LogLevel {
+    fn from(level: super::bindings::agent::flue::sandbox::log::Level) -> Self {
         use super::bindings::agent::flue::sandbox::log::Level;
-        match self {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
+        match level {
+            Level::Trace => Self::Trace,
+            Level::Debug => Self::Debug,
+            Level::Info => Self::Info,
+            Level::Warn => Self::Warn,
+            Level::Error => Self::Error,
         }
     }
 }

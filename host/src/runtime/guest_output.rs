@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::events::{EventLog, MAX_LOG_LINE};
+use crate::events::{EventLog, LogLevel, MAX_LOG_LINE};
 
 /// Last lines remembered for error messages.
 const TAIL_LINES: usize = 20;
@@ -27,7 +27,7 @@ pub struct GuestOutput {
 
 struct OutputState {
     source: String,
-    level: &'static str,
+    level: LogLevel,
     events: EventLog,
     pending: Vec<u8>,
     tail: VecDeque<String>,
@@ -35,7 +35,7 @@ struct OutputState {
 
 impl GuestOutput {
     /// Lines become `log` events from `source` at `level`.
-    pub fn new(source: &str, level: &'static str, events: EventLog) -> Self {
+    pub fn new(source: &str, level: LogLevel, events: EventLog) -> Self {
         GuestOutput {
             state: Arc::new(Mutex::new(OutputState {
                 source: source.to_string(),

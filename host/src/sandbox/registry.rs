@@ -15,16 +15,52 @@ use super::{Connector, ConnectorInfo};
 use crate::events::EventLog;
 use crate::runtime::Runtime;
 
+/// The steps of loading a connector, each a way it can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStep {
+    /// Reading the file.
+    Read,
+    /// Its header: not wasm, or a core module.
+    Header,
+    /// Compiling it.
+    Compile,
+    /// Linking it against the connector world.
+    Link,
+    /// Instantiating it.
+    Start,
+    /// Calling its `info()`.
+    Info,
+    /// Granting what its `info()` asked for.
+    Grant,
+}
+
+impl std::fmt::Display for LoadStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadStep::Read => "cannot read",
+            LoadStep::Header => "not a component",
+            LoadStep::Compile => "not a valid component",
+            LoadStep::Link => "does not fit the flue:sandbox/connector world",
+            LoadStep::Start => "failed to start",
+            LoadStep::Info => "trapped in info()",
+            LoadStep::Grant => "cannot be granted what it asks",
+        })
+    }
+}
+
 /// Why a connector could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The file exists but is not a usable connector.
-    #[error("{}: {reason}", file.display())]
+    #[error("{}: {step}: {}", file.display(), crate::events::one_line(&format!("{source:#}"), 200))]
     Load {
         /// The connector file.
         file: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// The step of loading that failed.
+        step: LoadStep,
+        /// Why.
+        #[source]
+        source: anyhow::Error,
     },
     /// flue ships this connector (or the checkout has its source), but it
     /// is not installed in this project.

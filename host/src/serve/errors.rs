@@ -116,7 +116,7 @@ impl ApiError {
     /// A run's failure, by the run's error type.
     pub fn from_run(err: RunError) -> Self {
         let kind = match &err {
-            RunError::Load(_) => ErrorKind::BuildFailed,
+            RunError::Load { .. } => ErrorKind::BuildFailed,
             RunError::AgentFailed(_) | RunError::InvalidResult { .. } => ErrorKind::AgentFailed,
             RunError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             RunError::Interrupted { .. } => ErrorKind::Shutdown,

@@ -198,12 +198,13 @@ impl harness::HostSession for AgentState {
 
 impl log::Host for AgentState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        use crate::events::LogLevel;
         let level = match level {
-            log::Level::Trace => "trace",
-            log::Level::Debug => "debug",
-            log::Level::Info => "info",
-            log::Level::Warn => "warn",
-            log::Level::Error => "error",
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
         };
         self.sandboxes.events.log("agent", level, message);
         Ok(())

@@ -36,7 +36,7 @@ impl types::Host for ConnectorState {}
 impl log::Host for ConnectorState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let message = self.grants.http.redact(&message);
-        self.events.log(&format!("connector {}", self.name), level.as_str(), message);
+        self.events.log(&format!("connector {}", self.name), level.into(), message);
         Ok(())
     }
 }

@@ -8,11 +8,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::{ConnectorState, Instance, WasmConnector};
 use crate::capability::ConnectorGrants;
-use crate::events::{EventLog, one_line};
+use crate::events::{EventLog, LogLevel};
 use crate::runtime::Runtime;
 use crate::runtime::guest_output::GuestOutput;
 use crate::sandbox::ConnectorInfo;
-use crate::sandbox::registry::ConnectorError;
+use crate::sandbox::registry::{ConnectorError, LoadStep};
 
 /// Load `file` as the connector `name`, configured from `config`.
 pub(crate) async fn load(
@@ -22,19 +22,16 @@ pub(crate) async fn load(
     config: &HashMap<String, String>,
     events: &EventLog,
 ) -> Result<WasmConnector, ConnectorError> {
-    let fail = |reason: String| ConnectorError::Load { file: file.to_path_buf(), reason };
-    let bytes = std::fs::read(file).map_err(|err| fail(format!("cannot read: {err}")))?;
-    check_component_header(&bytes).map_err(fail)?;
+    let fail =
+        |step: LoadStep| move |source: anyhow::Error| ConnectorError::Load { file: file.to_path_buf(), step, source };
+    let bytes = std::fs::read(file).map_err(|err| fail(LoadStep::Read)(err.into()))?;
+    check_component_header(&bytes).map_err(|why| fail(LoadStep::Header)(anyhow::anyhow!(why)))?;
     let label = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let component = runtime
-        .load_component(&bytes, &label, events)
-        .map_err(|err| fail(format!("not a valid component: {}", one_line(&format!("{err:#}"), 200))))?;
-    let pre = runtime.connector_pre(&component).map_err(|err| {
-        fail(format!("does not fit the flue:sandbox/connector world: {}", one_line(&format!("{err:#}"), 200)))
-    })?;
+    let component = runtime.load_component(&bytes, &label, events).map_err(fail(LoadStep::Compile))?;
+    let pre = runtime.connector_pre(&component).map_err(fail(LoadStep::Link))?;
 
     let name = name.to_string();
-    let stderr = GuestOutput::new(&format!("connector {name}"), "warn", events.clone());
+    let stderr = GuestOutput::new(&format!("connector {name}"), LogLevel::Warn, events.clone());
     // Secure defaults: no env, args, files or sockets; stderr to events.
     let wasi = WasiCtxBuilder::new().stderr(stderr).build();
     let limits = runtime.limits.connector_store();
@@ -50,27 +47,34 @@ pub(crate) async fn load(
                 events: events.clone(),
             }
         });
-    let bindings = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|err| fail(format!("failed to start: {}", one_line(&format!("{err:#}"), 200))))?;
+    let bindings = pre.instantiate_async(&mut store).await.map_err(|err| fail(LoadStep::Start)(guest_error(err)))?;
     let info: ConnectorInfo = bindings
         .flue_sandbox_lifecycle()
         .call_info(&mut store)
         .await
-        .map_err(|err| fail(format!("trapped in info(): {}", one_line(&format!("{err:#}"), 200))))?
+        .map_err(|err| fail(LoadStep::Info)(guest_error(err)))?
         .into();
     if info.name != name {
         tracing::warn!("{}: declares the name {:?}; it is used as {name:?}", file.display(), info.name);
     }
 
-    let (grants, warnings) = ConnectorGrants::grant(&name, &info, config).map_err(|err| fail(err.to_string()))?;
+    let (grants, warnings) =
+        ConnectorGrants::grant(&name, &info, config).map_err(|err| fail(LoadStep::Grant)(err.into()))?;
     for warning in warnings {
         tracing::warn!("connector {name}: {warning}");
     }
     store.data_mut().grants = grants;
     let instance = Instance { store, bindings, poisoned: None };
     Ok(WasmConnector::new(info, instance, runtime.limits.connector_call))
+}
+
+/// A connector's trap in the words of [`crate::runtime::trap`] (a stack
+/// overflow named as one), any other error with its causes.
+fn guest_error(err: wasmtime::Error) -> anyhow::Error {
+    match crate::runtime::trap::describe(&err) {
+        Some(trap) => anyhow::Error::msg(trap),
+        None => crate::runtime::engine::wasm_error(err),
+    }
 }
 
 /// Tell apart "not wasm", "a core module" and "a component" from the header,

@@ -292,11 +292,7 @@ async fn read_answers(socket: Arc<AsyncFd<OwnedFd>>, pending: Pending, dead: Arc
 }
 
 /// Send `message` with `fds` attached.
-fn send_with_fds(
-    socket: impl AsFd,
-    message: &[u8],
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) -> std::io::Result<()> {
+fn send_with_fds(socket: impl AsFd, message: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control =
         if fds.is_empty() { SendAncillaryBuffer::default() } else { SendAncillaryBuffer::new(&mut space) };
