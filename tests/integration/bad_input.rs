@@ -37,8 +37,8 @@ fn bad_connector_files_each_get_one_line_and_good_ones_still_load() {
     assert!(line("local").contains("bubblewrap"), "{}", out.stdout);
     let expect = [
         ("truncated", "truncated.wasm: not a valid component"),
-        ("core", "core.wasm: a core WebAssembly module, not a component"),
-        ("notes", "notes.wasm: not a WebAssembly file"),
+        ("core", "core.wasm: not a component: it is a core WebAssembly module"),
+        ("notes", "notes.wasm: not a component: it is not a WebAssembly file"),
         ("agent", "agent.wasm: does not fit the flue:sandbox/connector world"),
     ];
     for (name, want) in expect {

@@ -81,11 +81,11 @@ fn guest_error(err: wasmtime::Error) -> anyhow::Error {
 /// so the error says what the file is.
 fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err("not a WebAssembly file (no \\0asm header)".into());
+        return Err("it is not a WebAssembly file (no \\0asm header)".into());
     }
     // Core modules have version 1 and layer 0; components layer 1.
     if bytes[4..8] == [1, 0, 0, 0] {
-        return Err("a core WebAssembly module, not a component: build it with \
+        return Err("it is a core WebAssembly module: build it with \
                     `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
             .into());
     }
@@ -98,8 +98,8 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        assert!(check_component_header(b"hello world").unwrap_err().contains("not a WebAssembly file"));
-        assert!(check_component_header(b"\0asm\x01\0\0\0").unwrap_err().contains("core WebAssembly module"));
+        assert!(check_component_header(b"hello world").unwrap_err().contains("is not a WebAssembly file"));
+        assert!(check_component_header(b"\0asm\x01\0\0\0").unwrap_err().contains("is a core WebAssembly module"));
         assert!(check_component_header(b"\0asm\x0d\0\x01\0").is_ok());
     }
 }
