@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::capability::secrets::Secrets;
-use crate::sandbox::error::SandboxError;
+use crate::secrets::Secrets;
 
 /// Something that happened during a run.
 #[derive(Clone, Debug, Serialize)]
@@ -170,12 +169,6 @@ pub struct EventError {
     pub message: String,
 }
 
-impl From<&SandboxError> for EventError {
-    fn from(err: &SandboxError) -> Self {
-        EventError { kind: err.kind.as_str(), message: err.message.clone() }
-    }
-}
-
 /// Where events go.
 pub trait EventSink: Send + Sync {
     /// Take one event.
@@ -277,15 +270,17 @@ impl EventLog {
     }
 
     /// Record a finished sandbox operation.
-    pub fn operation<T>(
+    pub fn operation<T, E>(
         &self,
         sandbox: &str,
         op: &'static str,
         target: &str,
         started: Instant,
-        result: &Result<T, SandboxError>,
+        result: &Result<T, E>,
         detail: impl FnOnce(&T) -> Option<String>,
-    ) {
+    ) where
+        EventError: for<'a> From<&'a E>,
+    {
         let (detail, error) = match result {
             Ok(value) => (detail(value), None),
             Err(err) => (None, Some(EventError::from(err))),

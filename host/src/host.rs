@@ -1,5 +1,5 @@
 //! [`HostBuilder`]: the one way to put a host together — runtime, limits,
-//! configuration, built-in backends and the connectors directory — used by
+//! configuration, built-in connectors and the connectors directory — used by
 //! the CLI, the tests, the benchmarks and the Daytona test server alike.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::events::EventLog;
-use crate::run::{AgentRun, RunOutcome, run_agent};
+use crate::run::{AgentLinker, AgentRun, RunOutcome, run_agent};
 use crate::runtime::cache::ComponentCache;
 use crate::runtime::{Limits, Runtime};
 use crate::sandbox::Connector;
@@ -17,9 +17,9 @@ use crate::sandbox::registry::{ConnectorError, ConnectorRegistry};
 ///
 /// Its defaults are the secure ones:
 ///
-/// * no built-in backends — add them with [`HostBuilder::backend`] or
-///   [`HostBuilder::backends`] (the CLI adds
-///   [`crate::sandbox::builtin_backends`]);
+/// * no built-in connectors — add them with [`HostBuilder::builtin`] or
+///   [`HostBuilder::builtins`] (the CLI adds
+///   [`crate::sandbox::builtin_connectors`]);
 /// * an empty configuration: connectors see no settings and no secrets until
 ///   [`HostBuilder::config`] provides them, and then only the keys they
 ///   declare;
@@ -32,7 +32,7 @@ pub struct HostBuilder {
     cache_dir: Option<PathBuf>,
     connectors_dir: Option<PathBuf>,
     config: HashMap<String, String>,
-    backends: Vec<Arc<dyn Connector>>,
+    builtins: Vec<Arc<dyn Connector>>,
     pooling: Option<crate::runtime::engine::Pooling>,
 }
 
@@ -50,7 +50,7 @@ impl HostBuilder {
             cache_dir: ComponentCache::default_dir(),
             connectors_dir: None,
             config: HashMap::new(),
-            backends: Vec::new(),
+            builtins: Vec::new(),
             pooling: None,
         }
     }
@@ -86,15 +86,15 @@ impl HostBuilder {
         self
     }
 
-    /// Add a built-in backend, known by its `info().name`.
-    pub fn backend(mut self, backend: Arc<dyn Connector>) -> Self {
-        self.backends.push(backend);
+    /// Add a built-in connector, known by its `info().name`.
+    pub fn builtin(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.builtins.push(connector);
         self
     }
 
-    /// Add several built-in backends.
-    pub fn backends(mut self, backends: impl IntoIterator<Item = Arc<dyn Connector>>) -> Self {
-        self.backends.extend(backends);
+    /// Add several built-in connectors.
+    pub fn builtins(mut self, connectors: impl IntoIterator<Item = Arc<dyn Connector>>) -> Self {
+        self.builtins.extend(connectors);
         self
     }
 
@@ -102,8 +102,9 @@ impl HostBuilder {
     pub fn build(self) -> anyhow::Result<Host> {
         let runtime = Arc::new(Runtime::new(self.cache_dir, self.limits, self.pooling)?);
         let dir = self.connectors_dir.unwrap_or_else(default_connectors_dir);
-        let registry = Arc::new(ConnectorRegistry::new(runtime.clone(), dir, self.backends, self.config));
-        Ok(Host { runtime, registry })
+        let agents = Arc::new(AgentLinker::new(&runtime)?);
+        let registry = Arc::new(ConnectorRegistry::new(runtime.clone(), dir, self.builtins, self.config)?);
+        Ok(Host { runtime, agents, registry })
     }
 }
 
@@ -117,6 +118,7 @@ fn default_connectors_dir() -> PathBuf {
 #[derive(Clone)]
 pub struct Host {
     runtime: Arc<Runtime>,
+    agents: Arc<AgentLinker>,
     registry: Arc<ConnectorRegistry>,
 }
 
@@ -138,7 +140,7 @@ impl Host {
 
     /// Run one agent to its end.
     pub async fn run(&self, run: AgentRun, events: EventLog) -> RunOutcome {
-        run_agent(&self.runtime, self.registry.clone(), run, events, std::future::pending()).await
+        run_agent(&self.runtime, &self.agents, self.registry.clone(), run, events, std::future::pending()).await
     }
 
     /// Run one agent to its end, or until `stop` resolves (with why); its
@@ -149,6 +151,6 @@ impl Host {
         events: EventLog,
         stop: impl std::future::Future<Output = String>,
     ) -> RunOutcome {
-        run_agent(&self.runtime, self.registry.clone(), run, events, stop).await
+        run_agent(&self.runtime, &self.agents, self.registry.clone(), run, events, stop).await
     }
 }

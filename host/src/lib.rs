@@ -7,7 +7,7 @@
 //!   flue run: guest::resolve(agent) ─▶ .wasm ─▶ Host::run ─▶ run::run_agent
 //! run::run_agent ── one Store per agent (runtime::Runtime::new_store: limits, deadline)
 //!   agent.wasm ──imports flue:sandbox──▶ run::imports (harness, session, sandbox-api, log)
-//!     └─ sandbox::session (cwd, paths, parents, events) ─▶ dyn SandboxBackend
+//!     └─ sandbox::session (cwd, paths, parents, events) ─▶ dyn Sandbox
 //!          ├─ sandbox::local: a directory + bash, under bubblewrap
 //!          └─ sandbox::wasm: connector.wasm in its own Store
 //!               └─ imports http/config ─▶ capability (allowed hosts, egress, secrets) ─▶ network
@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Modules by role: [`cli`] (commands and presentation), [`host`] (the
-//! builder), [`runtime`] (engine, limits, stores, cache, WIT bindings),
+//! builder), [`runtime`] (the floor: engine, limits, stores, cache, traps),
+//! [`bindings`] (the WIT's types and their conversions to flue's),
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
 //! the contract suite), [`model`] (the model loop behind `session.prompt`),
 //! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
@@ -25,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bindings;
 pub mod capability;
 pub mod cli;
 pub mod config;
@@ -36,6 +38,7 @@ pub mod private_dir;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
+pub mod secrets;
 pub mod serve;
 
 pub use host::{Host, HostBuilder};

@@ -348,13 +348,12 @@ fn capability(daytona: &TestDaytona, entries: &[&str]) -> flue::capability::http
     let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
     let (policy, warnings) = flue::capability::allowed_hosts::AllowedHosts::parse(&entries, &config);
     assert!(warnings.is_empty(), "{warnings:?}");
-    let secrets =
-        flue::capability::secrets::Secrets::from_pairs(vec![("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string())]);
+    let secrets = flue::secrets::Secrets::from_pairs(vec![("DAYTONA_API_KEY".to_string(), TEST_API_KEY.to_string())]);
     flue::capability::http::HttpCapability::new("daytona", policy, secrets, Default::default()).unwrap()
 }
 
-fn get(url: String) -> flue::runtime::bindings::connector::flue::sandbox::http::Request {
-    flue::runtime::bindings::connector::flue::sandbox::http::Request {
+fn get(url: String) -> flue::bindings::connector::flue::sandbox::http::Request {
+    flue::bindings::connector::flue::sandbox::http::Request {
         method: "GET".into(),
         url,
         headers: vec![("Authorization".into(), "Bearer {{DAYTONA_API_KEY}}".into())],
@@ -365,7 +364,7 @@ fn get(url: String) -> flue::runtime::bindings::connector::flue::sandbox::http::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redirects_and_names_cannot_lead_a_connector_off_its_allowlist() {
-    use flue::runtime::bindings::connector::flue::sandbox::http::HttpError;
+    use flue::bindings::connector::flue::sandbox::http::HttpError;
     let daytona = TestDaytona::start();
     let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     elsewhere.set_nonblocking(true).unwrap();

@@ -180,18 +180,20 @@ fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails()
     let tmp = scratch();
     let cache = tmp.path().join("cache");
     let record = cache.join("bwrap-probe");
-    let run = |path: &std::ffi::OsStr| {
+    let run_in = |mode: &str, path: &std::ffi::OsStr| {
         let payload = json!({"mode": "exec", "command": "echo ran"}).to_string();
         crate::support::output(
             crate::support::flue()
                 .arg("run")
                 .arg(crate::support::fixture("probe"))
-                .args(["--payload", &payload, "--isolation", "auto", "--events", "json", "--cache-dir"])
+                .args(["--payload", &payload, "--isolation", "auto", "--exec-mode", mode, "--events", "json"])
+                .arg("--cache-dir")
                 .arg(&cache)
                 .env("TMPDIR", tmp.path())
                 .env("PATH", path),
         )
     };
+    let run = |path: &std::ffi::OsStr| run_in("supervisor", path);
     let real_path = std::env::var_os("PATH").unwrap_or_default();
 
     // A successful probe is recorded with what it depends on, then trusted.
@@ -219,6 +221,30 @@ fn a_remembered_bubblewrap_probe_is_trusted_then_dropped_when_bubblewrap_fails()
     assert!(failed.stderr.contains("Operation not permitted"), "{}", failed.stderr);
     assert!(!failed.stdout.contains("ran"), "{}", failed.stdout);
     assert!(!record.exists(), "the wrong record was kept");
+
+    // The same with a bubblewrap per command: the sandbox's shell never
+    // said it started, whatever bubblewrap printed.
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$*\" in *'--ro-bind / / -- true'*) exit 0;; esac\necho 'no namespace' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let failed = run_in("per-command", &fake_path);
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    assert!(failed.stderr.contains("bubblewrap could not set up the sandbox: no namespace"), "{}", failed.stderr);
+    assert!(!record.exists(), "the wrong record was kept");
+    // And a command of its own that exits 1 after printing `bwrap: ` is
+    // the command's result, not a failed sandbox.
+    let payload = json!({"mode": "exec", "command": "echo 'bwrap: not really' >&2; exit 1"}).to_string();
+    let own = crate::support::output(
+        crate::support::flue()
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload, "--isolation", "bwrap", "--exec-mode", "per-command", "--events", "none"])
+            .env("TMPDIR", tmp.path()),
+    );
+    let result = own.ok();
+    assert_eq!(result["exitCode"], 1, "{result}");
 }
 
 /// An fd flue inherited from whoever started it (a terminal, a socket, a

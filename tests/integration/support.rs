@@ -267,7 +267,7 @@ pub fn host(
         .cache_dir(Some(cache_dir()))
         .limits(limits)
         .connectors_dir(connectors)
-        .backend(std::sync::Arc::new(flue::sandbox::local::LocalConnector::new(local)))
+        .builtin(std::sync::Arc::new(flue::sandbox::local::LocalConnector::new(local)))
         .build()
         .expect("host")
 }

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
+use super::Capabilities;
 use super::allowed_hosts::{AllowedHosts, Refusal, origin};
 use super::egress::PublicResolver;
-use super::secrets::Secrets;
-use crate::runtime::bindings::connector::flue::sandbox::http;
-use crate::sandbox::wasm::ConnectorState;
+use crate::bindings::connector::flue::sandbox::http;
+use crate::secrets::Secrets;
 use wasmtime::component::Resource;
 
 /// Timeouts and caps of connector HTTP.
@@ -317,17 +317,19 @@ pub struct ResponseStream {
     done: bool,
 }
 
-impl http::Host for ConnectorState {
+impl http::Host for Capabilities<'_> {
     async fn send(&mut self, request: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
-        Ok(self.grants.http.send(request).await)
+        let view = self;
+        Ok(view.grants.http.send(request).await)
     }
 
     async fn start(
         &mut self,
         request: http::RequestHead,
     ) -> wasmtime::Result<Result<Resource<OutgoingBody>, http::HttpError>> {
-        match self.grants.http.start(request) {
-            Ok(body) => Ok(Ok(self.base.table.push(body)?)),
+        let view = self;
+        match view.grants.http.start(request) {
+            Ok(body) => Ok(Ok(view.table.push(body)?)),
             Err(err) => Ok(Err(err)),
         }
     }
@@ -336,20 +338,22 @@ impl http::Host for ConnectorState {
         &mut self,
         request: http::Request,
     ) -> wasmtime::Result<Result<Resource<ResponseStream>, http::HttpError>> {
-        match self.grants.http.fetch(request).await {
-            Ok(stream) => Ok(Ok(self.base.table.push(stream)?)),
+        let view = self;
+        match view.grants.http.fetch(request).await {
+            Ok(stream) => Ok(Ok(view.table.push(stream)?)),
             Err(err) => Ok(Err(err)),
         }
     }
 }
 
-impl http::HostOutgoingBody for ConnectorState {
+impl http::HostOutgoingBody for Capabilities<'_> {
     async fn write(
         &mut self,
         this: Resource<OutgoingBody>,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), http::HttpError>> {
-        let body = self.base.table.get_mut(&this)?;
+        let view = self;
+        let body = view.table.get_mut(&this)?;
         let Some(sender) = &body.sender else {
             return Ok(Err(http::HttpError::InvalidRequest("the body was already finished".into())));
         };
@@ -363,7 +367,7 @@ impl http::HostOutgoingBody for ConnectorState {
             None => return Ok(Err(http::HttpError::Transport("the request already failed".into()))),
         };
         Ok(Err(match outcome {
-            Ok(Err(err)) => self.grants.http.transport_error(&url, timeout, err),
+            Ok(Err(err)) => view.grants.http.transport_error(&url, timeout, err),
             _ => http::HttpError::Transport(format!("{}: the request ended before its body", origin(&url))),
         }))
     }
@@ -372,7 +376,8 @@ impl http::HostOutgoingBody for ConnectorState {
         &mut self,
         this: Resource<OutgoingBody>,
     ) -> wasmtime::Result<Result<Resource<ResponseStream>, http::HttpError>> {
-        let body = self.base.table.get_mut(&this)?;
+        let view = self;
+        let body = view.table.get_mut(&this)?;
         body.sender = None; // the end of the body
         let (url, timeout) = (body.url.clone(), body.timeout);
         let Some(request) = body.response.take() else {
@@ -380,26 +385,29 @@ impl http::HostOutgoingBody for ConnectorState {
         };
         let response = match request.await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Ok(Err(self.grants.http.transport_error(&url, timeout, err))),
+            Ok(Err(err)) => return Ok(Err(view.grants.http.transport_error(&url, timeout, err))),
             Err(err) => return Ok(Err(http::HttpError::Transport(format!("{}: {err}", origin(&url))))),
         };
-        let stream = self.grants.http.stream(response, url, timeout);
-        Ok(Ok(self.base.table.push(stream)?))
+        let stream = view.grants.http.stream(response, url, timeout);
+        Ok(Ok(view.table.push(stream)?))
     }
 
     async fn drop(&mut self, this: Resource<OutgoingBody>) -> wasmtime::Result<()> {
-        self.base.table.delete(this)?;
+        let view = self;
+        view.table.delete(this)?;
         Ok(())
     }
 }
 
-impl http::HostResponseStream for ConnectorState {
+impl http::HostResponseStream for Capabilities<'_> {
     async fn status(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<u16> {
-        Ok(self.base.table.get(&this)?.status)
+        let view = self;
+        Ok(view.table.get(&this)?.status)
     }
 
     async fn headers(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(self.base.table.get(&this)?.headers.clone())
+        let view = self;
+        Ok(view.table.get(&this)?.headers.clone())
     }
 
     async fn read(
@@ -407,9 +415,10 @@ impl http::HostResponseStream for ConnectorState {
         this: Resource<ResponseStream>,
         max: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, http::HttpError>> {
+        let view = self;
         let max = (max as usize).clamp(1, MAX_STREAM_PART);
-        let stream = self.base.table.get_mut(&this)?;
-        let secrets = &self.grants.http.secrets;
+        let stream = view.table.get_mut(&this)?;
+        let secrets = &view.grants.http.secrets;
         // Wait for the first part; then take what has already arrived, up to
         // `max`, so that a big download crosses into the guest in few calls.
         // Each byte is copied once here: into `buffer`, redacted in place.
@@ -427,7 +436,7 @@ impl http::HostResponseStream for ConnectorState {
                 Ok(chunk) => chunk,
                 Err(err) => {
                     let (url, timeout) = (stream.url.clone(), stream.timeout);
-                    return Ok(Err(self.grants.http.transport_error(&url, timeout, err)));
+                    return Ok(Err(view.grants.http.transport_error(&url, timeout, err)));
                 }
             };
             stream.done = chunk.is_none();
@@ -444,7 +453,8 @@ impl http::HostResponseStream for ConnectorState {
     }
 
     async fn drop(&mut self, this: Resource<ResponseStream>) -> wasmtime::Result<()> {
-        self.base.table.delete(this)?;
+        let view = self;
+        view.table.delete(this)?;
         Ok(())
     }
 }

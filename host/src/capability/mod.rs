@@ -2,7 +2,7 @@
 //! once from what it declares in `info()` and what the user configured.
 //!
 //! Each capability is one module here, implementing its WIT interface for
-//! the connector's store ([`crate::sandbox::wasm::ConnectorState`]); its
+//! any store that shows a [`CapabilityView`] (its table and its grants); its
 //! grant is a field of [`ConnectorGrants`]. A new capability is a module
 //! plus a field and its grant below.
 
@@ -10,13 +10,42 @@ pub mod allowed_hosts;
 mod config;
 pub mod egress;
 pub mod http;
-pub mod secrets;
 
 use std::collections::HashMap;
 
+use crate::secrets::{self, Secrets};
 use allowed_hosts::AllowedHosts;
 use http::{HttpCapability, HttpLimits};
-use secrets::Secrets;
+
+/// What a store shows the capabilities, as `WasiView` shows WASI its
+/// context: they serve any store that has one, and know nothing else of it.
+pub trait CapabilityView: Send {
+    /// The store's resource table and the grants of the guest it runs.
+    fn capabilities(&mut self) -> Capabilities<'_>;
+}
+
+/// A store's parts the capabilities use; the capabilities' WIT interfaces
+/// are implemented on it, and linked with [`CapabilitiesData`].
+pub struct Capabilities<'a> {
+    /// Where the guest's handles (request bodies, response streams) live.
+    pub table: &'a mut wasmtime::component::ResourceTable,
+    /// What the guest was granted.
+    pub grants: &'a ConnectorGrants,
+}
+
+/// Links the capabilities' interfaces to a store's [`Capabilities`].
+pub struct CapabilitiesData;
+
+impl wasmtime::component::HasData for CapabilitiesData {
+    type Data<'a> = Capabilities<'a>;
+}
+
+/// Link the capabilities' interfaces (`http`, `config`) for stores of `T`.
+pub fn add_to_linker<T: CapabilityView>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+    use crate::bindings::connector::flue::sandbox;
+    sandbox::http::add_to_linker::<T, CapabilitiesData>(linker, T::capabilities)?;
+    sandbox::config::add_to_linker::<T, CapabilitiesData>(linker, T::capabilities)
+}
 
 use crate::sandbox::ConnectorInfo;
 
@@ -122,7 +151,14 @@ impl ConnectorGrants {
             }
         }
         let (policy, warnings) = AllowedHosts::parse(&info.allowed_hosts, &declared);
-        let secrets = Secrets::declared(&info.config, config);
+        // The declared secret keys that are set.
+        let secrets = Secrets::from_pairs(
+            info.config
+                .iter()
+                .filter(|k| k.secret)
+                .filter_map(|k| config.get(&k.name).map(|v| (k.name.clone(), v.clone())))
+                .collect(),
+        );
         if let Some((key, len)) = secrets.too_short() {
             return Err(GrantError::ShortSecret { key, len, min: secrets::MIN_SECRET_LEN });
         }

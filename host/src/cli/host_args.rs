@@ -9,7 +9,7 @@ use crate::host::{Host, HostBuilder};
 use crate::runtime::Limits;
 use crate::runtime::cache::ComponentCache;
 use crate::sandbox::local::{Isolation, IsolationSetting, SandboxLimits, probe_bubblewrap};
-use crate::sandbox::{BuiltinSettings, builtin_backends};
+use crate::sandbox::{BuiltinSettings, builtin_connectors};
 
 /// An agent's own limits, for `flue run` and (as defaults that an agent's
 /// `flue.toml` entry may change) for `flue serve`/`flue dev`.
@@ -170,7 +170,7 @@ impl HostArgs {
             .limits(limits)
             .cache_dir(cache_dir)
             .config(config)
-            .backends(builtin_backends(&settings))
+            .builtins(builtin_connectors(&settings))
             .pooling(pooled_runs);
         if let Some(dir) = self.connectors.clone().or_else(|| Some(self.project.as_ref()?.join("connectors"))) {
             builder = builder.connectors_dir(dir);

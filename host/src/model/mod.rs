@@ -22,9 +22,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::capability::secrets::Secrets;
 use crate::events::{Event, EventLog, millis};
 use crate::sandbox::session::{Session, format_bytes};
+use crate::secrets::Secrets;
 
 /// Default model turns per prompt.
 pub const DEFAULT_MAX_TURNS: u32 = 50;

@@ -7,7 +7,7 @@
 //!
 //! The work is done by version-independent methods on [`AgentState`], in
 //! the host's own types; the trait impls below adapt them to the current
-//! WIT, and [`crate::runtime::compat`] to earlier releases.
+//! WIT, and [`crate::run::compat`] to earlier releases.
 
 use std::sync::Arc;
 
@@ -15,9 +15,9 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::sandboxes::{RunSandboxes, SandboxSource};
-use crate::runtime::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
+use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
 use crate::runtime::{HasStoreBase, StoreBase};
-use crate::sandbox::SandboxBackend;
+use crate::sandbox::Sandbox;
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
 use crate::sandbox::session::{Session, SessionReader, SessionWriter};
@@ -47,12 +47,12 @@ impl WasiView for AgentState {
 
 /// An agent's `sandbox` handle.
 pub struct AgentSandbox {
-    sandbox: Arc<dyn SandboxBackend>,
+    sandbox: Arc<dyn Sandbox>,
 }
 
 /// An agent's `harness` handle.
 pub struct AgentHarness {
-    sandbox: Arc<dyn SandboxBackend>,
+    sandbox: Arc<dyn Sandbox>,
     cwd: String,
     id: String,
     /// The model `prompt` uses (`provider/model`), if the agent named one.
@@ -347,18 +347,7 @@ impl sandbox_api::HostFileWriter for AgentState {
 
 impl harness::Host for AgentState {
     async fn open_sandbox(&mut self, source: harness::SandboxSource) -> WitResult<Resource<AgentSandbox>> {
-        let source = match source {
-            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
-            harness::SandboxSource::Create(request) => SandboxSource::Create {
-                connector: request.connector,
-                options: request.options.into(),
-                keep: request.keep,
-            },
-            harness::SandboxSource::Connect(request) => {
-                SandboxSource::Connect { connector: request.connector, id: request.id }
-            }
-        };
-        wit(self.open(source).await)
+        wit(self.open(SandboxSource::from(source)).await)
     }
 
     async fn init(

@@ -5,12 +5,16 @@
 //! created with `keep`, or `--keep`): guest destructors never run after a
 //! trap, so cleanup cannot be left to the guest.
 
+pub mod compat;
 pub mod imports;
 pub mod ownership;
 pub mod panics;
+mod prepare;
 mod prompt;
 pub mod sandboxes;
 pub mod signals;
+
+pub use prepare::AgentLinker;
 #[cfg(debug_assertions)]
 pub mod test_hooks;
 
@@ -19,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::bindings::agent::exports::flue::sandbox::run::Context;
 use crate::events::{Event, EventLog, LogLevel, millis};
-use crate::runtime::bindings::agent::exports::flue::sandbox::run::Context;
-use crate::runtime::compat::{AnyAgentPre, v0_1_0};
+use crate::run::compat::AnyAgentPre;
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
 use crate::runtime::{Limits, Runtime};
@@ -127,6 +131,7 @@ pub struct RunOutcome {
 /// signal) — then delete the sandboxes it owns.
 pub async fn run_agent(
     runtime: &Runtime,
+    agents: &AgentLinker,
     registry: Arc<ConnectorRegistry>,
     run: AgentRun,
     events: EventLog,
@@ -149,7 +154,7 @@ pub async fn run_agent(
     // The epoch callback stops a guest that computes past the deadline; this
     // timeout also stops one that waits on the host (a long command) past it.
     let result = tokio::select! {
-        finished = tokio::time::timeout(deadline, panics::catch_panic(execute(runtime, &limits, &services, &run, &run_id))) => match finished {
+        finished = tokio::time::timeout(deadline, panics::catch_panic(execute(runtime, agents, &limits, &services, &run, &run_id))) => match finished {
             Ok(Ok(result)) => result,
             // Still delete what the run created (below).
             Ok(Err(message)) => Err(RunError::Panicked { message }),
@@ -176,14 +181,15 @@ pub async fn run_agent(
 
 async fn execute(
     runtime: &Runtime,
+    agents: &AgentLinker,
     limits: &Limits,
     services: &Arc<RunSandboxes>,
     run: &AgentRun,
     run_id: &str,
 ) -> Result<serde_json::Value, RunError> {
     let events = &services.events;
-    let pre = runtime
-        .prepare_agent(&run.wasm, &run.label, events)
+    let pre = agents
+        .prepare(runtime, &run.wasm, &run.label, events)
         .map_err(|source| RunError::Load { agent: run.label.clone(), source })?;
 
     let stdout = GuestOutput::new("agent stdout", LogLevel::Info, events.clone());
@@ -212,8 +218,11 @@ async fn execute(
         AnyAgentPre::V0_1_0(pre) => {
             async {
                 let agent = pre.instantiate_async(&mut store).await?;
-                let context =
-                    v0_1_0::bindings::exports::flue::sandbox::run::Context { id, run_id: run_id.to_string(), payload };
+                let context = crate::bindings::v0_1_0::exports::flue::sandbox::run::Context {
+                    id,
+                    run_id: run_id.to_string(),
+                    payload,
+                };
                 agent.flue_sandbox_run().call_run(&mut store, &context).await
             }
             .await

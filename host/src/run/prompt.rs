@@ -5,8 +5,8 @@
 use wasmtime::component::Resource;
 
 use super::imports::{AgentSession, AgentState};
-use crate::model::{self, ModelError, PromptOptions, provider::Provider};
-use crate::runtime::bindings::agent::flue::sandbox::model as wit;
+use crate::bindings::agent::flue::sandbox::model as wit;
+use crate::model::{self, PromptOptions, provider::Provider};
 
 impl AgentState {
     /// Run one prompt in the session's conversation.
@@ -27,39 +27,13 @@ impl AgentState {
         };
         let provider = match Provider::from_config(&model_name, self.sandboxes.config()) {
             Ok(provider) => provider,
-            Err(err) => return Ok(Err(to_wit(err))),
+            Err(err) => return Ok(Err(err.into())),
         };
         let mut conversation = std::mem::take(&mut entry.conversation);
-        let options = PromptOptions {
-            system: options.system,
-            max_turns: options.max_turns,
-            tools: options.tools,
-            result_schema: options.result_schema,
-        };
+        let options = PromptOptions::from(options);
         let events = self.sandboxes.events.clone();
         let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events).await;
         self.base.table.get_mut(this)?.conversation = conversation;
-        Ok(answer.map_err(to_wit).map(|answer| wit::PromptResult {
-            text: answer.text,
-            json: answer.json,
-            model: answer.model,
-            turns: answer.turns,
-            usage: wit::Usage {
-                input_tokens: answer.usage.input,
-                output_tokens: answer.usage.output,
-                cache_read_tokens: answer.usage.cache_read,
-            },
-        }))
-    }
-}
-
-fn to_wit(err: ModelError) -> wit::PromptError {
-    match err {
-        ModelError::Auth(m) => wit::PromptError::Auth(m),
-        ModelError::RateLimited(m) => wit::PromptError::RateLimited(m),
-        ModelError::ContextOverflow(m) => wit::PromptError::ContextOverflow(m),
-        ModelError::MaxTurns(m) => wit::PromptError::MaxTurns(m),
-        ModelError::Provider(m) => wit::PromptError::Provider(m),
-        ModelError::InvalidInput(m) => wit::PromptError::InvalidInput(m),
+        Ok(answer.map(Into::into).map_err(Into::into))
     }
 }

@@ -9,7 +9,7 @@ use crate::events::{Event, EventLog, LogLevel, millis};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
-use crate::sandbox::{Connector, CreateOptions, Resources, SandboxBackend};
+use crate::sandbox::{Connector, CreateOptions, Resources, Sandbox};
 
 /// Where an agent's sandbox comes from (the WIT `sandbox-source`).
 #[derive(Clone, Debug)]
@@ -71,7 +71,7 @@ pub struct RunSandboxes {
     /// The largest file a session reads at once.
     max_read: u64,
     connectors: tokio::sync::Mutex<HashMap<String, Arc<dyn Connector>>>,
-    default_sandbox: tokio::sync::Mutex<Option<Arc<dyn SandboxBackend>>>,
+    default_sandbox: tokio::sync::Mutex<Option<Arc<dyn Sandbox>>>,
     owned: Mutex<Vec<OwnedSandbox>>,
     /// The first sandbox the run could not get because its provider was
     /// down, timing out or refusing the credentials: connector and error.
@@ -123,13 +123,13 @@ impl RunSandboxes {
 
     /// A session on `sandbox` in `cwd` (default: its workdir), recording
     /// into the run's events, under the run's limits.
-    pub fn session(&self, sandbox: Arc<dyn SandboxBackend>, cwd: Option<&str>) -> SandboxResult<Session> {
+    pub fn session(&self, sandbox: Arc<dyn Sandbox>, cwd: Option<&str>) -> SandboxResult<Session> {
         Ok(Session::new(sandbox, cwd, self.events.clone())?.with_max_read(self.max_read))
     }
 
     /// A sandbox for the agent, from `source`. A provider that is down is
     /// remembered (see [`RunSandboxes::unavailable`]).
-    pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn Sandbox>> {
         let connector = match &source {
             SandboxSource::Create { connector: Some(name), .. }
             | SandboxSource::Connect { connector: Some(name), .. } => name.clone(),
@@ -150,7 +150,7 @@ impl RunSandboxes {
         self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn open_sandbox_from(&self, source: SandboxSource) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn open_sandbox_from(&self, source: SandboxSource) -> SandboxResult<Arc<dyn Sandbox>> {
         match source {
             SandboxSource::RunDefault => {
                 let mut default = self.default_sandbox.lock().await;
@@ -180,7 +180,7 @@ impl RunSandboxes {
         connector: Option<&str>,
         options: &CreateOptions,
         keep: bool,
-    ) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    ) -> SandboxResult<Arc<dyn Sandbox>> {
         let lookup = connector.unwrap_or(&self.settings.default_connector).to_string();
         let connector = self.connector(connector).await?;
         let name = connector.info().name.clone();
@@ -229,7 +229,7 @@ impl RunSandboxes {
         Ok(sandbox)
     }
 
-    async fn connect(&self, connector: Option<&str>, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn connect(&self, connector: Option<&str>, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
         let connector = self.connector(connector).await?;
         let sandbox = connector.connect(id).await?;
         self.events.record(Event::Sandbox {

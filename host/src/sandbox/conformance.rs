@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::events::EventLog;
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::session::{ExecOptions, Session};
-use crate::sandbox::{Connector, CreateOptions, SandboxBackend, TIMEOUT_EXIT_CODE};
+use crate::sandbox::{Connector, CreateOptions, Sandbox, TIMEOUT_EXIT_CODE};
 
 /// The outcome of one check.
 #[derive(Debug)]
@@ -371,7 +371,7 @@ async fn streamed_offset(s: &Suite) -> Result<(), String> {
 }
 
 /// Run every check against `sandbox`.
-pub async fn run(sandbox: Arc<dyn SandboxBackend>, merges_output: bool, events: EventLog) -> Vec<CheckResult> {
+pub async fn run(sandbox: Arc<dyn Sandbox>, merges_output: bool, events: EventLog) -> Vec<CheckResult> {
     let root = Session::new(sandbox.clone(), None, events.clone()).expect("workdir is absolute");
     let scratch_name = format!(".flue-conformance-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut results = Vec::new();

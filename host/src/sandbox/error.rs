@@ -6,10 +6,9 @@
 
 use std::fmt;
 
-use crate::runtime::bindings::types as wit;
-
-/// Declares [`ErrorKind`], its WIT names, and the conversions to and from
-/// the WIT `sandbox-error`, all from one list of cases.
+/// Declares [`ErrorKind`] and its WIT names from one list of cases (the
+/// conversions to and from the WIT `sandbox-error` are in
+/// [`crate::bindings`]).
 macro_rules! error_kinds {
     ($($(#[doc = $doc:literal])* $kind:ident => $name:literal,)*) => {
         /// The kinds of `sandbox-error` in `wit/types.wit`, in the same order.
@@ -28,21 +27,6 @@ macro_rules! error_kinds {
             }
         }
 
-        impl From<SandboxError> for wit::SandboxError {
-            fn from(err: SandboxError) -> Self {
-                match err.kind {
-                    $(ErrorKind::$kind => wit::SandboxError::$kind(err.message),)*
-                }
-            }
-        }
-
-        impl From<wit::SandboxError> for SandboxError {
-            fn from(err: wit::SandboxError) -> Self {
-                match err {
-                    $(wit::SandboxError::$kind(message) => SandboxError::new(ErrorKind::$kind, message),)*
-                }
-            }
-        }
     };
 }
 
@@ -156,6 +140,13 @@ fn strip_os_error_code(message: &str) -> String {
 
 /// The result of a sandbox operation.
 pub type SandboxResult<T> = Result<T, SandboxError>;
+
+/// How events carry a failed sandbox operation.
+impl From<&SandboxError> for crate::events::EventError {
+    fn from(err: &SandboxError) -> Self {
+        crate::events::EventError { kind: err.kind.as_str(), message: err.message.clone() }
+    }
+}
 
 #[cfg(test)]
 mod tests {

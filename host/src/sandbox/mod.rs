@@ -1,14 +1,14 @@
 //! Sandboxes: the seam between the host and whatever provides them.
 //!
-//! A [`Connector`] creates, finds and deletes sandboxes; a [`SandboxBackend`]
+//! A [`Connector`] creates, finds and deletes sandboxes; a [`Sandbox`]
 //! is one sandbox. Built-in backends ([`local`]) implement these natively;
 //! wasm connectors ([`wasm`]) by calling into their component. The
 //! [`registry`] finds both by name. Backends see only absolute, normalised
 //! paths: session semantics (cwd, relative paths, parent creation, events)
 //! live once, in [`session`].
 //!
-//! A new built-in backend is a module here plus one line in
-//! [`builtin_backends`].
+//! A new built-in connector is a module here plus one line in
+//! [`builtin_connectors`].
 
 pub mod conformance;
 pub mod error;
@@ -28,7 +28,7 @@ use serde::Serialize;
 use error::{SandboxError, SandboxResult};
 use local::{IsolationSetting, LocalConfig, LocalConnector};
 
-/// What the user chose for the built-in backends (flags of `flue run` and
+/// What the user chose for the built-in connectors (flags of `flue run` and
 /// the other commands).
 #[derive(Clone, Debug)]
 pub struct BuiltinSettings {
@@ -43,8 +43,8 @@ pub struct BuiltinSettings {
     pub supervisor: Option<PathBuf>,
 }
 
-/// The built-in backends, registered by name like any connector.
-pub fn builtin_backends(settings: &BuiltinSettings) -> Vec<Arc<dyn Connector>> {
+/// The built-in connectors, registered by name like any connector.
+pub fn builtin_connectors(settings: &BuiltinSettings) -> Vec<Arc<dyn Connector>> {
     let mut local = LocalConfig::new(settings.isolation.clone());
     local.workdir = settings.workdir.clone();
     local.limits = settings.limits;
@@ -245,7 +245,7 @@ pub struct ConnectorInfo {
 
 /// One sandbox. Paths are absolute and normalised.
 #[async_trait]
-pub trait SandboxBackend: Send + Sync {
+pub trait Sandbox: Send + Sync {
     /// The provider's id.
     fn id(&self) -> &str;
     /// The default working directory, absolute.
@@ -300,9 +300,9 @@ pub trait Connector: Send + Sync {
     /// What it says about itself.
     fn info(&self) -> &ConnectorInfo;
     /// Create a sandbox and wait until it accepts commands.
-    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>>;
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>>;
     /// Attach to an existing sandbox.
-    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>>;
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn Sandbox>>;
     /// Delete a sandbox.
     async fn delete(&self, id: &str) -> SandboxResult<()>;
     /// Sandboxes carrying all of `labels`.

@@ -1,4 +1,4 @@
-//! Finding connectors by name: the built-in backends, and every `*.wasm`
+//! Finding connectors by name: the built-in connectors, and every `*.wasm`
 //! file in the connectors directory.
 //!
 //! Built-ins are registered by their `info().name`; a file is known by its
@@ -117,7 +117,7 @@ pub struct ConnectorListing {
 
 /// The connectors a host knows: built-ins by name, files by file name.
 pub struct ConnectorRegistry {
-    runtime: Arc<Runtime>,
+    loader: super::wasm::ConnectorLoader,
     dir: PathBuf,
     builtins: BTreeMap<String, Arc<dyn Connector>>,
     /// Configuration values (environment and --env files); connectors see
@@ -133,9 +133,9 @@ impl ConnectorRegistry {
         dir: PathBuf,
         builtins: Vec<Arc<dyn Connector>>,
         config: HashMap<String, String>,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let builtins = builtins.into_iter().map(|c| (c.info().name.clone(), c)).collect();
-        ConnectorRegistry { runtime, dir, builtins, config }
+        Ok(ConnectorRegistry { loader: super::wasm::ConnectorLoader::new(runtime)?, dir, builtins, config })
     }
 
     /// The user's configuration, as given to the builder.
@@ -200,7 +200,7 @@ impl ConnectorRegistry {
         file: &Path,
         events: &EventLog,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        let connector = super::wasm::load(&self.runtime, file, &file_name(file), &self.config, events).await?;
+        let connector = self.loader.load(file, &file_name(file), &self.config, events).await?;
         for key in connector.info().config.iter().filter(|k| k.required) {
             if !self.config.contains_key(&key.name) && key.default_value.is_none() {
                 return Err(ConnectorError::MissingConfig {
@@ -216,7 +216,7 @@ impl ConnectorRegistry {
     /// What a connector file says about itself when installed as `name`
     /// (no configuration needed).
     pub async fn inspect(&self, file: &Path, name: &str) -> Result<ConnectorInfo, ConnectorError> {
-        super::wasm::load(&self.runtime, file, name, &self.config, &EventLog::discard()).await.map(|c| c.info().clone())
+        self.loader.load(file, name, &self.config, &EventLog::discard()).await.map(|c| c.info().clone())
     }
 
     /// Every connector with its info or its load error: built-ins first.

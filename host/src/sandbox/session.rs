@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::events::{EventLog, one_line};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
-use crate::sandbox::{ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend};
+use crate::sandbox::{ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, Sandbox};
 
 /// Options of one `exec`, before resolution.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +28,7 @@ pub struct ExecOptions {
 /// A sandbox plus a working directory: where agents' calls go.
 #[derive(Clone)]
 pub struct Session {
-    sandbox: Arc<dyn SandboxBackend>,
+    sandbox: Arc<dyn Sandbox>,
     cwd: String,
     events: EventLog,
     max_read: u64,
@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_READ: u64 = 256 * 1024 * 1024;
 
 impl Session {
     /// A session in `cwd` (resolved against the sandbox's workdir).
-    pub fn new(sandbox: Arc<dyn SandboxBackend>, cwd: Option<&str>, events: EventLog) -> SandboxResult<Self> {
+    pub fn new(sandbox: Arc<dyn Sandbox>, cwd: Option<&str>, events: EventLog) -> SandboxResult<Self> {
         let cwd = paths::resolve(sandbox.workdir(), cwd.unwrap_or("."))?;
         Ok(Session { sandbox, cwd, events, max_read: DEFAULT_MAX_READ })
     }
@@ -56,7 +56,7 @@ impl Session {
     }
 
     /// The sandbox.
-    pub fn sandbox(&self) -> &Arc<dyn SandboxBackend> {
+    pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
         &self.sandbox
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use flue::sandbox::error::{SandboxError, SandboxResult};
 use flue::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, Sandbox,
     SandboxSummary, VolumeInfo,
 };
 
@@ -30,7 +30,7 @@ impl HomeMapped {
     }
 }
 
-fn wrap(inner: Arc<dyn SandboxBackend>) -> Arc<dyn SandboxBackend> {
+fn wrap(inner: Arc<dyn Sandbox>) -> Arc<dyn Sandbox> {
     let real = inner.workdir().to_string();
     Arc::new(MappedSandbox { inner, real })
 }
@@ -41,13 +41,13 @@ impl Connector for HomeMapped {
         self.inner.info()
     }
 
-    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
         // Volume mount paths under /home/daytona are understood by the local
         // connector itself (as paths inside the sandbox).
         Ok(wrap(self.inner.create(options).await?))
     }
 
-    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
         Ok(wrap(self.inner.connect(id).await?))
     }
 
@@ -74,7 +74,7 @@ impl Connector for HomeMapped {
 
 /// One sandbox, its directory (`real`) seen at [`HOME`].
 struct MappedSandbox {
-    inner: Arc<dyn SandboxBackend>,
+    inner: Arc<dyn Sandbox>,
     real: String,
 }
 
@@ -104,7 +104,7 @@ impl MappedSandbox {
 }
 
 #[async_trait]
-impl SandboxBackend for MappedSandbox {
+impl Sandbox for MappedSandbox {
     fn id(&self) -> &str {
         self.inner.id()
     }
@@ -190,7 +190,7 @@ mod tests {
     struct Dummy;
 
     #[async_trait]
-    impl SandboxBackend for Dummy {
+    impl Sandbox for Dummy {
         fn id(&self) -> &str {
             "dummy"
         }

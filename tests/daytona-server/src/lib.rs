@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 pub use faults::{Faults, Injected};
 use flue::events::EventLog;
 use flue::sandbox::local::{Isolation, LocalConfig, LocalConnector};
-use flue::sandbox::{Connector, SandboxBackend};
+use flue::sandbox::{Connector, Sandbox};
 
 /// Largest request body accepted whole (uploads stream, whatever their size).
 pub(crate) const BODY_LIMIT: usize = 512 * 1024 * 1024;
@@ -97,7 +97,7 @@ pub(crate) struct SandboxRecord {
     pub toolbox_calls: u64,
     pub created_at: String,
     pub auto_stop: Option<u64>,
-    pub backend: Arc<dyn SandboxBackend>,
+    pub backend: Arc<dyn Sandbox>,
     /// Its `SandboxVolume`s, volume ids resolved.
     pub volumes: Vec<serde_json::Value>,
 }
@@ -154,7 +154,7 @@ impl DaytonaServer {
         local.visible_root = HOME.into();
         local.volumes_dir = dir.path().join("volumes");
         // The same host assembly as flue itself, with only the local backend.
-        let host = flue::HostBuilder::new().cache_dir(None).backend(Arc::new(LocalConnector::new(local))).build()?;
+        let host = flue::HostBuilder::new().cache_dir(None).builtin(Arc::new(LocalConnector::new(local))).build()?;
         let local = host.connector("local", &EventLog::discard()).await?;
         // Without bubblewrap the sandboxes cannot be at /home/daytona for
         // real: map that path (see `home`).

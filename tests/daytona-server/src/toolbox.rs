@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flue::sandbox::{ExecRequest, FileStat, SandboxBackend};
+use flue::sandbox::{ExecRequest, FileStat, Sandbox};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// The sandbox behind a toolbox call, or the proxy's error. Counts calls for
 /// the "dies on its Nth call" fault.
-fn sandbox(state: &AppState, id: &str, route: &str, method: &str) -> Result<Arc<dyn SandboxBackend>, Response> {
+fn sandbox(state: &AppState, id: &str, route: &str, method: &str) -> Result<Arc<dyn Sandbox>, Response> {
     let mut sandboxes = state.sandboxes.lock().expect("lock");
     let Some(record) = sandboxes.get_mut(id) else {
         return Err(daemon_error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("sandbox {id} not found"), route, method));
@@ -62,7 +62,7 @@ fn daemon_failure(err: &flue::sandbox::error::SandboxError, route: &str, method:
     daemon_error(status, code, err.message.clone(), route, method)
 }
 
-fn absolute(backend: &dyn SandboxBackend, path: &str) -> String {
+fn absolute(backend: &dyn Sandbox, path: &str) -> String {
     flue::sandbox::paths::resolve(backend.workdir(), if path.is_empty() { "." } else { path })
         .unwrap_or_else(|_| backend.workdir().into())
 }
@@ -256,7 +256,7 @@ const BOUNDARY: &str = "DAYTONA-FILE-BOUNDARY";
 type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
 
 /// One part of a bulk download: the file, or the daemon's error for it.
-async fn download_part(backend: Arc<dyn SandboxBackend>, requested: String) -> Chunks {
+async fn download_part(backend: Arc<dyn Sandbox>, requested: String) -> Chunks {
     let route = "/files/bulk-download";
     let path = absolute(backend.as_ref(), &requested);
     let opened = match backend.stat(&path).await {
@@ -384,12 +384,7 @@ struct PathQuery {
     recursive: Option<bool>,
 }
 
-async fn stat_or_error(
-    backend: &dyn SandboxBackend,
-    path: &str,
-    route: &str,
-    method: &str,
-) -> Result<FileStat, Response> {
+async fn stat_or_error(backend: &dyn Sandbox, path: &str, route: &str, method: &str) -> Result<FileStat, Response> {
     backend.stat(path).await.map_err(|err| {
         let (status, code) = from_sandbox(&err);
         let message = if code == "FILE_NOT_FOUND" { format!("file not found: {path}") } else { err.message };

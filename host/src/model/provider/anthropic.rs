@@ -85,6 +85,13 @@ impl WireFormat for Anthropic {
         reply
     }
 
+    /// Anthropic's one code for it is `request_too_large` (413); a prompt
+    /// over the context is a plain `invalid_request_error`, which stays a
+    /// `provider` error rather than be guessed from its words.
+    fn context_overflow(&self, status: u16, body: &Value) -> bool {
+        status == 413 || body["error"]["type"] == "request_too_large"
+    }
+
     fn feed(&self, data: &str, answer: &mut StreamedAnswer) -> Result<Option<String>, ModelError> {
         let event = answer.parse(data)?;
         match event["type"].as_str() {

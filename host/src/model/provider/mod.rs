@@ -33,8 +33,8 @@ use super::caps::{
     MAX_BACKOFF, MAX_ERROR_BODY, MAX_ERROR_MESSAGE, MAX_PLAIN_BODY, MAX_SSE_EVENT, MAX_STREAM_BYTES, MAX_STREAM_EVENTS,
 };
 use super::{Message, ModelError, Reply};
-use crate::capability::secrets::Secrets;
 use crate::sandbox::session::format_bytes;
+use crate::secrets::Secrets;
 
 /// Attempts per turn for retryable failures.
 const ATTEMPTS: u32 = 5;
@@ -64,6 +64,10 @@ trait WireFormat: Send + Sync {
     fn reply(&self, body: &Value) -> Reply;
     /// One streamed event's data, into `answer`; the text it adds, if any.
     fn feed(&self, data: &str, answer: &mut StreamedAnswer) -> Result<Option<String>, ModelError>;
+    /// Whether an error answer (`status`, its JSON `body`) says the
+    /// conversation is over the model's context, by the provider's own
+    /// error code — never by its words.
+    fn context_overflow(&self, status: u16, body: &Value) -> bool;
 }
 
 /// Every wire format, by provider name.
@@ -176,13 +180,14 @@ impl Provider {
                     // Only the start of an error body: its message, not a flood.
                     let (body, _) = read_at_most(response, MAX_ERROR_BODY).await.unwrap_or_default();
                     let text = String::from_utf8_lossy(&body);
+                    let json: Value = serde_json::from_str(&text).unwrap_or_default();
                     // Whole here: the message is redacted before it is cut.
-                    let message = error_message(&text).unwrap_or_else(|| text.into_owned());
+                    let message = error_message(&json).unwrap_or_else(|| text.into_owned());
                     let retryable = matches!(status, 408 | 429 | 500..=599);
                     if retryable && attempt < ATTEMPTS {
                         Some(retry_after)
                     } else {
-                        return Err(self.redact_error(self.classify(status, &message, attempt)));
+                        return Err(self.redact_error(self.classify(status, &json, &message, attempt)));
                     }
                 }
                 Err(err) if attempt < ATTEMPTS && (err.is_connect() || err.is_timeout()) => Some(None),
@@ -205,9 +210,8 @@ impl Provider {
         err.map_message(|m| cut(&self.redact(m), MAX_ERROR_MESSAGE))
     }
 
-    fn classify(&self, status: u16, message: &str, attempts: u32) -> ModelError {
+    fn classify(&self, status: u16, body: &Value, message: &str, attempts: u32) -> ModelError {
         let tries = if attempts > 1 { format!(" after {attempts} attempts") } else { String::new() };
-        let lower = message.to_ascii_lowercase();
         match status {
             401 | 403 => ModelError::Auth(format!(
                 "{} rejected the key in {} ({status}): {message}",
@@ -215,12 +219,7 @@ impl Provider {
                 self.format.key_var()
             )),
             429 => ModelError::RateLimited(format!("{} kept answering 429{tries}: {message}", self.label)),
-            400 | 413
-                if lower.contains("context")
-                    || lower.contains("too long")
-                    || lower.contains("too many tokens")
-                    || status == 413 =>
-            {
+            _ if self.format.context_overflow(status, body) => {
                 ModelError::ContextOverflow(format!("{}: {message}", self.label))
             }
             _ => ModelError::Provider(format!("{} answered {status}{tries}: {message}", self.label)),
@@ -362,9 +361,8 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The provider's error message in an error body, if it has one.
-fn error_message(body: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(body).ok()?;
-    value["error"]["message"].as_str().or(value["message"].as_str()).map(str::to_string)
+fn error_message(body: &Value) -> Option<String> {
+    body["error"]["message"].as_str().or(body["message"].as_str()).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -428,6 +426,17 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), FORMATS.len());
+    }
+
+    #[test]
+    fn a_context_overflow_is_read_from_the_providers_code_not_its_words() {
+        let words = serde_json::json!({"error": {"type": "invalid_request_error", "message": "context too long"}});
+        assert!(!openai::OpenAi.context_overflow(400, &words));
+        assert!(!anthropic::Anthropic.context_overflow(400, &words));
+        let coded = serde_json::json!({"error": {"code": "context_length_exceeded", "message": "x"}});
+        assert!(openai::OpenAi.context_overflow(400, &coded));
+        let too_large = serde_json::json!({"error": {"type": "request_too_large", "message": "x"}});
+        assert!(anthropic::Anthropic.context_overflow(413, &too_large));
     }
 
     #[test]

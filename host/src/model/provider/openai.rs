@@ -79,6 +79,10 @@ impl WireFormat for OpenAi {
         reply
     }
 
+    fn context_overflow(&self, _status: u16, body: &Value) -> bool {
+        body["error"]["code"] == "context_length_exceeded"
+    }
+
     fn feed(&self, data: &str, answer: &mut StreamedAnswer) -> Result<Option<String>, ModelError> {
         if data == "[DONE]" {
             answer.done = true;

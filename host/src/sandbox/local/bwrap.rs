@@ -62,8 +62,10 @@ const SUPERVISOR_PATH: &str = "/run/flue/supervisor";
 
 /// What bubblewrap starts inside the sandbox.
 pub(crate) enum Program<'a> {
-    /// One command, with `bash -c`; `nproc` limits processes inside.
-    Shell { command: &'a str, nproc: Option<u64> },
+    /// One command, with `bash -c`; `nproc` limits processes inside. The
+    /// shell writes one byte to `started` (then closes it) before anything
+    /// else: no byte means bubblewrap failed before the command ran.
+    Shell { command: &'a str, nproc: Option<u64>, started: OwnedFd },
     /// The sandbox's supervisor ([`super::supervisor`]): `program` is the
     /// `flue` binary, `socket` its end of the host's socket.
     Supervisor { program: &'a Path, socket: OwnedFd, nproc: Option<u64> },
@@ -81,12 +83,16 @@ pub(crate) fn command(
     let mut args = sandbox_args(isolated, &mut passed)?;
     let mut tail: Vec<String> = Vec::new();
     match program {
-        Program::Shell { command, nproc } => {
+        Program::Shell { command, nproc, started } => {
             args.extend(["--setenv".into(), COMMAND_VAR.into(), command.into()]);
-            let run = match nproc {
-                Some(n) => format!("ulimit -u {n}; {RUN_COMMAND}"),
-                None => RUN_COMMAND.to_string(),
-            };
+            let started = passed.pass(started)?;
+            // `printf` is a builtin: no process, and the command never
+            // sees the fd.
+            let mut run = format!("printf 1 >&{started}; exec {started}>&-; ");
+            if let Some(n) = nproc {
+                run.push_str(&format!("ulimit -u {n}; "));
+            }
+            run.push_str(RUN_COMMAND);
             tail.extend(["bash".into(), "-c".into(), run]);
         }
         Program::Supervisor { program, socket, nproc } => {

@@ -18,6 +18,7 @@
 //! * Everything runs inside the sandbox's limits ([`super::limits`]); a
 //!   command a limit stopped gets a note saying which.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -104,6 +105,9 @@ impl Drop for Runner {
 struct Running {
     stdout: tokio::task::JoinHandle<String>,
     stderr: tokio::task::JoinHandle<String>,
+    /// Under bubblewrap without a supervisor: the read end the sandbox's
+    /// shell writes a byte to once it runs.
+    started: Option<OwnedFd>,
 }
 
 impl Runner {
@@ -162,13 +166,8 @@ impl Runner {
         };
         let stdout = drain(running.stdout).await;
         let mut stderr = drain(running.stderr).await;
-        // bwrap itself failed (it says so, exit 1, before the command ran).
-        if self.isolation.is_isolated()
-            && self.supervisor_program.is_none()
-            && exit_code == 1
-            && stdout.is_empty()
-            && stderr.starts_with("bwrap: ")
-        {
+        // bwrap itself failed: the sandbox's shell never said it started.
+        if running.started.as_ref().is_some_and(|started| !started_said_so(started)) {
             super::isolation::forget_probe();
             return Err(SandboxError::other(format!(
                 "bubblewrap could not set up the sandbox: {} (the command did not run)",
@@ -216,6 +215,7 @@ impl Runner {
         let running = Running {
             stdout: tokio::spawn(read_capped(stdout, self.output_cap)),
             stderr: tokio::spawn(read_capped(stderr, self.output_cap)),
+            started: None,
         };
         let (ended, timed_out) = started.wait(spec.timeout).await?;
         match ended {
@@ -236,6 +236,7 @@ impl Runner {
                         stderr: tokio::spawn(
                             async move { format!("flue: the command could not start: {why}{note}\n") },
                         ),
+                        started: None,
                     },
                 ))
             }
@@ -248,13 +249,19 @@ impl Runner {
         env: &[(String, String)],
     ) -> SandboxResult<(i32, bool, Running)> {
         let launch = Launch::new(&self.enforced);
+        let mut started = None;
         let mut command = match self.isolated(spec.cwd, env) {
-            Some((bwrap, isolated)) => super::bwrap::command(
-                bwrap,
-                &isolated,
-                Program::Shell { command: spec.command, nproc: self.nproc() },
-                launch,
-            )?,
+            Some((bwrap, isolated)) => {
+                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|err| SandboxError::other(format!("cannot create a pipe: {err}")))?;
+                started = Some(read);
+                super::bwrap::command(
+                    bwrap,
+                    &isolated,
+                    Program::Shell { command: spec.command, nproc: self.nproc(), started: write },
+                    launch,
+                )?
+            }
             None => {
                 let rel = crate::sandbox::paths::strip_root(&self.visible_root, spec.cwd).ok_or_else(|| {
                     SandboxError::permission_denied(format!(
@@ -284,9 +291,12 @@ impl Runner {
         let mut child = ReapOnDrop(Some(child));
         let pgid = child.pgid();
 
+        // Our copies of the shell's `started` end close with the command.
+        drop(command);
         let running = Running {
             stdout: tokio::spawn(read_capped(child.stdout_pipe(), self.output_cap)),
             stderr: tokio::spawn(read_capped(child.stderr_pipe(), self.output_cap)),
+            started,
         };
         let waited = match spec.timeout {
             Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
@@ -306,6 +316,14 @@ impl Runner {
             None => Ok((TIMEOUT_EXIT_CODE, true, running)),
         }
     }
+}
+
+/// Whether the sandbox's shell wrote its byte to `started` (it has exited
+/// by now, so what it wrote is in the pipe).
+fn started_said_so(started: &OwnedFd) -> bool {
+    let _ = rustix::io::ioctl_fionbio(started, true);
+    let mut byte = [0u8; 1];
+    matches!(rustix::io::read(started, &mut byte), Ok(1))
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> i32 {

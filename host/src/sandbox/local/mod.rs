@@ -14,8 +14,8 @@ mod exec;
 mod fs;
 mod isolation;
 mod limits;
+mod sandbox_dirs;
 mod seccomp;
-mod store;
 mod supervisor;
 mod volumes;
 
@@ -29,15 +29,15 @@ pub(crate) use bwrap::{BuildSandbox, build_command};
 pub(crate) use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
-pub(crate) use store::ensure_private_dir;
-use store::{Metadata, Store};
+pub(crate) use sandbox_dirs::ensure_private_dir;
+use sandbox_dirs::{Metadata, SandboxDirs};
 pub use supervisor::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
 pub use volumes::default_data_dir;
 use volumes::{MountSpec, Mounted, Volumes};
 
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, Sandbox,
     SandboxSummary, VolumeInfo,
 };
 
@@ -90,7 +90,7 @@ impl LocalConfig {
 pub struct LocalConnector {
     config: LocalConfig,
     info: ConnectorInfo,
-    store: Store,
+    dirs: SandboxDirs,
     volumes: Volumes,
     warned_unisolated: AtomicBool,
 }
@@ -107,9 +107,9 @@ impl LocalConnector {
             allowed_hosts: Vec::new(),
             merges_output: false,
         };
-        let store = Store::new(config.base_dir.clone());
+        let dirs = SandboxDirs::new(config.base_dir.clone());
         let volumes = Volumes::new(config.volumes_dir.clone());
-        LocalConnector { config, info, store, volumes, warned_unisolated: AtomicBool::new(false) }
+        LocalConnector { config, info, dirs, volumes, warned_unisolated: AtomicBool::new(false) }
     }
 
     fn warn_once_if_unisolated(&self, isolation: &Isolation) {
@@ -121,7 +121,7 @@ impl LocalConnector {
         }
     }
 
-    async fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn Sandbox>> {
         let isolation = self.config.isolation.get().await;
         self.warn_once_if_unisolated(&isolation);
         let confined = ConfinedRoot::open(&root)
@@ -275,7 +275,7 @@ impl Connector for LocalConnector {
         &self.info
     }
 
-    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
         if options.image.is_some()
             || options.snapshot.is_some()
             || options.resources.as_ref().is_some_and(|r| r.gpu.is_some())
@@ -305,12 +305,12 @@ impl Connector for LocalConnector {
             return self.open("local-workdir".into(), dir, metadata).await;
         }
         let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let root = self.store.create(&id, &metadata)?;
+        let root = self.dirs.create(&id, &metadata)?;
         self.open(id, root, metadata).await
     }
 
-    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
-        let (root, metadata) = self.store.open(id)?;
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
+        let (root, metadata) = self.dirs.open(id)?;
         self.open(id.to_string(), root, metadata).await
     }
 
@@ -319,17 +319,17 @@ impl Connector for LocalConnector {
             // The user's own directory: never ours to delete.
             return Ok(());
         }
-        self.store.delete(id)
+        self.dirs.delete(id)
     }
 
     async fn list(&self, labels: &[(String, String)]) -> SandboxResult<Vec<SandboxSummary>> {
         Ok(self
-            .store
+            .dirs
             .list()
             .into_iter()
             .filter(|(_, metadata)| labels.iter().all(|wanted| metadata.labels.contains(wanted)))
             .map(|(id, metadata)| SandboxSummary {
-                created_ms: self.store.created_ms(&id),
+                created_ms: self.dirs.created_ms(&id),
                 id,
                 name: metadata.name,
                 state: "started".into(),
@@ -466,7 +466,7 @@ impl LocalSandbox {
 }
 
 #[async_trait]
-impl SandboxBackend for LocalSandbox {
+impl Sandbox for LocalSandbox {
     fn id(&self) -> &str {
         &self.id
     }

@@ -185,7 +185,7 @@ impl Volumes {
         VolumeInfo {
             name: name.to_string(),
             state: "ready".into(),
-            created_ms: super::store::modified_ms(&self.dir.join(name)),
+            created_ms: super::sandbox_dirs::modified_ms(&self.dir.join(name)),
         }
     }
 
@@ -210,9 +210,9 @@ impl Volumes {
     fn ensure_private(&self) -> SandboxResult<()> {
         const REMEDY: &str = "point FLUE_DATA_DIR at a directory only you can write to";
         if let Some(data_dir) = self.dir.parent() {
-            super::store::ensure_private_dir(data_dir, "keep flue's data", REMEDY)?;
+            super::sandbox_dirs::ensure_private_dir(data_dir, "keep flue's data", REMEDY)?;
         }
-        super::store::ensure_private_dir(&self.dir, "keep volumes", REMEDY)
+        super::sandbox_dirs::ensure_private_dir(&self.dir, "keep volumes", REMEDY)
     }
 
     pub fn create(&self, name: &str) -> SandboxResult<VolumeInfo> {

@@ -4,9 +4,9 @@
 
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::agent::flue::sandbox::{log, types};
 use crate::capability::ConnectorGrants;
 use crate::events::EventLog;
-use crate::runtime::bindings::agent::flue::sandbox::{log, types};
 use crate::runtime::{HasStoreBase, StoreBase};
 
 /// The data of a connector's store.
@@ -17,6 +17,12 @@ pub struct ConnectorState {
     pub(crate) name: String,
     pub(crate) grants: ConnectorGrants,
     pub(crate) events: EventLog,
+}
+
+impl crate::capability::CapabilityView for ConnectorState {
+    fn capabilities(&mut self) -> crate::capability::Capabilities<'_> {
+        crate::capability::Capabilities { table: &mut self.base.table, grants: &self.grants }
+    }
 }
 
 impl HasStoreBase for ConnectorState {

@@ -1,4 +1,4 @@
-//! Wasm connectors: the [`Connector`]/[`SandboxBackend`] implementations
+//! Wasm connectors: the [`Connector`]/[`Sandbox`] implementations
 //! that call a connector component's exports.
 //!
 //! Each connector instance runs in its own store ([`ConnectorState`]), with
@@ -20,14 +20,14 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 pub use imports::ConnectorState;
-pub(crate) use load::load;
+pub(crate) use load::ConnectorLoader;
 
-use crate::runtime::bindings::connector::Connector as ConnectorBindings;
-use crate::runtime::bindings::types;
+use crate::bindings::connector::Connector as ConnectorBindings;
+use crate::bindings::types;
 use crate::runtime::engine::arm_deadline;
 use crate::sandbox::error::{SandboxError, SandboxResult};
 use crate::sandbox::{
-    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, SandboxBackend,
+    Connector, ConnectorInfo, CreateOptions, ExecOutput, ExecRequest, FileReader, FileStat, FileWriter, Sandbox,
     SandboxSummary, VolumeInfo,
 };
 
@@ -94,7 +94,7 @@ impl Connector for WasmConnector {
         &self.info
     }
 
-    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
         let options = types::CreateOptions::from(options);
         let resource = call(&self.instance, &self.info.name, "create", self.call_limit, |store, b| {
             Box::pin(async move { b.flue_sandbox_lifecycle().call_create(store, &options).await })
@@ -104,7 +104,7 @@ impl Connector for WasmConnector {
         self.sandbox(resource).await
     }
 
-    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
         let id = id.to_string();
         let resource = call(&self.instance, &self.info.name, "connect", self.call_limit, |store, b| {
             Box::pin(async move { b.flue_sandbox_lifecycle().call_connect(store, &id).await })
@@ -163,7 +163,7 @@ impl Connector for WasmConnector {
 }
 
 impl WasmConnector {
-    async fn sandbox(&self, resource: ResourceAny) -> SandboxResult<Arc<dyn SandboxBackend>> {
+    async fn sandbox(&self, resource: ResourceAny) -> SandboxResult<Arc<dyn Sandbox>> {
         let (id, workdir) = call(&self.instance, &self.info.name, "id", self.call_limit, |store, b| {
             Box::pin(async move {
                 let api = b.flue_sandbox_sandbox_api().sandbox();
@@ -213,7 +213,7 @@ macro_rules! sandbox_call {
 }
 
 #[async_trait]
-impl SandboxBackend for WasmSandbox {
+impl Sandbox for WasmSandbox {
     fn id(&self) -> &str {
         &self.id
     }
@@ -280,11 +280,7 @@ impl SandboxBackend for WasmSandbox {
 
     async fn exec(&self, request: &ExecRequest) -> SandboxResult<ExecOutput> {
         let command = request.command.clone();
-        let options = types::ExecOptions {
-            cwd: Some(request.cwd.clone()),
-            env: request.env.clone(),
-            timeout_ms: request.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        };
+        let options = types::ExecOptions::from(request);
         // A command may legitimately run as long as its own timeout.
         let limit = self.call_limit + request.timeout.unwrap_or_default();
         sandbox_call!(self, "exec", limit, |api, store, res| api.call_exec(store, res, &command, &options))

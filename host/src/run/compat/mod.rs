@@ -1,6 +1,7 @@
 //! Earlier releases of the WIT that the host still runs agents for.
 //!
-//! Each released version is frozen in `host/wit-compat/` and bound here in a
+//! Each released version is frozen in `host/wit-compat/`, bound in
+//! [`crate::bindings`] and served here, in a
 //! module of its own, the way Zed keeps its extension API versions. Its
 //! imports are served by the same version-independent operations as the
 //! current WIT ([`crate::run::imports`]); only the types are converted.
@@ -9,16 +10,16 @@ pub mod v0_1_0;
 
 use wasmtime::component::{Component, Linker};
 
-use super::bindings::agent::AgentPre;
-use super::engine::wasm_error;
+use crate::bindings::agent::AgentPre;
 use crate::run::imports::AgentState;
+use crate::runtime::engine::wasm_error;
 
 /// An agent checked against one of the WIT versions the host runs.
 pub enum AnyAgentPre {
     /// The current version.
     Current(AgentPre<AgentState>),
     /// `flue:sandbox@0.1.0`.
-    V0_1_0(v0_1_0::bindings::AgentPre<AgentState>),
+    V0_1_0(crate::bindings::v0_1_0::AgentPre<AgentState>),
 }
 
 impl AnyAgentPre {
@@ -43,7 +44,7 @@ pub fn agent_pre(linker: &Linker<AgentState>, component: &Component) -> anyhow::
     if let Ok(pre) = linker
         .instantiate_pre(component)
         .map_err(wasm_error)
-        .and_then(|pre| v0_1_0::bindings::AgentPre::new(pre).map_err(wasm_error))
+        .and_then(|pre| crate::bindings::v0_1_0::AgentPre::new(pre).map_err(wasm_error))
     {
         return Ok(AnyAgentPre::V0_1_0(pre));
     }

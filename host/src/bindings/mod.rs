@@ -1,10 +1,17 @@
-//! Host bindings generated from `wit/` for the two worlds.
+//! The WIT room: host bindings generated from `wit/` for the two worlds,
+//! and (in [`convert`]) every conversion between their types and flue's
+//! own. The one place that knows both sides; everything else speaks native
+//! types.
 //!
 //! The shared interfaces (`types`, `log`) are generated once, in the agent
 //! world's module; the connector world reuses them through `with:`, so each
 //! WIT type has one Rust type and every conversion in
-//! [`super::convert`] is written and compiled once. Agents built against an
-//! earlier release of the WIT are bound in [`super::compat`].
+//! [`convert`] is written and compiled once. Agents built against an
+//! earlier release of the WIT are bound in [`v0_1_0`] (and served by
+//! [`crate::run::compat`]).
+
+pub(crate) mod convert;
+pub mod v0_1_0;
 
 /// The `agent` world: the host implements the agent's imports.
 #[allow(missing_docs, reason = "generated; the WIT carries the documentation")]

@@ -31,7 +31,7 @@ pub(crate) struct Metadata {
 }
 
 /// The directory that holds local sandboxes.
-pub(crate) struct Store {
+pub(crate) struct SandboxDirs {
     base: PathBuf,
 }
 
@@ -57,9 +57,9 @@ pub(crate) fn ensure_private_dir(dir: &Path, purpose: &str, remedy: &str) -> San
     })
 }
 
-impl Store {
+impl SandboxDirs {
     pub fn new(base: PathBuf) -> Self {
-        Store { base }
+        SandboxDirs { base }
     }
 
     fn paths_for(&self, id: &str) -> SandboxResult<(PathBuf, PathBuf)> {
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn directories_are_private_and_a_symlinked_base_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::new(tmp.path().join("flue-local"));
+        let store = SandboxDirs::new(tmp.path().join("flue-local"));
         let root = store.create("local-a", &Metadata::default()).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(store.base.as_path()), 0o700);
@@ -182,7 +182,7 @@ mod tests {
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, tmp.path().join("linked")).unwrap();
-        let err = Store::new(tmp.path().join("linked")).create("local-d", &Metadata::default()).unwrap_err();
+        let err = SandboxDirs::new(tmp.path().join("linked")).create("local-d", &Metadata::default()).unwrap_err();
         assert!(err.message.contains("is a symbolic link"), "{err}");
         assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing was created through the link");
     }

@@ -1,4 +1,5 @@
-//! Secrets: the values a connector may name but never hold.
+//! Secrets: the values a connector may name but never hold, and a model
+//! provider's key; one of the floor's rooms (it knows nothing of sandboxes).
 //!
 //! A connector writes `{{NAME}}` in a header value; the host fills it in on
 //! the way out ([`Secrets::substitute`]) and redacts every secret from
@@ -12,12 +13,8 @@
 //! used: redacting a two-letter value would mangle unrelated output, and not
 //! redacting it would leak it.
 
-use std::collections::HashMap;
-
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-
-use crate::sandbox::ConfigKey;
 
 /// The shortest secret flue accepts.
 pub const MIN_SECRET_LEN: usize = 8;
@@ -93,16 +90,6 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// The declared `secret` keys of `keys` that are set in `config`.
-    pub fn declared(keys: &[ConfigKey], config: &HashMap<String, String>) -> Self {
-        Self::from_pairs(
-            keys.iter()
-                .filter(|k| k.secret)
-                .filter_map(|k| config.get(&k.name).map(|v| (k.name.clone(), v.clone())))
-                .collect(),
-        )
-    }
-
     /// Secrets from (name, value) pairs.
     pub fn from_pairs(values: Vec<(String, String)>) -> Self {
         let secrets: Vec<Secret> = values.into_iter().map(|(name, value)| Secret::new(name, value)).collect();
