@@ -131,6 +131,17 @@ impl Event {
     }
 }
 
+/// Output format of events on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// Readable progress lines.
+    Text,
+    /// One JSON object per line, for tools.
+    Json,
+    /// Nothing.
+    None,
+}
+
 /// How much a log line matters; events carry it as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -103,7 +103,13 @@ impl HostBuilder {
         let runtime = Arc::new(Runtime::new(self.cache_dir, self.limits, self.pooling)?);
         let dir = self.connectors_dir.unwrap_or_else(default_connectors_dir);
         let agents = Arc::new(AgentLinker::new(&runtime)?);
-        let registry = Arc::new(ConnectorRegistry::new(runtime.clone(), dir, self.builtins, self.config)?);
+        let registry = Arc::new(ConnectorRegistry::new(
+            runtime.clone(),
+            dir,
+            self.builtins,
+            self.config,
+            Arc::new(crate::guest::installable_connector),
+        )?);
         Ok(Host { runtime, agents, registry })
     }
 }

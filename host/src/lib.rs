@@ -40,5 +40,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod secrets;
 pub mod serve;
+pub mod terminal;
+pub mod which;
 
 pub use host::{Host, HostBuilder};

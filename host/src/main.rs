@@ -18,7 +18,7 @@ fn main() {
     if let Err(failure) = runtime.block_on(flue::cli::main(cli)) {
         // The message may quote guests (an agent's failure, a connector's
         // error): escaped, so it cannot steer the terminal or forge lines.
-        eprintln!("error: {}", flue::cli::render::escape_block(&format!("{:#}", failure.error)));
+        eprintln!("error: {}", flue::terminal::escape_block(&format!("{:#}", failure.error)));
         std::process::exit(failure.code);
     }
 }

@@ -40,12 +40,12 @@ pub async fn conformance(args: ConformanceArgs, events: EventLog) -> Result<(), 
     let mut results = conformance::run(sandbox.clone(), connector.info().merges_output, EventLog::discard()).await;
     results.extend(conformance::run_volumes(connector.as_ref(), sandbox.workdir()).await);
     if args.keep {
-        eprintln!("kept sandbox {}", super::render::escape(sandbox.id()));
+        eprintln!("kept sandbox {}", crate::terminal::escape(sandbox.id()));
     } else if let Err(err) = connector.delete(sandbox.id()).await {
         eprintln!(
             "warning: could not delete sandbox {}: {}",
-            super::render::escape(sandbox.id()),
-            super::render::escape_block(&err.to_string())
+            crate::terminal::escape(sandbox.id()),
+            crate::terminal::escape_block(&err.to_string())
         );
     }
     out!("{}", render_table(&args.connector, &results).trim_end());
@@ -65,10 +65,10 @@ pub fn render_table(connector: &str, results: &[CheckResult]) -> String {
             Ok(()) if result.skipped.is_some() => out.push_str(&format!(
                 "  SKIP  {}{pad}  {}\n",
                 result.name,
-                super::render::escape(result.skipped.as_deref().unwrap_or_default())
+                crate::terminal::escape(result.skipped.as_deref().unwrap_or_default())
             )),
             Ok(()) => out.push_str(&format!("  PASS  {}{pad}  {:>6} ms\n", result.name, result.duration.as_millis())),
-            Err(why) => out.push_str(&format!("  FAIL  {}{pad}  {}\n", result.name, super::render::escape(why))),
+            Err(why) => out.push_str(&format!("  FAIL  {}{pad}  {}\n", result.name, crate::terminal::escape(why))),
         }
     }
     let skipped = results.iter().filter(|r| r.skipped.is_some()).count();

@@ -4,12 +4,12 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::host_args::HostArgs;
-use super::render::escape;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
 use crate::guest::embedded_connectors::CONNECTORS as EMBEDDED;
 use crate::runtime::Limits;
 use crate::sandbox::ConnectorInfo;
+use crate::terminal::escape;
 
 /// `flue add` arguments.
 #[derive(Args, Debug)]

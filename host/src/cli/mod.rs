@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::events::EventFormat;
 use crate::events::EventLog;
-use render::{EventFormat, StderrSink};
+use render::StderrSink;
 
 /// Write a line to stdout. A closed pipe (`flue run … | head`) is not an
 /// error worth a panic: the reader has what it wanted.

@@ -9,12 +9,12 @@ use clap::{Args, Subcommand};
 
 use super::host_args::HostArgs;
 use super::{Failure, out, usage};
-use crate::cli::render::{escape, escape_block};
 use crate::events::EventLog;
 use crate::host::Host;
 use crate::run::ownership::{self, Owner};
 use crate::runtime::Limits;
 use crate::sandbox::{Connector, SandboxSummary};
+use crate::terminal::{escape, escape_block};
 
 /// `flue sandboxes` arguments.
 #[derive(Args, Debug)]

@@ -140,7 +140,7 @@ pub enum Allocator {
 pub async fn serve(
     mut args: ServeArgs,
     dev: bool,
-    events: super::render::EventFormat,
+    events: crate::events::EventFormat,
     log: EventLog,
 ) -> Result<(), Failure> {
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));

@@ -4,10 +4,10 @@
 use clap::{Args, Subcommand};
 
 use super::host_args::HostArgs;
-use super::render::escape;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
 use crate::runtime::Limits;
+use crate::terminal::escape;
 
 /// `flue volumes` arguments.
 #[derive(Args, Debug)]

@@ -45,7 +45,7 @@ const CARGO_HOME_FILES: [&str; 6] = ["config", "config.toml", "credentials", "cr
 pub(crate) fn cargo() -> Result<PathBuf, AgentSourceError> {
     match std::env::var_os("CARGO").map(PathBuf::from) {
         Some(cargo) if cargo.is_absolute() => Ok(cargo),
-        _ => super::which::find_on_path("cargo")
+        _ => crate::which::find_on_path("cargo")
             .ok_or_else(|| AgentSourceError::Toolchain("cannot run cargo: install Rust from https://rustup.rs".into())),
     }
 }

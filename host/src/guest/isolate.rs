@@ -37,8 +37,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::build::AgentSourceError;
-use super::which::find_on_path;
 use crate::events::{EventLog, LogLevel};
+use crate::which::find_on_path;
 
 /// How agent builds are isolated (`flue build --isolation`,
 /// `FLUE_BUILD_ISOLATION`).

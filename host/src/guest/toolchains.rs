@@ -26,8 +26,8 @@ use std::sync::{Mutex, OnceLock};
 use super::build::AgentSourceError;
 use super::cache_dirs;
 use super::isolate::BuildSpace;
-use super::which::find_on_path;
 use crate::events::{EventLog, LogLevel};
+use crate::which::find_on_path;
 
 /// The componentize-py flue builds Python agents with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";

@@ -123,7 +123,13 @@ pub struct ConnectorRegistry {
     /// Configuration values (environment and --env files); connectors see
     /// only the keys they declare.
     config: HashMap<String, String>,
+    /// Whether flue can install a connector of this name (`flue add`), so
+    /// a missing one is "not installed" rather than unknown.
+    installable: Installable,
 }
+
+/// Whether flue can install a connector by name.
+pub type Installable = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl ConnectorRegistry {
     /// A registry of `builtins` (by their `info().name`) and the `*.wasm`
@@ -133,9 +139,11 @@ impl ConnectorRegistry {
         dir: PathBuf,
         builtins: Vec<Arc<dyn Connector>>,
         config: HashMap<String, String>,
+        installable: Installable,
     ) -> anyhow::Result<Self> {
         let builtins = builtins.into_iter().map(|c| (c.info().name.clone(), c)).collect();
-        Ok(ConnectorRegistry { loader: super::wasm::ConnectorLoader::new(runtime)?, dir, builtins, config })
+        let loader = super::wasm::ConnectorLoader::new(runtime)?;
+        Ok(ConnectorRegistry { loader, dir, builtins, config, installable })
     }
 
     /// The user's configuration, as given to the builder.
@@ -177,11 +185,7 @@ impl ConnectorRegistry {
         }
         let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let file = self.dir.join(format!("{name}.wasm"));
-        if valid_name
-            && !file.is_file()
-            && (crate::guest::project_root().join("connectors").join(name).join("Cargo.toml").is_file()
-                || crate::guest::embedded_connectors::find(name).is_some())
-        {
+        if valid_name && !file.is_file() && (self.installable)(name) {
             return Err(ConnectorError::NotInstalled { name: name.into(), dir: self.dir.clone() });
         }
         if !valid_name || !file.is_file() {

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cli::render::EventFormat;
+use crate::events::EventFormat;
 use crate::host::Host;
 use crate::runtime::Limits;
 pub use reload::{BuildHost, Reload};

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::errors::ApiError;
-use crate::cli::render::{EventFormat, escape, escape_block, escape_json};
+use crate::events::EventFormat;
 use crate::events::{millis, one_line};
+use crate::terminal::{escape, escape_block, escape_json};
 
 /// The server's event lines.
 pub struct ServerEvents {

@@ -132,7 +132,7 @@ pub(crate) fn forget_probe() {
 }
 
 fn find_bwrap() -> Result<PathBuf, String> {
-    crate::guest::which::find_on_path("bwrap").ok_or_else(|| "bubblewrap (bwrap) is not installed".into())
+    crate::which::find_on_path("bwrap").ok_or_else(|| "bubblewrap (bwrap) is not installed".into())
 }
 
 async fn probe(bwrap: &Path) -> Result<(), String> {
