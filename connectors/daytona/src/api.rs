@@ -168,7 +168,20 @@ pub fn download(url: String, offset: u64) -> Result<(http::ResponseStream, u64),
         body: Vec::new(),
         timeout_ms: Some(LONG_TRANSFER_MS),
     };
-    let stream = http::fetch(&request).map_err(|err| transport_error(&call, err, 1))?;
+    // Idempotent, and nothing is read yet: retried as `send` retries (a
+    // pooled connection the server just closed fails this way).
+    let mut attempt = 1;
+    let stream = loop {
+        let last = attempt >= ATTEMPTS;
+        match http::fetch(&request) {
+            Ok(stream) if retryable_status(stream.status()) && !last => {}
+            Ok(stream) => break stream,
+            Err(HttpError::Timeout(_) | HttpError::Transport(_)) if !last => {}
+            Err(err) => return Err(transport_error(&call, err, attempt)),
+        }
+        sleep_before_retry(attempt, None);
+        attempt += 1;
+    };
     match stream.status() {
         200 => Ok((stream, offset)),
         206 => Ok((stream, 0)),
