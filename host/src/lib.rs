@@ -22,7 +22,10 @@
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
 //! the contract suite), [`model`] (the model loop behind `session.prompt`),
 //! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
-//! [`guest`] (building agents from source, isolated), [`events`], [`config`].
+//! [`guest`] (building agents from source, isolated), [`events`], [`config`];
+//! rooms of the floor beside [`runtime`]: [`secrets`] (filling in and
+//! redacting), [`terminal`] (guest text made safe), [`which`] (programs on
+//! the PATH), [`private_dir`] (directories flue trusts).
 
 #![deny(missing_docs)]
 

@@ -14,25 +14,18 @@ use crate::support::{bwrap_available, flue, output, scratch};
 /// the project around it); then fails the build, saying how each went.
 fn hostile_crate(parent: &Path, marker: &Path, secret: &Path) -> PathBuf {
     let agent = parent.join("evil");
-    std::fs::create_dir_all(agent.join("src")).unwrap();
-    std::fs::write(
-        agent.join("Cargo.toml"),
-        "[package]\nname = \"evil\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-         [workspace]\n",
-    )
-    .unwrap();
-    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        agent.join("build.rs"),
-        format!(
+    crate::support::crate_with_build_script(
+        &agent,
+        "evil",
+        true,
+        &format!(
             "fn main() {{\n\
              let outside = std::fs::write({marker:?}, \"planted\").map_err(|e| e.kind());\n\
              let inside = std::fs::write(\"planted.txt\", \"planted\").map_err(|e| e.kind());\n\
              let secret = std::fs::read_to_string({secret:?}).map_err(|e| e.kind());\n\
              panic!(\"BUILD-SCRIPT-RAN outside={{outside:?}} inside={{inside:?}} secret={{secret:?}}\");\n}}\n"
         ),
-    )
-    .unwrap();
+    );
     agent
 }
 
@@ -326,15 +319,23 @@ fn agent_with_own_toolchain(parent: &Path, name: &str, sysroot: &str, cargo_scri
     agent
 }
 
+/// rustup, for test `test` of an isolated build; `None` (said why) when
+/// bubblewrap or rustup is missing here.
+fn rustup_for_isolated_build(test: &str) -> Option<PathBuf> {
+    if crate::support::skip_without_bwrap(test, "isolated builds") {
+        return None;
+    }
+    let rustup = on_path("rustup");
+    if rustup.is_none() {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped {test}: it needs rustup");
+    }
+    rustup
+}
+
 #[test]
 fn a_build_cannot_read_the_users_cargo_credentials() {
-    if crate::support::skip_without_bwrap("a_build_cannot_read_the_users_cargo_credentials", "isolated builds") {
-        return;
-    }
-    let Some(rustup) = on_path("rustup") else {
-        eprintln!("skipped a_build_cannot_read_the_users_cargo_credentials: it needs rustup");
-        return;
-    };
+    let Some(rustup) = rustup_for_isolated_build("a_build_cannot_read_the_users_cargo_credentials") else { return };
     let dir = scratch();
     // A home whose cargo (rustup's proxies) is on the PATH, with a
     // crates.io token in credentials.toml and others in config.toml.
@@ -393,17 +394,11 @@ fn a_build_reaches_no_socket_of_the_host() {
 
     let dir = scratch();
     let agent = dir.path().join("caller");
-    std::fs::create_dir_all(agent.join("src")).unwrap();
-    std::fs::write(
-        agent.join("Cargo.toml"),
-        "[package]\nname = \"caller\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-         [workspace]\n",
-    )
-    .unwrap();
-    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        agent.join("build.rs"),
-        format!(
+    crate::support::crate_with_build_script(
+        &agent,
+        "caller",
+        true,
+        &format!(
             "use std::os::linux::net::SocketAddrExt;\n\
              fn main() {{\n\
              let tcp = std::net::TcpStream::connect(\"127.0.0.1:{port}\").map(|_| ()).map_err(|e| e.kind());\n\
@@ -411,8 +406,7 @@ fn a_build_reaches_no_socket_of_the_host() {
              let unix = std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| ()).map_err(|e| e.kind());\n\
              panic!(\"BUILD-SCRIPT-RAN tcp={{tcp:?}} unix={{unix:?}}\");\n}}\n"
         ),
-    )
-    .unwrap();
+    );
     let out = output(flue().args(["build", "--isolation", "bwrap"]).arg(&agent));
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("BUILD-SCRIPT-RAN"), "{}", out.stderr);
@@ -471,21 +465,15 @@ fn a_build_never_sees_the_projects_env() {
     std::fs::create_dir_all(root.join(".flue")).unwrap();
     std::fs::write(root.join(".flue/runs.sqlite"), "RUN-STORE-SECRET").unwrap();
     let agent = root.join("agents/evil");
-    std::fs::create_dir_all(agent.join("src")).unwrap();
-    std::fs::write(
-        agent.join("Cargo.toml"),
-        "[package]\nname = \"evil\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n",
-    )
-    .unwrap();
-    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        agent.join("build.rs"),
+    crate::support::crate_with_build_script(
+        &agent,
+        "evil",
+        false,
         "fn main() {\n\
          let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.kind());\n\
          panic!(\"BUILD-SCRIPT-RAN env={:?} local={:?} store={:?}\", read(\"../../.env\"), read(\"../../.env.local\"), \
          read(\"../../.flue/runs.sqlite\"));\n}\n",
-    )
-    .unwrap();
+    );
     let out = output(flue().args(["build", "--isolation", "bwrap"]).arg(&agent));
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("BUILD-SCRIPT-RAN env=Err(NotFound)"), "{}", out.stderr);
@@ -541,13 +529,7 @@ fn a_component_outside_the_builds_directory_is_never_published() {
 
 #[test]
 fn rustup_is_never_handed_a_toolchain_the_build_named() {
-    if crate::support::skip_without_bwrap("rustup_is_never_handed_a_toolchain_the_build_named", "isolated builds") {
-        return;
-    }
-    let Some(rustup) = on_path("rustup") else {
-        eprintln!("skipped rustup_is_never_handed_a_toolchain_the_build_named: it needs rustup");
-        return;
-    };
+    let Some(rustup) = rustup_for_isolated_build("rustup_is_never_handed_a_toolchain_the_build_named") else { return };
     let dir = scratch();
     let marker = dir.path().join("target-added");
     // A rustup that records `rustup target add`, and otherwise is rustup.

@@ -4,32 +4,12 @@
 //! odd numbers never panic flue; the key it echoes never reaches events,
 //! results or errors.
 
-use model_test_server::{Flood, ModelServer, Script, ToolCall, Turn};
+use model_test_server::{Flood, ModelServer, Script, Turn, calls, flood, text, tool};
 use serde_json::{Value, json};
 
-use crate::support::{Output, TEST_API_KEY, TestDaytona, flue_probe, output, output_with_peak_rss, scratch};
+use crate::support::{Output, TEST_API_KEY, TestDaytona, flue_probe, output, output_with_peak_rss, runtime, scratch};
 
 const KEY: &str = "sk-hostile-5ecret-key-0123456789abcdef";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn tool(name: &str, input: Value) -> ToolCall {
-    ToolCall { name: name.into(), input }
-}
-
-fn calls(list: Vec<ToolCall>) -> Turn {
-    Turn { tool_calls: list, ..Default::default() }
-}
-
-fn text(answer: &str) -> Turn {
-    Turn { text: Some(answer.into()), ..Default::default() }
-}
-
-fn flood(flood: Flood) -> Turn {
-    Turn { flood: Some(flood), ..Default::default() }
-}
 
 /// The probe's `prompts`, each a prompt on one session, against `server`
 /// as provider `format`, with `tools` (all when `None`); the command, to run.

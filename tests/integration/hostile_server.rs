@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::serve::{BodyJson, Server, local_sandboxes, project, rt};
-use crate::support::{fixture, flue, scratch};
+use crate::serve::{BodyJson, Server, local_sandboxes, project};
+use crate::support::{fixture, flue, runtime, scratch};
 
 /// Long enough for anything that is going to happen; past it the test fails
 /// as hung (a guard, not a speed check).
@@ -83,7 +83,8 @@ fn body(answer: &str) -> Value {
 
 /// One line of `/metrics`, e.g. `flue_runs_started_total 3`.
 fn metric(server: &Server, name: &str) -> String {
-    let text = rt().block_on(async { reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await });
+    let text =
+        runtime().block_on(async { reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await });
     let text = text.unwrap();
     text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}")).to_string()
 }
@@ -151,7 +152,7 @@ fn a_run_that_panics_fails_alone_frees_its_slot_deletes_its_sandbox_and_shutdown
     let post = |id: &str| {
         client.post(format!("{}/agents/probe/{id}", server.url)).body(r#"{"mode":"exec","command":"echo hi"}"#)
     };
-    rt().block_on(async {
+    runtime().block_on(async {
         let response = post("boom").send().await.unwrap();
         assert_eq!(response.status(), 500);
         let run_id = response.headers()["x-flue-run-id"].to_str().unwrap().to_string();
@@ -240,7 +241,7 @@ fn half_sent_requests_cannot_exhaust_descriptors_or_hold_connections() {
         })
         .collect();
     // A real client is still served once the half-sent ones time out.
-    let health = rt().block_on(async {
+    let health = runtime().block_on(async {
         let client = reqwest::Client::builder().timeout(GUARD).build().unwrap();
         client.get(format!("{}/healthz", server.url)).send().await.map(|r| r.status().as_u16())
     });
@@ -330,7 +331,7 @@ fn an_answer_the_client_stops_reading_is_dropped_after_the_body_timeout() {
     std::fs::write(project.path().join("flue.toml"), "[agents.flood]\nwebhook = true\n").unwrap();
     let server = Server::start("serve", project.path(), tmp.path(), &["--body-timeout", "1"]);
     // A run whose record (its events) is megabytes long.
-    let run_id = rt().block_on(async {
+    let run_id = runtime().block_on(async {
         let request =
             reqwest::Client::new().post(format!("{}/agents/flood/x", server.url)).body(r#"{"mode":"log-flood"}"#);
         let response = request.send().await.unwrap();
@@ -369,7 +370,7 @@ fn a_burst_never_admits_more_than_max_concurrent_plus_queue() {
             tmp.path(),
             &["--max-concurrent", "1", "--queue", "1", "--grace", "0"],
         );
-        let statuses = rt().block_on(async {
+        let statuses = runtime().block_on(async {
             let client = reqwest::Client::new();
             let requests = (0..100).map(|i| {
                 let request = client
@@ -415,7 +416,7 @@ fn an_agent_symlinked_from_outside_the_project_is_refused() {
     )
     .unwrap();
     let server = Server::start("serve", project.path(), tmp.path(), &[]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let post = |name: &str| {
             client.post(format!("{}/agents/{name}/x", server.url)).body(r#"{"mode":"exec","command":"echo hi"}"#).send()
@@ -436,7 +437,7 @@ fn the_run_store_is_private_and_a_store_directory_others_control_is_refused() {
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     {
         let server = Server::start("serve", project.path(), tmp.path(), &[]);
-        rt().block_on(async {
+        runtime().block_on(async {
             let url = format!("{}/agents/probe/x", server.url);
             let response = reqwest::Client::new().post(url).body(r#"{"mode":"exec","command":"true"}"#).send().await;
             assert_eq!(response.unwrap().status(), 200);
@@ -516,7 +517,7 @@ fn request_bodies_together_hold_no_more_memory_than_the_budget() {
     }
     // Once the stalled clients go, their memory is free again.
     drop(clients);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         loop {
             let request =
@@ -591,19 +592,12 @@ fn every_refusal_is_json_even_from_axum_and_hyper() {
 
 /// A Rust agent whose build script never ends.
 fn agent_whose_build_never_ends(agent: &Path) {
-    std::fs::create_dir_all(agent.join("src")).unwrap();
-    std::fs::write(
-        agent.join("Cargo.toml"),
-        "[package]\nname = \"stuck\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-         [workspace]\n",
-    )
-    .unwrap();
-    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        agent.join("build.rs"),
+    crate::support::crate_with_build_script(
+        agent,
+        "stuck",
+        true,
         "fn main() {\n    loop {\n        std::thread::sleep(std::time::Duration::from_secs(3600));\n    }\n}\n",
-    )
-    .unwrap();
+    );
 }
 
 /// Live processes (not zombies) working in `dir` — a build's cargo, rustc
@@ -634,7 +628,7 @@ fn until_processes_in(dir: &Path, what: &str, done: impl Fn(&[(u32, String)]) ->
 
 /// `POST url` with an empty payload: the status and the answer.
 fn post_and_wait(url: String) -> (u16, Value) {
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::builder().timeout(GUARD).build().unwrap();
         let response = client.post(url).body("{}").send().await.unwrap();
         (response.status().as_u16(), response.body_json().await)

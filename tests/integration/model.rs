@@ -1,28 +1,12 @@
 //! `session.prompt`: the model loop in the host, against the scripted
 //! model test server, in both provider formats, on local and Daytona.
 
-use model_test_server::{ModelServer, Script, ToolCall, Turn};
+use model_test_server::{ModelServer, Script, Turn, calls, text, tool};
 use serde_json::{Value, json};
 
-use crate::support::{Output, TestDaytona, example, flue, output, scratch};
+use crate::support::{Output, TestDaytona, example, flue, output, runtime, scratch};
 
 const KEY: &str = "sk-test-model-key-0123456789";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn tool(name: &str, input: Value) -> ToolCall {
-    ToolCall { name: name.into(), input }
-}
-
-fn calls(list: Vec<ToolCall>) -> Turn {
-    Turn { tool_calls: list, ..Default::default() }
-}
-
-fn text(answer: &str) -> Turn {
-    Turn { text: Some(answer.into()), ..Default::default() }
-}
 
 /// The coder example's conversation: read, edit, run the tests, answer.
 fn coder_script(no_stream: bool) -> Script {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{fixture, flue, scratch};
+use crate::support::{fixture, flue, runtime, scratch};
 
 /// A `flue serve`/`flue dev` process and its base URL.
 pub(crate) struct Server {
@@ -105,10 +105,6 @@ impl BodyJson for reqwest::Response {
     }
 }
 
-pub(crate) fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
 pub(crate) fn local_sandboxes(tmp: &Path) -> usize {
     std::fs::read_dir(tmp.join("flue-local")).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
 }
@@ -119,7 +115,7 @@ fn webhooks_answer_sync_streamed_and_in_the_background_with_clear_errors() {
     let server = Server::start("serve", project.path(), tmp.path(), &["--max-body-kib", "64"]);
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", server.url);
-    rt().block_on(async {
+    runtime().block_on(async {
         // Sync.
         let body = json!({"mode": "exec", "command": "echo hi"}).to_string();
         let response = client.post(url("/agents/probe/t1")).body(body.clone()).send().await.unwrap();
@@ -194,7 +190,7 @@ fn a_token_is_required_off_loopback_and_checked_when_set() {
     assert_eq!(refused.code, 2);
     assert!(refused.stderr.contains("needs a bearer token"), "{}", refused.stderr);
     let server = Server::start("serve", project.path(), tmp.path(), &["--token", "s3cret-token-of-some-length"]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let post = |token: Option<&str>| {
             let mut request =
@@ -214,7 +210,7 @@ fn a_token_is_required_off_loopback_and_checked_when_set() {
 fn a_full_queue_answers_429_with_retry_after() {
     let (project, tmp) = (project(), scratch());
     let server = Server::start("serve", project.path(), tmp.path(), &["--max-concurrent", "1", "--queue", "0"]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let url = format!("{}/agents/probe/x", server.url);
         let slow = client.post(&url).header("x-webhook", "true").body(r#"{"mode":"exec","command":"sleep 3"}"#);
@@ -231,7 +227,7 @@ fn shutdown_lets_runs_finish_keeps_their_results_across_a_restart_and_leaks_no_s
     let (project, tmp) = (project(), scratch());
     let server = Server::start("serve", project.path(), tmp.path(), &[]);
     let client = reqwest::Client::new();
-    let runtime = rt();
+    let runtime = runtime();
     let url = server.url.clone();
     let (finishes, stopped) = runtime.block_on(async {
         let start = |command: &str| {
@@ -273,7 +269,7 @@ fn flue_dev_rebuilds_an_agent_whose_source_changed() {
     std::fs::write(agent.join("app.py"), source("first")).unwrap();
     std::fs::write(project.path().join("flue.toml"), "[agents.greeter]\nwebhook = true\n").unwrap();
     let server = Server::start("dev", project.path(), tmp.path(), &[]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let ask = || {
             let request = client.post(format!("{}/agents/greeter/x", server.url)).body("{}");
@@ -290,7 +286,7 @@ fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
     let (project, tmp) = (project(), scratch());
     let server = Server::start("serve", project.path(), tmp.path(), &["--grace", "1"]);
     let client = reqwest::Client::new();
-    let runtime = rt();
+    let runtime = runtime();
     let run_id = runtime.block_on(async {
         let request = client
             .post(format!("{}/agents/probe/x", server.url))
@@ -318,7 +314,7 @@ fn runs_past_the_grace_period_are_stopped_and_their_sandboxes_deleted() {
 fn the_pooling_allocator_falls_back_when_its_reservation_is_refused() {
     let (project, tmp) = (project(), scratch());
     let health = |server: &Server| {
-        rt().block_on(async { reqwest::get(format!("{}/healthz", server.url)).await.unwrap().body_json().await })
+        runtime().block_on(async { reqwest::get(format!("{}/healthz", server.url)).await.unwrap().body_json().await })
     };
     let default = Server::start("serve", project.path(), tmp.path(), &[]);
     assert_eq!(health(&default)["allocator"], "on-demand");
@@ -344,7 +340,7 @@ fn the_pooling_allocator_falls_back_when_its_reservation_is_refused() {
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
     let server = Server { url: first.split("listening on ").nth(1).expect("a URL line").trim().to_string(), child };
     assert_eq!(health(&server)["allocator"], "on-demand");
-    let answer = rt().block_on(async {
+    let answer = runtime().block_on(async {
         let client = reqwest::Client::new();
         let request =
             client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"echo ok"}"#);
@@ -411,7 +407,7 @@ fn every_answer_is_json_with_one_error_shape_and_posts_carry_the_run_id() {
     let (project, tmp) = (project(), scratch());
     let token = "a-token-long-enough-to-pass";
     let server = Server::start("serve", project.path(), tmp.path(), &["--token", token, "--max-body-kib", "1"]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let url = |path: &str| format!("{}{path}", server.url);
         let check = |response: reqwest::Response, status: u16, kind: &'static str, run_id: bool| async move {
@@ -462,7 +458,7 @@ fn run_failures_keep_their_kind_in_the_answer_and_the_store() {
         .env("DAYTONA_API_URL", format!("http://{closed}/api"))
         .env("DAYTONA_API_KEY", crate::support::TEST_API_KEY);
     let server = Server::spawn(command);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let post = |agent: &str, body: Value| {
             client.post(format!("{}/agents/{agent}/x", server.url)).body(body.to_string()).send()
@@ -508,7 +504,7 @@ fn a_run_store_from_before_error_kinds_is_migrated() {
     drop(old);
     let store_arg = store.display().to_string();
     let server = Server::start("serve", project.path(), tmp.path(), &["--store", &store_arg]);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let record = client.get(format!("{}/runs/run_old", server.url)).send().await.unwrap().body_json().await;
         assert_eq!(record["error"], json!({"kind": "unknown", "message": "it broke"}), "{record}");
@@ -534,7 +530,7 @@ fn events_show_every_request_and_run_and_a_build_failure_answers_a_summary_witho
     let mut command = Server::command("dev", project.path(), tmp.path(), &[]);
     command.args(["--events", "json"]);
     let (server, stderr) = StderrLines::spawn(command);
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let ok = client.post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"exec","command":"true"}"#);
         let ok = ok.send().await.unwrap();
@@ -567,7 +563,7 @@ fn events_show_every_request_and_run_and_a_build_failure_answers_a_summary_witho
 fn text_events_show_requests_and_runs() {
     let (project, tmp) = (project(), scratch());
     let (server, stderr) = StderrLines::spawn(Server::command("serve", project.path(), tmp.path(), &[]));
-    rt().block_on(async {
+    runtime().block_on(async {
         let request = reqwest::Client::new().post(format!("{}/agents/probe/x", server.url)).body(r#"{"mode":"fail"}"#);
         assert_eq!(request.send().await.unwrap().status(), 500);
     });
@@ -585,7 +581,7 @@ fn flue_dev_says_at_once_when_its_configuration_breaks_and_answers_503_until_it_
     let manifest = project.path().join("flue.toml");
     let good = std::fs::read_to_string(&manifest).unwrap();
     let post = || {
-        rt().block_on(async {
+        runtime().block_on(async {
             let request = reqwest::Client::new()
                 .post(format!("{}/agents/probe/x", server.url))
                 .body(r#"{"mode":"exec","command":"true"}"#);
@@ -624,7 +620,7 @@ fn retention_never_deletes_a_queued_or_running_run() {
         tmp.path(),
         &["--retention", "2", "--max-concurrent", "2", "--queue", "20", "--grace", "0"],
     );
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let mut runs = Vec::new();
         for i in 0..10 {
@@ -648,7 +644,7 @@ fn a_second_signal_during_the_drain_exits_at_once_saying_what_may_be_left() {
     let (project, tmp) = (project(), scratch());
     let (mut server, stderr) =
         StderrLines::spawn(Server::command("serve", project.path(), tmp.path(), &["--grace", "3600"]));
-    rt().block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::new();
         let request = client
             .post(format!("{}/agents/probe/x", server.url))

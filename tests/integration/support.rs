@@ -43,6 +43,29 @@ fn build_once(dir: PathBuf) -> PathBuf {
     wasm
 }
 
+/// A Tokio runtime for a test that drives async test servers.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// A Rust agent crate `name` at `agent` with an empty library and
+/// `build_rs` as its build script; `own_workspace` makes it a workspace of
+/// its own (else it belongs to whatever workspace is above it).
+pub fn crate_with_build_script(agent: &Path, name: &str, own_workspace: bool, build_rs: &str) {
+    std::fs::create_dir_all(agent.join("src")).unwrap();
+    let workspace = if own_workspace { "\n[workspace]\n" } else { "" };
+    std::fs::write(
+        agent.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\n\
+             crate-type = [\"cdylib\"]\n{workspace}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(agent.join("src/lib.rs"), "").unwrap();
+    std::fs::write(agent.join("build.rs"), build_rs).unwrap();
+}
+
 /// A test fixture component (`tests/fixtures/<name>`).
 pub fn fixture(name: &str) -> PathBuf {
     build_once(repo_root().join("tests/fixtures").join(name))

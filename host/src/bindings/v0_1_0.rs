@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use super::convert::same_fields;
+use crate::run::sandboxes::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::session::ExecOptions;
 use crate::sandbox::{CreateOptions, ExecOutput, FileStat, Resources};
-use generated::flue::sandbox::types;
+use generated::flue::sandbox::{harness, types};
 
 /// The 0.1.0 agent world, from its frozen WIT.
 #[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
@@ -76,6 +77,22 @@ impl From<types::CreateOptions> for CreateOptions {
             auto_stop_minutes: o.auto_stop_minutes,
             resources: o.resources.map(Into::into),
             volumes: Vec::new(),
+        }
+    }
+}
+
+impl From<harness::SandboxSource> for SandboxSource {
+    fn from(source: harness::SandboxSource) -> Self {
+        match source {
+            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
+            harness::SandboxSource::Create(request) => SandboxSource::Create {
+                connector: request.connector,
+                options: request.options.into(),
+                keep: request.keep,
+            },
+            harness::SandboxSource::Connect(request) => {
+                SandboxSource::Connect { connector: request.connector, id: request.id }
+            }
         }
     }
 }

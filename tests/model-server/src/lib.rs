@@ -98,6 +98,26 @@ pub struct ToolCall {
     pub input: Value,
 }
 
+/// A tool call for a script: `name` with `input`.
+pub fn tool(name: &str, input: Value) -> ToolCall {
+    ToolCall { name: name.into(), input }
+}
+
+/// A turn that asks for `list` of tool calls.
+pub fn calls(list: Vec<ToolCall>) -> Turn {
+    Turn { tool_calls: list, ..Default::default() }
+}
+
+/// A turn that answers `answer`.
+pub fn text(answer: &str) -> Turn {
+    Turn { text: Some(answer.into()), ..Default::default() }
+}
+
+/// A turn that answers with `flood` instead.
+pub fn flood(flood: Flood) -> Turn {
+    Turn { flood: Some(flood), ..Default::default() }
+}
+
 /// One request the server received.
 #[derive(Clone, Debug)]
 pub struct Recorded {

@@ -44,18 +44,7 @@ impl sandbox_api::HostSandbox for AgentState {
 
 impl harness::Host for AgentState {
     async fn open_sandbox(&mut self, source: harness::SandboxSource) -> WitResult<Resource<AgentSandbox>> {
-        let source = match source {
-            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
-            harness::SandboxSource::Create(request) => SandboxSource::Create {
-                connector: request.connector,
-                options: request.options.into(),
-                keep: request.keep,
-            },
-            harness::SandboxSource::Connect(request) => {
-                SandboxSource::Connect { connector: request.connector, id: request.id }
-            }
-        };
-        wit(self.open(source).await)
+        wit(self.open(SandboxSource::from(source)).await)
     }
 
     async fn init(
