@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::connector::registry::{ConnectorError, ConnectorRegistry};
 use crate::events::EventLog;
 use crate::run::{AgentLinker, AgentRun, RunOutcome, run_agent};
 use crate::runtime::cache::ComponentCache;
 use crate::runtime::{Limits, Runtime};
 use crate::sandbox::Connector;
-use crate::sandbox::registry::{ConnectorError, ConnectorRegistry};
 
 /// Builds a [`Host`].
 ///

@@ -9,7 +9,7 @@
 //!   agent.wasm ──imports flue:sandbox──▶ run::imports (harness, session, sandbox-api, log)
 //!     └─ sandbox::session (cwd, paths, parents, events) ─▶ dyn Sandbox
 //!          ├─ sandbox::local: a directory + bash, under bubblewrap
-//!          └─ sandbox::wasm: connector.wasm in its own Store
+//!          └─ connector::wasm: connector.wasm in its own Store
 //!               └─ imports http/config ─▶ capability (allowed hosts, egress, secrets) ─▶ network
 //!     └─ session.prompt ─▶ model (provider HTTP in the host, tools on the session)
 //!   run::sandboxes owns what the run created and deletes it when the run ends
@@ -19,8 +19,8 @@
 //! Modules by role: [`cli`] (commands and presentation), [`host`] (the
 //! builder), [`runtime`] (the floor: engine, limits, stores, cache, traps),
 //! [`bindings`] (the WIT's types and their conversions to flue's),
-//! [`run`] (one agent run), [`sandbox`] (backends, sessions, the registry,
-//! the contract suite), [`model`] (the model loop behind `session.prompt`),
+//! [`run`] (one agent run), [`sandbox`] (backends, sessions, the contract
+//! suite), [`connector`] (connectors by name, and wasm connectors), [`model`] (the model loop behind `session.prompt`),
 //! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
 //! [`guest`] (building agents from source, isolated), [`events`], [`config`];
 //! rooms of the floor beside [`runtime`]: [`secrets`] (filling in and
@@ -33,9 +33,12 @@ pub mod bindings;
 pub mod capability;
 pub mod cli;
 pub mod config;
+pub mod connector;
 pub mod events;
 pub mod guest;
 pub mod host;
+#[cfg(test)]
+mod layering;
 pub mod model;
 pub mod private_dir;
 pub mod run;

@@ -1,5 +1,5 @@
 //! Conversions between the generated WIT types and the host's native types
-//! ([`crate::sandbox`], [`crate::model`], [`crate::run`]), each written once.
+//! ([`crate::sandbox`], [`crate::model`], the events), each written once.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use super::agent::flue::sandbox::{harness, model as model_wit};
 use super::connector::exports::flue::sandbox::lifecycle;
 use super::types as wit;
 use crate::model::{ModelError, PromptAnswer, PromptOptions};
-use crate::run::sandboxes::SandboxSource;
+use crate::sandbox::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::session::ExecOptions;
 use crate::sandbox::{

@@ -8,9 +8,10 @@
 //! WIT type has one Rust type and every conversion in
 //! [`convert`] is written and compiled once. Agents built against an
 //! earlier release of the WIT are bound in [`v0_1_0`] (and served by
-//! [`crate::run::compat`]).
+//! `run::compat`). The state behind each resource handle is in [`handles`].
 
 pub(crate) mod convert;
+pub mod handles;
 pub mod v0_1_0;
 
 /// The `agent` world: the host implements the agent's imports.
@@ -22,11 +23,11 @@ pub mod agent {
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "flue:sandbox/sandbox-api.sandbox": crate::run::imports::AgentSandbox,
-            "flue:sandbox/sandbox-api.file-reader": crate::run::imports::AgentReader,
-            "flue:sandbox/sandbox-api.file-writer": crate::run::imports::AgentWriter,
-            "flue:sandbox/harness.harness": crate::run::imports::AgentHarness,
-            "flue:sandbox/harness.session": crate::run::imports::AgentSession,
+            "flue:sandbox/sandbox-api.sandbox": crate::bindings::handles::AgentSandbox,
+            "flue:sandbox/sandbox-api.file-reader": crate::bindings::handles::AgentReader,
+            "flue:sandbox/sandbox-api.file-writer": crate::bindings::handles::AgentWriter,
+            "flue:sandbox/harness.harness": crate::bindings::handles::AgentHarness,
+            "flue:sandbox/harness.session": crate::bindings::handles::AgentSession,
         },
     });
 }
@@ -43,8 +44,8 @@ pub mod connector {
         with: {
             "flue:sandbox/types": super::agent::flue::sandbox::types,
             "flue:sandbox/log": super::agent::flue::sandbox::log,
-            "flue:sandbox/http.outgoing-body": crate::capability::http::OutgoingBody,
-            "flue:sandbox/http.response-stream": crate::capability::http::ResponseStream,
+            "flue:sandbox/http.outgoing-body": crate::bindings::handles::OutgoingBody,
+            "flue:sandbox/http.response-stream": crate::bindings::handles::ResponseStream,
         },
     });
 }

@@ -1,11 +1,11 @@
 //! The `flue:sandbox@0.1.0` agent world, from its frozen WIT
 //! (`host/wit-compat/v0_1_0`), and its types' conversions to flue's. The
-//! host serves these imports in [`crate::run::compat`].
+//! host serves these imports in `run::compat`.
 
 use std::time::Duration;
 
 use super::convert::same_fields;
-use crate::run::sandboxes::SandboxSource;
+use crate::sandbox::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::session::ExecOptions;
 use crate::sandbox::{CreateOptions, ExecOutput, FileStat, Resources};
@@ -20,9 +20,9 @@ mod generated {
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "flue:sandbox/sandbox-api.sandbox": crate::run::imports::AgentSandbox,
-            "flue:sandbox/harness.harness": crate::run::imports::AgentHarness,
-            "flue:sandbox/harness.session": crate::run::imports::AgentSession,
+            "flue:sandbox/sandbox-api.sandbox": crate::bindings::handles::AgentSandbox,
+            "flue:sandbox/harness.harness": crate::bindings::handles::AgentHarness,
+            "flue:sandbox/harness.session": crate::bindings::handles::AgentSession,
         },
     });
 }

@@ -22,6 +22,7 @@ use super::Capabilities;
 use super::allowed_hosts::{AllowedHosts, Refusal, origin};
 use super::egress::PublicResolver;
 use crate::bindings::connector::flue::sandbox::http;
+use crate::bindings::handles::{OutgoingBody, ResponseStream};
 use crate::secrets::Secrets;
 use wasmtime::component::Resource;
 
@@ -282,39 +283,6 @@ struct Prepared {
     builder: reqwest::RequestBuilder,
     url: Url,
     timeout: Duration,
-}
-
-/// The body of a request a connector is sending in parts.
-pub struct OutgoingBody {
-    /// Parts go to the request through here; `None` once finished.
-    sender: Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>>,
-    /// The request in flight.
-    response: Option<tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>>>,
-    url: Url,
-    timeout: Duration,
-}
-
-impl Drop for OutgoingBody {
-    fn drop(&mut self) {
-        // Abandoned: stop the request rather than send a truncated body.
-        if let Some(request) = self.response.take() {
-            request.abort();
-        }
-    }
-}
-
-/// A response a connector reads in parts, secrets redacted as it goes.
-pub struct ResponseStream {
-    status: u16,
-    headers: Vec<(String, String)>,
-    response: reqwest::Response,
-    url: Url,
-    timeout: Duration,
-    /// Read, not yet handed to the connector: redacted up to `redacted`;
-    /// past it, what could still be the start of a secret.
-    buffer: Vec<u8>,
-    redacted: usize,
-    done: bool,
 }
 
 impl http::Host for Capabilities<'_> {

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::sandboxes::{RunSandboxes, SandboxSource};
+use super::sandboxes::RunSandboxes;
 use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
+use crate::bindings::handles::{AgentHarness, AgentReader, AgentSandbox, AgentSession, AgentWriter};
 use crate::runtime::{HasStoreBase, StoreBase};
-use crate::sandbox::Sandbox;
+use crate::sandbox::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
 use crate::sandbox::session::{Session, SessionReader, SessionWriter};
@@ -44,38 +45,6 @@ impl WasiView for AgentState {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.base.table }
     }
 }
-
-/// An agent's `sandbox` handle.
-pub struct AgentSandbox {
-    sandbox: Arc<dyn Sandbox>,
-}
-
-/// An agent's `harness` handle.
-pub struct AgentHarness {
-    sandbox: Arc<dyn Sandbox>,
-    cwd: String,
-    id: String,
-    /// The model `prompt` uses (`provider/model`), if the agent named one.
-    pub(crate) model: Option<String>,
-}
-
-/// An agent's `session` handle.
-pub struct AgentSession {
-    pub(crate) session: Session,
-    name: String,
-    /// The harness's name, for `prompt`'s errors.
-    pub(crate) harness: String,
-    /// The model `prompt` uses, if the agent named one.
-    pub(crate) model: Option<String>,
-    /// `prompt`'s conversation so far: a second prompt continues it.
-    pub(crate) conversation: Vec<crate::model::Message>,
-}
-
-/// An agent's `file-reader` handle.
-pub struct AgentReader(SessionReader);
-
-/// An agent's `file-writer` handle.
-pub struct AgentWriter(SessionWriter);
 
 /// A name the host will keep, or why not.
 fn checked_name(name: Option<String>, what: &str) -> SandboxResult<String> {

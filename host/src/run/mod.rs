@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::agent::exports::flue::sandbox::run::Context;
+use crate::connector::registry::ConnectorRegistry;
 use crate::events::{Event, EventLog, LogLevel, millis};
 use crate::run::compat::AnyAgentPre;
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
 use crate::runtime::{Limits, Runtime};
-use crate::sandbox::registry::ConnectorRegistry;
 use imports::AgentState;
-pub use sandboxes::{RunSandboxes, RunSettings, SandboxSource};
+pub use sandboxes::{RunSandboxes, RunSettings};
 
 /// One agent run's input.
 pub struct AgentRun {

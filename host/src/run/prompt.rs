@@ -4,8 +4,9 @@
 
 use wasmtime::component::Resource;
 
-use super::imports::{AgentSession, AgentState};
+use super::imports::AgentState;
 use crate::bindings::agent::flue::sandbox::model as wit;
+use crate::bindings::handles::AgentSession;
 use crate::model::{self, PromptOptions, provider::Provider};
 
 impl AgentState {

@@ -5,34 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::connector::registry::ConnectorRegistry;
 use crate::events::{Event, EventLog, LogLevel, millis};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
-use crate::sandbox::registry::ConnectorRegistry;
 use crate::sandbox::session::Session;
-use crate::sandbox::{Connector, CreateOptions, Resources, Sandbox};
-
-/// Where an agent's sandbox comes from (the WIT `sandbox-source`).
-#[derive(Clone, Debug)]
-pub enum SandboxSource {
-    /// The run's sandbox (`--sandbox`), created on first use.
-    RunDefault,
-    /// A new sandbox.
-    Create {
-        /// The connector (`None`: the run's).
-        connector: Option<String>,
-        /// How to create it.
-        options: CreateOptions,
-        /// Keep it after the run.
-        keep: bool,
-    },
-    /// An existing sandbox, by id.
-    Connect {
-        /// The connector (`None`: the run's).
-        connector: Option<String>,
-        /// Its id.
-        id: String,
-    },
-}
+use crate::sandbox::{Connector, CreateOptions, Resources, Sandbox, SandboxSource};
 
 /// What the user chose for this run.
 #[derive(Clone, Debug)]

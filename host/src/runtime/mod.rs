@@ -1,7 +1,7 @@
 //! The wasm runtime, the floor every other room builds on: one engine, the
 //! component cache, limits, traps, and the one place stores are built. It
-//! knows no world: the agent world is linked in [`crate::run`], the
-//! connector world in [`crate::sandbox::wasm`].
+//! knows no world: the agent world is linked in `run`, the
+//! connector world in `connector::wasm`.
 //!
 //! Every store — an agent's, a connector instance's — comes from
 //! [`Runtime::new_store`], which installs the [`Limiter`], caps the resource

@@ -7,8 +7,8 @@
 use std::fmt;
 
 /// Declares [`ErrorKind`] and its WIT names from one list of cases (the
-/// conversions to and from the WIT `sandbox-error` are in
-/// [`crate::bindings`]).
+/// conversions to and from the WIT `sandbox-error` are in the `bindings`
+/// room).
 macro_rules! error_kinds {
     ($($(#[doc = $doc:literal])* $kind:ident => $name:literal,)*) => {
         /// The kinds of `sandbox-error` in `wit/types.wit`, in the same order.

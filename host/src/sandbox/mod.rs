@@ -2,10 +2,10 @@
 //!
 //! A [`Connector`] creates, finds and deletes sandboxes; a [`Sandbox`]
 //! is one sandbox. Built-in backends ([`local`]) implement these natively;
-//! wasm connectors ([`wasm`]) by calling into their component. The
-//! [`registry`] finds both by name. Backends see only absolute, normalised
-//! paths: session semantics (cwd, relative paths, parent creation, events)
-//! live once, in [`session`].
+//! wasm connectors (`connector::wasm`, a room above this one) by calling
+//! into their component, and `connector::registry` finds both by name.
+//! Backends see only absolute, normalised paths: session semantics (cwd,
+//! relative paths, parent creation, events) live once, in [`session`].
 //!
 //! A new built-in connector is a module here plus one line in
 //! [`builtin_connectors`].
@@ -14,9 +14,7 @@ pub mod conformance;
 pub mod error;
 pub mod local;
 pub mod paths;
-pub mod registry;
 pub mod session;
-pub mod wasm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +25,29 @@ use serde::Serialize;
 
 use error::{SandboxError, SandboxResult};
 use local::{IsolationSetting, LocalConfig, LocalConnector};
+
+/// Where an agent's sandbox comes from (the WIT `sandbox-source`).
+#[derive(Clone, Debug)]
+pub enum SandboxSource {
+    /// The run's sandbox (`--sandbox`), created on first use.
+    RunDefault,
+    /// A new sandbox.
+    Create {
+        /// The connector (`None`: the run's).
+        connector: Option<String>,
+        /// How to create it.
+        options: CreateOptions,
+        /// Keep it after the run.
+        keep: bool,
+    },
+    /// An existing sandbox, by id.
+    Connect {
+        /// The connector (`None`: the run's).
+        connector: Option<String>,
+        /// Its id.
+        id: String,
+    },
+}
 
 /// What the user chose for the built-in connectors (flags of `flue run` and
 /// the other commands).

@@ -3,9 +3,10 @@
 
 use wasmtime::component::Resource;
 
+use crate::bindings::handles::{AgentHarness, AgentSandbox, AgentSession};
 use crate::bindings::v0_1_0::flue::sandbox::{harness, log, sandbox_api, types};
-use crate::run::imports::{AgentHarness, AgentSandbox, AgentSession, AgentState, file_methods};
-use crate::run::sandboxes::SandboxSource;
+use crate::run::imports::{AgentState, file_methods};
+use crate::sandbox::SandboxSource;
 use crate::sandbox::error::SandboxResult;
 
 type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;

@@ -192,7 +192,7 @@ fn system_args(hostname: &str, share_net: bool) -> Vec<String> {
     args
 }
 
-/// A build of agent source (see `crate::guest::isolate`): what it may see
+/// A build of agent source (see `guest::isolate`): what it may see
 /// and change besides the system.
 pub(crate) struct BuildSandbox<'a> {
     /// Host paths it sees read-only, where they are (toolchains, WIT).

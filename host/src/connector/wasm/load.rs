@@ -11,12 +11,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::{ConnectorState, Instance, WasmConnector};
 use crate::bindings::connector::ConnectorPre;
 use crate::capability::ConnectorGrants;
+use crate::connector::registry::{ConnectorError, LoadStep};
 use crate::events::{EventLog, LogLevel};
 use crate::runtime::Runtime;
 use crate::runtime::engine::wasm_error;
 use crate::runtime::guest_output::GuestOutput;
 use crate::sandbox::ConnectorInfo;
-use crate::sandbox::registry::{ConnectorError, LoadStep};
 
 /// The connector world's linker for one runtime: what turns a `.wasm` file
 /// into a [`WasmConnector`].

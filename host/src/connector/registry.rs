@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{ErrorKind, SandboxError};
-use super::{Connector, ConnectorInfo};
 use crate::events::EventLog;
 use crate::runtime::Runtime;
+use crate::sandbox::error::{ErrorKind, SandboxError};
+use crate::sandbox::{Connector, ConnectorInfo};
 
 /// The steps of loading a connector, each a way it can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
