@@ -149,13 +149,13 @@ impl Host {
         run_agent(&self.runtime, &self.agents, self.registry.clone(), run, events, std::future::pending()).await
     }
 
-    /// Run one agent to its end, or until `stop` resolves (with why); its
-    /// sandboxes are deleted either way.
+    /// Run one agent to its end, or until `stop` resolves (with why the run
+    /// ends: interrupted or cancelled); its sandboxes are deleted either way.
     pub async fn run_until(
         &self,
         run: AgentRun,
         events: EventLog,
-        stop: impl std::future::Future<Output = String>,
+        stop: impl std::future::Future<Output = crate::run::RunError>,
     ) -> RunOutcome {
         run_agent(&self.runtime, &self.agents, self.registry.clone(), run, events, stop).await
     }

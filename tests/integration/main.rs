@@ -10,6 +10,7 @@ mod connectors;
 mod contract;
 mod daytona;
 mod daytona_server;
+mod durable;
 mod examples;
 mod files;
 mod hardening;

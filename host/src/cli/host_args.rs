@@ -26,9 +26,22 @@ pub struct AgentLimitArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512,
           value_parser = super::ranged(crate::runtime::limits::AGENT_MEMORY_MIB))]
     pub memory: u64,
+
+    /// The most a session's conversation keeps between runs with the same
+    /// id, in KiB of JSON (at most 8192). Past it the oldest whole turns are
+    /// dropped: the next run's model no longer sees them.
+    #[arg(long, value_name = "KIB", default_value_t = 1024,
+          value_parser = super::ranged(crate::run::conversations::CONVERSATION_KIB))]
+    pub conversation_kib: u64,
 }
 
 impl AgentLimitArgs {
+    /// `--conversation-kib` in bytes.
+    pub fn conversation_limit(&self) -> usize {
+        // Bounded by its parser: no overflow.
+        (self.conversation_kib as usize) * 1024
+    }
+
     /// The run limits these flags give.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -7,6 +7,7 @@ mod guest;
 mod host_args;
 pub mod render;
 mod run;
+mod runs;
 mod sandboxes;
 mod serve;
 mod volumes;
@@ -48,6 +49,7 @@ Examples:
   flue sandboxes gc --older-than 1h           delete what crashed or killed runs left behind
   flue volumes create cache                   a volume agents can mount into their sandboxes
   flue dev ./my-project --env .env.local      webhook agents on http://127.0.0.1:3583
+  flue runs ls --project ./my-project         the runs its server kept; `flue runs cancel RUN` stops one
 
 Exit codes: 0 success, 1 the run or check failed, 2 bad usage or input.
 Set FLUE_LOG=debug for more detail on stderr.";
@@ -90,11 +92,14 @@ pub enum Command {
     /// List, create or delete volumes: storage that outlives sandboxes.
     Volumes(volumes::VolumesArgs),
     /// Serve a project's webhook agents over HTTP (deployment): POST
-    /// /agents/NAME/ID, GET /runs/RUN_ID, /healthz, /metrics.
+    /// /agents/NAME/ID, GET /runs/RUN_ID, POST /runs/RUN_ID/cancel, GET
+    /// /sessions/AGENT/ID, /healthz, /metrics.
     Serve(serve::ServeArgs),
     /// Serve a project's webhook agents on 127.0.0.1:3583, rebuilding an agent
     /// when its source changes.
     Dev(serve::ServeArgs),
+    /// A project's runs, as its server keeps them: list, show, cancel.
+    Runs(runs::RunsArgs),
     /// Install a connector from this project's source into the connectors directory.
     Add(connectors::AddArgs),
     /// Build the agent in DIR (Rust, Python or JavaScript) to a component.
@@ -140,6 +145,7 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Volumes(args) => volumes::volumes(args, events).await,
         Command::Serve(args) => serve::serve(args, false, cli.events, events).await,
         Command::Dev(args) => serve::serve(args, true, cli.events, events).await,
+        Command::Runs(args) => runs::runs(args).await,
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),

@@ -1,12 +1,17 @@
 //! `flue run`: run one agent, result JSON on stdout, events on stderr.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use clap::Args;
 
 use super::host_args::{AgentLimitArgs, HostArgs};
 use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
-use crate::run::{AgentRun, RunSettings};
+use crate::run::conversations::Conversations;
+use crate::run::{AgentRun, RunError, RunSettings};
+use crate::serve::store::RunStore;
 
 /// `flue run` arguments.
 #[derive(Args, Debug)]
@@ -24,8 +29,11 @@ pub struct RunArgs {
     pub payload: Option<String>,
 
     /// The id the agent is invoked with (e.g. a conversation or ticket id).
-    #[arg(long, default_value = "cli")]
-    pub id: String,
+    /// With an id, each session's conversation is kept in the project's run
+    /// store (.flue/runs.sqlite here) and the next run with the same agent
+    /// and id continues it; without one the id is `cli` and nothing is kept.
+    #[arg(long)]
+    pub id: Option<String>,
 
     /// Keep the sandboxes this run creates (their ids are printed) instead of deleting them.
     #[arg(long)]
@@ -57,10 +65,19 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
 
+    // The project is the current directory, as for connectors/ and .env.
+    let conversations = match &args.id {
+        Some(_) => {
+            let store = RunStore::attach(&PathBuf::from(".flue").join("runs.sqlite"), usize::MAX, true)
+                .context("cannot keep this id's conversations in .flue/runs.sqlite")?;
+            Some(Conversations::new(Arc::new(store), args.agent_limits.conversation_limit()))
+        }
+        None => None,
+    };
     let run = AgentRun {
         label: args.agent.clone(),
         wasm,
-        id: args.id,
+        id: args.id.unwrap_or_else(|| "cli".into()),
         payload: payload.to_string(),
         settings: RunSettings {
             default_connector: args.sandbox,
@@ -70,6 +87,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         },
         limits: None,
         run_id: None,
+        conversations,
     };
     let signal_code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(EXIT_FAILED));
     let outcome = host.run_until(run, events, stop_on_signal(signal_code.clone())).await;
@@ -88,7 +106,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
 /// Resolves at the first SIGINT or SIGTERM (with why, and the exit code
 /// stored in `code`: 130 or 143), so that the run stops and deletes its
 /// sandboxes; a second signal then exits at once, saying what may be left.
-async fn stop_on_signal(code: std::sync::Arc<std::sync::atomic::AtomicI32>) -> String {
+async fn stop_on_signal(code: std::sync::Arc<std::sync::atomic::AtomicI32>) -> RunError {
     let mut signals = crate::run::signals::StopSignals::new();
     let first = signals.next().await;
     code.store(first.exit_code, std::sync::atomic::Ordering::Relaxed);
@@ -101,5 +119,5 @@ async fn stop_on_signal(code: std::sync::Arc<std::sync::atomic::AtomicI32>) -> S
         );
         std::process::exit(first.exit_code);
     });
-    first.reason.to_string()
+    RunError::Interrupted { reason: first.reason.to_string() }
 }

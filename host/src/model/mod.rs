@@ -31,8 +31,10 @@ pub const DEFAULT_MAX_TURNS: u32 = 50;
 /// The longest `AGENTS.md` put in the system prompt (bytes).
 const MAX_AGENTS_MD: usize = 32 * 1024;
 
-/// One message of a conversation, provider-neutral.
-#[derive(Clone, Debug)]
+/// One message of a conversation, provider-neutral. Stored as JSON when a
+/// conversation outlives its run (`{"role": "user", "content": "…"}`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "role", content = "content", rename_all = "kebab-case")]
 pub enum Message {
     /// The user's (agent's) prompt.
     User(String),
@@ -48,7 +50,7 @@ pub enum Message {
 }
 
 /// A tool call the model made.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ToolCall {
     /// The provider's id for it, which its result quotes.
     pub id: String,
@@ -59,7 +61,8 @@ pub struct ToolCall {
 }
 
 /// What a tool call returned.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ToolResult {
     /// The call's id.
     pub id: String,

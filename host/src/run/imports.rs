@@ -14,6 +14,7 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::conversations::RunConversations;
 use super::sandboxes::RunSandboxes;
 use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
 use crate::bindings::handles::{AgentHarness, AgentReader, AgentSandbox, AgentSession, AgentWriter};
@@ -32,6 +33,8 @@ pub struct AgentState {
     pub(crate) wasi: WasiCtx,
     pub(crate) base: StoreBase,
     pub(crate) sandboxes: Arc<RunSandboxes>,
+    /// Where sessions' conversations are kept between runs, if they are.
+    pub(crate) conversations: Option<RunConversations>,
 }
 
 impl HasStoreBase for AgentState {
@@ -144,7 +147,27 @@ impl AgentState {
             Ok(session) => session,
             Err(err) => return Ok(Err(err)),
         };
-        Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model, conversation: Vec::new() })?))
+        // A session of a run with an id continues that id's conversation.
+        let conversation = match &self.conversations {
+            Some(kept) => {
+                let events = &self.sandboxes.events;
+                let conversation = kept.store.load(&kept.key(&id, &name), events);
+                if !conversation.is_empty() {
+                    let turns = conversation.iter().filter(|m| matches!(m, crate::model::Message::User(_))).count();
+                    events.log(
+                        "flue",
+                        crate::events::LogLevel::Info,
+                        format!(
+                            "session {name} continues the conversation of id {} ({turns} earlier turn(s))",
+                            kept.id
+                        ),
+                    );
+                }
+                conversation
+            }
+            None => Vec::new(),
+        };
+        Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model, conversation })?))
     }
 
     pub(crate) fn harness_cwd(&self, this: &Resource<AgentHarness>) -> wasmtime::Result<String> {

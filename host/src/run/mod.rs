@@ -6,6 +6,7 @@
 //! trap, so cleanup cannot be left to the guest.
 
 pub mod compat;
+pub mod conversations;
 pub mod imports;
 pub mod ownership;
 pub mod panics;
@@ -30,6 +31,7 @@ use crate::run::compat::AnyAgentPre;
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
 use crate::runtime::{Limits, Runtime};
+use conversations::{Conversations, RunConversations};
 use imports::AgentState;
 pub use sandboxes::{RunSandboxes, RunSettings};
 
@@ -50,6 +52,9 @@ pub struct AgentRun {
     pub limits: Option<Limits>,
     /// Its run id, when the caller chose one (else a fresh `run_…`).
     pub run_id: Option<String>,
+    /// Where its sessions' conversations are kept between runs with the
+    /// same agent and id; `None`: each run starts from nothing.
+    pub conversations: Option<Conversations>,
 }
 
 /// Why a run did not produce a result.
@@ -81,12 +86,16 @@ pub enum RunError {
         /// The deadline.
         limit: Duration,
     },
-    /// The run was stopped from outside (a signal).
+    /// The run was stopped from outside (a signal, a server shutting down).
     #[error("{reason}: the agent was stopped")]
     Interrupted {
         /// Why, e.g. `interrupted by SIGINT`.
         reason: String,
     },
+    /// Someone asked for the run to be cancelled (`POST /runs/<runId>/cancel`,
+    /// `flue runs cancel`).
+    #[error("the run was cancelled: the agent, its model loop and its commands were stopped")]
+    Cancelled,
     /// The agent tried to grow its memory past the limit.
     #[error("the agent ran out of memory: it tried to grow past its limit of {limit_mib} MiB (raise it with --memory)")]
     OutOfMemory {
@@ -127,15 +136,16 @@ pub struct RunOutcome {
     pub result: Result<serde_json::Value, RunError>,
 }
 
-/// Run one agent to its end — or until `stop` says why it must stop (a
-/// signal) — then delete the sandboxes it owns.
+/// Run one agent to its end — or until `stop` resolves with why it must
+/// stop (a signal, a shutdown, a cancel: [`RunError::Interrupted`] or
+/// [`RunError::Cancelled`]) — then delete the sandboxes it owns.
 pub async fn run_agent(
     runtime: &Runtime,
     agents: &AgentLinker,
     registry: Arc<ConnectorRegistry>,
     run: AgentRun,
     events: EventLog,
-    stop: impl std::future::Future<Output = String>,
+    stop: impl std::future::Future<Output = RunError>,
 ) -> RunOutcome {
     let run_id = run.run_id.clone().unwrap_or_else(|| format!("run_{}", uuid::Uuid::new_v4().simple()));
     let limits = run.limits.clone().unwrap_or_else(|| runtime.limits.clone());
@@ -160,7 +170,7 @@ pub async fn run_agent(
             Ok(Err(message)) => Err(RunError::Panicked { message }),
             Err(_) => Err(RunError::DeadlineExceeded { limit: deadline }),
         },
-        reason = stop => Err(RunError::Interrupted { reason }),
+        stopped = stop => Err(stopped),
     };
     // An agent that failed once a provider was down failed because of it
     // (it got the provider's error as its own, and gave up).
@@ -199,10 +209,16 @@ async fn execute(
     // stderr are granted, and they go into the run's events.
     let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
     let store_limits = limits.agent_store();
+    let conversations = run.conversations.clone().map(|store| RunConversations {
+        store,
+        agent: conversation_agent(&run.label),
+        id: run.id.clone(),
+    });
     let mut store = runtime.new_store(&store_limits, "the agent", limits.deadline, |base| AgentState {
         wasi,
         base,
         sandboxes: services.clone(),
+        conversations,
     });
 
     let (id, payload) = (run.id.clone(), run.payload.clone());
@@ -252,6 +268,14 @@ async fn execute(
             Err(classify_trap(err, &stderr))
         }
     }
+}
+
+/// The agent's name in conversation keys: the last part of what the run
+/// calls it without `.wasm` (`agents/triage.wasm` and the server's `triage`
+/// are one agent).
+fn conversation_agent(label: &str) -> String {
+    let last = label.trim_end_matches('/').rsplit('/').next().unwrap_or(label);
+    last.strip_suffix(".wasm").unwrap_or(last).to_string()
 }
 
 /// Why a trap happened, from the error's type and the agent's last words.

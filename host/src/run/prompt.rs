@@ -34,7 +34,11 @@ impl AgentState {
         let options = PromptOptions::from(options);
         let events = self.sandboxes.events.clone();
         let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events).await;
-        self.base.table.get_mut(this)?.conversation = conversation;
+        let entry = self.base.table.get_mut(this)?;
+        if let Some(kept) = &self.conversations {
+            kept.store.save(&kept.key(&entry.harness, &entry.name), &conversation, &events);
+        }
+        entry.conversation = conversation;
         Ok(answer.map(Into::into).map_err(Into::into))
     }
 }

@@ -109,7 +109,11 @@ impl Ticket {
         if let Some((_, started)) = &self.running {
             metrics.duration_ms_sum.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
-        let counter = if outcome.is_ok() { &metrics.succeeded } else { &metrics.failed };
+        let counter = match outcome {
+            Ok(_) => &metrics.succeeded,
+            Err(err) if err.kind == ErrorKind::Cancelled => &metrics.cancelled,
+            Err(_) => &metrics.failed,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         self.state.store.finish(&self.run_id, outcome, events);
         self.recorded = true;

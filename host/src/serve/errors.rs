@@ -91,6 +91,10 @@ kinds! {
     Shutdown => ("shutdown", SERVICE_UNAVAILABLE),
     /// The run passed its deadline.
     DeadlineExceeded => ("deadline-exceeded", GATEWAY_TIMEOUT),
+    /// The run was cancelled (`POST /runs/<runId>/cancel`, `flue runs cancel`).
+    Cancelled => ("cancelled", CONFLICT),
+    /// A cancel came for a run that had already ended.
+    RunEnded => ("run-ended", CONFLICT),
 }
 
 /// An error answer, or a run's failure.
@@ -120,6 +124,7 @@ impl ApiError {
             RunError::AgentFailed(_) | RunError::InvalidResult { .. } => ErrorKind::AgentFailed,
             RunError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             RunError::Interrupted { .. } => ErrorKind::Shutdown,
+            RunError::Cancelled => ErrorKind::Cancelled,
             RunError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
             RunError::Trapped { .. } => ErrorKind::AgentCrashed,
             RunError::Panicked { .. } => ErrorKind::Internal,
@@ -130,6 +135,12 @@ impl ApiError {
 }
 
 impl ErrorKind {
+    /// The status of a run that ended with an error of this kind, as the
+    /// run store and the server's events name it.
+    pub fn run_status(self) -> &'static str {
+        if self == ErrorKind::Cancelled { "cancelled" } else { "failed" }
+    }
+
     /// The kind of an error answer that came with only a status (axum's
     /// rejections): by its status, `bad-request` or `internal` otherwise.
     fn for_status(status: StatusCode) -> ErrorKind {

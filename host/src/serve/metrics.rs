@@ -8,6 +8,7 @@ pub struct Metrics {
     pub started: AtomicU64,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
     pub rejected: AtomicU64,
     pub in_flight: AtomicUsize,
     pub queued: AtomicUsize,
@@ -25,12 +26,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
+        let cancelled = self.cancelled.load(Ordering::Relaxed);
         format!(
             "# HELP flue_runs_started_total Runs started.\n# TYPE flue_runs_started_total counter\n\
              flue_runs_started_total {}\n\
              # HELP flue_runs_finished_total Runs finished, by outcome.\n# TYPE flue_runs_finished_total counter\n\
              flue_runs_finished_total{{outcome=\"succeeded\"}} {succeeded}\n\
              flue_runs_finished_total{{outcome=\"failed\"}} {failed}\n\
+             flue_runs_finished_total{{outcome=\"cancelled\"}} {cancelled}\n\
              # HELP flue_runs_rejected_total Runs refused with 429 (queue full).\n\
              # TYPE flue_runs_rejected_total counter\nflue_runs_rejected_total {}\n\
              # HELP flue_runs_in_flight Runs running now.\n# TYPE flue_runs_in_flight gauge\nflue_runs_in_flight {}\n\
@@ -48,7 +51,7 @@ impl Metrics {
             self.in_flight.load(Ordering::Relaxed),
             self.queued.load(Ordering::Relaxed),
             self.duration_ms_sum.load(Ordering::Relaxed) as f64 / 1000.0,
-            succeeded + failed,
+            succeeded + failed + cancelled,
             self.readers_dropped.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
             self.bodies_refused.load(Ordering::Relaxed),

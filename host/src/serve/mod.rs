@@ -6,7 +6,10 @@
 //!   (`200 {"result": …}`), as server-sent events ([`sse`]), or in the
 //!   background (`X-Webhook: true`: `202 {"runId": …}`). Every answer
 //!   carries `x-flue-run-id`.
-//! * `GET /runs/<runId>`: status, result and events, from the [`store`].
+//! * `GET /runs/<runId>`: status, result, events and the conversations kept
+//!   for its id, from the [`store`]; `POST /runs/<runId>/cancel` stops a
+//!   queued or running run (status `cancelled`); `GET /sessions/<agent>/<id>`
+//!   shows the conversations an agent keeps for an id.
 //! * `GET /healthz`; `GET /metrics` in Prometheus text format ([`metrics`]).
 //! * Every error, whatever answers it, is `{"error": {"kind", "message"}}`
 //!   ([`errors`]); `--events` lines go to stderr ([`server_events`]).
@@ -76,6 +79,8 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// Default limits of a run (an agent's `flue.toml` may change them).
     pub limits: Limits,
+    /// The most a session's conversation keeps between runs with one id.
+    pub conversation_limit: usize,
     /// The connector of a run's sandbox, unless the agent's manifest names one.
     pub sandbox: String,
     /// The size of a run's sandbox and the ceiling of every sandbox a run
@@ -111,7 +116,7 @@ pub struct ServerState {
     config: ServeConfig,
     guard: http_guard::GuardConfig,
     agents: Mutex<HashMap<String, agents::AgentEntry>>,
-    store: store::RunStore,
+    store: Arc<store::RunStore>,
     metrics: Arc<metrics::Metrics>,
     admission: admission::Admission,
     /// The memory request bodies being read may hold.
@@ -130,7 +135,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     let addr = listener.local_addr()?;
     let project = agents::discover(&config.project)?;
-    let store = store::RunStore::open(&config.store, config.retention, config.own_store_dir)?;
+    let store = Arc::new(store::RunStore::open(&config.store, config.retention, config.own_store_dir)?);
     let (cancel_tx, cancel) = watch::channel(false);
     let reload = reload.map(|reload| reload::DevReload::new(reload, &config.project));
     let events = server_events::ServerEvents::new(config.events);

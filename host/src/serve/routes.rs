@@ -1,5 +1,6 @@
 //! The HTTP routes: `POST /agents/<name>/<id>`, `GET /runs/<runId>`,
-//! `GET /healthz`, `GET /metrics`; anything else is a JSON `404` or `405`.
+//! `POST /runs/<runId>/cancel`, `GET /sessions/<agent>/<id>`, `GET /healthz`,
+//! `GET /metrics`; anything else is a JSON `404` or `405`.
 //!
 //! Two layers wrap them all: the outermost gives every `POST
 //! /agents/…` request its run id up front (so that every answer to it,
@@ -23,6 +24,7 @@ use super::admission::Ticket;
 use super::errors::{self, ApiError, ErrorKind};
 use super::runs::RunTask;
 use super::sse::{self, LiveFeed};
+use super::store::CancelRequest;
 use super::{ServerState, bodies, http_guard, reload};
 
 /// The run id a `POST /agents/…` request was given.
@@ -34,6 +36,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/agents/{name}/{id}", post(invoke))
         .route("/runs/{run_id}", get(run_record))
+        .route("/runs/{run_id}/cancel", post(cancel_run))
+        .route("/sessions/{agent}/{id}", get(sessions))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -79,8 +83,8 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     ApiError::new(
         ErrorKind::NotFound,
         format!(
-            "nothing at {method} {path}: POST /agents/<name>/<id>, GET /runs/<runId>, GET /healthz and GET /metrics \
-             are"
+            "nothing at {method} {path}: POST /agents/<name>/<id>, GET /runs/<runId>, POST /runs/<runId>/cancel, \
+             GET /sessions/<agent>/<id>, GET /healthz and GET /metrics are"
         ),
     )
     .into_response()
@@ -88,7 +92,8 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     let path = crate::events::one_line(uri.path(), 200);
-    let allowed = if path.starts_with("/agents/") { "POST" } else { "GET" };
+    let takes_post = path.starts_with("/agents/") || (path.starts_with("/runs/") && path.ends_with("/cancel"));
+    let allowed = if takes_post { "POST" } else { "GET" };
     let mut response =
         ApiError::new(ErrorKind::MethodNotAllowed, format!("{path} takes {allowed}, not {method}")).into_response();
     response.headers_mut().insert("allow", HeaderValue::from_static(allowed));
@@ -116,6 +121,40 @@ async fn run_record(State(state): State<Arc<ServerState>>, Path(run_id): Path<St
         None => ApiError::new(ErrorKind::NotFound, format!("no run {}", crate::events::one_line(&run_id, 100)))
             .into_response(),
     }
+}
+
+/// `POST /runs/<runId>/cancel`: ask a queued or running run to stop. The
+/// run stops within a second (its agent, model loop and commands; its
+/// sandboxes are deleted unless kept) and ends `cancelled`; `202` says the
+/// request was taken, `GET /runs/<runId>` shows the end.
+async fn cancel_run(State(state): State<Arc<ServerState>>, Path(run_id): Path<String>) -> Response {
+    let shown = crate::events::one_line(&run_id, 100);
+    let mut response = match state.store.request_cancel(&run_id) {
+        CancelRequest::Requested => {
+            (StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id, "status": "cancelling"}))).into_response()
+        }
+        CancelRequest::AlreadyEnded(status) => {
+            ApiError::new(ErrorKind::RunEnded, format!("run {shown} has already ended ({status}): nothing to cancel"))
+                .into_response()
+        }
+        CancelRequest::Unknown => ApiError::new(ErrorKind::NotFound, format!("no run {shown}")).into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&run_id) {
+        response.headers_mut().insert("x-flue-run-id", value);
+    }
+    response
+}
+
+/// `GET /sessions/<agent>/<id>`: the conversations agent `<agent>` keeps for
+/// id `<id>`, each with its messages.
+async fn sessions(State(state): State<Arc<ServerState>>, Path((agent, id)): Path<(String, String)>) -> Response {
+    let conversations = state.store.conversations(&agent, &id);
+    if conversations.is_empty() {
+        let (agent, id) = (crate::events::one_line(&agent, 100), crate::events::one_line(&id, 100));
+        return ApiError::new(ErrorKind::NotFound, format!("agent {agent} keeps no conversation for id {id}"))
+            .into_response();
+    }
+    axum::Json(json!({"agent": agent, "id": id, "sessions": conversations})).into_response()
 }
 
 /// How a request wants its answer.

@@ -25,8 +25,9 @@ use super::errors::{ApiError, ErrorKind};
 use super::sse::LiveFeed;
 use crate::events::{Event, EventLog, EventSink, one_line};
 use crate::guest::AgentSourceError;
+use crate::run::conversations::Conversations;
 use crate::run::panics::catch_panic;
-use crate::run::{AgentRun, RunSettings};
+use crate::run::{AgentRun, RunError, RunSettings};
 
 /// The most events a run keeps in the store.
 const MAX_STORED_EVENTS: usize = 2000;
@@ -103,7 +104,11 @@ impl RunTask {
     }
 
     async fn execute(&self, ticket: &mut Ticket, sink: &Arc<RunSink>) -> Result<Value, ApiError> {
-        if ticket.start().await.is_err() {
+        let started = tokio::select! {
+            started = ticket.start() => started,
+            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(cancelled)),
+        };
+        if started.is_err() {
             return Err(ApiError::new(
                 ErrorKind::Shutdown,
                 "the server shut down and its grace period ended before the run started",
@@ -193,15 +198,36 @@ impl RunTask {
             },
             limits: Some(limits),
             run_id: Some(self.run_id.clone()),
+            conversations: Some(Conversations::new(self.state.store.clone(), self.state.config.conversation_limit)),
         };
-        let mut cancel = self.state.cancel.clone();
+        let mut shutdown = self.state.cancel.clone();
         let stop = async move {
-            let _ = cancel.wait_for(|stop| *stop).await;
-            "the server shut down and its grace period ended".to_string()
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    RunError::Interrupted { reason: "the server shut down and its grace period ended".into() }
+                }
+                cancelled = cancel_requested(&self.state, &self.run_id) => cancelled,
+            }
         };
         let host = self.state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let outcome = host.run_until(run, events.clone(), stop).await;
         outcome.result.map_err(ApiError::from_run)
+    }
+}
+
+/// How often a run looks in the store for a cancel: `POST
+/// /runs/<runId>/cancel` and `flue runs cancel` (another process) both ask
+/// there, so one mechanism serves both, well within a second.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
+
+/// Resolves once someone asked for run `run_id` to be cancelled.
+async fn cancel_requested(state: &ServerState, run_id: &str) -> RunError {
+    let mut poll = tokio::time::interval(CANCEL_POLL);
+    loop {
+        poll.tick().await;
+        if state.store.cancel_requested(run_id) {
+            return RunError::Cancelled;
+        }
     }
 }
 

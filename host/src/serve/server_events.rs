@@ -64,8 +64,9 @@ impl ServerEvents {
             || match outcome {
                 Ok(()) => format!("run {run_id} {} succeeded in {} ms", escape(agent), millis(took)),
                 Err(err) => format!(
-                    "run {run_id} {} failed in {} ms: {}: {}",
+                    "run {run_id} {} {} in {} ms: {}: {}",
                     escape(agent),
+                    err.kind.run_status(),
                     millis(took),
                     err.kind.as_str(),
                     escape(&one_line(&err.message, 300))
@@ -73,7 +74,7 @@ impl ServerEvents {
             },
             || {
                 json!({"type": "run-finished", "runId": run_id, "agent": agent,
-                       "outcome": if outcome.is_ok() { "succeeded" } else { "failed" },
+                       "outcome": outcome.map_or_else(|err| err.kind.run_status(), |()| "succeeded"),
                        "error": outcome.err().map(ApiError::to_json), "durationMs": millis(took)})
             },
         );

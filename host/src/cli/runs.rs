@@ -1,0 +1,145 @@
+//! `flue runs ls|show|cancel`: a project's run store, as `flue serve` and
+//! `flue dev` keep it, read (and a run cancelled) from the command line,
+//! beside a server that may be using it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use super::{EXIT_FAILED, Failure, out, usage};
+use crate::serve::store::{CancelRequest, RunStore};
+use crate::terminal::escape;
+
+/// `flue runs` arguments.
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub action: Action,
+
+    /// The project whose store to read.
+    #[arg(long, value_name = "DIR", default_value = ".", global = true)]
+    pub project: PathBuf,
+
+    /// The run store itself [default: PROJECT/.flue/runs.sqlite].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub store: Option<PathBuf>,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Action {
+    /// List the newest runs: id, agent, invocation id, status, age.
+    Ls {
+        /// How many.
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = super::ranged(1..=10_000))]
+        limit: u64,
+    },
+    /// A run's whole record as JSON (as `GET /runs/<runId>` answers it):
+    /// result or error, events, and the conversations kept for its id.
+    Show {
+        /// The run, as `flue runs ls` or `x-flue-run-id` names it.
+        run_id: String,
+    },
+    /// Stop a queued or running run: the server running it stops the agent,
+    /// its model loop and its commands within a second and deletes its
+    /// sandboxes (unless kept); the run ends `cancelled`.
+    Cancel {
+        /// The run.
+        run_id: String,
+        /// How long to wait for the run to end, in seconds (0: do not wait).
+        #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = super::ranged(0..=3600))]
+        wait: u64,
+    },
+}
+
+/// Run `flue runs`.
+pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
+    let own_dir = args.store.is_none();
+    let path = args.store.clone().unwrap_or_else(|| args.project.join(".flue").join("runs.sqlite"));
+    if !path.exists() {
+        return Err(usage(anyhow::anyhow!(
+            "no run store at {}: runs are kept by `flue serve`/`flue dev` in their project (pass --project DIR or \
+             --store FILE)",
+            path.display()
+        )));
+    }
+    let store = RunStore::attach(&path, usize::MAX, own_dir)?;
+    match args.action {
+        Action::Ls { limit } => {
+            let runs = store.list(limit as usize);
+            if runs.is_empty() {
+                out!("no runs in {}", path.display());
+                return Ok(());
+            }
+            out!("{:<38} {:<16} {:<20} {:<10} AGE", "RUN", "AGENT", "ID", "STATUS");
+            let now = now_ms();
+            for run in runs {
+                let text = |field: &str| escape(run[field].as_str().unwrap_or_default()).to_string();
+                let age = Duration::from_millis(now.saturating_sub(run["createdMs"].as_i64().unwrap_or(now)) as u64);
+                out!(
+                    "{:<38} {:<16} {:<20} {:<10} {}",
+                    text("runId"),
+                    text("agent"),
+                    text("id"),
+                    text("status"),
+                    format_age(age)
+                );
+            }
+            Ok(())
+        }
+        Action::Show { run_id } => match store.get(&run_id) {
+            Some(record) => {
+                out!("{}", serde_json::to_string_pretty(&record).expect("JSON value serialises"));
+                Ok(())
+            }
+            None => Err(no_run(&run_id, &path)),
+        },
+        Action::Cancel { run_id, wait } => match store.request_cancel(&run_id) {
+            CancelRequest::Unknown => Err(no_run(&run_id, &path)),
+            CancelRequest::AlreadyEnded(status) => Err(Failure {
+                code: EXIT_FAILED,
+                error: anyhow::anyhow!("run {} has already ended ({status}): nothing to cancel", escape(&run_id)),
+            }),
+            CancelRequest::Requested => {
+                let asked = Instant::now();
+                loop {
+                    let status = store.get(&run_id).and_then(|r| r["status"].as_str().map(str::to_string));
+                    match status.as_deref() {
+                        Some("queued" | "running") if asked.elapsed() < Duration::from_secs(wait) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Some("queued" | "running") => {
+                            out!("run {} was asked to stop; it has not ended yet", escape(&run_id));
+                            return Ok(());
+                        }
+                        Some(status) => {
+                            out!("run {} {status}", escape(&run_id));
+                            return Ok(());
+                        }
+                        None => return Err(no_run(&run_id, &path)),
+                    }
+                }
+            }
+        },
+    }
+}
+
+fn no_run(run_id: &str, store: &std::path::Path) -> Failure {
+    usage(anyhow::anyhow!("no run {} in {} (`flue runs ls` lists them)", escape(run_id), store.display()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
