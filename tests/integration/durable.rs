@@ -206,3 +206,92 @@ fn cancel_stops_a_running_command_and_deletes_its_sandbox() {
         .block_on(async { client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap() });
     assert!(metrics.contains("flue_runs_finished_total{outcome=\"cancelled\"} 2"), "{metrics}");
 }
+
+/// Two requests with one id at once take turns: the second waits for the
+/// first and its model sees the first's exchange; another id does not wait.
+#[test]
+fn runs_of_one_id_take_turns() {
+    let rt = runtime();
+    let slow =
+        model_test_server::Turn { text: Some("First, slowly.".into()), delay_ms: Some(1500), ..Default::default() };
+    let model = rt.block_on(ModelServer::start(Script { turns: vec![slow, text("Second.")] })).unwrap();
+    let (project, tmp) = (project(), scratch());
+    let server = server_with_model(project.path(), tmp.path(), &model, &[]);
+    let client = reqwest::Client::new();
+    let ask = |prompt: &str| {
+        let request = client
+            .post(format!("{}/agents/probe/issue-9", server.url))
+            .body(json!({"mode": "prompt", "model": "openai/gpt-test", "prompts": [prompt]}).to_string());
+        rt.spawn(async move { request.send().await.unwrap().body_json().await })
+    };
+    let first = ask("One.");
+    wait_until("the first prompt reached the model", Duration::from_secs(30), || model.requests().len() == 1);
+    let second = ask("Two.");
+    let (first, second) = rt.block_on(async { (first.await.unwrap(), second.await.unwrap()) });
+    assert_eq!(
+        (&first["result"][0]["text"], &second["result"][0]["text"]),
+        (&json!("First, slowly."), &json!("Second."))
+    );
+    let sent = messages(&model, 1);
+    assert!(sent.contains("One.") && sent.contains("First, slowly."), "the second run did not wait: {sent}");
+}
+
+/// `kill -9` of the server: the runs it had accepted and not started run
+/// when it starts again, with their payloads; the one it was running ends
+/// failed (`shutdown`).
+#[test]
+fn runs_queued_when_the_server_is_killed_run_after_its_restart() {
+    let (project, tmp) = (project(), scratch());
+    let server = Server::start("serve", project.path(), tmp.path(), &["--max-concurrent", "1"]);
+    let client = reqwest::Client::new();
+    let rt = runtime();
+    let start = |url: &str, command: &str| {
+        let request = client
+            .post(format!("{url}/agents/probe/x"))
+            .header("x-webhook", "true")
+            .body(json!({"mode": "exec", "command": command}).to_string());
+        rt.block_on(
+            async move { request.send().await.unwrap().body_json().await["runId"].as_str().unwrap().to_string() },
+        )
+    };
+    let record = |url: &str, run_id: &str| {
+        let request = client.get(format!("{url}/runs/{run_id}"));
+        rt.block_on(async move { request.send().await.unwrap().body_json().await })
+    };
+    let busy = start(&server.url, "sleep 20.3");
+    wait_until("the first run started", Duration::from_secs(60), || record(&server.url, &busy)["status"] == "running");
+    let waiting: Vec<String> = ["echo first", "echo second"].iter().map(|c| start(&server.url, c)).collect();
+    for run_id in &waiting {
+        assert_eq!(record(&server.url, run_id)["status"], "queued");
+    }
+    drop(server); // SIGKILL
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    for (run_id, said) in waiting.iter().zip(["first\n", "second\n"]) {
+        wait_until("the queued run ran", Duration::from_secs(60), || {
+            record(&server.url, run_id)["status"] != "queued" && record(&server.url, run_id)["status"] != "running"
+        });
+        let ended = record(&server.url, run_id);
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        assert_eq!(ended["result"]["stdout"], said, "{ended}");
+    }
+    let killed = record(&server.url, &busy);
+    assert_eq!((&killed["status"], &killed["error"]["kind"]), (&json!("failed"), &json!("shutdown")), "{killed}");
+    // What the killed run left: its command and sandbox (gc's work).
+    let _ = std::process::Command::new("pkill").args(["-f", "sleep 20.3"]).status();
+    drop(server);
+
+    // A graceful stop whose grace ends before a queued run got a slot: it
+    // stays queued, and runs at the next start.
+    let server = Server::start("serve", project.path(), tmp.path(), &["--max-concurrent", "1", "--grace", "1"]);
+    let busy = start(&server.url, "sleep 20.4");
+    wait_until("the first run started", Duration::from_secs(60), || record(&server.url, &busy)["status"] == "running");
+    let waiting = start(&server.url, "echo third");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(), 0);
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    wait_until("the queued run ran", Duration::from_secs(60), || {
+        record(&server.url, &waiting)["status"] == "succeeded"
+    });
+    assert_eq!(record(&server.url, &waiting)["result"]["stdout"], "third\n");
+    assert_eq!(record(&server.url, &busy)["error"]["kind"], "shutdown");
+}

@@ -283,6 +283,44 @@ macro_rules! stream_methods {
     };
 }
 
+/// The `session` methods every WIT version has: names, paths, the shell,
+/// text and the file methods (as [`file_methods`], in the caller's types).
+macro_rules! session_methods {
+    () => {
+        async fn name(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
+            self.session_name(&this)
+        }
+
+        async fn cwd(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
+            self.session_cwd(&this)
+        }
+
+        async fn resolve_path(&mut self, this: Resource<AgentSession>, path: String) -> wasmtime::Result<String> {
+            self.resolve_in_session(&this, &path)
+        }
+
+        async fn shell(
+            &mut self,
+            this: Resource<AgentSession>,
+            command: String,
+            options: types::ExecOptions,
+        ) -> WitResult<types::ExecResult> {
+            wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+        }
+
+        async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
+            wit(Ok(self.session(&this)?.read_text(&path).await))
+        }
+
+        async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
+            wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
+        }
+
+        file_methods!(AgentSession, session);
+    };
+}
+pub(crate) use session_methods;
+
 impl types::Host for AgentState {}
 impl sandbox_api::Host for AgentState {}
 impl model::Host for AgentState {}
@@ -374,36 +412,7 @@ impl harness::HostHarness for AgentState {
 }
 
 impl harness::HostSession for AgentState {
-    async fn name(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        self.session_name(&this)
-    }
-
-    async fn cwd(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        self.session_cwd(&this)
-    }
-
-    async fn resolve_path(&mut self, this: Resource<AgentSession>, path: String) -> wasmtime::Result<String> {
-        self.resolve_in_session(&this, &path)
-    }
-
-    async fn shell(
-        &mut self,
-        this: Resource<AgentSession>,
-        command: String,
-        options: types::ExecOptions,
-    ) -> WitResult<types::ExecResult> {
-        wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
-    }
-
-    async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
-        wit(Ok(self.session(&this)?.read_text(&path).await))
-    }
-
-    async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
-        wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
-    }
-
-    file_methods!(AgentSession, session);
+    session_methods!();
     stream_methods!(AgentSession, session);
 
     async fn prompt(

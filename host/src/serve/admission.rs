@@ -64,25 +64,42 @@ pub struct Ticket {
     _admitted: OwnedSemaphorePermit,
     running: Option<(OwnedSemaphorePermit, Instant)>,
     recorded: bool,
+    /// Left queued for the server's next start.
+    kept_queued: bool,
 }
 
 /// Why a queued run did not start.
 pub struct ShuttingDown;
 
 impl Ticket {
-    /// Admit run `run_id` (recorded as queued), or `None` when the queue is
+    /// Admit run `run_id` (recorded as queued, with its payload), or `None`
+    /// when the queue is full.
+    pub fn admit(
+        state: &Arc<ServerState>,
+        run_id: &str,
+        agent: &str,
+        invocation: &str,
+        payload: &Value,
+    ) -> Option<Ticket> {
+        let ticket = Ticket::readmit(state, run_id)?;
+        state.store.insert(run_id, agent, invocation, payload);
+        Some(ticket)
+    }
+
+    /// Admit run `run_id`, already in the store as queued (a previous
+    /// server accepted it and stopped first), or `None` when the queue is
     /// full.
-    pub fn admit(state: &Arc<ServerState>, run_id: &str, agent: &str, invocation: &str) -> Option<Ticket> {
+    pub fn readmit(state: &Arc<ServerState>, run_id: &str) -> Option<Ticket> {
         let permit = state.admission.admitted.clone().try_acquire_owned().ok()?;
         state.admission.active.fetch_add(1, Ordering::SeqCst);
         state.metrics.queued.fetch_add(1, Ordering::SeqCst);
-        state.store.insert(run_id, agent, invocation);
         Some(Ticket {
             state: state.clone(),
             run_id: run_id.to_string(),
             _admitted: permit,
             running: None,
             recorded: false,
+            kept_queued: false,
         })
     }
 
@@ -101,6 +118,17 @@ impl Ticket {
         self.state.store.running(&self.run_id);
         self.running = Some((slot, Instant::now()));
         Ok(())
+    }
+
+    /// The run did not start before the server shut down: it stays queued
+    /// in the store, with its payload, for the server's next start.
+    pub fn keep_queued(&mut self) {
+        self.kept_queued = true;
+    }
+
+    /// Whether [`Ticket::keep_queued`] left the run for the next start.
+    pub fn kept_queued(&self) -> bool {
+        self.kept_queued
     }
 
     /// Record how the run ended, with its events.
@@ -122,7 +150,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if !self.recorded {
+        if !self.recorded && !self.kept_queued {
             // Only a panic in the run's task gets here without an outcome.
             let lost = ApiError::new(ErrorKind::Internal, "flue failed inside this run (a bug, please report it)");
             self.record(Err(&lost), &[]);

@@ -31,6 +31,7 @@ mod builds;
 pub mod connections;
 pub mod errors;
 pub mod http_guard;
+mod id_turns;
 mod metrics;
 mod parse_errors;
 mod private_files;
@@ -123,6 +124,8 @@ pub struct ServerState {
     body_budget: bodies::BodyBudget,
     /// Agent builds going on (`flue dev`).
     builds: builds::Builds,
+    /// Runs of one agent and id, one at a time.
+    id_turns: id_turns::IdTurns,
     /// Set when runs still going must stop (the grace period is over).
     cancel: watch::Receiver<bool>,
 }
@@ -165,6 +168,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         admission: admission::Admission::new(config.max_concurrent, config.queue),
         body_budget: bodies::BodyBudget::new(config.body_memory),
         builds: builds::Builds::default(),
+        id_turns: id_turns::IdTurns::default(),
         cancel,
         config: config.clone(),
     });
@@ -185,6 +189,8 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
+    // What a stopped or killed server left waiting runs now.
+    runs::start_queued(&state);
     reload::watch(state.clone());
     let (stopping_tx, mut stopping) = watch::channel(false);
     let grace = config.grace;

@@ -220,7 +220,7 @@ async fn admit(
     };
     // Its memory goes back to the budget now, not when the run ends.
     drop(body);
-    let Some(ticket) = Ticket::admit(state, run_id, name, invocation) else {
+    let Some(ticket) = Ticket::admit(state, run_id, name, invocation, &payload) else {
         state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ApiError::new(ErrorKind::QueueFull, "too many runs: the queue is full, retry later"));
     };

@@ -94,8 +94,10 @@ impl RunTask {
             )),
         };
         let stored = std::mem::take(&mut *sink.events.lock().unwrap_or_else(|e| e.into_inner()));
-        ticket.record(outcome.as_ref(), &stored);
-        self.state.events.run_finished(&self.run_id, &self.name, outcome.as_ref().map(|_| ()), started.elapsed());
+        if !ticket.kept_queued() {
+            ticket.record(outcome.as_ref(), &stored);
+            self.state.events.run_finished(&self.run_id, &self.name, outcome.as_ref().map(|_| ()), started.elapsed());
+        }
         if let Some(live) = &live {
             let error = outcome.as_ref().err().map(ApiError::to_json);
             live.finish(outcome.as_ref().map_err(|_| error.as_ref().expect("an error")));
@@ -104,15 +106,33 @@ impl RunTask {
     }
 
     async fn execute(&self, ticket: &mut Ticket, sink: &Arc<RunSink>) -> Result<Value, ApiError> {
+        // Not started before the grace period ended: it stays queued, and
+        // runs when the server starts again.
+        let not_started = |ticket: &mut Ticket| {
+            ticket.keep_queued();
+            ApiError::new(
+                ErrorKind::Shutdown,
+                format!(
+                    "the server shut down and its grace period ended before the run started; it stays queued and \
+                     runs when the server starts again (GET /runs/{})",
+                    self.run_id
+                ),
+            )
+        };
+        // First this id's turn (runs of one conversation, one at a time),
+        // then a slot; a cancel or a shutdown ends either wait.
+        let mut shutdown = self.state.cancel.clone();
+        let _turn = tokio::select! {
+            turn = self.state.id_turns.take(&self.name, &self.invocation) => turn,
+            _ = shutdown.wait_for(|stop| *stop) => return Err(not_started(ticket)),
+            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(cancelled)),
+        };
         let started = tokio::select! {
             started = ticket.start() => started,
             cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(cancelled)),
         };
         if started.is_err() {
-            return Err(ApiError::new(
-                ErrorKind::Shutdown,
-                "the server shut down and its grace period ended before the run started",
-            ));
+            return Err(not_started(ticket));
         }
         self.state.events.run_started(&self.run_id, &self.name, &self.invocation);
         let events = EventLog::new(sink.clone());
@@ -212,6 +232,43 @@ impl RunTask {
         let host = self.state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let outcome = host.run_until(run, events.clone(), stop).await;
         outcome.result.map_err(ApiError::from_run)
+    }
+}
+
+/// Start the runs a previous server accepted and never started (it was
+/// stopped or killed first), oldest first, through admission as new ones
+/// are. One whose agent is no longer served, or that does not fit the
+/// queue, ends failed, saying why.
+pub fn start_queued(state: &Arc<ServerState>) {
+    for queued in state.store.queued() {
+        let fail = |why: String| {
+            let err = ApiError::new(ErrorKind::Shutdown, format!("the server stopped before the run started, {why}"));
+            state.store.finish(&queued.run_id, Err(&err), &[]);
+        };
+        let Some(payload) = queued.payload else {
+            fail("and its payload was not kept (a store from an older flue)".into());
+            continue;
+        };
+        let agent = state.agents.lock().unwrap_or_else(|e| e.into_inner()).get(&queued.agent).cloned();
+        let Some(agent) = agent.filter(|a| a.manifest.webhook && a.refused.is_none()) else {
+            fail(format!("and agent {} is no longer served", crate::terminal::escape(&queued.agent)));
+            continue;
+        };
+        let Some(ticket) = Ticket::readmit(state, &queued.run_id) else {
+            fail("and more runs were waiting than --max-concurrent and --queue allow".into());
+            continue;
+        };
+        let task = RunTask {
+            state: state.clone(),
+            name: queued.agent,
+            invocation: queued.invocation,
+            agent,
+            payload,
+            run_id: queued.run_id,
+        };
+        tokio::spawn(async move {
+            let _ = task.run(ticket, None).await;
+        });
     }
 }
 

@@ -34,6 +34,18 @@ pub struct RunStore {
     retention: usize,
 }
 
+/// A run accepted and not started.
+pub struct QueuedRun {
+    /// Its id.
+    pub run_id: String,
+    /// The agent.
+    pub agent: String,
+    /// The id it was invoked with.
+    pub invocation: String,
+    /// Its payload (`None`: stored by a flue that did not keep payloads).
+    pub payload: Option<Value>,
+}
+
 /// What asking to cancel a run found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelRequest {
@@ -55,19 +67,41 @@ fn store_error(err: impl std::error::Error + Send + Sync + 'static) -> Conversat
 
 impl RunStore {
     /// Open (or create) the store at `path` for a server, keeping the
-    /// newest `retention` runs. Runs a previous server left unfinished are
-    /// marked failed. Its directory and files are made private (see
-    /// [`super::private_files`]); `own_dir`: the directory is flue's own
-    /// (`.flue/`), so an existing one readable by others is made `0700` too.
+    /// newest `retention` runs. Runs a previous server left running are
+    /// marked failed; the ones it left queued stay queued, for the server
+    /// to start ([`RunStore::queued`]). Its directory and files are made
+    /// private (see [`super::private_files`]); `own_dir`: the directory is
+    /// flue's own (`.flue/`), so an existing one readable by others is made
+    /// `0700` too.
     pub fn open(path: &Path, retention: usize, own_dir: bool) -> anyhow::Result<Self> {
         let store = Self::attach(path, retention, own_dir)?;
         store.conn.lock().unwrap_or_else(|e| e.into_inner()).execute(
             "UPDATE runs SET status = 'failed', error = 'the server stopped before the run finished',
                  error_kind = ?2, finished_ms = ?1
-             WHERE status IN ('queued', 'running')",
+             WHERE status = 'running'",
             params![now_ms(), ErrorKind::Shutdown.as_str()],
         )?;
         Ok(store)
+    }
+
+    /// The runs accepted and not started, oldest first: what a server that
+    /// stopped (or was killed) left waiting.
+    pub fn queued(&self) -> Vec<QueuedRun> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, agent, invocation, payload FROM runs WHERE status = 'queued' ORDER BY created_ms, rowid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(QueuedRun {
+                    run_id: row.get(0)?,
+                    agent: row.get(1)?,
+                    invocation: row.get(2)?,
+                    payload: row.get::<_, Option<String>>(3)?.and_then(|text| serde_json::from_str(&text).ok()),
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<QueuedRun>>>()
+        })
+        .unwrap_or_default()
     }
 
     /// Open (or create) the store at `path` beside whatever server may use
@@ -93,7 +127,7 @@ impl RunStore {
              CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);",
         )?;
         // Stores written before these columns existed: add them.
-        for (column, kind) in [("error_kind", "TEXT"), ("cancel_requested_ms", "INTEGER")] {
+        for (column, kind) in [("error_kind", "TEXT"), ("cancel_requested_ms", "INTEGER"), ("payload", "TEXT")] {
             let exists = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists([column])?;
             if !exists {
                 conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
@@ -113,12 +147,14 @@ impl RunStore {
         }
     }
 
-    /// A run was accepted.
-    pub fn insert(&self, id: &str, agent: &str, invocation: &str) {
+    /// A run was accepted, with its payload (kept until it starts, so that
+    /// a server that stops first can start it later).
+    pub fn insert(&self, id: &str, agent: &str, invocation: &str, payload: &Value) {
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (id, agent, invocation, status, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4)",
-                params![id, agent, invocation, now_ms()],
+                "INSERT INTO runs (id, agent, invocation, status, created_ms, payload)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+                params![id, agent, invocation, now_ms(), payload.to_string()],
             )?;
             self.prune(c)
         });
@@ -133,9 +169,9 @@ impl RunStore {
         )
     }
 
-    /// A run started.
+    /// A run started: its payload is no longer needed.
     pub fn running(&self, id: &str) {
-        self.with(|c| c.execute("UPDATE runs SET status = 'running' WHERE id = ?1", params![id]));
+        self.with(|c| c.execute("UPDATE runs SET status = 'running', payload = NULL WHERE id = ?1", params![id]));
     }
 
     /// A run ended, with its result or error, and its events.
@@ -314,7 +350,7 @@ mod tests {
     fn a_cancel_is_asked_only_of_a_run_that_has_not_ended() {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.sqlite"), 10, false).unwrap();
-        store.insert("run_a", "triage", "issue-1");
+        store.insert("run_a", "triage", "issue-1", &Value::Null);
         assert!(!store.cancel_requested("run_a"));
         assert_eq!(store.request_cancel("run_a"), CancelRequest::Requested);
         assert!(store.cancel_requested("run_a"));
@@ -330,7 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.sqlite");
         let server = RunStore::open(&path, 10, false).unwrap();
-        server.insert("run_a", "triage", "issue-1");
+        server.insert("run_a", "triage", "issue-1", &Value::Null);
         server.running("run_a");
         let beside = RunStore::attach(&path, usize::MAX, false).unwrap();
         assert_eq!(beside.get("run_a").unwrap()["status"], "running");
@@ -339,6 +375,25 @@ mod tests {
         drop(server);
         let restarted = RunStore::open(&path, 10, false).unwrap();
         assert_eq!(restarted.get("run_a").unwrap()["error"]["kind"], "shutdown");
+    }
+
+    #[test]
+    fn a_restarted_server_finds_what_was_queued_with_its_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = RunStore::open(&path, 10, false).unwrap();
+        store.insert("run_a", "triage", "issue-1", &serde_json::json!({"n": 1}));
+        store.insert("run_b", "triage", "issue-2", &serde_json::json!({"n": 2}));
+        store.running("run_a");
+        drop(store);
+        let store = RunStore::open(&path, 10, false).unwrap();
+        let queued = store.queued();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            (queued[0].run_id.as_str(), queued[0].payload.clone()),
+            ("run_b", Some(serde_json::json!({"n": 2})))
+        );
+        assert_eq!(store.get("run_a").unwrap()["status"], "failed", "a run left running is not resumed yet");
     }
 
     #[test]
@@ -352,7 +407,7 @@ mod tests {
         assert_eq!(store.load(&key("default")).unwrap(), messages);
         store.save(&key("default"), &messages[..1]).unwrap();
         assert_eq!(store.load(&key("default")).unwrap(), &messages[..1], "a save replaces");
-        store.insert("run_a", "triage", "issue-1");
+        store.insert("run_a", "triage", "issue-1", &Value::Null);
         let shown = store.get("run_a").unwrap();
         assert_eq!(shown["conversations"].as_array().unwrap().len(), 2, "{shown}");
         assert!(store.conversations("triage", "issue-2").is_empty());

@@ -5,7 +5,7 @@ use wasmtime::component::Resource;
 
 use crate::bindings::handles::{AgentHarness, AgentSandbox, AgentSession};
 use crate::bindings::v0_1_0::flue::sandbox::{harness, log, sandbox_api, types};
-use crate::run::imports::{AgentState, file_methods};
+use crate::run::imports::{AgentState, file_methods, session_methods};
 use crate::sandbox::SandboxSource;
 use crate::sandbox::error::SandboxResult;
 
@@ -77,36 +77,7 @@ impl harness::HostHarness for AgentState {
 }
 
 impl harness::HostSession for AgentState {
-    async fn name(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        self.session_name(&this)
-    }
-
-    async fn cwd(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<String> {
-        self.session_cwd(&this)
-    }
-
-    async fn resolve_path(&mut self, this: Resource<AgentSession>, path: String) -> wasmtime::Result<String> {
-        self.resolve_in_session(&this, &path)
-    }
-
-    async fn shell(
-        &mut self,
-        this: Resource<AgentSession>,
-        command: String,
-        options: types::ExecOptions,
-    ) -> WitResult<types::ExecResult> {
-        wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
-    }
-
-    async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
-        wit(Ok(self.session(&this)?.read_text(&path).await))
-    }
-
-    async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
-        wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
-    }
-
-    file_methods!(AgentSession, session);
+    session_methods!();
 
     async fn drop(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<()> {
         self.drop_handle(this)
