@@ -353,6 +353,20 @@ impl Drop for Progress {
     }
 }
 
+/// Now, in milliseconds since the Unix epoch (as stores and labels keep
+/// times).
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long ago `then_ms` (milliseconds since the Unix epoch) was.
+pub fn age_of(then_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(unix_millis().saturating_sub(then_ms)).unwrap_or(0))
+}
+
 /// A duration in whole milliseconds, as events carry it.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

@@ -10,7 +10,13 @@ use serde_json::json;
 use crate::support::{example, fixture, flue, host, output, probe, scratch};
 
 fn settings() -> RunSettings {
-    RunSettings { default_connector: "local".into(), keep: false, reuse: None, default_resources: None }
+    RunSettings {
+        default_connector: "local".into(),
+        keep: false,
+        reuse: None,
+        sandbox_per_id: false,
+        default_resources: None,
+    }
 }
 
 #[test]

@@ -295,3 +295,50 @@ fn runs_queued_when_the_server_is_killed_run_after_its_restart() {
     assert_eq!(record(&server.url, &waiting)["result"]["stdout"], "third\n");
     assert_eq!(record(&server.url, &busy)["error"]["kind"], "shutdown");
 }
+
+/// With `sandbox-per-id`, a run's sandbox belongs to its agent and id: the
+/// next request with the id works in the same sandbox (the first one's
+/// file is there), another id gets its own, and both outlive their runs
+/// (`flue sandboxes gc` leaves them); `flue run --id --sandbox-per-id`
+/// does the same.
+#[test]
+fn a_sandbox_per_id_keeps_its_files_between_runs() {
+    let (project, tmp) = (project(), scratch());
+    std::fs::write(project.path().join("flue.toml"), "[agents.probe]\nwebhook = true\nsandbox-per-id = true\n")
+        .unwrap();
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    let client = reqwest::Client::new();
+    let rt = runtime();
+    let exec = |id: &str, command: &str| {
+        let request = client
+            .post(format!("{}/agents/probe/{id}", server.url))
+            .body(json!({"mode": "exec", "command": command}).to_string());
+        let answer = rt.block_on(async move { request.send().await.unwrap().body_json().await });
+        answer["result"]["stdout"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string()
+    };
+    let first = exec("ticket-1", "echo kept > note.txt && pwd");
+    let second = exec("ticket-1", "cat note.txt && pwd");
+    assert_eq!(second, format!("kept\n{first}"), "the second run of the id is not in the first one's sandbox");
+    let other = exec("ticket-2", "cat note.txt 2>/dev/null || echo absent");
+    assert_eq!(other, "absent\n", "another id shares the sandbox");
+    assert_eq!(local_sandboxes(tmp.path()), 2, "one sandbox per id, kept after the runs");
+    let gc = output(flue().args(["sandboxes", "gc", "--isolation", "none"]).env("TMPDIR", tmp.path()));
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(local_sandboxes(tmp.path()), 2, "gc collected a sandbox that belongs to an id");
+
+    let (project, tmp) = (scratch(), scratch());
+    let run = |command: &str| {
+        let payload = json!({"mode": "exec", "command": command}).to_string();
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload, "--isolation", "none", "--id", "ticket-1", "--sandbox-per-id"])
+            .env("TMPDIR", tmp.path());
+        output(&mut command).ok()["stdout"].as_str().unwrap().to_string()
+    };
+    run("echo kept > note.txt");
+    assert_eq!(run("cat note.txt"), "kept\n");
+    assert_eq!(local_sandboxes(tmp.path()), 1);
+}

@@ -147,6 +147,17 @@ impl EventSink for StderrSink {
     }
 }
 
+/// A duration as a list shows an age: `42s`, `5m`, `3h`, `2d`.
+pub(crate) fn short_age(age: std::time::Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

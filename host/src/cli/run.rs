@@ -43,6 +43,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID")]
     pub reuse: Option<String>,
 
+    /// The run's sandbox belongs to the agent and --id: the first run
+    /// creates it and keeps it, later runs with the same id get it again
+    /// (files and installed tools included). `flue sandboxes rm` deletes it.
+    #[arg(long, requires = "id", conflicts_with = "reuse")]
+    pub sandbox_per_id: bool,
+
     /// The agent's limits.
     #[command(flatten)]
     pub agent_limits: AgentLimitArgs,
@@ -83,6 +89,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
             default_connector: args.sandbox,
             keep: args.keep,
             reuse: args.reuse,
+            sandbox_per_id: args.sandbox_per_id,
             default_resources: args.host.resources(),
         },
         limits: None,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
+use super::render::short_age;
 use super::{EXIT_FAILED, Failure, out, usage};
+use crate::events::age_of;
 use crate::serve::store::{CancelRequest, RunStore};
 use crate::terminal::escape;
 
@@ -73,17 +75,16 @@ pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
                 return Ok(());
             }
             out!("{:<38} {:<16} {:<20} {:<10} AGE", "RUN", "AGENT", "ID", "STATUS");
-            let now = now_ms();
             for run in runs {
                 let text = |field: &str| escape(run[field].as_str().unwrap_or_default()).to_string();
-                let age = Duration::from_millis(now.saturating_sub(run["createdMs"].as_i64().unwrap_or(now)) as u64);
+                let age = run["createdMs"].as_i64().map(age_of).unwrap_or_default();
                 out!(
                     "{:<38} {:<16} {:<20} {:<10} {}",
                     text("runId"),
                     text("agent"),
                     text("id"),
                     text("status"),
-                    format_age(age)
+                    short_age(age)
                 );
             }
             Ok(())
@@ -127,19 +128,4 @@ pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
 
 fn no_run(run_id: &str, store: &std::path::Path) -> Failure {
     usage(anyhow::anyhow!("no run {} in {} (`flue runs ls` lists them)", escape(run_id), store.display()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// `42s`, `5m`, `3h`, `2d`.
-fn format_age(age: Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
 }

@@ -3,11 +3,12 @@
 //! left behind.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use super::host_args::HostArgs;
+use super::render::short_age;
 use super::{Failure, out, usage};
 use crate::events::EventLog;
 use crate::host::Host;
@@ -121,7 +122,7 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
                     escape(connector),
                     escape(&sandbox.id),
                     escape(&sandbox.state),
-                    age(sandbox).map(show_age).unwrap_or_else(|| "-".into()),
+                    age(sandbox).map(short_age).unwrap_or_else(|| "-".into()),
                     escape(&owner.describe()),
                     label(ownership::AGENT),
                     label(ownership::RUN)
@@ -231,18 +232,7 @@ async fn list(connector: Arc<dyn Connector>, labels: &[(String, String)]) -> Res
 }
 
 fn age(sandbox: &SandboxSummary) -> Option<Duration> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_millis() as i64;
-    sandbox.created_ms.map(|created| Duration::from_millis(now.saturating_sub(created).max(0) as u64))
-}
-
-fn show_age(age: Duration) -> String {
-    let s = age.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
+    sandbox.created_ms.map(crate::events::age_of)
 }
 
 #[cfg(test)]
@@ -259,6 +249,6 @@ mod tests {
         assert!(parse_duration("99999999999999999d").unwrap_err().contains("ten years"));
         assert_eq!(parse_label("flue.agent=hello").unwrap(), ("flue.agent".into(), "hello".into()));
         assert!(parse_label("nope").is_err());
-        assert_eq!(show_age(Duration::from_secs(7200)), "2h");
+        assert_eq!(short_age(Duration::from_secs(7200)), "2h");
     }
 }

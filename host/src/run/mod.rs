@@ -211,7 +211,7 @@ async fn execute(
     let store_limits = limits.agent_store();
     let conversations = run.conversations.clone().map(|store| RunConversations {
         store,
-        agent: conversation_agent(&run.label),
+        agent: agent_name(&run.label),
         id: run.id.clone(),
     });
     let mut store = runtime.new_store(&store_limits, "the agent", limits.deadline, |base| AgentState {
@@ -270,10 +270,10 @@ async fn execute(
     }
 }
 
-/// The agent's name in conversation keys: the last part of what the run
-/// calls it without `.wasm` (`agents/triage.wasm` and the server's `triage`
-/// are one agent).
-fn conversation_agent(label: &str) -> String {
+/// The agent's name in conversation keys and id sandboxes' labels: the
+/// last part of what the run calls it without `.wasm` (`agents/triage.wasm`
+/// and the server's `triage` are one agent).
+pub(crate) fn agent_name(label: &str) -> String {
     let last = label.trim_end_matches('/').rsplit('/').next().unwrap_or(label);
     last.strip_suffix(".wasm").unwrap_or(last).to_string()
 }

@@ -38,11 +38,26 @@ pub const MACHINE: &str = "flue.machine";
 /// The run's process on that machine.
 pub const PROCESS: &str = "flue.process";
 
+/// On a sandbox that belongs to an agent and invocation id (`sandbox-per-id`):
+/// a digest of both, so that any id, whatever its characters, names one
+/// sandbox.
+pub const FOR_ID: &str = "flue.for-id";
+/// The invocation id of such a sandbox, as far as label characters allow
+/// (for people; [`FOR_ID`] is what finds it).
+pub const ID: &str = "flue.id";
+
+/// The [`FOR_ID`] label of `agent`'s sandbox for invocation id `id`.
+pub fn for_id(agent: &str, id: &str) -> (String, String) {
+    let digest = Sha256::new().chain_update(agent).chain_update([0]).chain_update(id).finalize();
+    let hex: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    (FOR_ID.into(), hex)
+}
+
 /// Boots remembered in the `boots` file (the newest).
 const MAX_RECORDED_BOOTS: usize = 256;
 
 /// Only the characters label values may hold.
-fn label_safe(text: &str) -> String {
+pub(crate) fn label_safe(text: &str) -> String {
     let safe: String =
         text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
     safe.chars().take(63).collect()
@@ -252,6 +267,16 @@ mod tests {
         labels.retain(|(k, _)| k != key);
         labels.push((key.into(), value.into()));
         labels
+    }
+
+    #[test]
+    fn an_id_sandbox_label_tells_agents_and_ids_apart_whatever_their_characters() {
+        let (key, value) = for_id("triage", "org/repo#12");
+        assert_eq!((key.as_str(), value.len()), (FOR_ID, 32));
+        assert!(value.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(for_id("triage", "org/repo#12"), for_id("triage", "org/repo#12"));
+        assert_ne!(for_id("triage", "org/repo#12"), for_id("triage", "org-repo-12"));
+        assert_ne!(for_id("a", "bc"), for_id("ab", "c"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct RunSettings {
     pub keep: bool,
     /// Reuse this sandbox (by id) as the run's default instead of creating one.
     pub reuse: Option<String>,
+    /// The run's default sandbox belongs to its agent and invocation id:
+    /// found by its labels and reconnected, created (and kept) on first use.
+    pub sandbox_per_id: bool,
     /// Resources of the run's default sandbox (`--cpus`, `--memory-gib`,
     /// `--disk-gib`), and the ceiling of every sandbox the agent creates;
     /// `None`: the connector's defaults, no ceiling but the connector's own.
@@ -134,13 +137,11 @@ impl RunSandboxes {
                 if let Some(sandbox) = default.as_ref() {
                     return Ok(sandbox.clone());
                 }
+                let options = CreateOptions { resources: self.settings.default_resources, ..Default::default() };
                 let sandbox = match self.settings.reuse.clone() {
                     Some(id) => self.connect(None, &id).await?,
-                    None => {
-                        let options =
-                            CreateOptions { resources: self.settings.default_resources, ..Default::default() };
-                        self.create(None, &options, self.settings.keep).await?
-                    }
+                    None if self.settings.sandbox_per_id => self.id_sandbox(options).await?,
+                    None => self.create(None, &options, self.settings.keep).await?,
                 };
                 *default = Some(sandbox.clone());
                 Ok(sandbox)
@@ -204,6 +205,21 @@ impl RunSandboxes {
             detail: format!("workdir {}, {} ms", sandbox.workdir(), millis(started.elapsed())),
         });
         Ok(sandbox)
+    }
+
+    /// The sandbox of the run's agent and invocation id on the run's
+    /// connector: the one its labels name if there is one, else a new one,
+    /// kept when the run ends.
+    async fn id_sandbox(&self, mut options: CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
+        let label = super::ownership::for_id(&super::agent_name(&self.agent), &self.invocation);
+        let connector = self.connector(None).await?;
+        let found = connector.list(std::slice::from_ref(&label)).await?;
+        if let Some(existing) = found.iter().find(|sandbox| sandbox.labels.contains(&label)) {
+            return self.connect(None, &existing.id).await;
+        }
+        options.labels.push(label);
+        options.labels.push((super::ownership::ID.into(), super::ownership::label_safe(&self.invocation)));
+        self.create(None, &options, true).await
     }
 
     async fn connect(&self, connector: Option<&str>, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {

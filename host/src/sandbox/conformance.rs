@@ -236,8 +236,7 @@ async fn stat_fields(s: &Suite) -> Result<(), String> {
     ensure!(file.is_file && !file.is_directory, "file stat: {file:?}");
     ensure!(file.size == Some(5), "file size {:?}, want Some(5)", file.size);
     if let Some(mtime) = file.mtime_ms {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let now = crate::events::unix_millis();
         ensure!((now - mtime).abs() < 24 * 3600 * 1000, "mtime {mtime} is not close to now ({now})");
     }
     let dir = s.scratch.stat(".").await.map_err(err)?;

@@ -8,6 +8,7 @@
 //! deadline-secs = 60    # default: the server's --deadline
 //! memory-mib = 256      # default: the server's --memory
 //! sandbox = "local"     # default: the server's --sandbox
+//! sandbox-per-id = true # the run's sandbox belongs to its id (default: one per run)
 //! ```
 //!
 //! Numbers are checked against [`super::bounds`] when the manifest is read.
@@ -35,6 +36,9 @@ pub struct AgentManifest {
     pub memory_mib: Option<u64>,
     /// Its sandbox's connector.
     pub sandbox: Option<String>,
+    /// Its runs' sandbox belongs to their invocation id: kept between runs.
+    #[serde(default)]
+    pub sandbox_per_id: bool,
 }
 
 impl AgentManifest {

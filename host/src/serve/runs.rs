@@ -214,6 +214,7 @@ impl RunTask {
                 default_connector: manifest.sandbox.clone().unwrap_or_else(|| self.state.config.sandbox.clone()),
                 keep: false,
                 reuse: None,
+                sandbox_per_id: manifest.sandbox_per_id,
                 default_resources: self.state.config.resources,
             },
             limits: Some(limits),

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::errors::{ApiError, ErrorKind};
 use super::private_files;
+use crate::events::unix_millis;
 use crate::model::Message;
 use crate::run::conversations::{ConversationKey, ConversationStore, ConversationStoreError};
 
@@ -57,10 +58,6 @@ pub enum CancelRequest {
     Unknown,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn store_error(err: impl std::error::Error + Send + Sync + 'static) -> ConversationStoreError {
     ConversationStoreError { source: Box::new(err) }
 }
@@ -79,7 +76,7 @@ impl RunStore {
             "UPDATE runs SET status = 'failed', error = 'the server stopped before the run finished',
                  error_kind = ?2, finished_ms = ?1
              WHERE status = 'running'",
-            params![now_ms(), ErrorKind::Shutdown.as_str()],
+            params![unix_millis(), ErrorKind::Shutdown.as_str()],
         )?;
         Ok(store)
     }
@@ -154,7 +151,7 @@ impl RunStore {
             c.execute(
                 "INSERT INTO runs (id, agent, invocation, status, created_ms, payload)
                  VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-                params![id, agent, invocation, now_ms(), payload.to_string()],
+                params![id, agent, invocation, unix_millis(), payload.to_string()],
             )?;
             self.prune(c)
         });
@@ -185,7 +182,7 @@ impl RunStore {
             c.execute(
                 "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7
                  WHERE id = ?1",
-                params![id, status, result, kind, error, events, now_ms()],
+                params![id, status, result, kind, error, events, unix_millis()],
             )?;
             self.prune(c)
         });
@@ -228,7 +225,7 @@ impl RunStore {
                 Some(status) if status == "queued" || status == "running" => {
                     c.execute(
                         "UPDATE runs SET cancel_requested_ms = COALESCE(cancel_requested_ms, ?2) WHERE id = ?1",
-                        params![id, now_ms()],
+                        params![id, unix_millis()],
                     )?;
                     CancelRequest::Requested
                 }
@@ -320,7 +317,7 @@ impl ConversationStore for RunStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (agent, invocation, harness, session)
              DO UPDATE SET messages = excluded.messages, updated_ms = excluded.updated_ms",
-            params![key.agent, key.id, key.harness, key.session, json, now_ms()],
+            params![key.agent, key.id, key.harness, key.session, json, unix_millis()],
         )
         .map_err(store_error)?;
         conn.execute(
