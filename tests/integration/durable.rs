@@ -322,6 +322,11 @@ fn a_sandbox_per_id_keeps_its_files_between_runs() {
     let other = exec("ticket-2", "cat note.txt 2>/dev/null || echo absent");
     assert_eq!(other, "absent\n", "another id shares the sandbox");
     assert_eq!(local_sandboxes(tmp.path()), 2, "one sandbox per id, kept after the runs");
+    let shown = rt.block_on(async {
+        client.get(format!("{}/sessions/probe/ticket-1", server.url)).send().await.unwrap().body_json().await
+    });
+    assert_eq!(shown["sandbox"]["connector"], "local", "{shown}");
+    assert!(first.trim_end().ends_with(shown["sandbox"]["id"].as_str().unwrap()), "{shown} is not {first}");
     let gc = output(flue().args(["sandboxes", "gc", "--isolation", "none"]).env("TMPDIR", tmp.path()));
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     assert_eq!(local_sandboxes(tmp.path()), 2, "gc collected a sandbox that belongs to an id");

@@ -132,8 +132,27 @@ pub(crate) struct RunConversations {
 }
 
 impl RunConversations {
-    /// The key of the conversation of `harness`'s session `session`.
-    pub(crate) fn key(&self, harness: &str, session: &str) -> ConversationKey {
+    /// The conversation `harness`'s session `session` continues (the
+    /// events say so when there is one).
+    pub(crate) fn resume(&self, harness: &str, session: &str, events: &EventLog) -> Vec<Message> {
+        let conversation = self.store.load(&self.key(harness, session), events);
+        if !conversation.is_empty() {
+            let turns = conversation.iter().filter(|m| matches!(m, Message::User(_))).count();
+            events.log(
+                "flue",
+                LogLevel::Info,
+                format!("session {session} continues the conversation of id {} ({turns} earlier turn(s))", self.id),
+            );
+        }
+        conversation
+    }
+
+    /// Keep `harness`'s session `session` at `messages`.
+    pub(crate) fn keep(&self, harness: &str, session: &str, messages: &[Message], events: &EventLog) {
+        self.store.save(&self.key(harness, session), messages, events);
+    }
+
+    fn key(&self, harness: &str, session: &str) -> ConversationKey {
         ConversationKey {
             agent: self.agent.clone(),
             id: self.id.clone(),

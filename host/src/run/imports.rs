@@ -149,22 +149,7 @@ impl AgentState {
         };
         // A session of a run with an id continues that id's conversation.
         let conversation = match &self.conversations {
-            Some(kept) => {
-                let events = &self.sandboxes.events;
-                let conversation = kept.store.load(&kept.key(&id, &name), events);
-                if !conversation.is_empty() {
-                    let turns = conversation.iter().filter(|m| matches!(m, crate::model::Message::User(_))).count();
-                    events.log(
-                        "flue",
-                        crate::events::LogLevel::Info,
-                        format!(
-                            "session {name} continues the conversation of id {} ({turns} earlier turn(s))",
-                            kept.id
-                        ),
-                    );
-                }
-                conversation
-            }
+            Some(kept) => kept.resume(&id, &name, &self.sandboxes.events),
             None => Vec::new(),
         };
         Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model, conversation })?))

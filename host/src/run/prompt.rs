@@ -36,7 +36,7 @@ impl AgentState {
         let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events).await;
         let entry = self.base.table.get_mut(this)?;
         if let Some(kept) = &self.conversations {
-            kept.store.save(&kept.key(&entry.harness, &entry.name), &conversation, &events);
+            kept.keep(&entry.harness, &entry.name, &conversation, &events);
         }
         entry.conversation = conversation;
         Ok(answer.map(Into::into).map_err(Into::into))

@@ -146,15 +146,36 @@ async fn cancel_run(State(state): State<Arc<ServerState>>, Path(run_id): Path<St
 }
 
 /// `GET /sessions/<agent>/<id>`: the conversations agent `<agent>` keeps for
-/// id `<id>`, each with its messages.
+/// id `<id>`, each with its messages, and the id's sandbox when the agent
+/// has one per id (`sandbox-per-id`).
 async fn sessions(State(state): State<Arc<ServerState>>, Path((agent, id)): Path<(String, String)>) -> Response {
     let conversations = state.store.conversations(&agent, &id);
-    if conversations.is_empty() {
+    let sandbox = id_sandbox(&state, &agent, &id).await;
+    if conversations.is_empty() && sandbox.is_none() {
         let (agent, id) = (crate::events::one_line(&agent, 100), crate::events::one_line(&id, 100));
-        return ApiError::new(ErrorKind::NotFound, format!("agent {agent} keeps no conversation for id {id}"))
-            .into_response();
+        return ApiError::new(
+            ErrorKind::NotFound,
+            format!("agent {agent} keeps no conversation or sandbox for id {id}"),
+        )
+        .into_response();
     }
-    axum::Json(json!({"agent": agent, "id": id, "sessions": conversations})).into_response()
+    axum::Json(json!({"agent": agent, "id": id, "sessions": conversations, "sandbox": sandbox})).into_response()
+}
+
+/// The sandbox `agent` keeps for `id`, if it keeps one per id and it
+/// exists: its connector, id and state.
+async fn id_sandbox(state: &ServerState, agent: &str, id: &str) -> Option<Value> {
+    let entry = state.agents.lock().unwrap_or_else(|e| e.into_inner()).get(agent).cloned()?;
+    if !entry.manifest.sandbox_per_id {
+        return None;
+    }
+    let name = entry.manifest.sandbox.clone().unwrap_or_else(|| state.config.sandbox.clone());
+    let host = state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let connector = host.connector(&name, &crate::events::EventLog::discard()).await.ok()?;
+    let label = crate::run::ownership::for_id(agent, id);
+    let found = connector.list(std::slice::from_ref(&label)).await.ok()?;
+    let sandbox = found.into_iter().find(|sandbox| sandbox.labels.contains(&label))?;
+    Some(json!({"connector": name, "id": sandbox.id, "state": sandbox.state}))
 }
 
 /// How a request wants its answer.
