@@ -34,6 +34,37 @@ macro_rules! same_fields {
 
 pub(crate) use same_fields;
 
+/// What an agent asks for in every WIT version — a command's options, where
+/// its sandbox comes from — read into flue's types, for the version whose
+/// `types` and `harness` modules are given.
+macro_rules! agent_requests {
+    ($types:ident, $harness:ident) => {
+        impl From<$types::ExecOptions> for ExecOptions {
+            fn from(o: $types::ExecOptions) -> Self {
+                ExecOptions { cwd: o.cwd, env: o.env, timeout: o.timeout_ms.map(Duration::from_millis) }
+            }
+        }
+
+        impl From<$harness::SandboxSource> for SandboxSource {
+            fn from(source: $harness::SandboxSource) -> Self {
+                match source {
+                    $harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
+                    $harness::SandboxSource::Create(request) => SandboxSource::Create {
+                        connector: request.connector,
+                        options: request.options.into(),
+                        keep: request.keep,
+                    },
+                    $harness::SandboxSource::Connect(request) => {
+                        SandboxSource::Connect { connector: request.connector, id: request.id }
+                    }
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use agent_requests;
+
 same_fields!(FileStat, wit::FileStat, { is_file, is_directory, is_symlink, size, mtime_ms, mode });
 same_fields!(Resources, wit::Resources, { cpu, memory_gib, disk_gib, gpu });
 
@@ -67,12 +98,6 @@ impl From<&CreateOptions> for wit::CreateOptions {
             resources: o.resources.map(Into::into),
             volumes: o.volumes.iter().cloned().map(Into::into).collect(),
         }
-    }
-}
-
-impl From<wit::ExecOptions> for ExecOptions {
-    fn from(o: wit::ExecOptions) -> Self {
-        ExecOptions { cwd: o.cwd, env: o.env, timeout: o.timeout_ms.map(Duration::from_millis) }
     }
 }
 
@@ -168,21 +193,7 @@ impl From<&ExecRequest> for wit::ExecOptions {
     }
 }
 
-impl From<harness::SandboxSource> for SandboxSource {
-    fn from(source: harness::SandboxSource) -> Self {
-        match source {
-            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
-            harness::SandboxSource::Create(request) => SandboxSource::Create {
-                connector: request.connector,
-                options: request.options.into(),
-                keep: request.keep,
-            },
-            harness::SandboxSource::Connect(request) => {
-                SandboxSource::Connect { connector: request.connector, id: request.id }
-            }
-        }
-    }
-}
+agent_requests!(wit, harness);
 
 impl From<model_wit::PromptOptions> for PromptOptions {
     fn from(o: model_wit::PromptOptions) -> Self {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::convert::same_fields;
+use super::convert::{agent_requests, same_fields};
 use crate::sandbox::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::session::ExecOptions;
@@ -60,12 +60,6 @@ impl From<ExecOutput> for types::ExecResult {
     }
 }
 
-impl From<types::ExecOptions> for ExecOptions {
-    fn from(o: types::ExecOptions) -> Self {
-        ExecOptions { cwd: o.cwd, env: o.env, timeout: o.timeout_ms.map(Duration::from_millis) }
-    }
-}
-
 impl From<types::CreateOptions> for CreateOptions {
     fn from(o: types::CreateOptions) -> Self {
         CreateOptions {
@@ -81,18 +75,4 @@ impl From<types::CreateOptions> for CreateOptions {
     }
 }
 
-impl From<harness::SandboxSource> for SandboxSource {
-    fn from(source: harness::SandboxSource) -> Self {
-        match source {
-            harness::SandboxSource::RunDefault => SandboxSource::RunDefault,
-            harness::SandboxSource::Create(request) => SandboxSource::Create {
-                connector: request.connector,
-                options: request.options.into(),
-                keep: request.keep,
-            },
-            harness::SandboxSource::Connect(request) => {
-                SandboxSource::Connect { connector: request.connector, id: request.id }
-            }
-        }
-    }
-}
+agent_requests!(types, harness);

@@ -1,6 +1,6 @@
 //! `flue run`: run one agent, result JSON on stdout, events on stderr.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -11,7 +11,7 @@ use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
 use crate::run::conversations::Conversations;
 use crate::run::{AgentRun, RunError, RunSettings};
-use crate::serve::store::RunStore;
+use crate::serve::store::{RunStore, project_store};
 
 /// `flue run` arguments.
 #[derive(Args, Debug)]
@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     // The project is the current directory, as for connectors/ and .env.
     let conversations = match &args.id {
         Some(_) => {
-            let store = RunStore::attach(&PathBuf::from(".flue").join("runs.sqlite"), usize::MAX, true)
+            let store = RunStore::attach(&project_store(Path::new(".")), usize::MAX, true)
                 .context("cannot keep this id's conversations in .flue/runs.sqlite")?;
             Some(Conversations::new(Arc::new(store), args.agent_limits.conversation_limit()))
         }

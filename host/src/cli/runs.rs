@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::render::short_age;
 use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::age_of;
-use crate::serve::store::{CancelRequest, RunStore};
+use crate::serve::store::{CancelRequest, RunStore, project_store};
 use crate::terminal::escape;
 
 /// `flue runs` arguments.
@@ -58,7 +58,7 @@ pub enum Action {
 /// Run `flue runs`.
 pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
     let own_dir = args.store.is_none();
-    let path = args.store.clone().unwrap_or_else(|| args.project.join(".flue").join("runs.sqlite"));
+    let path = args.store.clone().unwrap_or_else(|| project_store(&args.project));
     if !path.exists() {
         return Err(usage(anyhow::anyhow!(
             "no run store at {}: runs are kept by `flue serve`/`flue dev` in their project (pass --project DIR or \

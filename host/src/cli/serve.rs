@@ -209,7 +209,7 @@ pub async fn serve(
     let config = ServeConfig {
         listen,
         own_store_dir: args.store.is_none(),
-        store: args.store.clone().unwrap_or_else(|| args.project.join(".flue").join("runs.sqlite")),
+        store: args.store.clone().unwrap_or_else(|| crate::serve::store::project_store(&args.project)),
         project: args.project,
         token,
         allowed_hosts: args.allowed_hosts,

@@ -306,30 +306,39 @@ macro_rules! session_methods {
 }
 pub(crate) use session_methods;
 
+/// The `sandbox` methods every WIT version has: its id, workdir, `exec`
+/// and the file methods, all in its workdir.
+macro_rules! sandbox_methods {
+    () => {
+        async fn id(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
+            self.sandbox_id(&this)
+        }
+
+        async fn workdir(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
+            self.sandbox_workdir(&this)
+        }
+
+        async fn exec(
+            &mut self,
+            this: Resource<AgentSandbox>,
+            command: String,
+            options: types::ExecOptions,
+        ) -> WitResult<types::ExecResult> {
+            wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+        }
+
+        file_methods!(AgentSandbox, workdir_session);
+    };
+}
+pub(crate) use sandbox_methods;
+
 impl types::Host for AgentState {}
 impl sandbox_api::Host for AgentState {}
 impl model::Host for AgentState {}
 
 impl sandbox_api::HostSandbox for AgentState {
-    async fn id(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        self.sandbox_id(&this)
-    }
-
-    async fn workdir(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        self.sandbox_workdir(&this)
-    }
-
-    file_methods!(AgentSandbox, workdir_session);
+    sandbox_methods!();
     stream_methods!(AgentSandbox, workdir_session);
-
-    async fn exec(
-        &mut self,
-        this: Resource<AgentSandbox>,
-        command: String,
-        options: types::ExecOptions,
-    ) -> WitResult<types::ExecResult> {
-        wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
-    }
 
     async fn drop(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<()> {
         self.drop_handle(this)

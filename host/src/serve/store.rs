@@ -47,6 +47,12 @@ pub struct QueuedRun {
     pub payload: Option<Value>,
 }
 
+/// Where a project keeps its run store: `<project>/.flue/runs.sqlite`
+/// (`.flue/` is flue's own directory, made private).
+pub fn project_store(project: &Path) -> std::path::PathBuf {
+    project.join(".flue").join("runs.sqlite")
+}
+
 /// What asking to cancel a run found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelRequest {

@@ -5,7 +5,7 @@ use wasmtime::component::Resource;
 
 use crate::bindings::handles::{AgentHarness, AgentSandbox, AgentSession};
 use crate::bindings::v0_1_0::flue::sandbox::{harness, log, sandbox_api, types};
-use crate::run::imports::{AgentState, file_methods, session_methods};
+use crate::run::imports::{AgentState, file_methods, sandbox_methods, session_methods};
 use crate::sandbox::SandboxSource;
 use crate::sandbox::error::SandboxResult;
 
@@ -19,24 +19,7 @@ impl types::Host for AgentState {}
 impl sandbox_api::Host for AgentState {}
 
 impl sandbox_api::HostSandbox for AgentState {
-    async fn id(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        self.sandbox_id(&this)
-    }
-
-    async fn workdir(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<String> {
-        self.sandbox_workdir(&this)
-    }
-
-    file_methods!(AgentSandbox, workdir_session);
-
-    async fn exec(
-        &mut self,
-        this: Resource<AgentSandbox>,
-        command: String,
-        options: types::ExecOptions,
-    ) -> WitResult<types::ExecResult> {
-        wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
-    }
+    sandbox_methods!();
 
     async fn drop(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<()> {
         self.drop_handle(this)
