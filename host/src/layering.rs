@@ -13,6 +13,7 @@ const LEVELS: &[(&str, u32)] = &[
     ("private_dir", 0),
     ("events", 1),
     ("runtime", 2),
+    ("journal", 2),
     ("sandbox", 3),
     ("model", 4),
     ("guest", 4),

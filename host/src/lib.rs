@@ -37,6 +37,7 @@ pub mod connector;
 pub mod events;
 pub mod guest;
 pub mod host;
+pub mod journal;
 #[cfg(test)]
 mod layering;
 pub mod model;

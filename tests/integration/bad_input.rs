@@ -158,6 +158,7 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
         limits: None,
         run_id: None,
         conversations: None,
+        journal: None,
     };
     let outcome = host.run(run(json!({"mode": "loop"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::DeadlineExceeded { .. })), "{:?}", outcome.result.err());

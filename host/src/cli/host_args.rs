@@ -33,9 +33,25 @@ pub struct AgentLimitArgs {
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = super::ranged(crate::run::conversations::CONVERSATION_KIB))]
     pub conversation_kib: u64,
+
+    /// Keep no journal of the run's host calls: a run a crash interrupts
+    /// (`kill -9`, a power cut) is then lost instead of resumed.
+    #[arg(long)]
+    pub no_journal: bool,
+
+    /// The most one run's journal records, in MiB (at most 4096). Past it
+    /// the run goes on unrecorded, and cannot be resumed after a crash.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = super::ranged(1..=4096))]
+    pub journal_mib: u64,
 }
 
 impl AgentLimitArgs {
+    /// The bound on a run's journal in bytes; `None` with `--no-journal`.
+    pub fn journal_limit(&self) -> Option<u64> {
+        // Bounded by its parser: no overflow.
+        (!self.no_journal).then_some(self.journal_mib << 20)
+    }
+
     /// `--conversation-kib` in bytes.
     pub fn conversation_limit(&self) -> usize {
         // Bounded by its parser: no overflow.

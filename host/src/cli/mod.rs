@@ -145,7 +145,7 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Volumes(args) => volumes::volumes(args, events).await,
         Command::Serve(args) => serve::serve(args, false, cli.events, events).await,
         Command::Dev(args) => serve::serve(args, true, cli.events, events).await,
-        Command::Runs(args) => runs::runs(args).await,
+        Command::Runs(args) => runs::runs(args, events).await,
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),

@@ -10,8 +10,9 @@ use super::host_args::{AgentLimitArgs, HostArgs};
 use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
 use crate::run::conversations::Conversations;
-use crate::run::{AgentRun, RunError, RunSettings};
-use crate::serve::store::{RunStore, project_store};
+use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
+use crate::serve::errors::ApiError;
+use crate::serve::store::{DEFAULT_RETENTION, RunStore, project_store};
 
 /// `flue run` arguments.
 #[derive(Args, Debug)]
@@ -31,7 +32,8 @@ pub struct RunArgs {
     /// The id the agent is invoked with (e.g. a conversation or ticket id).
     /// With an id, each session's conversation is kept in the project's run
     /// store (.flue/runs.sqlite here) and the next run with the same agent
-    /// and id continues it; without one the id is `cli` and nothing is kept.
+    /// and id continues it; without one the id is `cli` and no conversation
+    /// is kept.
     #[arg(long)]
     pub id: Option<String>,
 
@@ -71,33 +73,134 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
 
-    // The project is the current directory, as for connectors/ and .env.
-    let conversations = match &args.id {
-        Some(_) => {
-            let store = RunStore::attach(&project_store(Path::new(".")), usize::MAX, true)
-                .context("cannot keep this id's conversations in .flue/runs.sqlite")?;
-            Some(Conversations::new(Arc::new(store), args.agent_limits.conversation_limit()))
+    // The project is the current directory, as for connectors/ and .env:
+    // its store keeps the run's journal and, with an id, its conversations.
+    let journal_limit = args.agent_limits.journal_limit();
+    let store = match (&args.id, journal_limit) {
+        (None, None) => None,
+        _ => Some(Arc::new(
+            RunStore::attach(&project_store(Path::new(".")), DEFAULT_RETENTION, true)
+                .context("cannot keep this run in .flue/runs.sqlite (--no-journal runs without it)")?,
+        )),
+    };
+    let settings = RunSettings {
+        default_connector: args.sandbox,
+        keep: args.keep,
+        reuse: args.reuse,
+        sandbox_per_id: args.sandbox_per_id,
+        default_resources: args.host.resources(),
+    };
+    let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
+    let invocation = args.id.clone().unwrap_or_else(|| "cli".into());
+    let journal = match (&store, journal_limit) {
+        (Some(store), Some(limit)) => {
+            // What `flue runs resume` needs to run it again.
+            let agent = std::fs::canonicalize(&args.agent)
+                .map(|path| path.display().to_string())
+                .unwrap_or_else(|_| args.agent.clone());
+            store.insert_cli(&run_id, &args.agent, &invocation, &payload, &resume_record(&agent, &settings));
+            Some(RunJournal { store: store.clone(), limit })
         }
-        None => None,
+        _ => None,
     };
     let run = AgentRun {
         label: args.agent.clone(),
         wasm,
-        id: args.id.unwrap_or_else(|| "cli".into()),
+        id: invocation,
         payload: payload.to_string(),
-        settings: RunSettings {
-            default_connector: args.sandbox,
-            keep: args.keep,
-            reuse: args.reuse,
-            sandbox_per_id: args.sandbox_per_id,
-            default_resources: args.host.resources(),
-        },
+        settings,
         limits: None,
-        run_id: None,
-        conversations,
+        run_id: Some(run_id),
+        conversations: match (&args.id, &store) {
+            (Some(_), Some(store)) => Some(Conversations::new(store.clone(), args.agent_limits.conversation_limit())),
+            _ => None,
+        },
+        journal,
     };
+    run_to_the_end(&host, run, store, events).await
+}
+
+/// What a `flue run` run stores so that `flue runs resume` can run it again.
+fn resume_record(agent: &str, settings: &RunSettings) -> serde_json::Value {
+    serde_json::json!({
+        "agent": agent,
+        "sandbox": settings.default_connector,
+        "keep": settings.keep,
+        "reuse": settings.reuse,
+        "sandboxPerId": settings.sandbox_per_id,
+    })
+}
+
+/// Resume run `run_id` of `store`, which a `flue run` left unfinished (its
+/// process was killed): its agent and settings as that run had them, its
+/// completed host calls answered from its journal.
+pub async fn resume(
+    run_id: &str,
+    store: Arc<RunStore>,
+    agent_limits: &AgentLimitArgs,
+    host_args: &HostArgs,
+    events: EventLog,
+) -> Result<(), Failure> {
+    let claimed = store.claim_for_resume(run_id).map_err(usage)?;
+    let text = |field: &str| claimed.resume[field].as_str().map(str::to_string);
+    let agent = text("agent").ok_or_else(|| usage(anyhow::anyhow!("run {run_id} did not keep its agent's path")))?;
+    let settings = RunSettings {
+        default_connector: text("sandbox").unwrap_or_else(|| "local".into()),
+        keep: claimed.resume["keep"].as_bool().unwrap_or(false),
+        reuse: text("reuse"),
+        sandbox_per_id: claimed.resume["sandboxPerId"].as_bool().unwrap_or(false),
+        default_resources: host_args.resources(),
+    };
+    let host = host_args.host(agent_limits.limits()).await?;
+    let wasm_path = crate::guest::resolve(&agent, &events).map_err(usage)?;
+    let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
+    let run = AgentRun {
+        label: claimed.agent,
+        wasm,
+        id: claimed.invocation.clone(),
+        payload: claimed.payload.to_string(),
+        settings,
+        limits: None,
+        run_id: Some(run_id.to_string()),
+        conversations: (claimed.invocation != "cli")
+            .then(|| Conversations::new(store.clone(), agent_limits.conversation_limit())),
+        journal: Some(RunJournal {
+            store: store.clone(),
+            limit: agent_limits.journal_limit().unwrap_or(crate::journal::DEFAULT_LIMIT_BYTES),
+        }),
+    };
+    run_to_the_end(&host, run, Some(store), events).await
+}
+
+/// Run until the end, a signal or a cancel from the store (`flue runs
+/// cancel`), record the outcome there, and print the result.
+async fn run_to_the_end(
+    host: &crate::Host,
+    run: AgentRun,
+    store: Option<Arc<RunStore>>,
+    events: EventLog,
+) -> Result<(), Failure> {
+    let journaled = run.journal.is_some();
+    let run_id = run.run_id.clone().unwrap_or_default();
     let signal_code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(EXIT_FAILED));
-    let outcome = host.run_until(run, events, stop_on_signal(signal_code.clone())).await;
+    let cancel_store = store.clone().filter(|_| journaled);
+    let stop = {
+        let (signal_code, run_id) = (signal_code.clone(), run_id.clone());
+        async move {
+            match cancel_store {
+                Some(store) => tokio::select! {
+                    stopped = stop_on_signal(signal_code) => stopped,
+                    () = store.wait_for_cancel(&run_id) => RunError::Cancelled,
+                },
+                None => stop_on_signal(signal_code).await,
+            }
+        }
+    };
+    let outcome = host.run_until(run, events, stop).await;
+    if let Some(store) = store.filter(|_| journaled) {
+        let error = outcome.result.as_ref().err().map(ApiError::from_run);
+        store.finish(&outcome.run_id, outcome.result.as_ref().map_err(|_| error.as_ref().expect("an error")), &[]);
+    }
     match outcome.result {
         Ok(result) => {
             out!("{}", serde_json::to_string_pretty(&result).expect("JSON value serialises"));

@@ -1,6 +1,7 @@
-//! `flue runs ls|show|cancel`: a project's run store, as `flue serve` and
-//! `flue dev` keep it, read (and a run cancelled) from the command line,
-//! beside a server that may be using it.
+//! `flue runs ls|show|resume|cancel`: a project's run store, as `flue
+//! serve`, `flue dev` and `flue run` keep it, read from the command line
+//! beside a server that may be using it; a run cancelled, or a `flue run`
+//! that was killed resumed from its journal.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,7 +44,23 @@ pub enum Action {
         /// The run, as `flue runs ls` or `x-flue-run-id` names it.
         run_id: String,
     },
-    /// Stop a queued or running run: the server running it stops the agent,
+    /// Resume a `flue run` that was killed before it ended (status
+    /// `interrupted`): a fresh instance of the same agent is replayed from
+    /// the run's journal (the model turns and sandbox operations it
+    /// completed are answered from it, not repeated), then goes on live
+    /// from where it stopped; the call in flight at the crash is made
+    /// again. A server resumes its own runs when it starts again.
+    Resume {
+        /// The run.
+        run_id: String,
+        /// The agent's limits for the rest of the run.
+        #[command(flatten)]
+        agent_limits: super::host_args::AgentLimitArgs,
+        /// Host flags.
+        #[command(flatten)]
+        host: super::host_args::HostArgs,
+    },
+    /// Stop a queued or running run: the process running it stops the agent,
     /// its model loop and its commands within a second and deletes its
     /// sandboxes (unless kept); the run ends `cancelled`.
     Cancel {
@@ -56,13 +73,13 @@ pub enum Action {
 }
 
 /// Run `flue runs`.
-pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
+pub async fn runs(args: RunsArgs, events: crate::events::EventLog) -> Result<(), Failure> {
     let own_dir = args.store.is_none();
     let path = args.store.clone().unwrap_or_else(|| project_store(&args.project));
     if !path.exists() {
         return Err(usage(anyhow::anyhow!(
-            "no run store at {}: runs are kept by `flue serve`/`flue dev` in their project (pass --project DIR or \
-             --store FILE)",
+            "no run store at {}: runs are kept by `flue serve`, `flue dev` and `flue run` in their project (pass \
+             --project DIR or --store FILE)",
             path.display()
         )));
     }
@@ -96,6 +113,9 @@ pub async fn runs(args: RunsArgs) -> Result<(), Failure> {
             }
             None => Err(no_run(&run_id, &path)),
         },
+        Action::Resume { run_id, agent_limits, host } => {
+            super::run::resume(&run_id, std::sync::Arc::new(store), &agent_limits, &host, events).await
+        }
         Action::Cancel { run_id, wait } => match store.request_cancel(&run_id) {
             CancelRequest::Unknown => Err(no_run(&run_id, &path)),
             CancelRequest::AlreadyEnded(status) => Err(Failure {

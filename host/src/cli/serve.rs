@@ -226,6 +226,7 @@ pub async fn serve(
         body_timeout: Duration::from_secs(args.body_timeout),
         limits,
         conversation_limit: args.agent_limits.conversation_limit(),
+        journal_limit: args.agent_limits.journal_limit(),
         sandbox: args.sandbox,
         resources: args.host.resources(),
         grace: Duration::from_secs(args.grace),

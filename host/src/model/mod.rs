@@ -23,6 +23,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::events::{Event, EventLog, millis};
+use crate::journal::{Journal, JournalError};
 use crate::sandbox::session::{Session, format_bytes};
 use crate::secrets::Secrets;
 
@@ -73,7 +74,7 @@ pub struct ToolResult {
 }
 
 /// Why a turn ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stop {
     /// The model answered.
     #[default]
@@ -85,7 +86,7 @@ pub enum Stop {
 }
 
 /// Tokens used.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Tokens sent.
     pub input: u64,
@@ -96,7 +97,7 @@ pub struct Usage {
 }
 
 /// One model turn's answer.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     /// Its text.
     pub text: String,
@@ -109,7 +110,7 @@ pub struct Reply {
 }
 
 /// Why a prompt produced no answer (the WIT `prompt-error`).
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ModelError {
     /// The key is missing or was rejected.
     #[error("auth: {0}")]
@@ -283,6 +284,10 @@ impl TextEvents<'_> {
 
 /// Run one prompt on `conversation` (which keeps growing: a second prompt
 /// continues it) with `provider`'s model working in `session`.
+///
+/// With a `journal`, the system prompt, each model turn and each tool call
+/// are recorded — or, in a resumed run, answered from it (see
+/// [`crate::journal`]); a journal that cannot go on is the outer error.
 pub async fn prompt(
     provider: &provider::Provider,
     session: &Session,
@@ -290,7 +295,54 @@ pub async fn prompt(
     text: String,
     options: &PromptOptions,
     events: &EventLog,
-) -> Result<PromptAnswer, ModelError> {
+    journal: Option<&Journal>,
+) -> Result<Result<PromptAnswer, ModelError>, JournalError> {
+    match prompt_loop(provider, session, conversation, text, options, events, journal).await {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(Stopped::Model(err)) => Ok(Err(err)),
+        Err(Stopped::Journal(err)) => Err(err),
+    }
+}
+
+/// Why the loop stopped without an answer.
+enum Stopped {
+    Model(ModelError),
+    Journal(JournalError),
+}
+
+impl From<ModelError> for Stopped {
+    fn from(err: ModelError) -> Self {
+        Stopped::Model(err)
+    }
+}
+
+impl From<JournalError> for Stopped {
+    fn from(err: JournalError) -> Self {
+        Stopped::Journal(err)
+    }
+}
+
+/// `live`'s answer, through the journal when there is one.
+async fn journaled<T, F>(journal: Option<&Journal>, key: &str, live: F) -> Result<T, JournalError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    F: Future<Output = T>,
+{
+    match journal {
+        Some(journal) => journal.step(key, live).await,
+        None => Ok(live.await),
+    }
+}
+
+async fn prompt_loop(
+    provider: &provider::Provider,
+    session: &Session,
+    conversation: &mut Vec<Message>,
+    text: String,
+    options: &PromptOptions,
+    events: &EventLog,
+    journal: Option<&Journal>,
+) -> Result<PromptAnswer, Stopped> {
     let tools: Vec<String> = match &options.tools {
         None => tools::names().into_iter().map(String::from).collect(),
         Some(names) => {
@@ -298,7 +350,8 @@ pub async fn prompt(
                 return Err(ModelError::InvalidInput(format!(
                     "there is no tool {unknown:?}: the tools are {}",
                     tools::names().join(", ")
-                )));
+                ))
+                .into());
             }
             names.clone()
         }
@@ -306,7 +359,7 @@ pub async fn prompt(
     if let Some(schema) = &options.result_schema
         && serde_json::from_str::<Value>(schema).is_err()
     {
-        return Err(ModelError::InvalidInput("result-schema is not valid JSON".into()));
+        return Err(ModelError::InvalidInput("result-schema is not valid JSON".into()).into());
     }
     // One choke point: every event of this prompt, the tools' sandbox
     // operations included, is redacted of the key.
@@ -315,7 +368,7 @@ pub async fn prompt(
         .map_err(|err| ModelError::InvalidInput(err.to_string()))?
         .with_max_read(caps::MAX_TOOL_FILE as u64);
     let definitions = tools::definitions(&tools);
-    let system = system_prompt(session, options, &tools).await;
+    let system = journaled(journal, "system-prompt", system_prompt(session, options, &tools)).await?;
     let max_turns = options.max_turns.unwrap_or(DEFAULT_MAX_TURNS).max(1);
     conversation.push(Message::User(text));
     let mut usage = Usage::default();
@@ -326,14 +379,18 @@ pub async fn prompt(
                 "the conversation is {}, over flue's cap of {}: start a new session, or narrow the task",
                 format_bytes(size),
                 format_bytes(caps::MAX_CONVERSATION)
-            )));
+            ))
+            .into());
         }
         let started = Instant::now();
         let request = provider::TurnRequest { system: &system, messages: conversation, tools: &definitions };
-        let mut text_events = TextEvents { secrets: provider.secrets(), events, pending: Vec::new() };
-        let reply = provider.turn(&request, &mut |delta: &str| text_events.push(delta)).await;
-        text_events.finish();
-        let reply = reply?;
+        let live = async {
+            let mut text_events = TextEvents { secrets: provider.secrets(), events, pending: Vec::new() };
+            let reply = provider.turn(&request, &mut |delta: &str| text_events.push(delta)).await;
+            text_events.finish();
+            reply
+        };
+        let reply = journaled(journal, "model-turn", live).await??;
         // Counts from the provider: any value, never an overflow.
         usage.input = usage.input.saturating_add(reply.usage.input);
         usage.output = usage.output.saturating_add(reply.usage.output);
@@ -364,7 +421,8 @@ pub async fn prompt(
         for call in &reply.calls {
             let started = Instant::now();
             let outcome = if tools.contains(&call.name) {
-                tools::call(session, &call.name, &call.input).await
+                let key = crate::journal::key("tool", &[call.name.as_bytes(), call.input.to_string().as_bytes()]);
+                journaled(journal, &key, tools::call(session, &call.name, &call.input)).await?
             } else {
                 tools::Outcome { content: format!("the tool {} is not available here", call.name), is_error: true }
             };
@@ -382,7 +440,8 @@ pub async fn prompt(
     }
     Err(ModelError::MaxTurns(format!(
         "the model did not finish within {max_turns} turns (raise max-turns, or narrow the task)"
-    )))
+    ))
+    .into())
 }
 
 /// The JSON in a final answer (alone, or in a fenced block).

@@ -18,8 +18,9 @@ use super::conversations::RunConversations;
 use super::sandboxes::RunSandboxes;
 use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
 use crate::bindings::handles::{AgentHarness, AgentReader, AgentSandbox, AgentSession, AgentWriter};
+use crate::journal::{self, Journal, JournalError};
 use crate::runtime::{HasStoreBase, StoreBase};
-use crate::sandbox::SandboxSource;
+use crate::sandbox::{Sandbox, SandboxSource};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
 use crate::sandbox::session::{Session, SessionReader, SessionWriter};
@@ -35,6 +36,9 @@ pub struct AgentState {
     pub(crate) sandboxes: Arc<RunSandboxes>,
     /// Where sessions' conversations are kept between runs, if they are.
     pub(crate) conversations: Option<RunConversations>,
+    /// The run's journal, if it keeps one: host calls are recorded there,
+    /// or answered from it while a resumed run replays.
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl HasStoreBase for AgentState {
@@ -88,7 +92,8 @@ impl AgentState {
         &mut self,
         source: SandboxSource,
     ) -> wasmtime::Result<SandboxResult<Resource<AgentSandbox>>> {
-        match self.sandboxes.open_sandbox(source).await {
+        let journal = self.journal.clone();
+        match open_journaled(&self.sandboxes, journal.as_deref(), source).await? {
             Ok(sandbox) => Ok(Ok(self.base.table.push(AgentSandbox { sandbox })?)),
             Err(err) => Ok(Err(err)),
         }
@@ -112,7 +117,9 @@ impl AgentState {
         };
         // Fail at init, with the reason, rather than at the first command.
         let cwd = session.cwd().to_string();
-        match session.stat(".").await {
+        let key = || journal::key("harness-cwd", &[sandbox.id().as_bytes(), cwd.as_bytes()]);
+        let journal = self.journal.clone();
+        match journaled(journal.as_deref(), key, session.stat(".")).await? {
             Ok(stat) if stat.is_directory => {}
             Ok(_) => {
                 return Ok(Err(SandboxError::new(
@@ -149,7 +156,16 @@ impl AgentState {
         };
         // A session of a run with an id continues that id's conversation.
         let conversation = match &self.conversations {
-            Some(kept) => kept.resume(&id, &name, &self.sandboxes.events),
+            Some(kept) => {
+                let load = || kept.resume(&id, &name, &self.sandboxes.events);
+                match &self.journal {
+                    // What the run read then, not what later prompts kept since.
+                    Some(journal) => journal
+                        .step_sync(&journal::key("conversation", &[id.as_bytes(), name.as_bytes()]), load)
+                        .map_err(wasmtime::Error::new)?,
+                    None => load(),
+                }
+            }
             None => Vec::new(),
         };
         Ok(Ok(self.base.table.push(AgentSession { session, name, harness: id, model, conversation })?))
@@ -200,6 +216,86 @@ impl AgentState {
     }
 }
 
+/// A journal key for an operation on `session`: its sandbox and cwd, the
+/// operation and its arguments.
+pub(crate) fn session_key(session: &Session, op: &str, parts: &[&[u8]]) -> String {
+    let mut all: Vec<&[u8]> = vec![session.sandbox().id().as_bytes(), session.cwd().as_bytes()];
+    all.extend_from_slice(parts);
+    journal::key(op, &all)
+}
+
+/// A sandbox the journal says the run opened: where, and whether the run
+/// created it (and then whether to keep it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OpenedSandbox {
+    connector: String,
+    id: String,
+    owned: Option<bool>,
+}
+
+/// `live`'s answer, through the run's journal when it keeps one: a journal
+/// that cannot go on stops the run (a trap carrying the [`JournalError`]).
+pub(crate) async fn journaled<T, F>(journal: Option<&Journal>, key: impl FnOnce() -> String, live: F) -> wasmtime::Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    F: Future<Output = T>,
+{
+    match journal {
+        None => Ok(live.await),
+        Some(journal) => journal.step(&key(), live).await.map_err(wasmtime::Error::new),
+    }
+}
+
+/// A command, through the journal.
+pub(crate) async fn exec_journaled(
+    journal: Option<&Journal>,
+    session: &Session,
+    command: &str,
+    options: crate::sandbox::session::ExecOptions,
+) -> wasmtime::Result<SandboxResult<crate::sandbox::ExecOutput>> {
+    let key = session_key(session, "exec", &[command.as_bytes(), format!("{options:?}").as_bytes()]);
+    journaled(journal, || key, session.exec(command, options)).await
+}
+
+/// Open a sandbox; in a resumed run, reconnect to the one the journal
+/// names instead of creating it again.
+async fn open_journaled(
+    sandboxes: &RunSandboxes,
+    journal: Option<&Journal>,
+    source: SandboxSource,
+) -> wasmtime::Result<SandboxResult<Arc<dyn Sandbox>>> {
+    let Some(journal) = journal else {
+        return Ok(sandboxes.open_sandbox(source).await);
+    };
+    let key = journal::key("open-sandbox", &[format!("{source:?}").as_bytes()]);
+    let recorded: Option<SandboxResult<OpenedSandbox>> = journal.replay(&key).map_err(wasmtime::Error::new)?;
+    match recorded {
+        Some(Ok(opened)) => {
+            let sandbox = sandboxes.reopen(&source, &opened.connector, &opened.id, opened.owned).await;
+            sandbox.map(Ok).map_err(|err| {
+                wasmtime::Error::new(JournalError::SandboxGone {
+                    connector: opened.connector,
+                    id: opened.id,
+                    reason: err.to_string(),
+                })
+            })
+        }
+        Some(Err(err)) => Ok(Err(err)),
+        None => {
+            let connector = sandboxes.connector_name(&source);
+            let opened = sandboxes.open_sandbox(source).await;
+            let record = opened.as_ref().map_err(Clone::clone).map(|sandbox| OpenedSandbox {
+                connector,
+                id: sandbox.id().to_string(),
+                owned: sandboxes.owned_keep(sandbox.id()),
+            });
+            journal.record(&key, &record);
+            Ok(opened)
+        }
+    }
+}
+
+
 type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;
 
 fn wit<T>(result: wasmtime::Result<SandboxResult<T>>) -> WitResult<T> {
@@ -213,23 +309,39 @@ fn wit<T>(result: wasmtime::Result<SandboxResult<T>>) -> WitResult<T> {
 macro_rules! file_methods {
     ($handle:ty, $session:ident) => {
         async fn read_file(&mut self, this: Resource<$handle>, path: String) -> WitResult<Vec<u8>> {
-            wit(Ok(self.$session(&this)?.read_file(&path).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "read-file", &[path.as_bytes()]);
+            let read = $crate::run::imports::journaled(journal.as_deref(), key, async { session.read_file(&path).await.map($crate::journal::Bytes) }).await?;
+            wit(Ok(read.map(|bytes| bytes.0)))
         }
 
         async fn write_file(&mut self, this: Resource<$handle>, path: String, data: Vec<u8>) -> WitResult<()> {
-            wit(Ok(self.$session(&this)?.write_file(&path, &data).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "write-file", &[path.as_bytes(), &data]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.write_file(&path, &data)).await)
         }
 
         async fn stat(&mut self, this: Resource<$handle>, path: String) -> WitResult<types::FileStat> {
-            wit(Ok(self.$session(&this)?.stat(&path).await.map(Into::into)))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "stat", &[path.as_bytes()]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.stat(&path)).await.map(|stat| stat.map(Into::into)))
         }
 
         async fn readdir(&mut self, this: Resource<$handle>, path: String) -> WitResult<Vec<String>> {
-            wit(Ok(self.$session(&this)?.readdir(&path).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "readdir", &[path.as_bytes()]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.readdir(&path)).await)
         }
 
         async fn exists(&mut self, this: Resource<$handle>, path: String) -> WitResult<bool> {
-            wit(Ok(self.$session(&this)?.exists(&path).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "exists", &[path.as_bytes()]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.exists(&path)).await)
         }
 
         async fn mkdir(
@@ -238,11 +350,18 @@ macro_rules! file_methods {
             path: String,
             options: types::MkdirOptions,
         ) -> WitResult<()> {
-            wit(Ok(self.$session(&this)?.mkdir(&path, options.recursive).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "mkdir", &[path.as_bytes(), &[options.recursive as u8]]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.mkdir(&path, options.recursive)).await)
         }
 
         async fn rm(&mut self, this: Resource<$handle>, path: String, options: types::RmOptions) -> WitResult<()> {
-            wit(Ok(self.$session(&this)?.rm(&path, options.recursive, options.force).await))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let flags = [options.recursive as u8, options.force as u8];
+            let key = || $crate::run::imports::session_key(&session, "rm", &[path.as_bytes(), &flags]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.rm(&path, options.recursive, options.force)).await)
         }
     };
 }
@@ -290,15 +409,23 @@ macro_rules! session_methods {
             command: String,
             options: types::ExecOptions,
         ) -> WitResult<types::ExecResult> {
-            wit(Ok(self.session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+            let session = self.session(&this)?;
+            let journal = self.journal.clone();
+            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into()).await.map(|out| out.map(Into::into)))
         }
 
         async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
-            wit(Ok(self.session(&this)?.read_text(&path).await))
+            let session = self.session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "read-text", &[path.as_bytes()]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.read_text(&path)).await)
         }
 
         async fn write_text(&mut self, this: Resource<AgentSession>, path: String, text: String) -> WitResult<()> {
-            wit(Ok(self.session(&this)?.write_file(&path, text.as_bytes()).await))
+            let session = self.session(&this)?;
+            let journal = self.journal.clone();
+            let key = || $crate::run::imports::session_key(&session, "write-file", &[path.as_bytes(), text.as_bytes()]);
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.write_file(&path, text.as_bytes())).await)
         }
 
         file_methods!(AgentSession, session);
@@ -324,7 +451,9 @@ macro_rules! sandbox_methods {
             command: String,
             options: types::ExecOptions,
         ) -> WitResult<types::ExecResult> {
-            wit(Ok(self.workdir_session(&this)?.exec(&command, options.into()).await.map(Into::into)))
+            let session = self.workdir_session(&this)?;
+            let journal = self.journal.clone();
+            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into()).await.map(|out| out.map(Into::into)))
         }
 
         file_methods!(AgentSandbox, workdir_session);

@@ -27,6 +27,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::bindings::agent::exports::flue::sandbox::run::Context;
 use crate::connector::registry::ConnectorRegistry;
 use crate::events::{Event, EventLog, LogLevel, millis};
+use crate::journal::{self, Journal, JournalError, JournalStore};
 use crate::run::compat::AnyAgentPre;
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
@@ -55,6 +56,18 @@ pub struct AgentRun {
     /// Where its sessions' conversations are kept between runs with the
     /// same agent and id; `None`: each run starts from nothing.
     pub conversations: Option<Conversations>,
+    /// Where its journal is kept; `None`: no journal, and a crash loses the
+    /// run. A run whose journal already holds entries resumes from them.
+    pub journal: Option<RunJournal>,
+}
+
+/// Where a run's journal is kept, and its bound.
+#[derive(Clone)]
+pub struct RunJournal {
+    /// The store.
+    pub store: Arc<dyn JournalStore>,
+    /// The most bytes it records (see [`crate::journal`]).
+    pub limit: u64,
 }
 
 /// Why a run did not produce a result.
@@ -96,6 +109,14 @@ pub enum RunError {
     /// `flue runs cancel`).
     #[error("the run was cancelled: the agent, its model loop and its commands were stopped")]
     Cancelled,
+    /// A run resumed from its journal cannot go on: its component
+    /// changed, a sandbox it used is gone, it diverged, or its journal was
+    /// not whole.
+    #[error("the run cannot be resumed: {reason}")]
+    NotResumable {
+        /// Why.
+        reason: String,
+    },
     /// The agent tried to grow its memory past the limit.
     #[error("the agent ran out of memory: it tried to grow past its limit of {limit_mib} MiB (raise it with --memory)")]
     OutOfMemory {
@@ -202,12 +223,26 @@ async fn execute(
         .prepare(runtime, &run.wasm, &run.label, events)
         .map_err(|source| RunError::Load { agent: run.label.clone(), source })?;
 
+    let journal = match &run.journal {
+        Some(kept) => Some(open_journal(kept, &run.wasm, run_id, events)?),
+        None => None,
+    };
     let stdout = GuestOutput::new("agent stdout", LogLevel::Info, events.clone());
     let stderr = GuestOutput::new("agent stderr", LogLevel::Warn, events.clone());
     // Secure defaults (see WasiCtxBuilder): no env, no args, no preopened
     // directories, no sockets, no name lookup, stdin closed. Only stdout and
     // stderr are granted, and they go into the run's events.
-    let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+    if let Some(journal) = &journal {
+        // What the agent reads of time and chance is journaled too.
+        wasi.wall_clock(journal::wasi::WallClock(journal.clone()))
+            .monotonic_clock(journal::wasi::MonotonicClock::new(journal.clone()))
+            .secure_random(journal::wasi::Random::secure(journal.clone()))
+            .insecure_random(journal::wasi::Random::insecure(journal.clone()))
+            .insecure_random_seed(journal::wasi::Random::seed(journal));
+    }
+    let wasi = wasi.build();
     let store_limits = limits.agent_store();
     let conversations = run.conversations.clone().map(|store| RunConversations {
         store,
@@ -219,6 +254,7 @@ async fn execute(
         base,
         sandboxes: services.clone(),
         conversations,
+        journal,
     });
 
     let (id, payload) = (run.id.clone(), run.payload.clone());
@@ -258,6 +294,9 @@ async fn execute(
             if limiter.memory_refused().is_some() {
                 return Err(RunError::OutOfMemory { limit_mib: limiter.config().memory_bytes >> 20 });
             }
+            if let Some(err) = err.downcast_ref::<JournalError>() {
+                return Err(RunError::NotResumable { reason: err.to_string() });
+            }
             if let Some(wasmtime::component::ResourceTableError::Full) = err.downcast_ref() {
                 let trap = format!(
                     "it holds too many handles (sandboxes, harnesses, sessions, streams): at most {} at once",
@@ -268,6 +307,28 @@ async fn execute(
             Err(classify_trap(err, &stderr))
         }
     }
+}
+
+/// The run's journal, for `wasm`: when it already holds calls (the run
+/// is being resumed), they are replayed first, and the events say so.
+fn open_journal(kept: &RunJournal, wasm: &[u8], run_id: &str, events: &EventLog) -> Result<Arc<Journal>, RunError> {
+    use sha2::Digest as _;
+    let component = hex::encode(sha2::Sha256::digest(wasm));
+    let journal = Journal::open(kept.store.clone(), run_id, &component, kept.limit)
+        .map_err(|err| RunError::NotResumable { reason: err.to_string() })?;
+    let recorded = journal.recorded();
+    if recorded > 1 {
+        events.log(
+            "flue",
+            LogLevel::Info,
+            format!(
+                "resuming run {run_id}: {} host calls it made before it stopped are answered from its journal, the \
+                 call in flight then is made again",
+                recorded - 1
+            ),
+        );
+    }
+    Ok(journal)
 }
 
 /// The agent's name in conversation keys and id sandboxes' labels: the

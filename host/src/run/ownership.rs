@@ -153,10 +153,32 @@ fn pid_namespace() -> String {
     link.to_string_lossy().chars().filter(char::is_ascii_digit).collect()
 }
 
-/// This process, as `flue.process` names it.
-fn this_process() -> String {
+/// This process, as `flue.process` names it (and the run store's owner
+/// of a run): pid, start time, boot and pid namespace.
+pub fn this_process() -> String {
     let pid = std::process::id();
     format!("{pid}-{}-{}-{}", start_time(pid).unwrap_or(0), boot_id(), pid_namespace())
+}
+
+/// Whether the process [`this_process`] named `label` is provably gone:
+/// it ran in an earlier boot, or in this boot and namespace its pid is
+/// another process now (or none). A process flue cannot see (another pid
+/// namespace) is not gone.
+pub fn process_gone(label: &str) -> bool {
+    let mut parts = label.splitn(4, '-');
+    let (pid, started, boot, namespace) = (parts.next(), parts.next(), parts.next(), parts.next());
+    let (Some(pid), Some(started), Some(boot), Some(namespace)) = (
+        pid.and_then(|p| p.parse::<u32>().ok()),
+        started.and_then(|s| s.parse::<u64>().ok()),
+        boot,
+        namespace,
+    ) else {
+        return false;
+    };
+    if boot.len() == 32 && boot != boot_id() {
+        return true;
+    }
+    namespace == pid_namespace() && start_time(pid) != Some(started)
 }
 
 /// The labels of a sandbox that run `run_id` of `agent` creates.
@@ -267,6 +289,18 @@ mod tests {
         labels.retain(|(k, _)| k != key);
         labels.push((key.into(), value.into()));
         labels
+    }
+
+    #[test]
+    fn a_process_is_gone_only_when_provably_so() {
+        assert!(!process_gone(&this_process()), "this process is alive");
+        let pid = std::process::id();
+        let (boot, namespace) = (boot_id(), pid_namespace());
+        assert!(process_gone(&format!("{pid}-1-{boot}-{namespace}")), "another start time: pid reused");
+        let other_boot = "0".repeat(32);
+        assert!(process_gone(&format!("{pid}-1-{other_boot}-{namespace}")), "an earlier boot");
+        assert!(!process_gone(&format!("{pid}-1-{boot}-1")), "another pid namespace cannot be seen");
+        assert!(!process_gone("nonsense"));
     }
 
     #[test]

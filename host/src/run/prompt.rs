@@ -33,7 +33,10 @@ impl AgentState {
         let mut conversation = std::mem::take(&mut entry.conversation);
         let options = PromptOptions::from(options);
         let events = self.sandboxes.events.clone();
-        let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events).await;
+        let journal = self.journal.clone();
+        let answer = model::prompt(&provider, &session, &mut conversation, text, &options, &events, journal.as_deref())
+            .await
+            .map_err(wasmtime::Error::new)?;
         let entry = self.base.table.get_mut(this)?;
         if let Some(kept) = &self.conversations {
             kept.keep(&entry.harness, &entry.name, &conversation, &events);

@@ -110,11 +110,7 @@ impl RunSandboxes {
     /// A sandbox for the agent, from `source`. A provider that is down is
     /// remembered (see [`RunSandboxes::unavailable`]).
     pub async fn open_sandbox(&self, source: SandboxSource) -> SandboxResult<Arc<dyn Sandbox>> {
-        let connector = match &source {
-            SandboxSource::Create { connector: Some(name), .. }
-            | SandboxSource::Connect { connector: Some(name), .. } => name.clone(),
-            _ => self.settings.default_connector.clone(),
-        };
+        let connector = self.connector_name(&source);
         let opened = self.open_sandbox_from(source).await;
         if let Err(err) = &opened
             && matches!(err.kind, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Auth)
@@ -122,6 +118,54 @@ impl RunSandboxes {
             self.unavailable.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| (connector, err.clone()));
         }
         opened
+    }
+
+    /// The connector a sandbox from `source` comes from, by name.
+    pub fn connector_name(&self, source: &SandboxSource) -> String {
+        match source {
+            SandboxSource::Create { connector: Some(name), .. }
+            | SandboxSource::Connect { connector: Some(name), .. } => name.clone(),
+            _ => self.settings.default_connector.clone(),
+        }
+    }
+
+    /// Whether the run created sandbox `id` (`Some`), and then whether it
+    /// keeps it.
+    pub fn owned_keep(&self, id: &str) -> Option<bool> {
+        let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        owned.iter().find(|sandbox| sandbox.id == id).map(|sandbox| sandbox.keep)
+    }
+
+    /// A resumed run's sandbox: the one an earlier process opened from
+    /// `source`, sandbox `id` on `connector`, connected to again; the run
+    /// owns it again if it created it (`owned`: then whether to keep it).
+    pub async fn reopen(
+        &self,
+        source: &SandboxSource,
+        connector: &str,
+        id: &str,
+        owned: Option<bool>,
+    ) -> SandboxResult<Arc<dyn Sandbox>> {
+        let mut default = self.default_sandbox.lock().await;
+        if matches!(source, SandboxSource::RunDefault)
+            && let Some(sandbox) = default.as_ref()
+        {
+            return Ok(sandbox.clone());
+        }
+        let sandbox = self.connect(Some(connector), id).await?;
+        if let Some(keep) = owned {
+            let connector_instance = self.connector(Some(connector)).await?;
+            self.owned.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedSandbox {
+                connector: connector_instance,
+                lookup: connector.to_string(),
+                id: id.to_string(),
+                keep,
+            });
+        }
+        if matches!(source, SandboxSource::RunDefault) {
+            *default = Some(sandbox.clone());
+        }
+        Ok(sandbox)
     }
 
     /// The first sandbox provider that failed the run this way, if one did:

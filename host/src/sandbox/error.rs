@@ -12,7 +12,7 @@ use std::fmt;
 macro_rules! error_kinds {
     ($($(#[doc = $doc:literal])* $kind:ident => $name:literal,)*) => {
         /// The kinds of `sandbox-error` in `wit/types.wit`, in the same order.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "kebab-case")]
         pub enum ErrorKind {
             $($(#[doc = $doc])* $kind,)*
@@ -66,7 +66,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A failed sandbox operation.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{kind}: {message}")]
 pub struct SandboxError {
     /// What kind of failure, for code to branch on.

@@ -87,7 +87,7 @@ pub struct ExecRequest {
 }
 
 /// What a command printed and how it ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExecOutput {
     /// Standard output (UTF-8, invalid sequences replaced).
     pub stdout: String,
@@ -104,7 +104,7 @@ pub struct ExecOutput {
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// What is known about a path; unknown fields stay `None`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FileStat {
     /// A regular file.
     pub is_file: bool,

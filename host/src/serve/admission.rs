@@ -105,7 +105,7 @@ impl Ticket {
 
     /// Wait for a slot, then count the run as running; a run still waiting
     /// when the grace period ends does not start.
-    pub async fn start(&mut self) -> Result<(), ShuttingDown> {
+    pub async fn start(&mut self, journaled: bool) -> Result<(), ShuttingDown> {
         let mut cancel = self.state.cancel.clone();
         let slot = tokio::select! {
             slot = self.state.admission.running.clone().acquire_owned() => slot.map_err(|_| ShuttingDown)?,
@@ -115,7 +115,7 @@ impl Ticket {
         metrics.queued.fetch_sub(1, Ordering::SeqCst);
         metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         metrics.started.fetch_add(1, Ordering::Relaxed);
-        self.state.store.running(&self.run_id);
+        self.state.store.running(&self.run_id, journaled);
         self.running = Some((slot, Instant::now()));
         Ok(())
     }

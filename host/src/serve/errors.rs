@@ -95,6 +95,8 @@ kinds! {
     Cancelled => ("cancelled", CONFLICT),
     /// A cancel came for a run that had already ended.
     RunEnded => ("run-ended", CONFLICT),
+    /// A run a crash interrupted could not be resumed from its journal.
+    NotResumable => ("not-resumable", CONFLICT),
 }
 
 /// An error answer, or a run's failure.
@@ -118,8 +120,8 @@ impl ApiError {
     }
 
     /// A run's failure, by the run's error type.
-    pub fn from_run(err: RunError) -> Self {
-        let kind = match &err {
+    pub fn from_run(err: &RunError) -> Self {
+        let kind = match err {
             RunError::Load { .. } => ErrorKind::BuildFailed,
             RunError::AgentFailed(_) | RunError::InvalidResult { .. } => ErrorKind::AgentFailed,
             RunError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
@@ -129,8 +131,16 @@ impl ApiError {
             RunError::Trapped { .. } => ErrorKind::AgentCrashed,
             RunError::Panicked { .. } => ErrorKind::Internal,
             RunError::SandboxUnavailable { .. } => ErrorKind::SandboxUnavailable,
+            RunError::NotResumable { .. } => ErrorKind::NotResumable,
         };
-        ApiError::new(kind, format!("{:#}", anyhow::Error::new(err)))
+        // The error and its causes, as `{:#}` shows an anyhow chain.
+        let mut message = err.to_string();
+        let mut cause = std::error::Error::source(err);
+        while let Some(inner) = cause {
+            message.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        ApiError::new(kind, message)
     }
 }
 

@@ -82,6 +82,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// The most a session's conversation keeps between runs with one id.
     pub conversation_limit: usize,
+    /// The bound on a run's journal in bytes; `None`: runs keep none (and a
+    /// crash loses them).
+    pub journal_limit: Option<u64>,
     /// The connector of a run's sandbox, unless the agent's manifest names one.
     pub sandbox: String,
     /// The size of a run's sandbox and the ceiling of every sandbox a run

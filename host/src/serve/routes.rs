@@ -261,6 +261,7 @@ async fn admit(
         agent,
         payload,
         run_id: run_id.to_string(),
+        journaled: state.config.journal_limit.is_some(),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let feed = live.clone();

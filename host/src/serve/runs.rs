@@ -27,7 +27,7 @@ use crate::events::{Event, EventLog, EventSink, one_line};
 use crate::guest::AgentSourceError;
 use crate::run::conversations::Conversations;
 use crate::run::panics::catch_panic;
-use crate::run::{AgentRun, RunError, RunSettings};
+use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
 
 /// The most events a run keeps in the store.
 const MAX_STORED_EVENTS: usize = 2000;
@@ -72,6 +72,9 @@ pub struct RunTask {
     pub agent: AgentEntry,
     pub payload: Value,
     pub run_id: String,
+    /// The run keeps a journal: new runs when the server keeps them, and
+    /// runs resumed from one.
+    pub journaled: bool,
 }
 
 impl RunTask {
@@ -125,11 +128,11 @@ impl RunTask {
         let _turn = tokio::select! {
             turn = self.state.id_turns.take(&self.name, &self.invocation) => turn,
             _ = shutdown.wait_for(|stop| *stop) => return Err(not_started(ticket)),
-            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(cancelled)),
+            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(&cancelled)),
         };
         let started = tokio::select! {
-            started = ticket.start() => started,
-            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(cancelled)),
+            started = ticket.start(self.journaled) => started,
+            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(&cancelled)),
         };
         if started.is_err() {
             return Err(not_started(ticket));
@@ -220,6 +223,10 @@ impl RunTask {
             limits: Some(limits),
             run_id: Some(self.run_id.clone()),
             conversations: Some(Conversations::new(self.state.store.clone(), self.state.config.conversation_limit)),
+            journal: self.journaled.then(|| RunJournal {
+                store: self.state.store.clone(),
+                limit: self.state.config.journal_limit.unwrap_or(crate::journal::DEFAULT_LIMIT_BYTES),
+            }),
         };
         let mut shutdown = self.state.cancel.clone();
         let stop = async move {
@@ -232,12 +239,13 @@ impl RunTask {
         };
         let host = self.state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let outcome = host.run_until(run, events.clone(), stop).await;
-        outcome.result.map_err(ApiError::from_run)
+        outcome.result.map_err(|err| ApiError::from_run(&err))
     }
 }
 
 /// Start the runs a previous server accepted and never started (it was
-/// stopped or killed first), oldest first, through admission as new ones
+/// stopped or killed first), and resume the ones it was running with a
+/// journal when it was killed, oldest first, through admission as new ones
 /// are. One whose agent is no longer served, or that does not fit the
 /// queue, ends failed, saying why.
 pub fn start_queued(state: &Arc<ServerState>) {
@@ -266,6 +274,7 @@ pub fn start_queued(state: &Arc<ServerState>) {
             agent,
             payload,
             run_id: queued.run_id,
+            journaled: queued.journaled || state.config.journal_limit.is_some(),
         };
         tokio::spawn(async move {
             let _ = task.run(ticket, None).await;
@@ -273,20 +282,10 @@ pub fn start_queued(state: &Arc<ServerState>) {
     }
 }
 
-/// How often a run looks in the store for a cancel: `POST
-/// /runs/<runId>/cancel` and `flue runs cancel` (another process) both ask
-/// there, so one mechanism serves both, well within a second.
-const CANCEL_POLL: Duration = Duration::from_millis(200);
-
 /// Resolves once someone asked for run `run_id` to be cancelled.
 async fn cancel_requested(state: &ServerState, run_id: &str) -> RunError {
-    let mut poll = tokio::time::interval(CANCEL_POLL);
-    loop {
-        poll.tick().await;
-        if state.store.cancel_requested(run_id) {
-            return RunError::Cancelled;
-        }
-    }
+    state.store.wait_for_cancel(run_id).await;
+    RunError::Cancelled
 }
 
 /// What a caller learns of a failed build: the agent and the first error,

@@ -19,11 +19,21 @@ use serde_json::{Value, json};
 use super::errors::{ApiError, ErrorKind};
 use super::private_files;
 use crate::events::unix_millis;
+use crate::journal::{Entry, JournalStore, JournalStoreError};
 use crate::model::Message;
+use crate::run::ownership;
 use crate::run::conversations::{ConversationKey, ConversationStore, ConversationStoreError};
 
 /// Conversations kept, the most recently used.
 pub const MAX_CONVERSATIONS: usize = 10_000;
+
+/// Finished runs kept unless `--retention` says otherwise.
+pub const DEFAULT_RETENTION: usize = 1000;
+
+/// How often a run looks in the store for a cancel: `POST
+/// /runs/<runId>/cancel` and `flue runs cancel` (another process) both ask
+/// there, so one mechanism serves both, well within a second.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 /// How long a write waits for another process's (e.g. `flue runs cancel`
 /// beside a server) before it fails.
@@ -45,6 +55,47 @@ pub struct QueuedRun {
     pub invocation: String,
     /// Its payload (`None`: stored by a flue that did not keep payloads).
     pub payload: Option<Value>,
+    /// It ran before, with a journal: it resumes from it.
+    pub journaled: bool,
+}
+
+/// A run `flue runs resume` may take up: what it needs to run it again.
+#[derive(Debug)]
+pub struct ResumableRun {
+    /// The agent, as the run named it.
+    pub agent: String,
+    /// The id it was invoked with.
+    pub invocation: String,
+    /// Its payload.
+    pub payload: Value,
+    /// What `flue run` stored to run it again (the agent's path, the
+    /// sandbox settings).
+    pub resume: Value,
+}
+
+/// Why a run cannot be resumed from the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum NotResumable {
+    /// No such run.
+    #[error("there is no run {0} in this store")]
+    Unknown(String),
+    /// It ended.
+    #[error("run {run} has ended ({status}): there is nothing to resume")]
+    Ended {
+        /// The run.
+        run: String,
+        /// How it ended.
+        status: String,
+    },
+    /// Its process is alive.
+    #[error("run {0} is still running in its process")]
+    Running(String),
+    /// A server's run: the server resumes it.
+    #[error("run {0} belongs to `flue serve`: start the server again in its project and it resumes the run")]
+    Served(String),
+    /// It kept no journal.
+    #[error("run {0} kept no journal (it ran with --no-journal, or before journals existed)")]
+    NoJournal(String),
 }
 
 /// Where a project keeps its run store: `<project>/.flue/runs.sqlite`
@@ -78,12 +129,33 @@ impl RunStore {
     /// `0700` too.
     pub fn open(path: &Path, retention: usize, own_dir: bool) -> anyhow::Result<Self> {
         let store = Self::attach(path, retention, own_dir)?;
-        store.conn.lock().unwrap_or_else(|e| e.into_inner()).execute(
-            "UPDATE runs SET status = 'failed', error = 'the server stopped before the run finished',
-                 error_kind = ?2, finished_ms = ?1
-             WHERE status = 'running'",
-            params![unix_millis(), ErrorKind::Shutdown.as_str()],
-        )?;
+        {
+            let conn = store.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut statement = conn.prepare(
+                "SELECT id, owner, journaled FROM runs WHERE status = 'running' AND COALESCE(origin, 'serve') = 'serve'",
+            )?;
+            let left: Vec<(String, Option<String>, bool)> = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, Option<bool>>(2)?.unwrap_or(false))))?
+                .collect::<rusqlite::Result<_>>()?;
+            drop(statement);
+            for (id, owner, journaled) in left {
+                // A server still running it (beside this one) keeps it.
+                if owner.as_deref().is_some_and(|owner| !ownership::process_gone(owner)) {
+                    continue;
+                }
+                if journaled {
+                    // Resumed from its journal, as a queued run is started.
+                    conn.execute("UPDATE runs SET status = 'queued' WHERE id = ?1", params![id])?;
+                } else {
+                    conn.execute(
+                        "UPDATE runs SET status = 'failed', error = 'the server stopped before the run finished',
+                             error_kind = ?2, finished_ms = ?1, payload = NULL
+                         WHERE id = ?3",
+                        params![unix_millis(), ErrorKind::Shutdown.as_str(), id],
+                    )?;
+                }
+            }
+        }
         Ok(store)
     }
 
@@ -92,7 +164,8 @@ impl RunStore {
     pub fn queued(&self) -> Vec<QueuedRun> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT id, agent, invocation, payload FROM runs WHERE status = 'queued' ORDER BY created_ms, rowid",
+                "SELECT id, agent, invocation, payload, journaled FROM runs
+                 WHERE status = 'queued' AND COALESCE(origin, 'serve') = 'serve' ORDER BY created_ms, rowid",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok(QueuedRun {
@@ -100,6 +173,7 @@ impl RunStore {
                     agent: row.get(1)?,
                     invocation: row.get(2)?,
                     payload: row.get::<_, Option<String>>(3)?.and_then(|text| serde_json::from_str(&text).ok()),
+                    journaled: row.get::<_, Option<bool>>(4)?.unwrap_or(false),
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<QueuedRun>>>()
@@ -119,6 +193,7 @@ impl RunStore {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS runs (
                  id TEXT PRIMARY KEY, agent TEXT NOT NULL, invocation TEXT NOT NULL, status TEXT NOT NULL,
                  result TEXT, error TEXT, events TEXT, created_ms INTEGER NOT NULL, finished_ms INTEGER);
@@ -127,10 +202,25 @@ impl RunStore {
                  agent TEXT NOT NULL, invocation TEXT NOT NULL, harness TEXT NOT NULL, session TEXT NOT NULL,
                  messages TEXT NOT NULL, updated_ms INTEGER NOT NULL,
                  PRIMARY KEY (agent, invocation, harness, session));
-             CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);",
+             CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);
+             CREATE TABLE IF NOT EXISTS journal (
+                 run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                 PRIMARY KEY (run_id, seq));",
         )?;
         // Stores written before these columns existed: add them.
-        for (column, kind) in [("error_kind", "TEXT"), ("cancel_requested_ms", "INTEGER"), ("payload", "TEXT")] {
+        let columns = [
+            ("error_kind", "TEXT"),
+            ("cancel_requested_ms", "INTEGER"),
+            ("payload", "TEXT"),
+            // Who runs it (`ownership::this_process`), whether it keeps a
+            // journal, who started it (`serve` or `cli`) and, for `cli`,
+            // what resuming it needs.
+            ("owner", "TEXT"),
+            ("journaled", "INTEGER"),
+            ("origin", "TEXT"),
+            ("resume", "TEXT"),
+        ];
+        for (column, kind) in columns {
             let exists = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists([column])?;
             if !exists {
                 conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
@@ -172,9 +262,100 @@ impl RunStore {
         )
     }
 
-    /// A run started: its payload is no longer needed.
-    pub fn running(&self, id: &str) {
-        self.with(|c| c.execute("UPDATE runs SET status = 'running', payload = NULL WHERE id = ?1", params![id]));
+    /// A run started in this process: its payload is no longer needed,
+    /// unless it keeps a journal (`journaled`), whose resume needs it.
+    pub fn running(&self, id: &str, journaled: bool) {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3,
+                     payload = CASE WHEN ?3 THEN payload ELSE NULL END
+                 WHERE id = ?1",
+                params![id, ownership::this_process(), journaled],
+            )
+        });
+    }
+
+    /// `flue run` started a run with a journal, in this process: what it
+    /// needs to be resumed (`resume`: the agent's path and sandbox settings)
+    /// is kept with it.
+    pub fn insert_cli(&self, id: &str, agent: &str, invocation: &str, payload: &Value, resume: &Value) {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (id, agent, invocation, status, created_ms, payload, origin, owner, journaled, resume)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, 'cli', ?6, 1, ?7)",
+                params![
+                    id,
+                    agent,
+                    invocation,
+                    unix_millis(),
+                    payload.to_string(),
+                    ownership::this_process(),
+                    resume.to_string()
+                ],
+            )?;
+            self.prune(c)
+        });
+    }
+
+    /// Take up run `id` to resume it in this process (`flue runs resume`):
+    /// only a run of `flue run` that kept a journal and whose process is
+    /// gone. It then belongs to this process.
+    pub fn claim_for_resume(&self, id: &str) -> Result<ResumableRun, NotResumable> {
+        type Row = (String, String, String, Option<String>, Option<String>, Option<String>, Option<bool>, Option<String>);
+        let row: Option<Row> = self
+            .with(|c| {
+                c.query_row(
+                    "SELECT agent, invocation, status, payload, origin, owner, journaled, resume FROM runs WHERE id = ?1",
+                    params![id],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                            row.get(7)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
+            .flatten();
+        let Some((agent, invocation, status, payload, origin, owner, journaled, resume)) = row else {
+            return Err(NotResumable::Unknown(id.into()));
+        };
+        if status != "running" && status != "queued" {
+            return Err(NotResumable::Ended { run: id.into(), status });
+        }
+        if origin.as_deref() != Some("cli") {
+            return Err(NotResumable::Served(id.into()));
+        }
+        let (Some(true), Some(payload), Some(resume)) = (journaled, payload, resume) else {
+            return Err(NotResumable::NoJournal(id.into()));
+        };
+        let Some(owner) = owner.filter(|owner| ownership::process_gone(owner)) else {
+            return Err(NotResumable::Running(id.into()));
+        };
+        // One taker: the owner changes only from the one that is gone.
+        let taken = self
+            .with(|c| {
+                c.execute(
+                    "UPDATE runs SET owner = ?2 WHERE id = ?1 AND owner = ?3",
+                    params![id, ownership::this_process(), owner],
+                )
+            })
+            .unwrap_or(0);
+        if taken != 1 {
+            return Err(NotResumable::Running(id.into()));
+        }
+        Ok(ResumableRun {
+            agent,
+            invocation,
+            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+            resume: serde_json::from_str(&resume).unwrap_or(Value::Null),
+        })
     }
 
     /// A run ended, with its result or error, and its events.
@@ -186,10 +367,13 @@ impl RunStore {
         let events = Value::from(events.to_vec()).to_string();
         self.with(|c| {
             c.execute(
-                "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7
+                "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
+                     payload = NULL
                  WHERE id = ?1",
                 params![id, status, result, kind, error, events, unix_millis()],
             )?;
+            // An ended run is never resumed: its journal goes.
+            c.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
             self.prune(c)
         });
     }
@@ -251,6 +435,17 @@ impl RunStore {
         .unwrap_or(false)
     }
 
+    /// Resolves once someone asked for run `id` to be cancelled.
+    pub async fn wait_for_cancel(&self, id: &str) {
+        let mut poll = tokio::time::interval(CANCEL_POLL);
+        loop {
+            poll.tick().await;
+            if self.cancel_requested(id) {
+                return;
+            }
+        }
+    }
+
     /// The conversations kept for `agent` invoked with `invocation`, as
     /// `GET /sessions/<agent>/<id>` shows them.
     pub fn conversations(&self, agent: &str, invocation: &str) -> Vec<Value> {
@@ -275,17 +470,24 @@ impl RunStore {
 }
 
 /// The columns of a run's record, in the order [`record`] reads them.
-const RECORD: &str =
-    "SELECT id, agent, invocation, status, result, error, events, created_ms, finished_ms, error_kind FROM runs";
+const RECORD: &str = "SELECT id, agent, invocation, status, result, error, events, created_ms, finished_ms, error_kind,
+     owner, (SELECT COUNT(*) FROM journal WHERE run_id = runs.id) FROM runs";
 
 /// A run's record from a row of [`RECORD`].
 fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    // A run whose process is gone before it ended: `interrupted` until it
+    // is resumed (by its server's next start, or `flue runs resume`).
+    let mut status = row.get::<_, String>(3)?;
+    if status == "running" && row.get::<_, Option<String>>(10)?.is_some_and(|owner| ownership::process_gone(&owner)) {
+        status = "interrupted".into();
+    }
     Ok(json!({
         "runId": row.get::<_, String>(0)?,
         "agent": row.get::<_, String>(1)?,
         "id": row.get::<_, String>(2)?,
-        "status": row.get::<_, String>(3)?,
+        "status": status,
+        "journalEntries": row.get::<_, i64>(11)?,
         "result": parse(row.get(4)?),
         // Runs stored before kinds existed: `unknown`.
         "error": row.get::<_, Option<String>>(5)?.map(|message| json!({
@@ -296,6 +498,32 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
         "createdMs": row.get::<_, i64>(7)?,
         "finishedMs": row.get::<_, Option<i64>>(8)?,
     }))
+}
+
+impl JournalStore for RunStore {
+    fn entries(&self, run_id: &str) -> Result<Vec<Entry>, JournalStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut statement = conn
+            .prepare_cached("SELECT seq, key, value FROM journal WHERE run_id = ?1 ORDER BY seq")
+            .map_err(journal_error)?;
+        let rows = statement
+            .query_map(params![run_id], |row| Ok(Entry { seq: row.get(0)?, key: row.get(1)?, value: row.get(2)? }))
+            .map_err(journal_error)?;
+        rows.collect::<rusqlite::Result<Vec<Entry>>>().map_err(journal_error)
+    }
+
+    fn append(&self, run_id: &str, entry: &Entry) -> Result<(), JournalStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut statement = conn
+            .prepare_cached("INSERT INTO journal (run_id, seq, key, value) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(journal_error)?;
+        statement.execute(params![run_id, entry.seq, entry.key, entry.value]).map_err(journal_error)?;
+        Ok(())
+    }
+}
+
+fn journal_error(err: rusqlite::Error) -> JournalStoreError {
+    JournalStoreError { source: Box::new(err) }
 }
 
 impl ConversationStore for RunStore {
@@ -370,11 +598,15 @@ mod tests {
         let path = dir.path().join("runs.sqlite");
         let server = RunStore::open(&path, 10, false).unwrap();
         server.insert("run_a", "triage", "issue-1", &Value::Null);
-        server.running("run_a");
+        server.running("run_a", false);
         let beside = RunStore::attach(&path, usize::MAX, false).unwrap();
         assert_eq!(beside.get("run_a").unwrap()["status"], "running");
         assert_eq!(beside.list(10).len(), 1);
+        // Another server (alive) leaves it be.
+        assert_eq!(RunStore::open(&path, 10, false).unwrap().get("run_a").unwrap()["status"], "running");
         // A server starting again marks it failed: its process is gone.
+        owner_gone(&server, "run_a");
+        assert_eq!(beside.get("run_a").unwrap()["status"], "interrupted");
         drop(server);
         let restarted = RunStore::open(&path, 10, false).unwrap();
         assert_eq!(restarted.get("run_a").unwrap()["error"]["kind"], "shutdown");
@@ -387,7 +619,8 @@ mod tests {
         let store = RunStore::open(&path, 10, false).unwrap();
         store.insert("run_a", "triage", "issue-1", &serde_json::json!({"n": 1}));
         store.insert("run_b", "triage", "issue-2", &serde_json::json!({"n": 2}));
-        store.running("run_a");
+        store.running("run_a", false);
+        owner_gone(&store, "run_a");
         drop(store);
         let store = RunStore::open(&path, 10, false).unwrap();
         let queued = store.queued();
@@ -396,7 +629,50 @@ mod tests {
             (queued[0].run_id.as_str(), queued[0].payload.clone()),
             ("run_b", Some(serde_json::json!({"n": 2})))
         );
-        assert_eq!(store.get("run_a").unwrap()["status"], "failed", "a run left running is not resumed yet");
+        assert_eq!(store.get("run_a").unwrap()["status"], "failed", "a run without a journal is not resumed");
+    }
+
+    /// Mark run `id` as run by a process that is gone (an earlier boot).
+    fn owner_gone(store: &RunStore, id: &str) {
+        let gone = format!("1-1-{}-1", "0".repeat(32));
+        store.with(|c| c.execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![id, gone])).unwrap();
+    }
+
+    #[test]
+    fn a_journaled_run_is_resumed_once_its_process_is_gone_and_its_journal_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = RunStore::open(&path, 10, false).unwrap();
+        store.insert("run_a", "triage", "issue-1", &serde_json::json!({"n": 1}));
+        store.running("run_a", true);
+        let entry = Entry { seq: 0, key: "component".into(), value: "\"abc\"".into() };
+        store.append("run_a", &entry).unwrap();
+        assert_eq!(store.entries("run_a").unwrap(), vec![entry]);
+        owner_gone(&store, "run_a");
+        drop(store);
+        let store = RunStore::open(&path, 10, false).unwrap();
+        let queued = store.queued();
+        assert_eq!((queued.len(), queued[0].journaled), (1, true));
+        assert_eq!(queued[0].payload, Some(serde_json::json!({"n": 1})), "the payload is kept for the resume");
+        store.finish("run_a", Ok(&Value::Null), &[]);
+        assert!(store.entries("run_a").unwrap().is_empty(), "an ended run's journal is deleted");
+        assert!(matches!(store.claim_for_resume("run_a"), Err(NotResumable::Ended { .. })));
+    }
+
+    #[test]
+    fn only_a_cli_run_whose_process_is_gone_can_be_claimed_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.sqlite"), 10, false).unwrap();
+        let resume = serde_json::json!({"source": "/p/agent.wasm"});
+        store.insert_cli("run_c", "agent.wasm", "cli", &serde_json::json!(1), &resume);
+        assert!(matches!(store.claim_for_resume("run_c"), Err(NotResumable::Running(_))));
+        owner_gone(&store, "run_c");
+        let claimed = store.claim_for_resume("run_c").unwrap();
+        assert_eq!((claimed.payload, claimed.resume), (serde_json::json!(1), resume));
+        assert!(matches!(store.claim_for_resume("run_c"), Err(NotResumable::Running(_))), "claimed twice");
+        store.insert("run_s", "triage", "x", &Value::Null);
+        assert!(matches!(store.claim_for_resume("run_s"), Err(NotResumable::Served(_))));
+        assert!(matches!(store.claim_for_resume("nope"), Err(NotResumable::Unknown(_))));
     }
 
     #[test]

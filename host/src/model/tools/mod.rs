@@ -171,6 +171,7 @@ impl<'a> Args<'a> {
 }
 
 /// A tool's result for the model.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// What the model reads.
     pub content: String,

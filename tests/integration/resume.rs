@@ -1,0 +1,179 @@
+//! Runs that survive a crash: a run's host calls are journaled, and a run
+//! whose process was killed (`flue serve`, or `flue run` then `flue runs
+//! resume`) is resumed — its completed model turns and tool calls answered
+//! from the journal, not repeated — in every guest language; a changed
+//! component is refused.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use model_test_server::{ModelServer, Script, Turn, calls, text, tool};
+use serde_json::{Value, json};
+
+use crate::durable::{KEY, server_with_model, wait_until};
+use crate::serve::{BodyJson, local_sandboxes};
+use crate::support::{example_in, flue, output, runtime, scratch};
+
+/// Four model turns, each appending a line to `log.txt` or reading it;
+/// the third answers only after a minute (the crash comes while it waits),
+/// so the model is asked for it again after the resume and the script has
+/// its answer twice.
+fn four_turns() -> Script {
+    let bash = |command: &str| calls(vec![tool("bash", json!({ "command": command }))]);
+    let slow = Turn { delay_ms: Some(60_000), no_stream: true, ..bash("echo three >> log.txt") };
+    Script {
+        turns: vec![
+            bash("echo one >> log.txt"),
+            bash("echo two >> log.txt"),
+            slow,
+            bash("echo three >> log.txt"),
+            bash("cat log.txt"),
+            text("Counted."),
+        ],
+    }
+}
+
+/// What the model saw: the crash repeated only the turn in flight, and
+/// each tool ran once (the log holds each line once).
+fn assert_resumed_once(model: &ModelServer, what: &str) {
+    let requests = model.requests();
+    let sent: Vec<String> = requests.iter().map(|r| r.body["messages"].to_string()).collect();
+    assert_eq!(sent.len(), 6, "{what}: turns 1 and 2 were sent again, or the run stopped: {sent:#?}");
+    assert_eq!(sent[2], sent[3], "{what}: the resumed run did not ask again for the turn in flight");
+    assert!(
+        sent[5].contains("one\\ntwo\\nthree") && !sent[5].contains("one\\ntwo\\none"),
+        "{what}: a tool call was repeated or lost: {}",
+        sent[5]
+    );
+}
+
+/// A project serving `lang`'s `coder` example as the webhook agent `coder`.
+fn coder_project(lang: &str) -> tempfile::TempDir {
+    let project = scratch();
+    std::fs::create_dir(project.path().join("agents")).unwrap();
+    std::fs::copy(example_in(lang, "coder"), project.path().join("agents/coder.wasm")).unwrap();
+    std::fs::write(project.path().join("flue.toml"), "[agents.coder]\nwebhook = true\ndeadline-secs = 300\n").unwrap();
+    project
+}
+
+/// `kill -9` of the server after two of four model turns, then a restart:
+/// the run succeeds, the model received turns 1 and 2 once, every tool ran
+/// once, and the sandbox the run created is deleted at its end.
+#[test]
+fn a_run_killed_with_its_server_resumes_from_its_journal_in_every_language() {
+    let rt = runtime();
+    let client = reqwest::Client::new();
+    for lang in ["rust", "python", "js"] {
+        let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
+        let (project, tmp) = (coder_project(lang), scratch());
+        let server = server_with_model(project.path(), tmp.path(), &model, &[]);
+        let payload = json!({"model": "openai/gpt-test", "prompt": "Count to three."});
+        let started = rt.block_on(async {
+            let request = client
+                .post(format!("{}/agents/coder/count-1", server.url))
+                .header("x-webhook", "true")
+                .body(payload.to_string());
+            request.send().await.unwrap().body_json().await
+        });
+        let run_id = started["runId"].as_str().expect("a run id").to_string();
+        wait_until("the third model turn was asked for", Duration::from_secs(120), || model.requests().len() == 3);
+        drop(server); // SIGKILL
+        let record = |url: &str| {
+            let request = client.get(format!("{url}/runs/{run_id}"));
+            rt.block_on(async move { request.send().await.unwrap().body_json().await })
+        };
+        let server = server_with_model(project.path(), tmp.path(), &model, &[]);
+        wait_until("the resumed run ended", Duration::from_secs(120), || {
+            !matches!(record(&server.url)["status"].as_str(), Some("queued" | "running"))
+        });
+        let ended = record(&server.url);
+        assert_eq!(ended["status"], "succeeded", "{lang}: {ended}");
+        assert_eq!(ended["result"]["answer"], "Counted.", "{lang}: {ended}");
+        assert!(ended["events"].to_string().contains("answered from its journal"), "{lang}: {ended}");
+        assert_eq!(ended["journalEntries"], 0, "{lang}: an ended run keeps its journal");
+        assert_resumed_once(&model, lang);
+        assert_eq!(local_sandboxes(tmp.path()), 0, "{lang}: the resumed run left its sandbox");
+    }
+}
+
+/// `flue run` with the project's store, killed while it waits for its
+/// model; stderr is drained so it never blocks.
+fn spawn_flue_run(project: &Path, tmp: &Path, model: &ModelServer, agent: &str) -> Child {
+    let payload = json!({"model": "openai/gpt-test", "prompt": "Count to three."}).to_string();
+    let mut command = flue();
+    with_model(&mut command, project, tmp, model)
+        .args(["run", agent, "--payload", &payload, "--isolation", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start flue run")
+}
+
+fn with_model<'a>(command: &'a mut Command, project: &Path, tmp: &Path, model: &ModelServer) -> &'a mut Command {
+    command
+        .current_dir(project)
+        .env("TMPDIR", tmp)
+        .env("OPENAI_BASE_URL", format!("{}/v1", model.url()))
+        .env("OPENAI_API_KEY", KEY)
+}
+
+/// The run `flue runs ls` shows in `project` (there is one).
+fn only_run(project: &Path) -> (String, String) {
+    let listed = output(flue().current_dir(project).args(["runs", "ls"]));
+    let line = listed.stdout.lines().nth(1).unwrap_or_else(|| panic!("no run listed: {}", listed.stdout)).to_string();
+    let mut words = line.split_whitespace();
+    let run_id = words.next().unwrap().to_string();
+    (run_id, words.nth(2).unwrap_or_default().to_string())
+}
+
+/// `kill -9` of `flue run` after two model turns: `flue runs ls` shows the
+/// run interrupted, `flue runs resume` finishes it from its journal (turns 1
+/// and 2 not sent again) and prints its result; a run whose component
+/// changed meanwhile is refused, saying so.
+#[test]
+fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_changed() {
+    let rt = runtime();
+    let coder = example_in("rust", "coder");
+
+    let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
+    let (project, tmp) = (scratch(), scratch());
+    std::fs::copy(&coder, project.path().join("coder.wasm")).unwrap();
+    let mut run = spawn_flue_run(project.path(), tmp.path(), &model, "coder.wasm");
+    wait_until("the third model turn was asked for", Duration::from_secs(120), || model.requests().len() == 3);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let (run_id, status) = only_run(project.path());
+    assert_eq!(status, "interrupted");
+    let resumed = output(with_model(&mut flue(), project.path(), tmp.path(), &model).args(["runs", "resume", &run_id, "--isolation", "none"]));
+    assert_eq!(resumed.ok()["answer"], "Counted.", "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("answered from its journal"), "{}", resumed.stderr);
+    assert_resumed_once(&model, "flue runs resume");
+    assert_eq!(only_run(project.path()).1, "succeeded");
+    let again = output(flue().current_dir(project.path()).args(["runs", "resume", &run_id]));
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("has ended (succeeded)"), "{}", again.stderr);
+
+    // The same crash, then another component in the agent's place.
+    let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
+    let (project, tmp) = (scratch(), scratch());
+    std::fs::copy(&coder, project.path().join("coder.wasm")).unwrap();
+    let mut run = spawn_flue_run(project.path(), tmp.path(), &model, "coder.wasm");
+    wait_until("the third model turn was asked for", Duration::from_secs(120), || model.requests().len() == 3);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    std::fs::copy(example_in("rust", "hello"), project.path().join("coder.wasm")).unwrap();
+    let (run_id, _) = only_run(project.path());
+    let refused = output(with_model(&mut flue(), project.path(), tmp.path(), &model).args([
+        "runs",
+        "resume",
+        &run_id,
+        "--isolation",
+        "none",
+    ]));
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("the agent's component changed since the run started"), "{}", refused.stderr);
+    assert_eq!(model.requests().len(), 3, "a refused resume asked the model");
+    let shown: Value = output(flue().current_dir(project.path()).args(["runs", "show", &run_id])).json();
+    assert_eq!(shown["error"]["kind"], "not-resumable", "{shown}");
+}
