@@ -127,25 +127,41 @@ fn only_run(project: &Path) -> (String, String) {
     (run_id, words.nth(2).unwrap_or_default().to_string())
 }
 
-/// `kill -9` of `flue run` after two model turns: `flue runs ls` shows the
-/// run interrupted, `flue runs resume` finishes it from its journal (turns 1
-/// and 2 not sent again) and prints its result; a run whose component
-/// changed meanwhile is refused, saying so.
-#[test]
-fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_changed() {
-    let rt = runtime();
-    let coder = example_in("rust", "coder");
-
+/// A `flue run` of `agent` (a copy of it in a fresh project) killed while
+/// its third model turn is being asked for: the project, its temporary
+/// directory, the model server and the run's id.
+fn killed_flue_run(
+    rt: &tokio::runtime::Runtime,
+    agent: &Path,
+) -> (tempfile::TempDir, tempfile::TempDir, ModelServer, String) {
     let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
     let (project, tmp) = (scratch(), scratch());
-    std::fs::copy(&coder, project.path().join("coder.wasm")).unwrap();
+    std::fs::copy(agent, project.path().join("coder.wasm")).unwrap();
     let mut run = spawn_flue_run(project.path(), tmp.path(), &model, "coder.wasm");
     wait_until("the third model turn was asked for", Duration::from_secs(120), || model.requests().len() == 3);
     run.kill().unwrap();
     run.wait().unwrap();
     let (run_id, status) = only_run(project.path());
     assert_eq!(status, "interrupted");
-    let resumed = output(with_model(&mut flue(), project.path(), tmp.path(), &model).args(["runs", "resume", &run_id, "--isolation", "none"]));
+    (project, tmp, model, run_id)
+}
+
+/// `flue runs resume RUN_ID` in `project`.
+fn resume(project: &Path, tmp: &Path, model: &ModelServer, run_id: &str) -> crate::support::Output {
+    output(with_model(&mut flue(), project, tmp, model).args(["runs", "resume", run_id, "--isolation", "none"]))
+}
+
+/// `kill -9` of `flue run` after two model turns: `flue runs ls` shows the
+/// run interrupted, `flue runs resume` finishes it from its journal (turns 1
+/// and 2 not sent again) and prints its result; a run whose component
+/// changed meanwhile, or whose sandbox was collected, is refused, saying so.
+#[test]
+fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sandbox_changed() {
+    let rt = runtime();
+    let coder = example_in("rust", "coder");
+
+    let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
+    let resumed = resume(project.path(), tmp.path(), &model, &run_id);
     assert_eq!(resumed.ok()["answer"], "Counted.", "{}", resumed.stderr);
     assert!(resumed.stderr.contains("answered from its journal"), "{}", resumed.stderr);
     assert_resumed_once(&model, "flue runs resume");
@@ -154,26 +170,23 @@ fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_changed
     assert_eq!(again.code, 2, "{}", again.stderr);
     assert!(again.stderr.contains("has ended (succeeded)"), "{}", again.stderr);
 
-    // The same crash, then another component in the agent's place.
-    let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
-    let (project, tmp) = (scratch(), scratch());
-    std::fs::copy(&coder, project.path().join("coder.wasm")).unwrap();
-    let mut run = spawn_flue_run(project.path(), tmp.path(), &model, "coder.wasm");
-    wait_until("the third model turn was asked for", Duration::from_secs(120), || model.requests().len() == 3);
-    run.kill().unwrap();
-    run.wait().unwrap();
+    // Another component in the agent's place.
+    let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
     std::fs::copy(example_in("rust", "hello"), project.path().join("coder.wasm")).unwrap();
-    let (run_id, _) = only_run(project.path());
-    let refused = output(with_model(&mut flue(), project.path(), tmp.path(), &model).args([
-        "runs",
-        "resume",
-        &run_id,
-        "--isolation",
-        "none",
-    ]));
+    let refused = resume(project.path(), tmp.path(), &model, &run_id);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("the agent's component changed since the run started"), "{}", refused.stderr);
     assert_eq!(model.requests().len(), 3, "a refused resume asked the model");
     let shown: Value = output(flue().current_dir(project.path()).args(["runs", "show", &run_id])).json();
     assert_eq!(shown["error"]["kind"], "not-resumable", "{shown}");
+
+    // Its sandbox collected as an orphan.
+    let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
+    assert_eq!(local_sandboxes(tmp.path()), 1);
+    let gc = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "gc"]));
+    assert_eq!((gc.code, local_sandboxes(tmp.path())), (0, 0), "{}", gc.stderr);
+    let refused = resume(project.path(), tmp.path(), &model, &run_id);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("which the run used, is gone"), "{}", refused.stderr);
+    assert_eq!(model.requests().len(), 3, "a refused resume asked the model");
 }

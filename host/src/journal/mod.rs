@@ -134,8 +134,9 @@ struct State {
     recorded: Vec<Entry>,
     /// The next call's place.
     next: u64,
-    /// Bytes recorded so far.
+    /// Bytes and entries recorded by this process.
     bytes: u64,
+    written: u64,
     /// Recording stopped (the bound, or a store that failed).
     stopped: bool,
     /// The first error met where it could not be returned (a clock read):
@@ -263,6 +264,7 @@ impl Journal {
             Entry { seq, key: FULL.into(), value: "null".into() }
         } else {
             state.bytes += size;
+            state.written += 1;
             Entry { seq, key: key.to_string(), value }
         };
         if let Err(err) = self.store.append(&self.run_id, &entry) {
@@ -271,9 +273,10 @@ impl Journal {
         }
     }
 
-    /// Bytes recorded by this process.
-    pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+    /// Entries and bytes (keys and answers) this process recorded.
+    pub fn written(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.written, state.bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

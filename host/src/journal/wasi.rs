@@ -62,9 +62,11 @@ impl wasmtime_wasi::HostMonotonicClock for MonotonicClock {
     fn now(&self) -> u64 {
         let replaying = self.journal.replaying();
         let live = || {
-            let base = *self.offset.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| {
-                self.last_replayed.load(std::sync::atomic::Ordering::Relaxed)
-            });
+            let base = *self
+                .offset
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| self.last_replayed.load(std::sync::atomic::Ordering::Relaxed));
             base + self.started.elapsed().as_nanos() as u64
         };
         match self.journal.step_sync("monotonic-clock", live) {

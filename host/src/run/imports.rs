@@ -20,10 +20,10 @@ use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, ty
 use crate::bindings::handles::{AgentHarness, AgentReader, AgentSandbox, AgentSession, AgentWriter};
 use crate::journal::{self, Journal, JournalError};
 use crate::runtime::{HasStoreBase, StoreBase};
-use crate::sandbox::{Sandbox, SandboxSource};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
 use crate::sandbox::session::{Session, SessionReader, SessionWriter};
+use crate::sandbox::{Sandbox, SandboxSource};
 
 /// The longest session or harness name the host keeps (each handle's name
 /// lives in the host, so its size is bounded like the number of handles).
@@ -235,7 +235,11 @@ struct OpenedSandbox {
 
 /// `live`'s answer, through the run's journal when it keeps one: a journal
 /// that cannot go on stops the run (a trap carrying the [`JournalError`]).
-pub(crate) async fn journaled<T, F>(journal: Option<&Journal>, key: impl FnOnce() -> String, live: F) -> wasmtime::Result<T>
+pub(crate) async fn journaled<T, F>(
+    journal: Option<&Journal>,
+    key: impl FnOnce() -> String,
+    live: F,
+) -> wasmtime::Result<T>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
     F: Future<Output = T>,
@@ -295,7 +299,6 @@ async fn open_journaled(
     }
 }
 
-
 type WitResult<T> = wasmtime::Result<Result<T, types::SandboxError>>;
 
 fn wit<T>(result: wasmtime::Result<SandboxResult<T>>) -> WitResult<T> {
@@ -312,7 +315,10 @@ macro_rules! file_methods {
             let session = self.$session(&this)?;
             let journal = self.journal.clone();
             let key = || $crate::run::imports::session_key(&session, "read-file", &[path.as_bytes()]);
-            let read = $crate::run::imports::journaled(journal.as_deref(), key, async { session.read_file(&path).await.map($crate::journal::Bytes) }).await?;
+            let read = $crate::run::imports::journaled(journal.as_deref(), key, async {
+                session.read_file(&path).await.map($crate::journal::Bytes)
+            })
+            .await?;
             wit(Ok(read.map(|bytes| bytes.0)))
         }
 
@@ -327,7 +333,9 @@ macro_rules! file_methods {
             let session = self.$session(&this)?;
             let journal = self.journal.clone();
             let key = || $crate::run::imports::session_key(&session, "stat", &[path.as_bytes()]);
-            wit($crate::run::imports::journaled(journal.as_deref(), key, session.stat(&path)).await.map(|stat| stat.map(Into::into)))
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.stat(&path))
+                .await
+                .map(|stat| stat.map(Into::into)))
         }
 
         async fn readdir(&mut self, this: Resource<$handle>, path: String) -> WitResult<Vec<String>> {
@@ -352,7 +360,8 @@ macro_rules! file_methods {
         ) -> WitResult<()> {
             let session = self.$session(&this)?;
             let journal = self.journal.clone();
-            let key = || $crate::run::imports::session_key(&session, "mkdir", &[path.as_bytes(), &[options.recursive as u8]]);
+            let key =
+                || $crate::run::imports::session_key(&session, "mkdir", &[path.as_bytes(), &[options.recursive as u8]]);
             wit($crate::run::imports::journaled(journal.as_deref(), key, session.mkdir(&path, options.recursive)).await)
         }
 
@@ -361,7 +370,12 @@ macro_rules! file_methods {
             let journal = self.journal.clone();
             let flags = [options.recursive as u8, options.force as u8];
             let key = || $crate::run::imports::session_key(&session, "rm", &[path.as_bytes(), &flags]);
-            wit($crate::run::imports::journaled(journal.as_deref(), key, session.rm(&path, options.recursive, options.force)).await)
+            wit($crate::run::imports::journaled(
+                journal.as_deref(),
+                key,
+                session.rm(&path, options.recursive, options.force),
+            )
+            .await)
         }
     };
 }
@@ -411,7 +425,9 @@ macro_rules! session_methods {
         ) -> WitResult<types::ExecResult> {
             let session = self.session(&this)?;
             let journal = self.journal.clone();
-            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into()).await.map(|out| out.map(Into::into)))
+            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into())
+                .await
+                .map(|out| out.map(Into::into)))
         }
 
         async fn read_text(&mut self, this: Resource<AgentSession>, path: String) -> WitResult<String> {
@@ -425,7 +441,8 @@ macro_rules! session_methods {
             let session = self.session(&this)?;
             let journal = self.journal.clone();
             let key = || $crate::run::imports::session_key(&session, "write-file", &[path.as_bytes(), text.as_bytes()]);
-            wit($crate::run::imports::journaled(journal.as_deref(), key, session.write_file(&path, text.as_bytes())).await)
+            wit($crate::run::imports::journaled(journal.as_deref(), key, session.write_file(&path, text.as_bytes()))
+                .await)
         }
 
         file_methods!(AgentSession, session);
@@ -453,7 +470,9 @@ macro_rules! sandbox_methods {
         ) -> WitResult<types::ExecResult> {
             let session = self.workdir_session(&this)?;
             let journal = self.journal.clone();
-            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into()).await.map(|out| out.map(Into::into)))
+            wit($crate::run::imports::exec_journaled(journal.as_deref(), &session, &command, options.into())
+                .await
+                .map(|out| out.map(Into::into)))
         }
 
         file_methods!(AgentSandbox, workdir_session);

@@ -282,6 +282,11 @@ async fn execute(
     };
     stdout.finish();
     stderr.finish();
+    if let Some(journal) = &store.data().journal {
+        let (entries, bytes) = journal.written();
+        let size = crate::sandbox::session::format_bytes(usize::try_from(bytes).unwrap_or(usize::MAX));
+        events.log("flue", LogLevel::Debug, format!("journal: {entries} host calls recorded, {size} ({bytes} B)"));
+    }
 
     match outcome {
         Ok(Ok(json)) => serde_json::from_str(&json).map_err(|err| RunError::InvalidResult {

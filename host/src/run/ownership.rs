@@ -167,12 +167,9 @@ pub fn this_process() -> String {
 pub fn process_gone(label: &str) -> bool {
     let mut parts = label.splitn(4, '-');
     let (pid, started, boot, namespace) = (parts.next(), parts.next(), parts.next(), parts.next());
-    let (Some(pid), Some(started), Some(boot), Some(namespace)) = (
-        pid.and_then(|p| p.parse::<u32>().ok()),
-        started.and_then(|s| s.parse::<u64>().ok()),
-        boot,
-        namespace,
-    ) else {
+    let (Some(pid), Some(started), Some(boot), Some(namespace)) =
+        (pid.and_then(|p| p.parse::<u32>().ok()), started.and_then(|s| s.parse::<u64>().ok()), boot, namespace)
+    else {
         return false;
     };
     if boot.len() == 32 && boot != boot_id() {

@@ -21,8 +21,8 @@ use super::private_files;
 use crate::events::unix_millis;
 use crate::journal::{Entry, JournalStore, JournalStoreError};
 use crate::model::Message;
-use crate::run::ownership;
 use crate::run::conversations::{ConversationKey, ConversationStore, ConversationStoreError};
+use crate::run::ownership;
 
 /// Conversations kept, the most recently used.
 pub const MAX_CONVERSATIONS: usize = 10_000;
@@ -301,7 +301,8 @@ impl RunStore {
     /// only a run of `flue run` that kept a journal and whose process is
     /// gone. It then belongs to this process.
     pub fn claim_for_resume(&self, id: &str) -> Result<ResumableRun, NotResumable> {
-        type Row = (String, String, String, Option<String>, Option<String>, Option<String>, Option<bool>, Option<String>);
+        type Row =
+            (String, String, String, Option<String>, Option<String>, Option<String>, Option<bool>, Option<String>);
         let row: Option<Row> = self
             .with(|c| {
                 c.query_row(
@@ -408,18 +409,36 @@ impl RunStore {
     /// [`RunStore::cancel_requested`]) and stops it.
     pub fn request_cancel(&self, id: &str) -> CancelRequest {
         self.with(|c| {
-            let status: Option<String> =
-                c.query_row("SELECT status FROM runs WHERE id = ?1", params![id], |row| row.get(0)).optional()?;
-            Ok(match status {
+            let found: Option<(String, Option<String>)> = c
+                .query_row("SELECT status, owner FROM runs WHERE id = ?1", params![id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            Ok(match found {
                 None => CancelRequest::Unknown,
-                Some(status) if status == "queued" || status == "running" => {
+                // Interrupted (its process is gone): nobody would see the
+                // flag, and it must not be resumed. It ends here; what its
+                // sandboxes hold is `flue sandboxes gc`'s.
+                Some((status, Some(owner))) if status == "running" && ownership::process_gone(&owner) => {
+                    c.execute(
+                        "UPDATE runs SET status = 'cancelled', error_kind = ?2, finished_ms = ?3, payload = NULL,
+                             cancel_requested_ms = ?3,
+                             error = 'the run was cancelled while interrupted (its process was gone); flue sandboxes \
+                                      gc deletes the sandboxes it left'
+                         WHERE id = ?1",
+                        params![id, ErrorKind::Cancelled.as_str(), unix_millis()],
+                    )?;
+                    c.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
+                    CancelRequest::Requested
+                }
+                Some((status, _)) if status == "queued" || status == "running" => {
                     c.execute(
                         "UPDATE runs SET cancel_requested_ms = COALESCE(cancel_requested_ms, ?2) WHERE id = ?1",
                         params![id, unix_millis()],
                     )?;
                     CancelRequest::Requested
                 }
-                Some(status) => CancelRequest::AlreadyEnded(status),
+                Some((status, _)) => CancelRequest::AlreadyEnded(status),
             })
         })
         .unwrap_or(CancelRequest::Unknown)
@@ -668,11 +687,19 @@ mod tests {
         assert!(matches!(store.claim_for_resume("run_c"), Err(NotResumable::Running(_))));
         owner_gone(&store, "run_c");
         let claimed = store.claim_for_resume("run_c").unwrap();
-        assert_eq!((claimed.payload, claimed.resume), (serde_json::json!(1), resume));
+        assert_eq!((claimed.payload, &claimed.resume), (serde_json::json!(1), &resume));
         assert!(matches!(store.claim_for_resume("run_c"), Err(NotResumable::Running(_))), "claimed twice");
         store.insert("run_s", "triage", "x", &Value::Null);
         assert!(matches!(store.claim_for_resume("run_s"), Err(NotResumable::Served(_))));
         assert!(matches!(store.claim_for_resume("nope"), Err(NotResumable::Unknown(_))));
+        // An interrupted run is cancelled at once: nobody runs it to see a flag.
+        store.insert_cli("run_d", "agent.wasm", "cli", &serde_json::json!(1), &resume);
+        store.append("run_d", &Entry { seq: 0, key: "component".into(), value: "1".into() }).unwrap();
+        owner_gone(&store, "run_d");
+        assert_eq!(store.get("run_d").unwrap()["status"], "interrupted");
+        assert_eq!(store.request_cancel("run_d"), CancelRequest::Requested);
+        assert_eq!(store.get("run_d").unwrap()["status"], "cancelled");
+        assert!(store.entries("run_d").unwrap().is_empty());
     }
 
     #[test]
