@@ -16,6 +16,7 @@ fn settings() -> RunSettings {
         reuse: None,
         sandbox_per_id: false,
         default_resources: None,
+        sandbox_idle: None,
     }
 }
 
@@ -159,6 +160,7 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
         run_id: None,
         conversations: None,
         journal: None,
+        id_sandbox_ledger: None,
     };
     let outcome = host.run(run(json!({"mode": "loop"}), probe.clone()), EventLog::discard()).await;
     assert!(matches!(outcome.result, Err(RunError::DeadlineExceeded { .. })), "{:?}", outcome.result.err());

@@ -349,3 +349,66 @@ fn a_sandbox_per_id_keeps_its_files_between_runs() {
     assert_eq!(run("cat note.txt"), "kept\n");
     assert_eq!(local_sandboxes(tmp.path()), 1);
 }
+
+/// A sandbox kept per id is deleted once it has gone unused past its idle
+/// time (`--sandbox-idle-secs`, noted in the project's store): by `flue
+/// sandboxes gc`, and by a server on the project, which looks at start and
+/// then once a minute. One still within its time is kept by both.
+#[test]
+fn an_id_sandbox_idle_past_its_time_is_deleted_by_gc_and_by_the_server() {
+    let (project, tmp) = (scratch(), scratch());
+    let run = |id: &str, idle: &str| {
+        let payload = json!({"mode": "exec", "command": "true"}).to_string();
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload, "--isolation", "none", "--id", id, "--sandbox-per-id"])
+            .args(["--sandbox-idle-secs", idle])
+            .env("TMPDIR", tmp.path());
+        output(&mut command).ok();
+    };
+    run("brief", "1");
+    run("lasting", "3600");
+    assert_eq!(local_sandboxes(tmp.path()), 2);
+    std::thread::sleep(Duration::from_millis(1200));
+    let gc = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "gc"]));
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(gc.stdout.contains(" id brief (idle past its time)"), "{}", gc.stdout);
+    assert_eq!(local_sandboxes(tmp.path()), 1, "{}", gc.stdout);
+
+    run("brief", "1");
+    assert_eq!(local_sandboxes(tmp.path()), 2, "the id got a new sandbox");
+    std::thread::sleep(Duration::from_millis(1200));
+    let _server = Server::start("serve", project.path(), tmp.path(), &[]);
+    wait_until("the server deleted the idle sandbox", Duration::from_secs(30), || local_sandboxes(tmp.path()) == 1);
+}
+
+/// An agent asks for its id's sandbox itself (`create` with the label
+/// `flue.keep-for-id`): the id's runs share it, and a `flue.` label an agent
+/// puts on its own sandbox cannot pass that sandbox off as another id's.
+#[test]
+fn an_agent_asks_for_its_ids_sandbox_and_cannot_plant_another_ids() {
+    let (project, tmp) = (scratch(), scratch());
+    let run = |id: &str, payload: Value| {
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload.to_string(), "--isolation", "none", "--id", id])
+            .env("TMPDIR", tmp.path());
+        output(&mut command).ok()["stdout"].as_str().unwrap_or_default().to_string()
+    };
+    let (key, planted) = flue::run::ownership::for_id("probe", "b");
+    let plant = json!({"mode": "exec", "command": "echo planted > p.txt", "keep": true, "labels": [[key, planted]]});
+    run("a", plant);
+    let for_id = json!([["flue.keep-for-id", "true"]]);
+    let first = run("b", json!({"mode": "exec", "command": "cat p.txt 2>/dev/null || echo clean", "labels": for_id}));
+    assert_eq!(first, "clean\n", "the id's sandbox is one another agent planted");
+    run("b", json!({"mode": "exec", "command": "echo mine > m.txt", "labels": for_id}));
+    let again = run("b", json!({"mode": "exec", "command": "cat m.txt", "labels": for_id}));
+    assert_eq!(again, "mine\n", "the id's runs do not share its sandbox");
+    assert_eq!(local_sandboxes(tmp.path()), 2, "the planted one (kept) and b's");
+}

@@ -2,7 +2,8 @@
 //! whose process was killed (`flue serve`, or `flue run` then `flue runs
 //! resume`) is resumed — its completed model turns and tool calls answered
 //! from the journal, not repeated — in every guest language; a changed
-//! component is refused.
+//! component is refused. The agents here are served by what they declare
+//! of themselves (no `flue.toml`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -48,12 +49,12 @@ fn assert_resumed_once(model: &ModelServer, what: &str) {
     );
 }
 
-/// A project serving `lang`'s `coder` example as the webhook agent `coder`.
+/// A project with `lang`'s `coder` example as `agents/coder.wasm` and no
+/// `flue.toml`: the component declares itself a webhook.
 fn coder_project(lang: &str) -> tempfile::TempDir {
     let project = scratch();
     std::fs::create_dir(project.path().join("agents")).unwrap();
     std::fs::copy(example_in(lang, "coder"), project.path().join("agents/coder.wasm")).unwrap();
-    std::fs::write(project.path().join("flue.toml"), "[agents.coder]\nwebhook = true\ndeadline-secs = 300\n").unwrap();
     project
 }
 
@@ -68,6 +69,10 @@ fn a_run_killed_with_its_server_resumes_from_its_journal_in_every_language() {
         let model = rt.block_on(ModelServer::start(four_turns())).unwrap();
         let (project, tmp) = (coder_project(lang), scratch());
         let server = server_with_model(project.path(), tmp.path(), &model, &[]);
+        let listed =
+            rt.block_on(async { client.get(format!("{}/agents", server.url)).send().await.unwrap().body_json().await });
+        assert_eq!(listed["agents"][0]["name"], "coder", "{lang}: not served by its declaration: {listed}");
+        assert!(listed["agents"][0]["description"].as_str().unwrap_or("").contains("fixes a bug"), "{listed}");
         let payload = json!({"model": "openai/gpt-test", "prompt": "Count to three."});
         let started = rt.block_on(async {
             let request = client
@@ -189,4 +194,44 @@ fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sand
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("which the run used, is gone"), "{}", refused.stderr);
     assert_eq!(model.requests().len(), 3, "a refused resume asked the model");
+}
+
+/// A run that streams a file in parts, crashed after each entry of its
+/// journal in turn (mid-write, between writing and reading, mid-read) and
+/// resumed: every resume ends with the file whole and read back the same,
+/// and a crash before the writer finished writes it again.
+#[test]
+fn a_streaming_run_resumes_from_every_point_of_its_journal() {
+    let payload = json!({"mode": "stream", "mib": 3}).to_string();
+    let mut crashed_at = 0;
+    for entry in 1.. {
+        let (project, tmp) = (scratch(), scratch());
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload, "--isolation", "none"])
+            .env("TMPDIR", tmp.path())
+            .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
+        let first = output(&mut command);
+        if first.code == 0 {
+            break; // past the journal's last entry: nothing left to crash after
+        }
+        crashed_at = entry;
+        let (run_id, status) = only_run(project.path());
+        assert_eq!(status, "interrupted", "entry {entry}: {}", first.stderr);
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .args(["runs", "resume", &run_id, "--isolation", "none"])
+            .env("TMPDIR", tmp.path());
+        let resumed = output(&mut command).ok();
+        assert_eq!(
+            (&resumed["same"], &resumed["bytes"]),
+            (&json!(true), &json!(3 * 1024 * 1024)),
+            "after entry {entry}: {resumed}"
+        );
+    }
+    assert!(crashed_at >= 12, "the run's journal is shorter than its calls: {crashed_at} entries");
 }

@@ -714,3 +714,61 @@ fn a_project_stands_alone_with_its_own_connectors_and_env() {
     assert_eq!(body["result"]["stdout"], "/home/daytona\n", "{body}");
     daytona.assert_no_sandboxes_left();
 }
+
+/// An agent's own declaration (a `flue:agent` section in its component)
+/// serves it as a webhook with no `flue.toml` entry, `flue.toml` overrides
+/// it key by key, and a declaration that is not one refuses that agent only,
+/// saying why.
+#[test]
+fn an_agent_declares_itself_and_flue_toml_overrides_it() {
+    let (project, tmp) = (scratch(), scratch());
+    let agents = project.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    let probe = std::fs::read(fixture("probe")).unwrap();
+    let with_section = |payload: &str| {
+        let name = b"flue:agent";
+        let mut bytes = probe.clone();
+        bytes.extend([0, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(payload.as_bytes());
+        bytes
+    };
+    std::fs::write(agents.join("declared.wasm"), with_section(r#"{"webhook": true, "description": "Echoes"}"#))
+        .unwrap();
+    std::fs::write(agents.join("switched-off.wasm"), with_section(r#"{"webhook": true}"#)).unwrap();
+    std::fs::write(agents.join("garbled.wasm"), with_section(r#"{"webhok": true}"#)).unwrap();
+    std::fs::write(agents.join("too-long.wasm"), with_section(r#"{"webhook": true, "deadline-secs": 99999999}"#))
+        .unwrap();
+    std::fs::write(
+        project.path().join("flue.toml"),
+        "[agents.switched-off]\nwebhook = false\n[agents.garbled]\nwebhook = true\n",
+    )
+    .unwrap();
+    let server = Server::start("serve", project.path(), tmp.path(), &[]);
+    let client = reqwest::Client::new();
+    runtime().block_on(async {
+        let listed: Value = client.get(format!("{}/agents", server.url)).send().await.unwrap().body_json().await;
+        assert_eq!(listed["agents"].as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(
+            (&listed["agents"][0]["name"], &listed["agents"][0]["description"]),
+            (&json!("declared"), &json!("Echoes"))
+        );
+        let post = |name: &str| {
+            let request = client
+                .post(format!("{}/agents/{name}/x", server.url))
+                .body(json!({"mode": "exec", "command": "echo hi"}).to_string());
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.body_json().await)
+            }
+        };
+        let (status, answer) = post("declared").await;
+        assert_eq!((status, &answer["result"]["stdout"]), (200, &json!("hi\n")), "{answer}");
+        let (status, answer) = post("switched-off").await;
+        assert_eq!(status, 404, "flue.toml's webhook = false did not win: {answer}");
+        let (status, answer) = post("garbled").await;
+        assert!(status >= 400 && answer["error"]["message"].to_string().contains("webhok"), "{status} {answer}");
+        let (status, answer) = post("too-long").await;
+        assert_eq!(status, 404, "an out-of-range declaration is refused: {answer}");
+    });
+}

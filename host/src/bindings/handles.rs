@@ -41,11 +41,26 @@ pub struct AgentSession {
     pub(crate) conversation: Vec<Message>,
 }
 
-/// An agent's `file-reader` handle.
-pub struct AgentReader(pub(crate) SessionReader);
+/// An agent's `file-reader` handle: the file and where the next read
+/// starts, and the open reader — which a resumed run whose reads are
+/// answered from its journal opens only once the journal runs out.
+pub struct AgentReader {
+    pub(crate) session: Session,
+    pub(crate) path: String,
+    pub(crate) offset: u64,
+    pub(crate) live: Option<SessionReader>,
+}
 
-/// An agent's `file-writer` handle.
-pub struct AgentWriter(pub(crate) SessionWriter);
+/// An agent's `file-writer` handle. `stream` names it in the journal (the
+/// journal's position when it was opened); `redo`: a resumed run writes it
+/// again, its recorded parts notwithstanding (the crash came before it was
+/// finished); `live`: the open writer, `None` while every part of it is
+/// answered from the journal.
+pub struct AgentWriter {
+    pub(crate) stream: u64,
+    pub(crate) redo: bool,
+    pub(crate) live: Option<SessionWriter>,
+}
 
 /// The body of a request a connector is sending in parts.
 pub struct OutgoingBody {

@@ -51,6 +51,13 @@ pub struct RunArgs {
     #[arg(long, requires = "id", conflicts_with = "reuse")]
     pub sandbox_per_id: bool,
 
+    /// With --sandbox-per-id: delete the id's sandbox once it has gone this
+    /// many seconds unused (noted in .flue/runs.sqlite; a server on this
+    /// project, or `flue sandboxes gc`, deletes it). 0: never. Default: a week.
+    #[arg(long, value_name = "SECS", requires = "sandbox_per_id",
+          value_parser = super::ranged(crate::run::sandboxes::SANDBOX_IDLE_SECS))]
+    pub sandbox_idle_secs: Option<u64>,
+
     /// The agent's limits.
     #[command(flatten)]
     pub agent_limits: AgentLimitArgs,
@@ -89,6 +96,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         reuse: args.reuse,
         sandbox_per_id: args.sandbox_per_id,
         default_resources: args.host.resources(),
+        sandbox_idle: crate::run::sandboxes::sandbox_idle(args.sandbox_idle_secs),
     };
     let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
     let invocation = args.id.clone().unwrap_or_else(|| "cli".into());
@@ -116,6 +124,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
             _ => None,
         },
         journal,
+        id_sandbox_ledger: store.clone().map(|store| store as Arc<dyn crate::run::IdSandboxLedger>),
     };
     run_to_the_end(&host, run, store, events).await
 }
@@ -128,6 +137,7 @@ fn resume_record(agent: &str, settings: &RunSettings) -> serde_json::Value {
         "keep": settings.keep,
         "reuse": settings.reuse,
         "sandboxPerId": settings.sandbox_per_id,
+        "sandboxIdleSecs": settings.sandbox_idle.map_or(0, |idle| idle.as_secs()),
     })
 }
 
@@ -150,6 +160,7 @@ pub async fn resume(
         reuse: text("reuse"),
         sandbox_per_id: claimed.resume["sandboxPerId"].as_bool().unwrap_or(false),
         default_resources: host_args.resources(),
+        sandbox_idle: crate::run::sandboxes::sandbox_idle(claimed.resume["sandboxIdleSecs"].as_u64()),
     };
     let host = host_args.host(agent_limits.limits()).await?;
     let wasm_path = crate::guest::resolve(&agent, &events).map_err(usage)?;
@@ -168,6 +179,7 @@ pub async fn resume(
             store: store.clone(),
             limit: agent_limits.journal_limit().unwrap_or(crate::journal::DEFAULT_LIMIT_BYTES),
         }),
+        id_sandbox_ledger: Some(store.clone()),
     };
     run_to_the_end(&host, run, Some(store), events).await
 }

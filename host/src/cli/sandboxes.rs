@@ -65,6 +65,10 @@ pub enum Action {
         /// Say what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The project whose sandboxes kept per id are deleted too once idle
+        /// past their `sandbox-idle-secs` (its .flue/runs.sqlite notes their use).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        project: std::path::PathBuf,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -151,7 +155,7 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             }
             Ok(())
         }
-        Action::Gc { older_than, only, dry_run, host } => {
+        Action::Gc { older_than, only, dry_run, project, host } => {
             let host = host.host(Limits::default()).await?;
             let wanted = [(ownership::CREATED_BY.to_string(), "flue".to_string())];
             let (mut deleted, mut failed) = (0, 0);
@@ -189,12 +193,46 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             if !dry_run {
                 out!("{deleted} orphaned sandbox(es) deleted");
             }
+            failed += delete_idle_id_sandboxes(&host, &project, dry_run).await?;
             if failed > 0 {
-                return Err(anyhow::anyhow!("{failed} orphaned sandboxes could not be deleted").into());
+                return Err(anyhow::anyhow!("{failed} sandboxes could not be deleted").into());
             }
             Ok(())
         }
     }
+}
+
+/// Delete the sandboxes kept per id in `project` that went unused past
+/// their idle time; how many could not be.
+async fn delete_idle_id_sandboxes(host: &Host, project: &std::path::Path, dry_run: bool) -> Result<usize, Failure> {
+    let path = crate::serve::store::project_store(project);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let store = crate::serve::store::RunStore::attach(&path, usize::MAX, true)?;
+    let found_ms = crate::events::unix_millis();
+    let mut failed = 0;
+    for sandbox in store.idle_id_sandboxes(found_ms) {
+        let what = format!(
+            "{} sandbox {} of agent {} id {} (idle past its time)",
+            escape(&sandbox.connector),
+            escape(&sandbox.sandbox_id),
+            escape(&sandbox.agent),
+            escape(&sandbox.id)
+        );
+        if dry_run {
+            out!("would delete {what}");
+            continue;
+        }
+        match crate::serve::idle_sandboxes::delete(&store, host, sandbox, found_ms).await.deleted {
+            Ok(()) => out!("deleted {what}"),
+            Err(why) => {
+                failed += 1;
+                eprintln!("error: could not delete {what}: {}", escape_block(&why));
+            }
+        }
+    }
+    Ok(failed)
 }
 
 /// Each connector's sandboxes with `labels`: the named connectors, or local

@@ -250,6 +250,8 @@ pub(crate) struct BuildPaths {
     /// The component (`<cache>/built/<key>.wasm`).
     pub output: PathBuf,
     builds: PathBuf,
+    /// The agent's directory: where its declaration is read from.
+    agent: PathBuf,
 }
 
 impl BuildPaths {
@@ -265,6 +267,7 @@ impl BuildPaths {
                 work: builds.join(key(root)),
                 output: built.join(format!("{}.wasm", key(agent))),
                 builds,
+                agent: agent.to_path_buf(),
             })
         };
         prepare().map_err(AgentSourceError::Cache)
@@ -337,6 +340,14 @@ impl BuildPaths {
         let dir = self.output.parent().expect("components live in a directory");
         let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(|err| fail(err.to_string()))?;
         std::io::copy(&mut file.take(MAX_COMPONENT), partial.as_file_mut()).map_err(|err| fail(err.to_string()))?;
+        // What the agent declares of itself travels inside its component.
+        let declared = super::declaration::from_source(&self.agent)
+            .map_err(|err| AgentSourceError::BuildFailed { dir: self.agent.clone(), log: err.to_string() })?;
+        if let Some(declared) = declared {
+            use std::io::Write as _;
+            let section = super::declaration::section(&declared);
+            partial.as_file_mut().write_all(&section).map_err(|err| fail(err.to_string()))?;
+        }
         partial.persist(&self.output).map_err(|err| fail(err.error.to_string()))?;
         Ok(self.output.clone())
     }

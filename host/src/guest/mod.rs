@@ -6,6 +6,7 @@ pub mod build;
 mod cache_dirs;
 mod cargo_fetch;
 mod componentize;
+pub mod declaration;
 pub(crate) mod embedded_connectors;
 pub mod isolate;
 pub mod rust;

@@ -30,6 +30,7 @@ fn template(language: Language) -> Template {
             language: "Python",
             files: &[
                 ("app.py", include_str!("../../templates/python/app.py")),
+                ("pyproject.toml", include_str!("../../templates/python/pyproject.toml")),
                 (".gitignore", "target/\n__pycache__/\n"),
             ],
             toolchain: "It needs python3; flue installs componentize-py 0.25.1 (from PyPI) into its cache \

@@ -189,6 +189,19 @@ impl Journal {
         state.next < state.recorded.len() as u64
     }
 
+    /// The place of the next call: a name, stable across a resume, for a
+    /// stream opened now.
+    pub fn position(&self) -> u64 {
+        self.lock().next
+    }
+
+    /// Whether call `key` is recorded at or after the next call's place
+    /// (a resumed run asks whether a stream it reopens was finished).
+    pub fn recorded_ahead(&self, key: &str) -> bool {
+        let state = self.lock();
+        state.recorded.iter().skip(state.next as usize).any(|entry| entry.key == key)
+    }
+
     /// The error a call that could not fail (a clock read) met, if any.
     pub fn poisoned(&self) -> Option<JournalError> {
         self.lock().poisoned.clone()
@@ -271,6 +284,8 @@ impl Journal {
             tracing::warn!("run {}: the journal stops here: {err}", self.run_id);
             state.stopped = true;
         }
+        #[cfg(debug_assertions)]
+        crash_if_asked(seq);
     }
 
     /// Entries and bytes (keys and answers) this process recorded.
@@ -281,6 +296,18 @@ impl Journal {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A crash the tests can ask for, in debug builds only: with
+/// `FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY=<n>`, the process aborts right
+/// after it recorded entry `n` — so the tests can resume a run from every
+/// point of its journal. Release builds have no such hook.
+#[cfg(debug_assertions)]
+fn crash_if_asked(seq: u64) {
+    let asked = std::env::var("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY").ok().and_then(|n| n.parse::<u64>().ok());
+    if asked == Some(seq) {
+        std::process::abort();
     }
 }
 

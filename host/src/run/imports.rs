@@ -22,7 +22,7 @@ use crate::journal::{self, Journal, JournalError};
 use crate::runtime::{HasStoreBase, StoreBase};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
-use crate::sandbox::session::{Session, SessionReader, SessionWriter};
+use crate::sandbox::session::Session;
 use crate::sandbox::{Sandbox, SandboxSource};
 
 /// The longest session or harness name the host keeps (each handle's name
@@ -188,22 +188,13 @@ impl AgentState {
         Ok(paths::resolve(session.cwd(), path).unwrap_or_else(|_| session.cwd().to_string()))
     }
 
-    pub(crate) fn push_reader(
+    /// Hand the agent a new handle, or the error instead.
+    pub(crate) fn push_handle<T: Send + 'static>(
         &mut self,
-        reader: SandboxResult<SessionReader>,
-    ) -> wasmtime::Result<SandboxResult<Resource<AgentReader>>> {
-        match reader {
-            Ok(reader) => Ok(Ok(self.base.table.push(AgentReader(reader))?)),
-            Err(err) => Ok(Err(err)),
-        }
-    }
-
-    pub(crate) fn push_writer(
-        &mut self,
-        writer: SandboxResult<SessionWriter>,
-    ) -> wasmtime::Result<SandboxResult<Resource<AgentWriter>>> {
-        match writer {
-            Ok(writer) => Ok(Ok(self.base.table.push(AgentWriter(writer))?)),
+        handle: SandboxResult<T>,
+    ) -> wasmtime::Result<SandboxResult<Resource<T>>> {
+        match handle {
+            Ok(handle) => Ok(Ok(self.base.table.push(handle)?)),
             Err(err) => Ok(Err(err)),
         }
     }
@@ -390,13 +381,17 @@ macro_rules! stream_methods {
             path: String,
             offset: u64,
         ) -> WitResult<Resource<AgentReader>> {
-            let reader = self.$session(&this)?.open_read(&path, offset).await;
-            wit(self.push_reader(reader))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let reader = super::streams::open_reader(journal.as_deref(), &session, &path, offset).await?;
+            wit(self.push_handle(reader))
         }
 
         async fn open_write(&mut self, this: Resource<$handle>, path: String) -> WitResult<Resource<AgentWriter>> {
-            let writer = self.$session(&this)?.open_write(&path).await;
-            wit(self.push_writer(writer))
+            let session = self.$session(&this)?;
+            let journal = self.journal.clone();
+            let writer = super::streams::open_writer(journal.as_deref(), &session, &path).await?;
+            wit(self.push_handle(writer))
         }
     };
 }
@@ -489,30 +484,6 @@ impl sandbox_api::HostSandbox for AgentState {
     stream_methods!(AgentSandbox, workdir_session);
 
     async fn drop(&mut self, this: Resource<AgentSandbox>) -> wasmtime::Result<()> {
-        self.drop_handle(this)
-    }
-}
-
-impl sandbox_api::HostFileReader for AgentState {
-    async fn read(&mut self, this: Resource<AgentReader>, max: u32) -> WitResult<Vec<u8>> {
-        wit(Ok(self.base.table.get_mut(&this)?.0.read(max as usize).await))
-    }
-
-    async fn drop(&mut self, this: Resource<AgentReader>) -> wasmtime::Result<()> {
-        self.drop_handle(this)
-    }
-}
-
-impl sandbox_api::HostFileWriter for AgentState {
-    async fn write(&mut self, this: Resource<AgentWriter>, data: Vec<u8>) -> WitResult<()> {
-        wit(Ok(self.base.table.get_mut(&this)?.0.write(&data).await))
-    }
-
-    async fn finish(&mut self, this: Resource<AgentWriter>) -> WitResult<()> {
-        wit(Ok(self.base.table.get_mut(&this)?.0.finish().await))
-    }
-
-    async fn drop(&mut self, this: Resource<AgentWriter>) -> wasmtime::Result<()> {
         self.drop_handle(this)
     }
 }

@@ -14,6 +14,7 @@ mod prepare;
 mod prompt;
 pub mod sandboxes;
 pub mod signals;
+mod streams;
 
 pub use prepare::AgentLinker;
 #[cfg(debug_assertions)]
@@ -34,7 +35,7 @@ use crate::runtime::guest_output::GuestOutput;
 use crate::runtime::{Limits, Runtime};
 use conversations::{Conversations, RunConversations};
 use imports::AgentState;
-pub use sandboxes::{RunSandboxes, RunSettings};
+pub use sandboxes::{IdSandbox, IdSandboxLedger, RunSandboxes, RunSettings};
 
 /// One agent run's input.
 pub struct AgentRun {
@@ -59,6 +60,9 @@ pub struct AgentRun {
     /// Where its journal is kept; `None`: no journal, and a crash loses the
     /// run. A run whose journal already holds entries resumes from them.
     pub journal: Option<RunJournal>,
+    /// Where the use of its id's sandbox is noted (`sandbox_per_id`), so
+    /// that an idle one is deleted in time; `None`: not noted.
+    pub id_sandbox_ledger: Option<Arc<dyn IdSandboxLedger>>,
 }
 
 /// Where a run's journal is kept, and its bound.
@@ -179,6 +183,7 @@ pub async fn run_agent(
         run.settings.clone(),
         events.clone(),
         limits.max_read(),
+        run.id_sandbox_ledger.clone(),
     );
     let deadline = limits.deadline;
 

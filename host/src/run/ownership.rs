@@ -45,6 +45,10 @@ pub const FOR_ID: &str = "flue.for-id";
 /// The invocation id of such a sandbox, as far as label characters allow
 /// (for people; [`FOR_ID`] is what finds it).
 pub const ID: &str = "flue.id";
+/// The label an agent puts on a `create` to ask for its invocation id's
+/// sandbox (value `true`): the one created for the id before, reconnected,
+/// else a new one kept for the id. Never kept on the sandbox itself.
+pub const KEEP_FOR_ID: &str = "flue.keep-for-id";
 
 /// The [`FOR_ID`] label of `agent`'s sandbox for invocation id `id`.
 pub fn for_id(agent: &str, id: &str) -> (String, String) {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connector::registry::ConnectorRegistry;
 use crate::events::{Event, EventLog, LogLevel, millis};
@@ -27,6 +27,45 @@ pub struct RunSettings {
     /// `--disk-gib`), and the ceiling of every sandbox the agent creates;
     /// `None`: the connector's defaults, no ceiling but the connector's own.
     pub default_resources: Option<Resources>,
+    /// With `sandbox_per_id`: how long the id's sandbox may go unused
+    /// before it is deleted (`None`: never).
+    pub sandbox_idle: Option<Duration>,
+}
+
+/// How long a sandbox kept per id may go unused, unless configured: a week.
+pub const DEFAULT_SANDBOX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The range of `sandbox-idle-secs` (0: never deleted; at most a year).
+pub const SANDBOX_IDLE_SECS: std::ops::RangeInclusive<u64> = 0..=365 * 24 * 3600;
+
+/// `sandbox-idle-secs` as a run takes it: unset, the default; 0, never.
+pub fn sandbox_idle(secs: Option<u64>) -> Option<Duration> {
+    match secs {
+        None => Some(DEFAULT_SANDBOX_IDLE),
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+    }
+}
+
+/// A sandbox that belongs to an agent and invocation id, as last used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdSandbox {
+    /// The agent (as `run::agent_name` names it).
+    pub agent: String,
+    /// The invocation id.
+    pub id: String,
+    /// The connector, by name.
+    pub connector: String,
+    /// The sandbox's id.
+    pub sandbox_id: String,
+    /// How long it may go unused (`None`: for ever).
+    pub idle: Option<Duration>,
+}
+
+/// Where the use of sandboxes kept per id is noted, so that one left idle
+/// past its time can be found and deleted (the run store).
+pub trait IdSandboxLedger: Send + Sync {
+    /// `sandbox` was used now (a run took it up, or ended with it).
+    fn used(&self, sandbox: &IdSandbox);
 }
 
 /// A sandbox created by this run.
@@ -56,6 +95,10 @@ pub struct RunSandboxes {
     /// The first sandbox the run could not get because its provider was
     /// down, timing out or refusing the credentials: connector and error.
     unavailable: Mutex<Option<(String, SandboxError)>>,
+    /// Where the use of the id's sandbox is noted, if anywhere.
+    ledger: Option<Arc<dyn IdSandboxLedger>>,
+    /// The id's sandbox, once the run took it up.
+    id_sandbox: Mutex<Option<IdSandbox>>,
 }
 
 impl RunSandboxes {
@@ -66,6 +109,7 @@ impl RunSandboxes {
         settings: RunSettings,
         events: EventLog,
         max_read: u64,
+        ledger: Option<Arc<dyn IdSandboxLedger>>,
     ) -> Arc<Self> {
         Arc::new(RunSandboxes {
             registry,
@@ -79,6 +123,8 @@ impl RunSandboxes {
             default_sandbox: Default::default(),
             owned: Default::default(),
             unavailable: Default::default(),
+            ledger,
+            id_sandbox: Default::default(),
         })
     }
 
@@ -184,14 +230,26 @@ impl RunSandboxes {
                 let options = CreateOptions { resources: self.settings.default_resources, ..Default::default() };
                 let sandbox = match self.settings.reuse.clone() {
                     Some(id) => self.connect(None, &id).await?,
-                    None if self.settings.sandbox_per_id => self.id_sandbox(options).await?,
+                    None if self.settings.sandbox_per_id => self.id_sandbox(None, options).await?,
                     None => self.create(None, &options, self.settings.keep).await?,
                 };
                 *default = Some(sandbox.clone());
                 Ok(sandbox)
             }
-            SandboxSource::Create { connector, options, keep } => {
-                self.create(connector.as_deref(), &options, keep || self.settings.keep).await
+            SandboxSource::Create { connector, mut options, keep } => {
+                let for_id = options.labels.iter().position(|(key, _)| key == super::ownership::KEEP_FOR_ID);
+                let for_id = for_id.map(|at| options.labels.remove(at));
+                // `flue.` labels are flue's word on who owns a sandbox: an
+                // agent's own would let it pass one off as another id's.
+                options.labels.retain(|(key, _)| !key.starts_with("flue."));
+                match for_id {
+                    Some((_, value)) if value == "true" => self.id_sandbox(connector.as_deref(), options).await,
+                    Some((_, value)) => Err(SandboxError::invalid_input(format!(
+                        "label {}={value:?}: the only value is \"true\" (the invocation id's own sandbox)",
+                        super::ownership::KEEP_FOR_ID
+                    ))),
+                    None => self.create(connector.as_deref(), &options, keep || self.settings.keep).await,
+                }
             }
             SandboxSource::Connect { connector, id } => self.connect(connector.as_deref(), &id).await,
         }
@@ -251,19 +309,34 @@ impl RunSandboxes {
         Ok(sandbox)
     }
 
-    /// The sandbox of the run's agent and invocation id on the run's
-    /// connector: the one its labels name if there is one, else a new one,
-    /// kept when the run ends.
-    async fn id_sandbox(&self, mut options: CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
+    /// The sandbox of the run's agent and invocation id on `connector`
+    /// (the run's by default): the one its labels name if there is one,
+    /// else a new one, kept when the run ends.
+    async fn id_sandbox(&self, connector: Option<&str>, mut options: CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
         let label = super::ownership::for_id(&super::agent_name(&self.agent), &self.invocation);
-        let connector = self.connector(None).await?;
+        let name = connector.unwrap_or(&self.settings.default_connector).to_string();
+        let connector = self.connector(Some(&name)).await?;
         let found = connector.list(std::slice::from_ref(&label)).await?;
-        if let Some(existing) = found.iter().find(|sandbox| sandbox.labels.contains(&label)) {
-            return self.connect(None, &existing.id).await;
+        let sandbox = match found.iter().find(|sandbox| sandbox.labels.contains(&label)) {
+            Some(existing) => self.connect(Some(&name), &existing.id).await?,
+            None => {
+                options.labels.push(label);
+                options.labels.push((super::ownership::ID.into(), super::ownership::label_safe(&self.invocation)));
+                self.create(Some(&name), &options, true).await?
+            }
+        };
+        let used = IdSandbox {
+            agent: super::agent_name(&self.agent),
+            id: self.invocation.clone(),
+            connector: name,
+            sandbox_id: sandbox.id().to_string(),
+            idle: self.settings.sandbox_idle,
+        };
+        if let Some(ledger) = &self.ledger {
+            ledger.used(&used);
         }
-        options.labels.push(label);
-        options.labels.push((super::ownership::ID.into(), super::ownership::label_safe(&self.invocation)));
-        self.create(None, &options, true).await
+        *self.id_sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(used);
+        Ok(sandbox)
     }
 
     async fn connect(&self, connector: Option<&str>, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
@@ -283,6 +356,11 @@ impl RunSandboxes {
         // Let go of the run's sandbox first: a local one then stops its
         // processes at once, before slower deletions elsewhere.
         self.default_sandbox.lock().await.take();
+        // The id's sandbox was in use until now: its idle time starts here.
+        let id_sandbox = self.id_sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(ledger), Some(used)) = (&self.ledger, id_sandbox) {
+            ledger.used(&used);
+        }
         // A panic elsewhere in the run (see `run::panics`) must not stop this.
         let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
         for sandbox in owned {

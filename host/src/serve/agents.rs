@@ -1,34 +1,46 @@
 //! Which agents a server exposes: `agents/<name>/` (source, any language,
 //! built when stale) or `agents/<name>.wasm` in the project directory, and
-//! `flue.toml`, where an agent opts in to webhooks and sets its limits:
+//! how: what the agent declares of itself (see
+//! [`crate::guest::declaration`]: a `flue:agent` section in its component,
+//! written from its own manifest), with the project's `flue.toml` entry over
+//! it, key by key:
 //!
 //! ```toml
 //! [agents.hello]
 //! webhook = true        # exposed as POST /agents/hello/<id>
+//! description = "…"     # shown by GET /agents
 //! deadline-secs = 60    # default: the server's --deadline
 //! memory-mib = 256      # default: the server's --memory
 //! sandbox = "local"     # default: the server's --sandbox
 //! sandbox-per-id = true # the run's sandbox belongs to its id (default: one per run)
+//! sandbox-idle-secs = 86400 # an id's sandbox unused this long is deleted (default: a week; 0: never)
 //! ```
 //!
-//! Numbers are checked against [`super::bounds`] when the manifest is read.
-//! An agent must lie inside the project: `agents/x.wasm` as a symbolic link
-//! to a file elsewhere is refused (listed, with the reason, so that a request
-//! for it says why), and checked again when a run reads it.
+//! So an agent that declares `webhook = true` needs no `flue.toml` entry,
+//! and `webhook = false` there turns it off. Numbers are checked against
+//! [`super::bounds`]: `flue.toml`'s when it is read (a bad one is the
+//! project's error), a declaration's per agent (a bad one refuses that
+//! agent, saying why). An agent must lie inside the project:
+//! `agents/x.wasm` as a symbolic link to a file elsewhere is refused
+//! (listed, with the reason, so that a request for it says why), and checked
+//! again when a run reads it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 
 use super::bounds;
+use crate::guest::declaration::{self, AgentSettings};
 
-/// One agent's settings in `flue.toml`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+/// One agent's settings, as the server applies them.
+#[derive(Clone, Debug, Default)]
 pub struct AgentManifest {
+    /// What it does, as it (or `flue.toml`) says.
+    pub description: Option<String>,
     /// Exposed as a webhook.
-    #[serde(default)]
     pub webhook: bool,
     /// Its deadline.
     pub deadline_secs: Option<u64>,
@@ -37,29 +49,44 @@ pub struct AgentManifest {
     /// Its sandbox's connector.
     pub sandbox: Option<String>,
     /// Its runs' sandbox belongs to their invocation id: kept between runs.
-    #[serde(default)]
     pub sandbox_per_id: bool,
+    /// How long an id's sandbox may go unused (`None`: never deleted).
+    pub sandbox_idle: Option<std::time::Duration>,
 }
 
-impl AgentManifest {
-    /// Refuse numbers outside [`bounds`].
-    fn check(&self, name: &str) -> Result<(), bounds::OutOfRange> {
-        let key = |field: &str| format!("[agents.{name}] {field}");
-        if let Some(secs) = self.deadline_secs {
-            bounds::check(&key("deadline-secs"), secs, &bounds::DEADLINE_SECS, " seconds")?;
+impl From<AgentSettings> for AgentManifest {
+    fn from(settings: AgentSettings) -> Self {
+        AgentManifest {
+            description: settings.description,
+            webhook: settings.webhook.unwrap_or(false),
+            deadline_secs: settings.deadline_secs,
+            memory_mib: settings.memory_mib,
+            sandbox: settings.sandbox,
+            sandbox_per_id: settings.sandbox_per_id.unwrap_or(false),
+            sandbox_idle: crate::run::sandboxes::sandbox_idle(settings.sandbox_idle_secs),
         }
-        if let Some(mib) = self.memory_mib {
-            bounds::check(&key("memory-mib"), mib, &bounds::MEMORY_MIB, " MiB")?;
-        }
-        Ok(())
     }
+}
+
+/// Refuse numbers outside [`bounds`]; `key` names a field for the error.
+fn check(settings: &AgentSettings, key: impl Fn(&str) -> String) -> Result<(), bounds::OutOfRange> {
+    if let Some(secs) = settings.deadline_secs {
+        bounds::check(&key("deadline-secs"), secs, &bounds::DEADLINE_SECS, " seconds")?;
+    }
+    if let Some(mib) = settings.memory_mib {
+        bounds::check(&key("memory-mib"), mib, &bounds::MEMORY_MIB, " MiB")?;
+    }
+    if let Some(secs) = settings.sandbox_idle_secs {
+        bounds::check(&key("sandbox-idle-secs"), secs, &bounds::SANDBOX_IDLE_SECS, " seconds")?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
     #[serde(default)]
-    agents: HashMap<String, AgentManifest>,
+    agents: HashMap<String, AgentSettings>,
 }
 
 /// An agent the project has.
@@ -67,7 +94,8 @@ struct Manifest {
 pub struct AgentEntry {
     /// A source directory or a `.wasm` file, as found under `agents/`.
     pub source: PathBuf,
-    /// Its `flue.toml` settings (defaults when absent: not a webhook).
+    /// Its settings: its declaration with its `flue.toml` entry over it
+    /// (neither: not a webhook).
     pub manifest: AgentManifest,
     /// Why it cannot be served (it leaves the project), if so.
     pub refused: Option<String>,
@@ -123,8 +151,7 @@ pub fn discover(dir: &Path) -> Result<Project, ProjectError> {
     let mut names: Vec<&String> = manifest.agents.keys().collect();
     names.sort();
     for name in names {
-        manifest.agents[name]
-            .check(name)
+        check(&manifest.agents[name], |field| format!("[agents.{name}] {field}"))
             .map_err(|source| ProjectError::OutOfRange { path: manifest_path.clone(), source })?;
     }
     let mut agents = HashMap::new();
@@ -138,14 +165,64 @@ pub fn discover(dir: &Path) -> Result<Project, ProjectError> {
                 _ => None,
             };
             let Some(name) = name.and_then(|n| n.to_str()).map(str::to_string) else { continue };
-            let manifest = manifest.agents.get(&name).cloned().unwrap_or_default();
-            let refused = inside_project(dir, &path).err();
-            agents.insert(name, AgentEntry { source: path, manifest, refused });
+            let mut refused = inside_project(dir, &path).err();
+            let declared = match refused {
+                Some(_) => AgentSettings::default(),
+                None => declared_by(&path, &name).unwrap_or_else(|why| {
+                    refused = Some(why);
+                    AgentSettings::default()
+                }),
+            };
+            let settings = declared.overridden_by(&manifest.agents.get(&name).cloned().unwrap_or_default());
+            agents.insert(name, AgentEntry { source: path, manifest: settings.into(), refused });
         }
     }
     let mut missing: Vec<String> = manifest.agents.into_keys().filter(|name| !agents.contains_key(name)).collect();
     missing.sort();
     Ok(Project { agents, missing })
+}
+
+/// What agent `name` at `path` declares of itself (nothing: defaults), or
+/// why it cannot be served. A component's declaration is read once per
+/// version of the file (by modification time and size).
+fn declared_by(path: &Path, name: &str) -> Result<AgentSettings, String> {
+    let declared = if path.is_dir() {
+        declaration::from_source(path).map_err(|err| format!("agent {name}: {err}"))?
+    } else {
+        declared_by_component(path, name)?
+    };
+    let declared = declared.unwrap_or_default();
+    check(&declared, |field| format!("agent {name} declares {field}"))
+        .map_err(|err| format!("{err} (flue.toml's [agents.{name}] may set another)"))?;
+    Ok(declared)
+}
+
+/// Components' declarations read before, by path: (modified, size, what it said).
+type Memo = HashMap<PathBuf, (SystemTime, u64, Result<Option<AgentSettings>, String>)>;
+
+/// The most components whose declarations are remembered.
+const MAX_REMEMBERED: usize = 1024;
+
+fn declared_by_component(path: &Path, name: &str) -> Result<Option<AgentSettings>, String> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    let meta = std::fs::metadata(path).map_err(|err| format!("agent {name}: cannot read its component: {err}"))?;
+    let version = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some((modified, len, said)) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(path)
+        && (*modified, *len) == version
+    {
+        return said.clone();
+    }
+    let said = match std::fs::read(path) {
+        Ok(bytes) => declaration::from_component(&bytes, &format!("agent {name}")).map_err(|err| err.to_string()),
+        Err(err) => Err(format!("agent {name}: cannot read its component: {err}")),
+    };
+    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= MAX_REMEMBERED {
+        memo.clear();
+    }
+    memo.insert(path.to_path_buf(), (version.0, version.1, said.clone()));
+    said
 }
 
 /// `path` with every symbolic link resolved, if it lies inside `project`;

@@ -10,6 +10,9 @@ pub const DEADLINE_SECS: RangeInclusive<u64> = crate::runtime::limits::DEADLINE_
 /// An agent's memory, in MiB (as for `flue run`).
 pub const MEMORY_MIB: RangeInclusive<u64> = crate::runtime::limits::AGENT_MEMORY_MIB;
 /// Seconds runs may finish after a shutdown signal: up to a day.
+/// An id's sandbox's idle time (`sandbox-idle-secs`; 0: never deleted).
+pub const SANDBOX_IDLE_SECS: RangeInclusive<u64> = crate::run::sandboxes::SANDBOX_IDLE_SECS;
+/// Seconds.
 pub const GRACE_SECS: RangeInclusive<u64> = 0..=24 * 3600;
 /// The largest request body, in KiB: up to 64 MiB (bodies are held in memory).
 pub const MAX_BODY_KIB: RangeInclusive<u64> = 1..=64 * 1024;

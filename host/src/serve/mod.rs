@@ -32,6 +32,7 @@ pub mod connections;
 pub mod errors;
 pub mod http_guard;
 mod id_turns;
+pub mod idle_sandboxes;
 mod metrics;
 mod parse_errors;
 mod private_files;
@@ -187,7 +188,11 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     println!("flue {} listening on http://{addr}", if config.dev { "dev" } else { "serve" });
     println!(
         "webhooks: {}",
-        if webhooks.is_empty() { "(none: set webhook = true in flue.toml)".to_string() } else { webhooks.join(", ") }
+        if webhooks.is_empty() {
+            "(none: an agent declares webhook = true, or flue.toml sets it)".to_string()
+        } else {
+            webhooks.join(", ")
+        }
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -195,6 +200,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     // What a stopped or killed server left waiting runs now.
     runs::start_queued(&state);
     reload::watch(state.clone());
+    idle_sandboxes::watch(state.clone());
     let (stopping_tx, mut stopping) = watch::channel(false);
     let grace = config.grace;
     let runs = state.clone();

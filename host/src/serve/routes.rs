@@ -34,6 +34,7 @@ struct RunId(String);
 /// The server's routes, behind the [`http_guard`].
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
+        .route("/agents", get(list_agents))
         .route("/agents/{name}/{id}", post(invoke))
         .route("/runs/{run_id}", get(run_record))
         .route("/runs/{run_id}/cancel", post(cancel_run))
@@ -98,6 +99,29 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
         ApiError::new(ErrorKind::MethodNotAllowed, format!("{path} takes {allowed}, not {method}")).into_response();
     response.headers_mut().insert("allow", HeaderValue::from_static(allowed));
     response
+}
+
+/// The webhook agents, with what each says it does and its limits.
+async fn list_agents(State(state): State<Arc<ServerState>>) -> Response {
+    reload::refresh(&state).await;
+    let agents = state.agents.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut served: Vec<Value> = agents
+        .iter()
+        .filter(|(_, agent)| agent.manifest.webhook && agent.refused.is_none())
+        .map(|(name, agent)| {
+            let manifest = &agent.manifest;
+            json!({
+                "name": name,
+                "description": manifest.description,
+                "deadlineSecs": manifest.deadline_secs,
+                "memoryMib": manifest.memory_mib,
+                "sandbox": manifest.sandbox.clone().unwrap_or_else(|| state.config.sandbox.clone()),
+                "sandboxPerId": manifest.sandbox_per_id,
+            })
+        })
+        .collect();
+    served.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    axum::Json(json!({ "agents": served })).into_response()
 }
 
 async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
@@ -224,7 +248,10 @@ async fn admit(
     let Some(agent) = agent.filter(|a| a.manifest.webhook) else {
         return Err(ApiError::new(
             ErrorKind::UnknownAgent,
-            format!("no webhook agent {name:?} (agents/{name} with webhook = true in flue.toml)"),
+            format!(
+                "no webhook agent {name:?} (agents/{name} that declares webhook = true, or with webhook = true in \
+                 flue.toml; GET /agents lists them)"
+            ),
         ));
     };
     if let Some(why) = &agent.refused {

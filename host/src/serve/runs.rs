@@ -219,10 +219,12 @@ impl RunTask {
                 reuse: None,
                 sandbox_per_id: manifest.sandbox_per_id,
                 default_resources: self.state.config.resources,
+                sandbox_idle: manifest.sandbox_idle,
             },
             limits: Some(limits),
             run_id: Some(self.run_id.clone()),
             conversations: Some(Conversations::new(self.state.store.clone(), self.state.config.conversation_limit)),
+            id_sandbox_ledger: Some(self.state.store.clone()),
             journal: self.journaled.then(|| RunJournal {
                 store: self.state.store.clone(),
                 limit: self.state.config.journal_limit.unwrap_or(crate::journal::DEFAULT_LIMIT_BYTES),

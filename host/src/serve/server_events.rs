@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::errors::ApiError;
 use crate::events::EventFormat;
 use crate::events::{millis, one_line};
+use crate::run::IdSandbox;
 use crate::terminal::{escape, escape_block, escape_json};
 
 /// The server's event lines.
@@ -131,6 +132,35 @@ impl ServerEvents {
         self.emit(
             || "flue: the configuration is fixed: serving again".to_string(),
             || json!({"type": "config", "status": "fixed"}),
+        );
+    }
+
+    /// An id's sandbox went unused past its idle time: deleted, or not
+    /// (`failed`: why; it is tried again at the next sweep).
+    pub fn idle_sandbox_deleted(&self, sandbox: &IdSandbox, failed: Option<&String>) {
+        let IdSandbox { agent, id, connector, sandbox_id, .. } = sandbox;
+        self.emit(
+            || match failed {
+                None => format!(
+                    "agent {} id {}: its {} sandbox {} was idle past its time: deleted",
+                    escape(agent),
+                    escape(id),
+                    escape(connector),
+                    escape(sandbox_id)
+                ),
+                Some(why) => format!(
+                    "agent {} id {}: its idle {} sandbox {} could not be deleted (tried again in a minute): {}",
+                    escape(agent),
+                    escape(id),
+                    escape(connector),
+                    escape(sandbox_id),
+                    escape(why)
+                ),
+            },
+            || {
+                json!({"type": "idle-sandbox", "agent": agent, "id": id, "connector": connector,
+                       "sandbox": sandbox_id, "deleted": failed.is_none(), "error": failed})
+            },
         );
     }
 

@@ -23,6 +23,7 @@ use crate::journal::{Entry, JournalStore, JournalStoreError};
 use crate::model::Message;
 use crate::run::conversations::{ConversationKey, ConversationStore, ConversationStoreError};
 use crate::run::ownership;
+use crate::run::{IdSandbox, IdSandboxLedger};
 
 /// Conversations kept, the most recently used.
 pub const MAX_CONVERSATIONS: usize = 10_000;
@@ -203,6 +204,10 @@ impl RunStore {
                  messages TEXT NOT NULL, updated_ms INTEGER NOT NULL,
                  PRIMARY KEY (agent, invocation, harness, session));
              CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);
+             CREATE TABLE IF NOT EXISTS id_sandboxes (
+                 agent TEXT NOT NULL, invocation TEXT NOT NULL, connector TEXT NOT NULL, sandbox_id TEXT NOT NULL,
+                 idle_ms INTEGER, last_used_ms INTEGER NOT NULL,
+                 PRIMARY KEY (agent, invocation, connector));
              CREATE TABLE IF NOT EXISTS journal (
                  run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
                  PRIMARY KEY (run_id, seq));",
@@ -519,6 +524,57 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
     }))
 }
 
+impl IdSandboxLedger for RunStore {
+    fn used(&self, sandbox: &IdSandbox) {
+        let idle_ms = sandbox.idle.map(|idle| i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO id_sandboxes (agent, invocation, connector, sandbox_id, idle_ms, last_used_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (agent, invocation, connector) DO UPDATE SET
+                     sandbox_id = excluded.sandbox_id, idle_ms = excluded.idle_ms, last_used_ms = excluded.last_used_ms",
+                params![sandbox.agent, sandbox.id, sandbox.connector, sandbox.sandbox_id, idle_ms, unix_millis()],
+            )
+        });
+    }
+}
+
+impl RunStore {
+    /// The sandboxes kept per id that have gone unused past their idle
+    /// time, as of `now_ms`.
+    pub fn idle_id_sandboxes(&self, now_ms: i64) -> Vec<IdSandbox> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT agent, invocation, connector, sandbox_id, idle_ms FROM id_sandboxes
+                 WHERE idle_ms IS NOT NULL AND last_used_ms + idle_ms <= ?1 ORDER BY last_used_ms",
+            )?;
+            let rows = statement.query_map(params![now_ms], |row| {
+                Ok(IdSandbox {
+                    agent: row.get(0)?,
+                    id: row.get(1)?,
+                    connector: row.get(2)?,
+                    sandbox_id: row.get(3)?,
+                    idle: row.get::<_, Option<i64>>(4)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<IdSandbox>>>()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Forget `sandbox` (it was deleted) — unless a run took it up again
+    /// since it was found idle.
+    pub fn forget_id_sandbox(&self, sandbox: &IdSandbox, found_ms: i64) {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM id_sandboxes WHERE agent = ?1 AND invocation = ?2 AND connector = ?3
+                     AND sandbox_id = ?4 AND last_used_ms <= ?5",
+                params![sandbox.agent, sandbox.id, sandbox.connector, sandbox.sandbox_id, found_ms],
+            )
+        });
+    }
+}
+
 impl JournalStore for RunStore {
     fn entries(&self, run_id: &str) -> Result<Vec<Entry>, JournalStoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -700,6 +756,30 @@ mod tests {
         assert_eq!(store.request_cancel("run_d"), CancelRequest::Requested);
         assert_eq!(store.get("run_d").unwrap()["status"], "cancelled");
         assert!(store.entries("run_d").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_id_sandbox_is_idle_from_its_last_use_and_never_with_no_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.sqlite"), 10, false).unwrap();
+        let sandbox = |id: &str, idle: Option<u64>| IdSandbox {
+            agent: "triage".into(),
+            id: id.into(),
+            connector: "local".into(),
+            sandbox_id: format!("local-{id}"),
+            idle: idle.map(Duration::from_secs),
+        };
+        store.used(&sandbox("a", Some(60)));
+        store.used(&sandbox("b", None));
+        let now = unix_millis();
+        assert!(store.idle_id_sandboxes(now).is_empty());
+        let later = now + 61_000;
+        assert_eq!(store.idle_id_sandboxes(later), vec![sandbox("a", Some(60))]);
+        // Used again after it was found idle: not forgotten.
+        store.forget_id_sandbox(&sandbox("a", Some(60)), now - 1);
+        assert_eq!(store.idle_id_sandboxes(later).len(), 1);
+        store.forget_id_sandbox(&sandbox("a", Some(60)), later);
+        assert!(store.idle_id_sandboxes(later + 10_000_000).is_empty(), "b has no idle time");
     }
 
     #[test]
