@@ -123,7 +123,7 @@ fn flue_run_with_an_id_continues_its_conversation_in_every_language() {
 }
 
 /// Is a process whose command line is `words` (NUL-joined) alive?
-fn process_running(words: &[&str]) -> bool {
+pub(crate) fn process_running(words: &[&str]) -> bool {
     let wanted = words.join("\0");
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         std::fs::read(entry.path().join("cmdline"))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use model_test_server::{ModelServer, Script, Turn, calls, text, tool};
 use serde_json::{Value, json};
 
-use crate::durable::{KEY, server_with_model, wait_until};
+use crate::durable::{KEY, process_running, server_with_model, wait_until};
 use crate::serve::{BodyJson, local_sandboxes};
 use crate::support::{example_in, flue, output, runtime, scratch};
 
@@ -234,4 +234,61 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
         );
     }
     assert!(crashed_at >= 12, "the run's journal is shorter than its calls: {crashed_at} entries");
+}
+
+/// A cancel stops an agent in every language while its model's `bash`
+/// tool runs `sleep`: the run ends `cancelled`, the command is killed, the
+/// sandbox deleted; and a `flue run` is cancelled from beside it the same
+/// way (`flue runs cancel`, through the project's store).
+#[test]
+fn cancel_stops_the_model_loop_and_its_command_in_every_language() {
+    let rt = runtime();
+    let client = reqwest::Client::new();
+    let sleeping = |seconds: &str| Script {
+        turns: vec![calls(vec![tool("bash", json!({ "command": format!("sleep {seconds}") }))]), text("Slept.")],
+    };
+    for (lang, seconds) in [("rust", "33.1"), ("python", "33.2"), ("js", "33.3")] {
+        let model = rt.block_on(ModelServer::start(sleeping(seconds))).unwrap();
+        let (project, tmp) = (coder_project(lang), scratch());
+        let server = server_with_model(project.path(), tmp.path(), &model, &[]);
+        let started = rt.block_on(async {
+            let request = client
+                .post(format!("{}/agents/coder/nap", server.url))
+                .header("x-webhook", "true")
+                .body(json!({"model": "openai/gpt-test", "prompt": "Sleep."}).to_string());
+            request.send().await.unwrap().body_json().await
+        });
+        let run_id = started["runId"].as_str().unwrap().to_string();
+        wait_until("the command started", Duration::from_secs(120), || process_running(&["sleep", seconds]));
+        let cancel = client.post(format!("{}/runs/{run_id}/cancel", server.url));
+        assert_eq!(rt.block_on(async { cancel.send().await.unwrap().status() }), 202);
+        let status = |url: &str| {
+            let request = client.get(format!("{url}/runs/{run_id}"));
+            rt.block_on(async move { request.send().await.unwrap().body_json().await })["status"].clone()
+        };
+        let took = wait_until("the run ended", Duration::from_secs(20), || status(&server.url) != "running");
+        eprintln!("{lang}: cancel to end: {took:?}");
+        assert_eq!(status(&server.url), "cancelled", "{lang}");
+        wait_until("the command was killed", Duration::from_secs(10), || !process_running(&["sleep", seconds]));
+        assert_eq!(local_sandboxes(tmp.path()), 0, "{lang}: the cancelled run's sandbox was left");
+    }
+
+    // `flue run`, cancelled from another process.
+    let model = rt.block_on(ModelServer::start(sleeping("33.4"))).unwrap();
+    let (project, tmp) = (scratch(), scratch());
+    std::fs::copy(example_in("rust", "coder"), project.path().join("coder.wasm")).unwrap();
+    let payload = json!({"model": "openai/gpt-test", "prompt": "Sleep."}).to_string();
+    let mut run = with_model(&mut flue(), project.path(), tmp.path(), &model)
+        .args(["run", "coder.wasm", "--payload", &payload, "--isolation", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the command started", Duration::from_secs(120), || process_running(&["sleep", "33.4"]));
+    let (run_id, _) = only_run(project.path());
+    let cancelled = output(flue().current_dir(project.path()).args(["runs", "cancel", &run_id]));
+    assert!(cancelled.stdout.contains("cancelled"), "{} {}", cancelled.stdout, cancelled.stderr);
+    assert_eq!(run.wait().unwrap().code(), Some(1), "flue run did not fail as cancelled");
+    assert!(!process_running(&["sleep", "33.4"]), "the command outlived the cancel");
+    assert_eq!(local_sandboxes(tmp.path()), 0);
 }
