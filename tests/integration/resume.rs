@@ -159,7 +159,8 @@ fn resume(project: &Path, tmp: &Path, model: &ModelServer, run_id: &str) -> crat
 /// `kill -9` of `flue run` after two model turns: `flue runs ls` shows the
 /// run interrupted, `flue runs resume` finishes it from its journal (turns 1
 /// and 2 not sent again) and prints its result; a run whose component
-/// changed meanwhile, or whose sandbox was collected, is refused, saying so.
+/// changed meanwhile, or whose sandbox was deleted, is refused, saying so
+/// (and `flue sandboxes gc` keeps the sandbox of a run that may resume).
 #[test]
 fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sandbox_changed() {
     let rt = runtime();
@@ -185,11 +186,16 @@ fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sand
     let shown: Value = output(flue().current_dir(project.path()).args(["runs", "show", &run_id])).json();
     assert_eq!(shown["error"]["kind"], "not-resumable", "{shown}");
 
-    // Its sandbox collected as an orphan.
+    // Its sandbox deleted: `gc` keeps it (the run may be resumed), `rm` not.
     let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
     assert_eq!(local_sandboxes(tmp.path()), 1);
     let gc = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "gc"]));
-    assert_eq!((gc.code, local_sandboxes(tmp.path())), (0, 0), "{}", gc.stderr);
+    assert_eq!((gc.code, local_sandboxes(tmp.path())), (0, 1), "{}", gc.stderr);
+    assert!(gc.stdout.contains("can be resumed"), "{}", gc.stdout);
+    let sandbox = std::fs::read_dir(tmp.path().join("flue-local")).unwrap().flatten().find(|e| e.path().is_dir());
+    let sandbox = sandbox.unwrap().file_name().to_string_lossy().into_owned();
+    let rm = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "rm", &sandbox]));
+    assert_eq!((rm.code, local_sandboxes(tmp.path())), (0, 0), "{} {}", rm.stdout, rm.stderr);
     let refused = resume(project.path(), tmp.path(), &model, &run_id);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("which the run used, is gone"), "{}", refused.stderr);
@@ -198,11 +204,12 @@ fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sand
 
 /// A run that streams a file in parts, crashed after each entry of its
 /// journal in turn (mid-write, between writing and reading, mid-read) and
-/// resumed: every resume ends with the file whole and read back the same,
-/// and a crash before the writer finished writes it again.
+/// resumed: every resume ends with the file whole and read back the same;
+/// a crash before the writer finished writes it again, and a writer the
+/// agent let go of unfinished before the crash is not written again.
 #[test]
 fn a_streaming_run_resumes_from_every_point_of_its_journal() {
-    let payload = json!({"mode": "stream", "mib": 3}).to_string();
+    let payload = json!({"mode": "stream", "mib": 3, "abandon": true}).to_string();
     let mut crashed_at = 0;
     for entry in 1.. {
         let (project, tmp) = (scratch(), scratch());
@@ -233,7 +240,7 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
             "after entry {entry}: {resumed}"
         );
     }
-    assert!(crashed_at >= 12, "the run's journal is shorter than its calls: {crashed_at} entries");
+    assert!(crashed_at >= 15, "the run's journal is shorter than its calls: {crashed_at} entries");
 }
 
 /// A cancel stops an agent in every language while its model's `bash`

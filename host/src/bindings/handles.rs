@@ -60,6 +60,8 @@ pub struct AgentWriter {
     pub(crate) stream: u64,
     pub(crate) redo: bool,
     pub(crate) live: Option<SessionWriter>,
+    /// Its `finish` was called.
+    pub(crate) finished: bool,
 }
 
 /// The body of a request a connector is sending in parts.

@@ -65,8 +65,9 @@ pub enum Action {
         /// Say what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        /// The project whose sandboxes kept per id are deleted too once idle
-        /// past their `sandbox-idle-secs` (its .flue/runs.sqlite notes their use).
+        /// The project whose run store gc reads: sandboxes kept per id there
+        /// are deleted once idle past their `sandbox-idle-secs`, and those of
+        /// its interrupted runs that may be resumed are kept.
         #[arg(long, value_name = "DIR", default_value = ".")]
         project: std::path::PathBuf,
         #[command(flatten)]
@@ -159,10 +160,26 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             let host = host.host(Limits::default()).await?;
             let wanted = [(ownership::CREATED_BY.to_string(), "flue".to_string())];
             let (mut deleted, mut failed) = (0, 0);
+            // A run a crash interrupted still needs its sandboxes to resume.
+            let store_path = crate::serve::store::project_store(&project);
+            let resumable = match store_path.exists() {
+                true => crate::serve::store::RunStore::attach(&store_path, usize::MAX, true)?.resumable_runs(),
+                false => Default::default(),
+            };
             for (name, listed) in listings(&host, &only, &wanted, &events).await? {
                 let connector = host.connector(&name, &events).await.map_err(usage)?;
                 for sandbox in listed {
                     if Owner::of(&sandbox.labels) != Owner::Orphaned {
+                        continue;
+                    }
+                    let run = sandbox.labels.iter().find(|(key, _)| key == ownership::RUN).map(|(_, run)| run);
+                    if let Some(run) = run.filter(|run| resumable.contains(*run)) {
+                        out!(
+                            "kept {name} sandbox {}: its run {} was interrupted and can be resumed (`flue runs \
+                             resume`), or cancelled (`flue runs cancel`)",
+                            escape(&sandbox.id),
+                            escape(run)
+                        );
                         continue;
                     }
                     if let (Some(min), Some(age)) = (older_than, age(&sandbox))

@@ -35,6 +35,10 @@ pub const DEFAULT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The key of the entry that ends a journal which reached its bound.
 const FULL: &str = "journal-full";
+/// The key of the entry that ends a journal the store stopped taking.
+const CUT: &str = "journal-cut";
+/// What an entry costs beyond its key and answer (its row, its place).
+const ENTRY_OVERHEAD: u64 = 64;
 /// The key of the first entry: the component's content hash.
 const COMPONENT: &str = "component";
 
@@ -64,6 +68,13 @@ pub trait JournalStore: Send + Sync {
     fn entries(&self, run_id: &str) -> Result<Vec<Entry>, JournalStoreError>;
     /// Append one entry to run `run_id`'s journal.
     fn append(&self, run_id: &str, entry: &Entry) -> Result<(), JournalStoreError>;
+    /// Run `run_id`'s journal is not whole: never resume from it.
+    fn abandon(&self, run_id: &str) -> Result<(), JournalStoreError>;
+}
+
+/// What an entry counts against the bound.
+fn entry_cost(entry: &Entry) -> u64 {
+    (entry.key.len() + entry.value.len()) as u64 + ENTRY_OVERHEAD
 }
 
 /// Why a run cannot go on from its journal.
@@ -99,6 +110,12 @@ pub enum JournalError {
     Full {
         /// The bound.
         limit_mib: u64,
+    },
+    /// The store refused an entry, so the rest of the run was not recorded.
+    #[error("its journal could not be written past call {seq} (the store failed), so the rest was not recorded")]
+    Cut {
+        /// Where it ends.
+        seq: u64,
     },
     /// An entry cannot be read back.
     #[error("entry {seq} of its journal cannot be read ({reason})")]
@@ -165,11 +182,14 @@ impl Journal {
         limit: u64,
     ) -> Result<Arc<Journal>, JournalStoreOrReplayError> {
         let recorded = store.entries(run_id)?;
+        // The bound is the run's, whichever process records: what earlier
+        // ones wrote counts.
+        let bytes = recorded.iter().map(entry_cost).sum();
         let journal = Arc::new(Journal {
             run_id: run_id.to_string(),
             store,
             limit,
-            state: Mutex::new(State { recorded, ..State::default() }),
+            state: Mutex::new(State { recorded, bytes, ..State::default() }),
         });
         let then: String = journal.step_sync(COMPONENT, || component.to_string())?;
         if then != component {
@@ -253,11 +273,18 @@ impl Journal {
         if entry.key == FULL {
             return Err(JournalError::Full { limit_mib: self.limit >> 20 });
         }
+        if entry.key == CUT {
+            return Err(JournalError::Cut { seq: entry.seq });
+        }
         if entry.key != key {
             return Err(JournalError::Diverged { seq: entry.seq, recorded: entry.key.clone(), made: key.to_string() });
         }
         let value = serde_json::from_str(&entry.value)
             .map_err(|err| JournalError::Corrupt { seq: entry.seq, reason: err.to_string() })?;
+        // Answered: its text is not needed again (its key is, for
+        // `recorded_ahead`).
+        let at = state.next as usize;
+        state.recorded[at].value = String::new();
         state.next += 1;
         Ok(Some(value))
     }
@@ -271,18 +298,25 @@ impl Journal {
             return;
         }
         let value = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
-        let size = (key.len() + value.len()) as u64;
-        let entry = if state.bytes + size > self.limit {
+        let entry = Entry { seq, key: key.to_string(), value };
+        let entry = if state.bytes + entry_cost(&entry) > self.limit {
             state.stopped = true;
             Entry { seq, key: FULL.into(), value: "null".into() }
         } else {
-            state.bytes += size;
+            state.bytes += entry_cost(&entry);
             state.written += 1;
-            Entry { seq, key: key.to_string(), value }
+            entry
         };
         if let Err(err) = self.store.append(&self.run_id, &entry) {
-            tracing::warn!("run {}: the journal stops here: {err}", self.run_id);
+            // Never a journal that ends without saying so: a resume would
+            // take the calls after it for new ones and make them again.
+            tracing::warn!("run {}: the journal stops at call {seq}: {err}", self.run_id);
             state.stopped = true;
+            let cut = Entry { seq, key: CUT.into(), value: "null".into() };
+            let marked = self.store.append(&self.run_id, &cut);
+            if let Err(err) = marked.and(self.store.abandon(&self.run_id)) {
+                tracing::warn!("run {}: and it cannot be marked cut: {err}", self.run_id);
+            }
         }
         #[cfg(debug_assertions)]
         crash_if_asked(seq);
@@ -356,6 +390,10 @@ impl JournalStore for MemoryStore {
         self.0.lock().unwrap().push(entry.clone());
         Ok(())
     }
+
+    fn abandon(&self, _run_id: &str) -> Result<(), JournalStoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +402,19 @@ mod tests {
 
     fn open(store: &Arc<MemoryStore>, component: &str) -> Result<Arc<Journal>, JournalStoreOrReplayError> {
         Journal::open(store.clone(), "run_1", component, 1024)
+    }
+
+    #[test]
+    fn the_bound_is_the_runs_whichever_process_records() {
+        let store = Arc::new(MemoryStore::default());
+        let first = open(&store, "abc").unwrap();
+        first.step_sync("read-file:1", || "x".repeat(600)).unwrap();
+        drop(first);
+        let second = open(&store, "abc").unwrap();
+        second.step_sync("read-file:1", String::new).unwrap();
+        second.step_sync("read-file:2", || "y".repeat(600)).unwrap();
+        let keys: Vec<String> = store.0.lock().unwrap().iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys.last().map(String::as_str), Some(FULL), "the second process got a bound of its own: {keys:?}");
     }
 
     #[test]

@@ -388,7 +388,9 @@ async fn prompt_loop(
             let mut text_events = TextEvents { secrets: provider.secrets(), events, pending: Vec::new() };
             let reply = provider.turn(&request, &mut |delta: &str| text_events.push(delta)).await;
             text_events.finish();
-            reply
+            // The key, if the model says it, goes no further: not into the
+            // journal, the conversation or a tool's arguments.
+            reply.map(|reply| without_key(provider, reply))
         };
         let reply = journaled(journal, "model-turn", live).await??;
         // Counts from the provider: any value, never an overflow.
@@ -442,6 +444,20 @@ async fn prompt_loop(
         "the model did not finish within {max_turns} turns (raise max-turns, or narrow the task)"
     ))
     .into())
+}
+
+/// `reply` with the provider's key redacted from its text and its tool
+/// calls' arguments.
+fn without_key(provider: &provider::Provider, mut reply: Reply) -> Reply {
+    reply.text = provider.redact(&reply.text);
+    for call in &mut reply.calls {
+        let text = call.input.to_string();
+        let redacted = provider.redact(&text);
+        if redacted != text {
+            call.input = serde_json::from_str(&redacted).unwrap_or(Value::String(redacted));
+        }
+    }
+    reply
 }
 
 /// The JSON in a final answer (alone, or in a fenced block).

@@ -293,6 +293,20 @@ async fn execute(
         events.log("flue", LogLevel::Debug, format!("journal: {entries} host calls recorded, {size} ({bytes} B)"));
     }
 
+    // A resumed agent must have made every call its journal holds, and
+    // read the clocks as it did: else its result is not the run's.
+    if let Some(journal) = &store.data().journal
+        && outcome.is_ok()
+    {
+        if let Some(err) = journal.poisoned() {
+            return Err(RunError::NotResumable { reason: err.to_string() });
+        }
+        if journal.replaying() {
+            return Err(RunError::NotResumable {
+                reason: "the agent ended before making every call its journal holds (it diverged)".into(),
+            });
+        }
+    }
     match outcome {
         Ok(Ok(json)) => serde_json::from_str(&json).map_err(|err| RunError::InvalidResult {
             reason: err.to_string(),

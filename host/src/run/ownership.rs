@@ -164,22 +164,46 @@ pub fn this_process() -> String {
     format!("{pid}-{}-{}-{}", start_time(pid).unwrap_or(0), boot_id(), pid_namespace())
 }
 
-/// Whether the process [`this_process`] named `label` is provably gone:
-/// it ran in an earlier boot, or in this boot and namespace its pid is
-/// another process now (or none). A process flue cannot see (another pid
-/// namespace) is not gone.
-pub fn process_gone(label: &str) -> bool {
-    let mut parts = label.splitn(4, '-');
+/// Who runs a run, as the run store records it: this machine and this
+/// process ([`this_process`]).
+pub fn run_owner() -> String {
+    format!("{}/{}", machine_or_host(), this_process())
+}
+
+/// This machine's id, or where it has none, its name.
+fn machine_or_host() -> String {
+    let machine = this_machine();
+    if machine.is_empty() { format!("host.{}", this_host()) } else { machine }
+}
+
+/// Whether the process [`run_owner`] named `owner` is provably gone: it ran
+/// on this machine in an earlier boot, or in this boot and pid namespace
+/// its pid is another process now (or none). What flue cannot tell —
+/// another machine, another pid namespace, an unreadable boot id — is not
+/// gone.
+pub fn run_owner_gone(owner: &str) -> bool {
+    let Some((machine, process)) = owner.split_once('/') else { return false };
+    if machine != machine_or_host() {
+        return false;
+    }
+    let mut parts = process.splitn(4, '-');
     let (pid, started, boot, namespace) = (parts.next(), parts.next(), parts.next(), parts.next());
-    let (Some(pid), Some(started), Some(boot), Some(namespace)) =
-        (pid.and_then(|p| p.parse::<u32>().ok()), started.and_then(|s| s.parse::<u64>().ok()), boot, namespace)
-    else {
+    let (Some(pid), Some(started), Some(boot), Some(namespace)) = (
+        pid.and_then(|p| p.parse::<u32>().ok()),
+        started.and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0),
+        boot.filter(|b| b.len() == 32),
+        namespace.filter(|n| !n.is_empty()),
+    ) else {
         return false;
     };
-    if boot.len() == 32 && boot != boot_id() {
+    let (our_boot, our_namespace) = (boot_id(), pid_namespace());
+    if our_boot.len() != 32 || our_namespace.is_empty() {
+        return false;
+    }
+    if boot != our_boot {
         return true;
     }
-    namespace == pid_namespace() && start_time(pid) != Some(started)
+    namespace == our_namespace && start_time(pid) != Some(started)
 }
 
 /// The labels of a sandbox that run `run_id` of `agent` creates.
@@ -293,15 +317,20 @@ mod tests {
     }
 
     #[test]
-    fn a_process_is_gone_only_when_provably_so() {
-        assert!(!process_gone(&this_process()), "this process is alive");
-        let pid = std::process::id();
+    fn a_run_owner_is_gone_only_when_provably_so() {
+        assert!(!run_owner_gone(&run_owner()), "this process is alive");
+        let (machine, pid) = (machine_or_host(), std::process::id());
         let (boot, namespace) = (boot_id(), pid_namespace());
-        assert!(process_gone(&format!("{pid}-1-{boot}-{namespace}")), "another start time: pid reused");
+        if boot.len() != 32 {
+            return; // this machine cannot tell (no boot id)
+        }
+        assert!(run_owner_gone(&format!("{machine}/{pid}-1-{boot}-{namespace}")), "another start time: pid reused");
         let other_boot = "0".repeat(32);
-        assert!(process_gone(&format!("{pid}-1-{other_boot}-{namespace}")), "an earlier boot");
-        assert!(!process_gone(&format!("{pid}-1-{boot}-1")), "another pid namespace cannot be seen");
-        assert!(!process_gone("nonsense"));
+        assert!(run_owner_gone(&format!("{machine}/{pid}-1-{other_boot}-{namespace}")), "an earlier boot");
+        assert!(!run_owner_gone(&format!("{machine}/{pid}-1-{boot}-1")), "another pid namespace cannot be seen");
+        assert!(!run_owner_gone(&format!("elsewhere/{pid}-1-{other_boot}-{namespace}")), "another machine");
+        assert!(!run_owner_gone(&format!("{machine}/{pid}-0-{other_boot}-{namespace}")), "no start time");
+        assert!(!run_owner_gone("nonsense"));
     }
 
     #[test]

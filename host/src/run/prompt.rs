@@ -38,7 +38,10 @@ impl AgentState {
             .await
             .map_err(wasmtime::Error::new)?;
         let entry = self.base.table.get_mut(this)?;
-        if let Some(kept) = &self.conversations {
+        // A prompt replayed from the journal saved its conversation when it
+        // first ran; saving it again would undo what later prompts kept.
+        let replaying = journal.as_ref().is_some_and(|journal| journal.replaying());
+        if let Some(kept) = self.conversations.as_ref().filter(|_| !replaying) {
             kept.keep(&entry.harness, &entry.name, &conversation, &events);
         }
         entry.conversation = conversation;

@@ -64,8 +64,9 @@ pub struct IdSandbox {
 /// Where the use of sandboxes kept per id is noted, so that one left idle
 /// past its time can be found and deleted (the run store).
 pub trait IdSandboxLedger: Send + Sync {
-    /// `sandbox` was used now (a run took it up, or ended with it).
-    fn used(&self, sandbox: &IdSandbox);
+    /// `sandbox` was used now: a run took it up (`in_use`: never idle while
+    /// that run's process lives), or ended with it.
+    fn used(&self, sandbox: &IdSandbox, in_use: bool);
 }
 
 /// A sandbox created by this run.
@@ -333,7 +334,7 @@ impl RunSandboxes {
             idle: self.settings.sandbox_idle,
         };
         if let Some(ledger) = &self.ledger {
-            ledger.used(&used);
+            ledger.used(&used, true);
         }
         *self.id_sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(used);
         Ok(sandbox)
@@ -359,7 +360,7 @@ impl RunSandboxes {
         // The id's sandbox was in use until now: its idle time starts here.
         let id_sandbox = self.id_sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let (Some(ledger), Some(used)) = (&self.ledger, id_sandbox) {
-            ledger.used(&used);
+            ledger.used(&used, false);
         }
         // A panic elsewhere in the run (see `run::panics`) must not stop this.
         let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));

@@ -7,8 +7,9 @@
 //! so a read cut by the crash continues where it stopped.
 //!
 //! A writer is named by the journal's position when it was opened. A
-//! resumed run whose journal holds that writer's `finish` answers every
-//! part from the journal (the file was written whole before the crash).
+//! resumed run whose journal holds that writer's `finish` (or its drop,
+//! unfinished) answers every part from the journal (the crash came after
+//! the agent was done with it).
 //! One whose journal does not — the crash came mid-stream — opens the file
 //! again and writes every part again, as they come (at-least-once, like the
 //! call in flight), consuming their entries on the way.
@@ -53,23 +54,31 @@ pub(crate) async fn open_writer(
     path: &str,
 ) -> wasmtime::Result<SandboxResult<AgentWriter>> {
     let Some(journal) = journal else {
-        return Ok(session.open_write(path).await.map(|live| AgentWriter { stream: 0, redo: false, live: Some(live) }));
+        return Ok(session.open_write(path).await.map(|live| AgentWriter {
+            stream: 0,
+            redo: false,
+            live: Some(live),
+            finished: false,
+        }));
     };
     let stream = journal.position();
     let key = session_key(session, "open-write", &[path.as_bytes()]);
     match journal.replay::<SandboxResult<()>>(&key).map_err(trap)? {
         Some(Err(err)) => Ok(Err(err)),
-        Some(Ok(())) if journal.recorded_ahead(&finish_key(stream)) => {
-            Ok(Ok(AgentWriter { stream, redo: false, live: None }))
+        // Finished, or let go unfinished, before the crash: the journal
+        // answers all of it.
+        Some(Ok(())) if journal.recorded_ahead(&finish_key(stream)) || journal.recorded_ahead(&drop_key(stream)) => {
+            Ok(Ok(AgentWriter { stream, redo: false, live: None, finished: false }))
         }
-        // Opened, not finished before the crash: written again.
+        // Still being written at the crash: written again.
         Some(Ok(())) => {
-            Ok(session.open_write(path).await.map(|live| AgentWriter { stream, redo: true, live: Some(live) }))
+            let writer = |live| AgentWriter { stream, redo: true, live: Some(live), finished: false };
+            Ok(session.open_write(path).await.map(writer))
         }
         None => {
             let opened = session.open_write(path).await;
             journal.record(&key, &opened.as_ref().map(|_| ()).map_err(SandboxError::clone));
-            Ok(opened.map(|live| AgentWriter { stream, redo: false, live: Some(live) }))
+            Ok(opened.map(|live| AgentWriter { stream, redo: false, live: Some(live), finished: false }))
         }
     }
 }
@@ -80,6 +89,10 @@ fn write_key(stream: u64, data: &[u8]) -> String {
 
 fn finish_key(stream: u64) -> String {
     journal::key("finish-write", &[&stream.to_le_bytes()])
+}
+
+fn drop_key(stream: u64) -> String {
+    journal::key("drop-writer", &[&stream.to_le_bytes()])
 }
 
 impl AgentReader {
@@ -127,7 +140,20 @@ impl AgentWriter {
     /// Complete the file.
     async fn finish(&mut self, journal: Option<&Journal>) -> wasmtime::Result<SandboxResult<()>> {
         let key = finish_key(self.stream);
+        self.finished = true;
         self.step(journal, || key, |live| Box::pin(live.finish())).await
+    }
+
+    /// The agent let go of the writer: if unfinished, the journal notes it,
+    /// so that a resume does not take it for one the crash cut short.
+    fn dropped(&self, journal: Option<&Journal>) -> wasmtime::Result<()> {
+        if let Some(journal) = journal.filter(|_| !self.finished) {
+            let key = drop_key(self.stream);
+            if journal.replay::<()>(&key).map_err(trap)?.is_none() {
+                journal.record(&key, &());
+            }
+        }
+        Ok(())
     }
 
     /// One writer call: from the journal while it has it (and, redoing, live
@@ -206,6 +232,8 @@ impl crate::bindings::agent::flue::sandbox::sandbox_api::HostFileWriter for Agen
     }
 
     async fn drop(&mut self, this: Resource<AgentWriter>) -> wasmtime::Result<()> {
+        let journal = self.journal.clone();
+        self.base.table.get(&this)?.dropped(journal.as_deref())?;
         self.drop_handle(this)
     }
 }

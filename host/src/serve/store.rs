@@ -141,18 +141,22 @@ impl RunStore {
             drop(statement);
             for (id, owner, journaled) in left {
                 // A server still running it (beside this one) keeps it.
-                if owner.as_deref().is_some_and(|owner| !ownership::process_gone(owner)) {
+                if owner.as_deref().is_some_and(|owner| !ownership::run_owner_gone(owner)) {
                     continue;
                 }
+                // Only if nobody changed it since (another server starting).
                 if journaled {
                     // Resumed from its journal, as a queued run is started.
-                    conn.execute("UPDATE runs SET status = 'queued' WHERE id = ?1", params![id])?;
+                    conn.execute(
+                        "UPDATE runs SET status = 'queued' WHERE id = ?1 AND status = 'running' AND owner IS ?2",
+                        params![id, owner],
+                    )?;
                 } else {
                     conn.execute(
                         "UPDATE runs SET status = 'failed', error = 'the server stopped before the run finished',
                              error_kind = ?2, finished_ms = ?1, payload = NULL
-                         WHERE id = ?3",
-                        params![unix_millis(), ErrorKind::Shutdown.as_str(), id],
+                         WHERE id = ?3 AND status = 'running' AND owner IS ?4",
+                        params![unix_millis(), ErrorKind::Shutdown.as_str(), id, owner],
                     )?;
                 }
             }
@@ -206,7 +210,7 @@ impl RunStore {
              CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);
              CREATE TABLE IF NOT EXISTS id_sandboxes (
                  agent TEXT NOT NULL, invocation TEXT NOT NULL, connector TEXT NOT NULL, sandbox_id TEXT NOT NULL,
-                 idle_ms INTEGER, last_used_ms INTEGER NOT NULL,
+                 idle_ms INTEGER, last_used_ms INTEGER NOT NULL, in_use_by TEXT,
                  PRIMARY KEY (agent, invocation, connector));
              CREATE TABLE IF NOT EXISTS journal (
                  run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
@@ -275,7 +279,7 @@ impl RunStore {
                 "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3,
                      payload = CASE WHEN ?3 THEN payload ELSE NULL END
                  WHERE id = ?1",
-                params![id, ownership::this_process(), journaled],
+                params![id, ownership::run_owner(), journaled],
             )
         });
     }
@@ -294,7 +298,7 @@ impl RunStore {
                     invocation,
                     unix_millis(),
                     payload.to_string(),
-                    ownership::this_process(),
+                    ownership::run_owner(),
                     resume.to_string()
                 ],
             )?;
@@ -341,15 +345,16 @@ impl RunStore {
         let (Some(true), Some(payload), Some(resume)) = (journaled, payload, resume) else {
             return Err(NotResumable::NoJournal(id.into()));
         };
-        let Some(owner) = owner.filter(|owner| ownership::process_gone(owner)) else {
+        let Some(owner) = owner.filter(|owner| ownership::run_owner_gone(owner)) else {
             return Err(NotResumable::Running(id.into()));
         };
         // One taker: the owner changes only from the one that is gone.
         let taken = self
             .with(|c| {
                 c.execute(
-                    "UPDATE runs SET owner = ?2 WHERE id = ?1 AND owner = ?3",
-                    params![id, ownership::this_process(), owner],
+                    "UPDATE runs SET owner = ?2
+                     WHERE id = ?1 AND owner = ?3 AND status IN ('running', 'queued') AND journaled = 1",
+                    params![id, ownership::run_owner(), owner],
                 )
             })
             .unwrap_or(0);
@@ -424,16 +429,24 @@ impl RunStore {
                 // Interrupted (its process is gone): nobody would see the
                 // flag, and it must not be resumed. It ends here; what its
                 // sandboxes hold is `flue sandboxes gc`'s.
-                Some((status, Some(owner))) if status == "running" && ownership::process_gone(&owner) => {
-                    c.execute(
+                Some((status, Some(owner))) if status == "running" && ownership::run_owner_gone(&owner) => {
+                    let ended = c.execute(
                         "UPDATE runs SET status = 'cancelled', error_kind = ?2, finished_ms = ?3, payload = NULL,
                              cancel_requested_ms = ?3,
                              error = 'the run was cancelled while interrupted (its process was gone); flue sandboxes \
                                       gc deletes the sandboxes it left'
-                         WHERE id = ?1",
-                        params![id, ErrorKind::Cancelled.as_str(), unix_millis()],
+                         WHERE id = ?1 AND status = 'running' AND owner = ?4",
+                        params![id, ErrorKind::Cancelled.as_str(), unix_millis(), owner],
                     )?;
-                    c.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
+                    if ended == 1 {
+                        c.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
+                    } else {
+                        // Taken up meanwhile: ask it as any running run.
+                        c.execute(
+                            "UPDATE runs SET cancel_requested_ms = COALESCE(cancel_requested_ms, ?2) WHERE id = ?1",
+                            params![id, unix_millis()],
+                        )?;
+                    }
                     CancelRequest::Requested
                 }
                 Some((status, _)) if status == "queued" || status == "running" => {
@@ -503,7 +516,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
     // A run whose process is gone before it ended: `interrupted` until it
     // is resumed (by its server's next start, or `flue runs resume`).
     let mut status = row.get::<_, String>(3)?;
-    if status == "running" && row.get::<_, Option<String>>(10)?.is_some_and(|owner| ownership::process_gone(&owner)) {
+    if status == "running" && row.get::<_, Option<String>>(10)?.is_some_and(|owner| ownership::run_owner_gone(&owner)) {
         status = "interrupted".into();
     }
     Ok(json!({
@@ -525,15 +538,25 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
 }
 
 impl IdSandboxLedger for RunStore {
-    fn used(&self, sandbox: &IdSandbox) {
+    fn used(&self, sandbox: &IdSandbox, in_use: bool) {
         let idle_ms = sandbox.idle.map(|idle| i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
+        let in_use_by = in_use.then(ownership::run_owner);
         self.with(|c| {
             c.execute(
-                "INSERT INTO id_sandboxes (agent, invocation, connector, sandbox_id, idle_ms, last_used_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO id_sandboxes (agent, invocation, connector, sandbox_id, idle_ms, last_used_ms, in_use_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (agent, invocation, connector) DO UPDATE SET
-                     sandbox_id = excluded.sandbox_id, idle_ms = excluded.idle_ms, last_used_ms = excluded.last_used_ms",
-                params![sandbox.agent, sandbox.id, sandbox.connector, sandbox.sandbox_id, idle_ms, unix_millis()],
+                     sandbox_id = excluded.sandbox_id, idle_ms = excluded.idle_ms,
+                     last_used_ms = excluded.last_used_ms, in_use_by = excluded.in_use_by",
+                params![
+                    sandbox.agent,
+                    sandbox.id,
+                    sandbox.connector,
+                    sandbox.sandbox_id,
+                    idle_ms,
+                    unix_millis(),
+                    in_use_by
+                ],
             )
         });
     }
@@ -545,19 +568,38 @@ impl RunStore {
     pub fn idle_id_sandboxes(&self, now_ms: i64) -> Vec<IdSandbox> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT agent, invocation, connector, sandbox_id, idle_ms FROM id_sandboxes
+                "SELECT agent, invocation, connector, sandbox_id, idle_ms, in_use_by FROM id_sandboxes
                  WHERE idle_ms IS NOT NULL AND last_used_ms + idle_ms <= ?1 ORDER BY last_used_ms",
             )?;
             let rows = statement.query_map(params![now_ms], |row| {
-                Ok(IdSandbox {
+                let sandbox = IdSandbox {
                     agent: row.get(0)?,
                     id: row.get(1)?,
                     connector: row.get(2)?,
                     sandbox_id: row.get(3)?,
                     idle: row.get::<_, Option<i64>>(4)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
-                })
+                };
+                Ok((sandbox, row.get::<_, Option<String>>(5)?))
             })?;
-            rows.collect::<rusqlite::Result<Vec<IdSandbox>>>()
+            rows.collect::<rusqlite::Result<Vec<(IdSandbox, Option<String>)>>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        // One a run holds is not idle, however long that run takes, while
+        // its process lives.
+        .filter(|(_, in_use_by)| in_use_by.as_deref().is_none_or(ownership::run_owner_gone))
+        .map(|(sandbox, _)| sandbox)
+        .collect()
+    }
+
+    /// The runs a crash interrupted that may yet be resumed: queued or
+    /// running, with a journal. Their sandboxes are not orphans.
+    pub fn resumable_runs(&self) -> std::collections::HashSet<String> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT id FROM runs WHERE status IN ('queued', 'running') AND journaled = 1")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<std::collections::HashSet<String>>>()
         })
         .unwrap_or_default()
     }
@@ -585,6 +627,12 @@ impl JournalStore for RunStore {
             .query_map(params![run_id], |row| Ok(Entry { seq: row.get(0)?, key: row.get(1)?, value: row.get(2)? }))
             .map_err(journal_error)?;
         rows.collect::<rusqlite::Result<Vec<Entry>>>().map_err(journal_error)
+    }
+
+    fn abandon(&self, run_id: &str) -> Result<(), JournalStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute("UPDATE runs SET journaled = 0 WHERE id = ?1", params![run_id]).map_err(journal_error)?;
+        Ok(())
     }
 
     fn append(&self, run_id: &str, entry: &Entry) -> Result<(), JournalStoreError> {
@@ -707,9 +755,13 @@ mod tests {
         assert_eq!(store.get("run_a").unwrap()["status"], "failed", "a run without a journal is not resumed");
     }
 
-    /// Mark run `id` as run by a process that is gone (an earlier boot).
+    /// Mark run `id` as run by a process that is gone (an earlier boot of
+    /// this machine).
     fn owner_gone(store: &RunStore, id: &str) {
-        let gone = format!("1-1-{}-1", "0".repeat(32));
+        let gone = ownership::run_owner()
+            .split_once('/')
+            .map(|(machine, _)| format!("{machine}/1-1-{}-1", "0".repeat(32)))
+            .unwrap();
         store.with(|c| c.execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![id, gone])).unwrap();
     }
 
@@ -769,12 +821,13 @@ mod tests {
             sandbox_id: format!("local-{id}"),
             idle: idle.map(Duration::from_secs),
         };
-        store.used(&sandbox("a", Some(60)));
-        store.used(&sandbox("b", None));
+        store.used(&sandbox("a", Some(60)), false);
+        store.used(&sandbox("b", None), false);
+        store.used(&sandbox("c", Some(60)), true);
         let now = unix_millis();
         assert!(store.idle_id_sandboxes(now).is_empty());
         let later = now + 61_000;
-        assert_eq!(store.idle_id_sandboxes(later), vec![sandbox("a", Some(60))]);
+        assert_eq!(store.idle_id_sandboxes(later), vec![sandbox("a", Some(60))], "c is in use by this process");
         // Used again after it was found idle: not forgotten.
         store.forget_id_sandbox(&sandbox("a", Some(60)), now - 1);
         assert_eq!(store.idle_id_sandboxes(later).len(), 1);
