@@ -159,8 +159,8 @@ fn resume(project: &Path, tmp: &Path, model: &ModelServer, run_id: &str) -> crat
 /// `kill -9` of `flue run` after two model turns: `flue runs ls` shows the
 /// run interrupted, `flue runs resume` finishes it from its journal (turns 1
 /// and 2 not sent again) and prints its result; a run whose component
-/// changed meanwhile, or whose sandbox was deleted, is refused, saying so
-/// (and `flue sandboxes gc` keeps the sandbox of a run that may resume).
+/// changed meanwhile, or whose sandbox was deleted, is refused, saying so;
+/// one whose sandbox `flue sandboxes gc` collected has ended.
 #[test]
 fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sandbox_changed() {
     let rt = runtime();
@@ -186,12 +186,17 @@ fn a_killed_flue_run_is_resumed_by_flue_runs_resume_unless_its_component_or_sand
     let shown: Value = output(flue().current_dir(project.path()).args(["runs", "show", &run_id])).json();
     assert_eq!(shown["error"]["kind"], "not-resumable", "{shown}");
 
-    // Its sandbox deleted: `gc` keeps it (the run may be resumed), `rm` not.
+    // Its sandbox collected by `gc`: the run ends, no longer resumable.
+    let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
+    let gc = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "gc"]));
+    assert_eq!((gc.code, local_sandboxes(tmp.path())), (0, 0), "{}", gc.stderr);
+    assert!(gc.stdout.contains(&format!("run {run_id} (interrupted) ended")), "{}", gc.stdout);
+    let refused = resume(project.path(), tmp.path(), &model, &run_id);
+    assert!(refused.stderr.contains("has ended (cancelled)"), "{}", refused.stderr);
+
+    // Its sandbox deleted by hand: the resume fails, saying so.
     let (project, tmp, model, run_id) = killed_flue_run(&rt, &coder);
     assert_eq!(local_sandboxes(tmp.path()), 1);
-    let gc = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "gc"]));
-    assert_eq!((gc.code, local_sandboxes(tmp.path())), (0, 1), "{}", gc.stderr);
-    assert!(gc.stdout.contains("can be resumed"), "{}", gc.stdout);
     let sandbox = std::fs::read_dir(tmp.path().join("flue-local")).unwrap().flatten().find(|e| e.path().is_dir());
     let sandbox = sandbox.unwrap().file_name().to_string_lossy().into_owned();
     let rm = output(flue().current_dir(project.path()).env("TMPDIR", tmp.path()).args(["sandboxes", "rm", &sandbox]));

@@ -66,8 +66,9 @@ pub enum Action {
         #[arg(long)]
         dry_run: bool,
         /// The project whose run store gc reads: sandboxes kept per id there
-        /// are deleted once idle past their `sandbox-idle-secs`, and those of
-        /// its interrupted runs that may be resumed are kept.
+        /// are deleted once idle past their `sandbox-idle-secs`; those of its
+        /// runs going on (or resuming) are kept; an interrupted run whose
+        /// sandboxes gc deletes ends, no longer resumable.
         #[arg(long, value_name = "DIR", default_value = ".")]
         project: std::path::PathBuf,
         #[command(flatten)]
@@ -160,23 +161,26 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             let host = host.host(Limits::default()).await?;
             let wanted = [(ownership::CREATED_BY.to_string(), "flue".to_string())];
             let (mut deleted, mut failed) = (0, 0);
-            // A run a crash interrupted still needs its sandboxes to resume.
+            // A run being resumed (its sandboxes still carry the dead
+            // process's label) or about to be keeps its sandboxes; one
+            // interrupted and left so loses them, and ends (below).
             let store_path = crate::serve::store::project_store(&project);
-            let resumable = match store_path.exists() {
-                true => crate::serve::store::RunStore::attach(&store_path, usize::MAX, true)?.resumable_runs(),
-                false => Default::default(),
+            let store = match store_path.exists() {
+                true => Some(crate::serve::store::RunStore::attach(&store_path, usize::MAX, true)?),
+                false => None,
             };
+            let (going, interrupted) = store.as_ref().map(|s| s.unended_journaled_runs()).unwrap_or_default();
+            let mut collected_runs = std::collections::BTreeSet::new();
             for (name, listed) in listings(&host, &only, &wanted, &events).await? {
                 let connector = host.connector(&name, &events).await.map_err(usage)?;
                 for sandbox in listed {
                     if Owner::of(&sandbox.labels) != Owner::Orphaned {
                         continue;
                     }
-                    let run = sandbox.labels.iter().find(|(key, _)| key == ownership::RUN).map(|(_, run)| run);
-                    if let Some(run) = run.filter(|run| resumable.contains(*run)) {
+                    let run = sandbox.labels.iter().find(|(key, _)| key == ownership::RUN).map(|(_, run)| run.clone());
+                    if let Some(run) = run.as_ref().filter(|run| going.contains(*run)) {
                         out!(
-                            "kept {name} sandbox {}: its run {} was interrupted and can be resumed (`flue runs \
-                             resume`), or cancelled (`flue runs cancel`)",
+                            "kept {name} sandbox {}: its run {} is going on, or resumes",
                             escape(&sandbox.id),
                             escape(run)
                         );
@@ -195,6 +199,7 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
                         Ok(()) => {
                             deleted += 1;
                             out!("deleted {name} sandbox {} (orphaned)", escape(&sandbox.id));
+                            collected_runs.extend(run.filter(|run| interrupted.contains(run)));
                         }
                         Err(err) => {
                             failed += 1;
@@ -209,6 +214,14 @@ pub async fn sandboxes(args: SandboxesArgs, events: EventLog) -> Result<(), Fail
             }
             if !dry_run {
                 out!("{deleted} orphaned sandbox(es) deleted");
+            }
+            // An interrupted run whose sandboxes went cannot be resumed: it
+            // ends (cancelled), so that nothing tries.
+            if let Some(store) = &store {
+                for run in collected_runs {
+                    store.request_cancel(&run);
+                    out!("run {} (interrupted) ended: its sandboxes were collected", escape(&run));
+                }
             }
             failed += delete_idle_id_sandboxes(&host, &project, dry_run).await?;
             if failed > 0 {

@@ -9,6 +9,7 @@
 //! run to be cancelled (a flag the server polls), `flue run --id` keeps its
 //! conversations in it. Only the server marks runs it left unfinished.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -592,16 +593,31 @@ impl RunStore {
         .collect()
     }
 
-    /// The runs a crash interrupted that may yet be resumed: queued or
-    /// running, with a journal. Their sandboxes are not orphans.
-    pub fn resumable_runs(&self) -> std::collections::HashSet<String> {
-        self.with(|c| {
-            let mut statement =
-                c.prepare("SELECT id FROM runs WHERE status IN ('queued', 'running') AND journaled = 1")?;
-            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<std::collections::HashSet<String>>>()
-        })
-        .unwrap_or_default()
+    /// The runs with a journal that have not ended, as `flue sandboxes gc`
+    /// sees them: those a process runs or a server will resume (queued, or
+    /// running with their process alive) — their sandboxes are no orphans —
+    /// and those interrupted (running, their process gone).
+    pub fn unended_journaled_runs(&self) -> (HashSet<String>, HashSet<String>) {
+        let rows = self
+            .with(|c| {
+                let mut statement = c.prepare(
+                    "SELECT id, status, owner FROM runs WHERE status IN ('queued', 'running') AND journaled = 1",
+                )?;
+                let rows = statement.query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Option<String>>(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<(String, String, Option<String>)>>>()
+            })
+            .unwrap_or_default();
+        let (mut going, mut interrupted) = (HashSet::new(), HashSet::new());
+        for (id, status, owner) in rows {
+            if status == "running" && owner.as_deref().is_some_and(ownership::run_owner_gone) {
+                interrupted.insert(id);
+            } else {
+                going.insert(id);
+            }
+        }
+        (going, interrupted)
     }
 
     /// Forget `sandbox` (it was deleted) — unless a run took it up again
