@@ -23,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod model;
 mod portable_examples;
+mod postgres;
 mod resume;
 mod serve;
 mod support;

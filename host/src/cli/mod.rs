@@ -10,6 +10,7 @@ mod run;
 mod runs;
 mod sandboxes;
 mod serve;
+mod store;
 mod volumes;
 
 use std::sync::Arc;
@@ -98,8 +99,10 @@ pub enum Command {
     /// Serve a project's webhook agents on 127.0.0.1:3583, rebuilding an agent
     /// when its source changes.
     Dev(serve::ServeArgs),
-    /// A project's runs, as its server keeps them: list, show, cancel.
+    /// A project's runs, as its server keeps them: list, show, resume, cancel.
     Runs(runs::RunsArgs),
+    /// The run store itself: `flue store migrate` applies its schema.
+    Store(store::StoreArgs),
     /// Install a connector from this project's source into the connectors directory.
     Add(connectors::AddArgs),
     /// Build the agent in DIR (Rust, Python or JavaScript) to a component.
@@ -146,6 +149,7 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::serve(args, false, cli.events, events).await,
         Command::Dev(args) => serve::serve(args, true, cli.events, events).await,
         Command::Runs(args) => runs::runs(args, events).await,
+        Command::Store(args) => store::store(args),
         Command::Add(args) => connectors::add(args, events).await,
         Command::Build(args) => guest::build(args, events),
         Command::New(args) => guest::new(args),

@@ -12,7 +12,7 @@ use crate::events::EventLog;
 use crate::run::conversations::Conversations;
 use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
 use crate::serve::errors::ApiError;
-use crate::serve::store::{DEFAULT_RETENTION, RunStore, project_store};
+use crate::serve::store::{DEFAULT_RETENTION, RunStore, StoreLocation, project_store};
 
 /// `flue run` arguments.
 #[derive(Args, Debug)]
@@ -58,6 +58,11 @@ pub struct RunArgs {
           value_parser = super::ranged(crate::run::sandboxes::SANDBOX_IDLE_SECS))]
     pub sandbox_idle_secs: Option<u64>,
 
+    /// Where the run, its journal and its conversations are kept: an SQLite
+    /// file or a PostgreSQL URL [default: ./.flue/runs.sqlite].
+    #[arg(long, value_name = "FILE|URL", env = "FLUE_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+
     /// The agent's limits.
     #[command(flatten)]
     pub agent_limits: AgentLimitArgs,
@@ -85,10 +90,14 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     let journal_limit = args.agent_limits.journal_limit();
     let store = match (&args.id, journal_limit) {
         (None, None) => None,
-        _ => Some(Arc::new(
-            RunStore::attach(&project_store(Path::new(".")), DEFAULT_RETENTION, true)
-                .context("cannot keep this run in .flue/runs.sqlite (--no-journal runs without it)")?,
-        )),
+        _ => {
+            let location = match &args.store {
+                Some(store) => StoreLocation::parse(store),
+                None => project_store(Path::new(".")).as_path().into(),
+            };
+            let why = format!("cannot keep this run in {location} (--no-journal runs without it)");
+            Some(Arc::new(RunStore::attach(location, DEFAULT_RETENTION, args.store.is_none()).context(why)?))
+        }
     };
     let settings = RunSettings {
         default_connector: args.sandbox,

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::render::short_age;
 use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::age_of;
-use crate::serve::store::{CancelRequest, RunStore, project_store};
+use crate::serve::store::{CancelRequest, RunStore, StoreLocation, project_store};
 use crate::terminal::escape;
 
 /// `flue runs` arguments.
@@ -24,9 +24,10 @@ pub struct RunsArgs {
     #[arg(long, value_name = "DIR", default_value = ".", global = true)]
     pub project: PathBuf,
 
-    /// The run store itself [default: PROJECT/.flue/runs.sqlite].
-    #[arg(long, value_name = "FILE", global = true)]
-    pub store: Option<PathBuf>,
+    /// The run store itself: a file, or a PostgreSQL URL
+    /// [default: PROJECT/.flue/runs.sqlite].
+    #[arg(long, value_name = "FILE|URL", global = true, env = "FLUE_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// What to do.
@@ -75,20 +76,25 @@ pub enum Action {
 /// Run `flue runs`.
 pub async fn runs(args: RunsArgs, events: crate::events::EventLog) -> Result<(), Failure> {
     let own_dir = args.store.is_none();
-    let path = args.store.clone().unwrap_or_else(|| project_store(&args.project));
-    if !path.exists() {
+    let location = match &args.store {
+        Some(store) => StoreLocation::parse(store),
+        None => project_store(&args.project).as_path().into(),
+    };
+    if let StoreLocation::File(path) = &location
+        && !path.exists()
+    {
         return Err(usage(anyhow::anyhow!(
             "no run store at {}: runs are kept by `flue serve`, `flue dev` and `flue run` in their project (pass \
-             --project DIR or --store FILE)",
+             --project DIR or --store FILE|URL)",
             path.display()
         )));
     }
-    let store = RunStore::attach(&path, usize::MAX, own_dir)?;
+    let store = RunStore::attach(location.clone(), usize::MAX, own_dir)?;
     match args.action {
         Action::Ls { limit } => {
             let runs = store.list(limit as usize);
             if runs.is_empty() {
-                out!("no runs in {}", path.display());
+                out!("no runs in {location}");
                 return Ok(());
             }
             out!("{:<38} {:<16} {:<20} {:<10} AGE", "RUN", "AGENT", "ID", "STATUS");
@@ -111,13 +117,13 @@ pub async fn runs(args: RunsArgs, events: crate::events::EventLog) -> Result<(),
                 out!("{}", serde_json::to_string_pretty(&record).expect("JSON value serialises"));
                 Ok(())
             }
-            None => Err(no_run(&run_id, &path)),
+            None => Err(no_run(&run_id, &location)),
         },
         Action::Resume { run_id, agent_limits, host } => {
             super::run::resume(&run_id, std::sync::Arc::new(store), &agent_limits, &host, events).await
         }
         Action::Cancel { run_id, wait } => match store.request_cancel(&run_id) {
-            CancelRequest::Unknown => Err(no_run(&run_id, &path)),
+            CancelRequest::Unknown => Err(no_run(&run_id, &location)),
             CancelRequest::AlreadyEnded(status) => Err(Failure {
                 code: EXIT_FAILED,
                 error: anyhow::anyhow!("run {} has already ended ({status}): nothing to cancel", escape(&run_id)),
@@ -138,7 +144,7 @@ pub async fn runs(args: RunsArgs, events: crate::events::EventLog) -> Result<(),
                             out!("run {} {status}", escape(&run_id));
                             return Ok(());
                         }
-                        None => return Err(no_run(&run_id, &path)),
+                        None => return Err(no_run(&run_id, &location)),
                     }
                 }
             }
@@ -146,6 +152,6 @@ pub async fn runs(args: RunsArgs, events: crate::events::EventLog) -> Result<(),
     }
 }
 
-fn no_run(run_id: &str, store: &std::path::Path) -> Failure {
-    usage(anyhow::anyhow!("no run {} in {} (`flue runs ls` lists them)", escape(run_id), store.display()))
+fn no_run(run_id: &str, store: &StoreLocation) -> Failure {
+    usage(anyhow::anyhow!("no run {} in {store} (`flue runs ls` lists them)", escape(run_id)))
 }

@@ -97,9 +97,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = ranged(bounds::GRACE_SECS))]
     pub grace: u64,
 
-    /// The run store (SQLite) [default: PROJECT/.flue/runs.sqlite].
-    #[arg(long, value_name = "FILE")]
-    pub store: Option<PathBuf>,
+    /// The run store: an SQLite file, or a PostgreSQL database
+    /// (`postgres://user:password@host/db`) that several servers share
+    /// [default: PROJECT/.flue/runs.sqlite].
+    #[arg(long, value_name = "FILE|URL", env = "FLUE_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 
     /// Instance allocation: `on-demand` maps memory per instance; `pooling`
     /// reserves it for --max-concurrent runs up front (falls back to
@@ -209,7 +211,10 @@ pub async fn serve(
     let config = ServeConfig {
         listen,
         own_store_dir: args.store.is_none(),
-        store: args.store.clone().unwrap_or_else(|| crate::serve::store::project_store(&args.project)),
+        store: match &args.store {
+            Some(store) => crate::serve::store::StoreLocation::parse(store),
+            None => crate::serve::store::project_store(&args.project).as_path().into(),
+        },
         project: args.project,
         token,
         allowed_hosts: args.allowed_hosts,

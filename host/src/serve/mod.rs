@@ -93,8 +93,8 @@ pub struct ServeConfig {
     pub resources: Option<crate::sandbox::Resources>,
     /// How long runs may finish after a shutdown signal.
     pub grace: Duration,
-    /// The run store's file.
-    pub store: PathBuf,
+    /// Where the run store is.
+    pub store: store::StoreLocation,
     /// The store's directory is flue's own (`<project>/.flue`): made private
     /// if it is not.
     pub own_store_dir: bool,
@@ -142,7 +142,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     let addr = listener.local_addr()?;
     let project = agents::discover(&config.project)?;
-    let store = Arc::new(store::RunStore::open(&config.store, config.retention, config.own_store_dir)?);
+    let store = Arc::new(store::RunStore::open(config.store.clone(), config.retention, config.own_store_dir)?);
     let (cancel_tx, cancel) = watch::channel(false);
     let reload = reload.map(|reload| reload::DevReload::new(reload, &config.project));
     let events = server_events::ServerEvents::new(config.events);

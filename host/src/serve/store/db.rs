@@ -1,0 +1,213 @@
+//! The database under the run store: embedded SQLite (one machine, the
+//! default) or PostgreSQL (several servers sharing one store), behind one
+//! small interface — statements with numbered parameters (`?1`) and rows of
+//! plain values — so that the store's SQL is written once for both.
+//!
+//! The SQL the store writes keeps to what both speak: `?N` parameters
+//! (`$N` for PostgreSQL, rewritten here), `IS NOT DISTINCT FROM`, `ON
+//! CONFLICT … DO UPDATE`, `BIGINT` numbers. Each engine's schema and
+//! migrations are its own ([`super::sqlite`], [`super::postgres`]).
+
+use std::sync::Mutex;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+/// One parameter or column value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sql {
+    /// A number (`BIGINT`).
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// No number.
+    NullInt,
+    /// No text.
+    NullText,
+}
+
+impl Sql {
+    /// The text, if this is text.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Sql::Text(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    /// The number, if this is one.
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Sql::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for Sql {
+    fn from(n: i64) -> Self {
+        Sql::Int(n)
+    }
+}
+
+impl From<u64> for Sql {
+    fn from(n: u64) -> Self {
+        Sql::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<bool> for Sql {
+    fn from(b: bool) -> Self {
+        Sql::Int(i64::from(b))
+    }
+}
+
+impl From<&str> for Sql {
+    fn from(text: &str) -> Self {
+        Sql::Text(text.to_string())
+    }
+}
+
+impl From<String> for Sql {
+    fn from(text: String) -> Self {
+        Sql::Text(text)
+    }
+}
+
+impl From<&String> for Sql {
+    fn from(text: &String) -> Self {
+        Sql::Text(text.clone())
+    }
+}
+
+impl From<Option<String>> for Sql {
+    fn from(text: Option<String>) -> Self {
+        text.map_or(Sql::NullText, Sql::Text)
+    }
+}
+
+impl From<Option<&str>> for Sql {
+    fn from(text: Option<&str>) -> Self {
+        text.map_or(Sql::NullText, |t| Sql::Text(t.to_string()))
+    }
+}
+
+impl From<Option<i64>> for Sql {
+    fn from(n: Option<i64>) -> Self {
+        n.map_or(Sql::NullInt, Sql::Int)
+    }
+}
+
+impl rusqlite::ToSql for Sql {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Sql::Int(n) => ToSqlOutput::Borrowed(ValueRef::Integer(*n)),
+            Sql::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            Sql::NullInt | Sql::NullText => ToSqlOutput::Borrowed(ValueRef::Null),
+        })
+    }
+}
+
+/// A row: its columns in order.
+pub type Row = Vec<Sql>;
+
+/// Why a statement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite's error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's error.
+    #[error("{0}")]
+    Postgres(String),
+}
+
+/// The store's database.
+pub enum Db {
+    /// An SQLite file, one connection.
+    Sqlite(Mutex<rusqlite::Connection>),
+    /// A PostgreSQL server, through a pool of connections.
+    Postgres(super::postgres::Pool),
+}
+
+impl Db {
+    /// Run `sql` with `params`; the number of rows it changed.
+    pub fn execute(&self, sql: &str, params: &[Sql]) -> Result<usize, DbError> {
+        match self {
+            Db::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let mut statement = conn.prepare_cached(sql)?;
+                Ok(statement.execute(rusqlite::params_from_iter(params.iter()))?)
+            }
+            Db::Postgres(pool) => pool.execute(&numbered(sql), params),
+        }
+    }
+
+    /// The rows `sql` selects with `params`.
+    pub fn query(&self, sql: &str, params: &[Sql]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Db::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let mut statement = conn.prepare_cached(sql)?;
+                let columns = statement.column_count();
+                let rows = statement.query_map(rusqlite::params_from_iter(params.iter()), |row| {
+                    (0..columns)
+                        .map(|i| {
+                            Ok(match row.get_ref(i)? {
+                                ValueRef::Integer(n) => Sql::Int(n),
+                                ValueRef::Real(x) => Sql::Int(x as i64),
+                                ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+                                    Sql::Text(String::from_utf8_lossy(bytes).into_owned())
+                                }
+                                ValueRef::Null => Sql::NullText,
+                            })
+                        })
+                        .collect::<rusqlite::Result<Row>>()
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<Row>>>()?)
+            }
+            Db::Postgres(pool) => pool.query(&numbered(sql), params),
+        }
+    }
+
+    /// The first row `sql` selects, if any.
+    pub fn query_one(&self, sql: &str, params: &[Sql]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Which engine, for messages.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "SQLite",
+            Db::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
+/// `sql` with SQLite's `?N` parameters written as PostgreSQL's `$N`.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c == '?' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_renumbered_outside_quotes_only() {
+        assert_eq!(numbered("SELECT a FROM t WHERE b = ?1 AND c = ?12"), "SELECT a FROM t WHERE b = $1 AND c = $12");
+        assert_eq!(numbered("SELECT '?1' WHERE x = ?2"), "SELECT '?1' WHERE x = $2");
+    }
+}
