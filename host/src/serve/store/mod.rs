@@ -824,6 +824,7 @@ mod tests {
             sandbox_id: format!("local-{id}"),
             idle: idle.map(Duration::from_secs),
         };
+        let before_use = unix_millis() - 1_000;
         store.used(&sandbox("a", Some(60)), false);
         store.used(&sandbox("b", None), false);
         store.used(&sandbox("c", Some(60)), true);
@@ -832,7 +833,7 @@ mod tests {
         let later = now + 61_000;
         assert_eq!(store.idle_id_sandboxes(later), vec![sandbox("a", Some(60))], "c is in use by this process");
         // Used again after it was found idle: not forgotten.
-        store.forget_id_sandbox(&sandbox("a", Some(60)), now - 1);
+        store.forget_id_sandbox(&sandbox("a", Some(60)), before_use);
         assert_eq!(store.idle_id_sandboxes(later).len(), 1);
         store.forget_id_sandbox(&sandbox("a", Some(60)), later);
         assert!(store.idle_id_sandboxes(later + 10_000_000).is_empty(), "b has no idle time");
