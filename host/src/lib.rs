@@ -13,6 +13,7 @@
 //!               └─ imports http/config ─▶ capability (allowed hosts, egress, secrets) ─▶ network
 //!     └─ session.prompt ─▶ model (provider HTTP in the host, tools on the session)
 //!   run::sandboxes owns what the run created and deletes it when the run ends
+//!   journal: every host call and its answer, replayed when a run is resumed
 //! events: every operation, log line and lifecycle step ─▶ EventSink (cli::render, tests)
 //! ```
 //!
@@ -23,7 +24,8 @@
 //! suite), [`connector`] (connectors by name, and wasm connectors), [`model`] (the model loop behind `session.prompt`),
 //! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
 //! [`guest`] (building agents from source, isolated), [`events`], [`config`];
-//! rooms of the floor beside [`runtime`]: [`secrets`] (filling in and
+//! rooms of the floor beside [`runtime`]: [`journal`] (a run's host calls,
+//! recorded to resume it after a crash), [`secrets`] (filling in and
 //! redacting), [`terminal`] (guest text made safe), [`which`] (programs on
 //! the PATH), [`private_dir`] (directories flue trusts).
 

@@ -115,7 +115,8 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
             let agent = std::fs::canonicalize(&args.agent)
                 .map(|path| path.display().to_string())
                 .unwrap_or_else(|_| args.agent.clone());
-            store.insert_cli(&run_id, &args.agent, &invocation, &payload, &resume_record(&agent, &settings));
+            let record = serde_json::to_value(ResumeRecord::of(agent, &settings)).expect("a record serialises");
+            store.insert_cli(&run_id, &args.agent, &invocation, &payload, &record);
             Some(RunJournal { store: store.clone(), limit })
         }
         _ => None,
@@ -138,16 +139,56 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     run_to_the_end(&host, run, store, events).await
 }
 
-/// What a `flue run` run stores so that `flue runs resume` can run it again.
-fn resume_record(agent: &str, settings: &RunSettings) -> serde_json::Value {
-    serde_json::json!({
-        "agent": agent,
-        "sandbox": settings.default_connector,
-        "keep": settings.keep,
-        "reuse": settings.reuse,
-        "sandboxPerId": settings.sandbox_per_id,
-        "sandboxIdleSecs": settings.sandbox_idle.map_or(0, |idle| idle.as_secs()),
-    })
+/// What a `flue run` run stores so that `flue runs resume` can run it again:
+/// its agent (a path made absolute, or an example's name) and the settings
+/// of its sandboxes.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct ResumeRecord {
+    agent: Option<String>,
+    sandbox: String,
+    keep: bool,
+    reuse: Option<String>,
+    sandbox_per_id: bool,
+    /// 0: never idle; absent: the default.
+    sandbox_idle_secs: Option<u64>,
+}
+
+impl Default for ResumeRecord {
+    fn default() -> Self {
+        ResumeRecord {
+            agent: None,
+            sandbox: "local".into(),
+            keep: false,
+            reuse: None,
+            sandbox_per_id: false,
+            sandbox_idle_secs: None,
+        }
+    }
+}
+
+impl ResumeRecord {
+    fn of(agent: String, settings: &RunSettings) -> Self {
+        ResumeRecord {
+            agent: Some(agent),
+            sandbox: settings.default_connector.clone(),
+            keep: settings.keep,
+            reuse: settings.reuse.clone(),
+            sandbox_per_id: settings.sandbox_per_id,
+            sandbox_idle_secs: Some(settings.sandbox_idle.map_or(0, |idle| idle.as_secs())),
+        }
+    }
+
+    fn settings(self, default_resources: Option<crate::sandbox::Resources>) -> RunSettings {
+        RunSettings {
+            default_connector: self.sandbox,
+            keep: self.keep,
+            reuse: self.reuse,
+            sandbox_per_id: self.sandbox_per_id,
+            default_resources,
+            sandbox_idle: crate::run::sandboxes::sandbox_idle(self.sandbox_idle_secs),
+        }
+    }
 }
 
 /// Resume run `run_id` of `store`, which a `flue run` left unfinished (its
@@ -161,16 +202,11 @@ pub async fn resume(
     events: EventLog,
 ) -> Result<(), Failure> {
     let claimed = store.claim_for_resume(run_id).map_err(usage)?;
-    let text = |field: &str| claimed.resume[field].as_str().map(str::to_string);
-    let agent = text("agent").ok_or_else(|| usage(anyhow::anyhow!("run {run_id} did not keep its agent's path")))?;
-    let settings = RunSettings {
-        default_connector: text("sandbox").unwrap_or_else(|| "local".into()),
-        keep: claimed.resume["keep"].as_bool().unwrap_or(false),
-        reuse: text("reuse"),
-        sandbox_per_id: claimed.resume["sandboxPerId"].as_bool().unwrap_or(false),
-        default_resources: host_args.resources(),
-        sandbox_idle: crate::run::sandboxes::sandbox_idle(claimed.resume["sandboxIdleSecs"].as_u64()),
+    let record: ResumeRecord = serde_json::from_value(claimed.resume.clone()).unwrap_or_default();
+    let Some(agent) = record.agent.clone() else {
+        return Err(usage(anyhow::anyhow!("run {run_id} did not keep its agent's path")));
     };
+    let settings = record.settings(host_args.resources());
     let host = host_args.host(agent_limits.limits()).await?;
     let wasm_path = crate::guest::resolve(&agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;

@@ -345,6 +345,34 @@ fn crash_if_asked(seq: u64) {
     }
 }
 
+/// `live`'s answer, through `journal` when the run keeps one ([`Journal::step`]),
+/// else `live`'s alone. `key` is computed only for a journal.
+pub async fn through<T, F>(journal: Option<&Journal>, key: impl FnOnce() -> String, live: F) -> Result<T, JournalError>
+where
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = T>,
+{
+    match journal {
+        Some(journal) => journal.step(&key(), live).await,
+        None => Ok(live.await),
+    }
+}
+
+/// [`through`] for a call that does not wait.
+pub fn through_sync<T>(
+    journal: Option<&Journal>,
+    key: impl FnOnce() -> String,
+    live: impl FnOnce() -> T,
+) -> Result<T, JournalError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    match journal {
+        Some(journal) => journal.step_sync(&key(), live),
+        None => Ok(live()),
+    }
+}
+
 /// Why a journal could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalStoreOrReplayError {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::events::{Event, EventLog, millis};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{self, Journal, JournalError};
 use crate::sandbox::session::{Session, format_bytes};
 use crate::secrets::Secrets;
 
@@ -322,18 +322,6 @@ impl From<JournalError> for Stopped {
     }
 }
 
-/// `live`'s answer, through the journal when there is one.
-async fn journaled<T, F>(journal: Option<&Journal>, key: &str, live: F) -> Result<T, JournalError>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned,
-    F: Future<Output = T>,
-{
-    match journal {
-        Some(journal) => journal.step(key, live).await,
-        None => Ok(live.await),
-    }
-}
-
 async fn prompt_loop(
     provider: &provider::Provider,
     session: &Session,
@@ -368,7 +356,7 @@ async fn prompt_loop(
         .map_err(|err| ModelError::InvalidInput(err.to_string()))?
         .with_max_read(caps::MAX_TOOL_FILE as u64);
     let definitions = tools::definitions(&tools);
-    let system = journaled(journal, "system-prompt", system_prompt(session, options, &tools)).await?;
+    let system = journal::through(journal, || "system-prompt".into(), system_prompt(session, options, &tools)).await?;
     let max_turns = options.max_turns.unwrap_or(DEFAULT_MAX_TURNS).max(1);
     conversation.push(Message::User(text));
     let mut usage = Usage::default();
@@ -392,7 +380,7 @@ async fn prompt_loop(
             // journal, the conversation or a tool's arguments.
             reply.map(|reply| without_key(provider, reply))
         };
-        let reply = journaled(journal, "model-turn", live).await??;
+        let reply = journal::through(journal, || "model-turn".into(), live).await??;
         // Counts from the provider: any value, never an overflow.
         usage.input = usage.input.saturating_add(reply.usage.input);
         usage.output = usage.output.saturating_add(reply.usage.output);
@@ -423,8 +411,8 @@ async fn prompt_loop(
         for call in &reply.calls {
             let started = Instant::now();
             let outcome = if tools.contains(&call.name) {
-                let key = crate::journal::key("tool", &[call.name.as_bytes(), call.input.to_string().as_bytes()]);
-                journaled(journal, &key, tools::call(session, &call.name, &call.input)).await?
+                let key = || journal::key("tool", &[call.name.as_bytes(), call.input.to_string().as_bytes()]);
+                journal::through(journal, key, tools::call(session, &call.name, &call.input)).await?
             } else {
                 tools::Outcome { content: format!("the tool {} is not available here", call.name), is_error: true }
             };

@@ -158,13 +158,9 @@ impl AgentState {
         let conversation = match &self.conversations {
             Some(kept) => {
                 let load = || kept.resume(&id, &name, &self.sandboxes.events);
-                match &self.journal {
-                    // What the run read then, not what later prompts kept since.
-                    Some(journal) => journal
-                        .step_sync(&journal::key("conversation", &[id.as_bytes(), name.as_bytes()]), load)
-                        .map_err(wasmtime::Error::new)?,
-                    None => load(),
-                }
+                // What the run read then, not what later prompts kept since.
+                let key = || journal::key("conversation", &[id.as_bytes(), name.as_bytes()]);
+                journal::through_sync(self.journal.as_deref(), key, load).map_err(wasmtime::Error::new)?
             }
             None => Vec::new(),
         };
@@ -235,10 +231,7 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned,
     F: Future<Output = T>,
 {
-    match journal {
-        None => Ok(live.await),
-        Some(journal) => journal.step(&key(), live).await.map_err(wasmtime::Error::new),
-    }
+    journal::through(journal, key, live).await.map_err(wasmtime::Error::new)
 }
 
 /// A command, through the journal.

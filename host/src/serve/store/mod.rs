@@ -8,7 +8,7 @@
 //! conversations are kept.
 //!
 //! Where it lives ([`StoreLocation`]): an embedded SQLite file (the default,
-//! `<project>/.flue/runs.sqlite`; [`sqlite`]) or a PostgreSQL database that
+//! `<project>/.flue/runs.sqlite`; `sqlite.rs`) or a PostgreSQL database that
 //! several servers share (`--store postgres://…`; [`postgres`]). The SQL
 //! below is written once for both ([`db`]).
 //!
