@@ -13,6 +13,7 @@ mod daytona_server;
 mod durable;
 mod examples;
 mod files;
+mod fleet;
 mod hardening;
 mod hostile_build;
 mod hostile_model;

@@ -60,7 +60,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = ranged(bounds::MAX_CONCURRENT))]
     pub max_concurrent: u64,
 
-    /// Runs waiting for a slot; past that, requests get 429 with Retry-After.
+    /// Runs waiting for a slot, per server; past that, requests get 429 with
+    /// Retry-After. Two waits count separately up to N each: runs whose
+    /// callers wait on this server (synchronous and streamed ones), and
+    /// background runs this server accepted into the store's shared queue
+    /// while it had no free slot (any server sharing the store may start
+    /// those).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = ranged(bounds::QUEUE))]
     pub queue: u64,
 
@@ -102,6 +107,13 @@ pub struct ServeArgs {
     /// [default: PROJECT/.flue/runs.sqlite].
     #[arg(long, value_name = "FILE|URL", env = "FLUE_STORE", hide_env_values = true)]
     pub store: Option<String>,
+
+    /// Seconds this server holds its runs without a heartbeat (it renews
+    /// every third of it). With several servers on one store, one that stops
+    /// answering — killed, frozen, cut off — loses its runs after this long:
+    /// another server resumes those that keep a journal, and fails the rest.
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = ranged(bounds::LEASE_SECS))]
+    pub lease_secs: u64,
 
     /// Instance allocation: `on-demand` maps memory per instance; `pooling`
     /// reserves it for --max-concurrent runs up front (falls back to
@@ -236,6 +248,7 @@ pub async fn serve(
         resources: args.host.resources(),
         grace: Duration::from_secs(args.grace),
         retention: args.retention as usize,
+        lease: Duration::from_secs(args.lease_secs),
         dev,
         build_timeout: Duration::from_secs(args.build_timeout),
         events,

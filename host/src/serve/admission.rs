@@ -27,6 +27,9 @@ pub struct Admission {
     /// Runs admitted and not yet ended, for shutdown to wait on.
     active: AtomicUsize,
     idle: Notify,
+    /// Held while a background run is counted against `--queue` and put in
+    /// the store's shared queue: one at a time, so a burst cannot slip past.
+    shared_queue: tokio::sync::Mutex<()>,
 }
 
 impl Admission {
@@ -37,12 +40,19 @@ impl Admission {
             running: Arc::new(Semaphore::new(max_concurrent)),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            shared_queue: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Runs admitted and not yet ended.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// How many more runs could start here at once, beside the `waiting`
+    /// ones already admitted and waiting for a slot.
+    pub fn room(&self, waiting: usize) -> usize {
+        self.running.available_permits().saturating_sub(waiting).min(self.admitted.available_permits())
     }
 
     /// Wait until no admitted run is left.
@@ -62,6 +72,8 @@ pub struct Ticket {
     state: Arc<ServerState>,
     run_id: String,
     _admitted: OwnedSemaphorePermit,
+    /// A slot taken at admission, for [`Ticket::start`].
+    reserved: Option<OwnedSemaphorePermit>,
     running: Option<(OwnedSemaphorePermit, Instant)>,
     recorded: bool,
     /// Left queued for the server's next start.
@@ -86,6 +98,41 @@ impl Ticket {
         Some(ticket)
     }
 
+    /// Admit run `run_id` only if a slot is free now, taking it (recorded
+    /// as queued until it starts, with its payload); `None` otherwise.
+    pub fn admit_with_slot(
+        state: &Arc<ServerState>,
+        run_id: &str,
+        agent: &str,
+        invocation: &str,
+        payload: &Value,
+    ) -> Option<Ticket> {
+        let slot = state.admission.running.clone().try_acquire_owned().ok()?;
+        let mut ticket = Ticket::admit(state, run_id, agent, invocation, payload)?;
+        ticket.reserved = Some(slot);
+        Some(ticket)
+    }
+
+    /// Put background run `run_id` in the store's shared queue, for any
+    /// server to start, unless the runs this server accepted there and no
+    /// server has started number `--queue` already (then `false`).
+    pub async fn queue_in_store(
+        state: &Arc<ServerState>,
+        run_id: &str,
+        agent: &str,
+        invocation: &str,
+        payload: Value,
+    ) -> bool {
+        let _one_at_a_time = state.admission.shared_queue.lock().await;
+        let (store, queue) = (state.store.clone(), state.config.queue);
+        let (run, agent, id) = (run_id.to_string(), agent.to_string(), invocation.to_string());
+        tokio::task::spawn_blocking(move || {
+            (store.waiting_accepted_here() < queue).then(|| store.enqueue(&run, &agent, &id, &payload)).is_some()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Admit run `run_id`, already in the store as queued (a previous
     /// server accepted it and stopped first), or `None` when the queue is
     /// full.
@@ -97,6 +144,7 @@ impl Ticket {
             state: state.clone(),
             run_id: run_id.to_string(),
             _admitted: permit,
+            reserved: None,
             running: None,
             recorded: false,
             kept_queued: false,
@@ -107,9 +155,12 @@ impl Ticket {
     /// when the grace period ends does not start.
     pub async fn start(&mut self, journaled: bool) -> Result<(), ShuttingDown> {
         let mut cancel = self.state.cancel.clone();
-        let slot = tokio::select! {
-            slot = self.state.admission.running.clone().acquire_owned() => slot.map_err(|_| ShuttingDown)?,
-            _ = cancel.wait_for(|stop| *stop) => return Err(ShuttingDown),
+        let slot = match self.reserved.take() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                slot = self.state.admission.running.clone().acquire_owned() => slot.map_err(|_| ShuttingDown)?,
+                _ = cancel.wait_for(|stop| *stop) => return Err(ShuttingDown),
+            },
         };
         let metrics = &self.state.metrics;
         metrics.queued.fetch_sub(1, Ordering::SeqCst);
@@ -121,7 +172,8 @@ impl Ticket {
     }
 
     /// The run did not start before the server shut down: it stays queued
-    /// in the store, with its payload, for the server's next start.
+    /// in the store, with its payload, and goes back to the shared queue
+    /// when the server exits (for another server, or its next start).
     pub fn keep_queued(&mut self) {
         self.kept_queued = true;
     }
@@ -163,5 +215,7 @@ impl Drop for Ticket {
         let admission = &self.state.admission;
         admission.active.fetch_sub(1, Ordering::SeqCst);
         admission.idle.notify_waiters();
+        // A slot or a place in the queue is free: a queued run may take it.
+        self.state.fleet.room();
     }
 }

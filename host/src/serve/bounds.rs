@@ -12,6 +12,9 @@ pub const MEMORY_MIB: RangeInclusive<u64> = crate::runtime::limits::AGENT_MEMORY
 /// Seconds runs may finish after a shutdown signal: up to a day.
 /// An id's sandbox's idle time (`sandbox-idle-secs`; 0: never deleted).
 pub const SANDBOX_IDLE_SECS: RangeInclusive<u64> = crate::run::sandboxes::SANDBOX_IDLE_SECS;
+/// Seconds a server holds its runs between heartbeats (it renews every
+/// third of it).
+pub const LEASE_SECS: RangeInclusive<u64> = 2..=3600;
 /// Seconds.
 pub const GRACE_SECS: RangeInclusive<u64> = 0..=24 * 3600;
 /// The largest request body, in KiB: up to 64 MiB (bodies are held in memory).

@@ -4,12 +4,20 @@
 //! and the later one's save would drop the other's exchange.
 //!
 //! A run waiting for its turn is queued (it counts against `--queue`, and
-//! a cancel or a shutdown ends the wait). The turn is this server's: runs
-//! of the same id on another server, or `flue run --id` beside it, do not
-//! wait for it.
+//! a cancel or a shutdown ends the wait). It takes this server's turn
+//! first ([`IdTurns`], in the order runs arrived here), then the store's
+//! ([`SharedTurn`]), which servers sharing the store take one at a time —
+//! in no promised order among servers. `flue run --id` beside a server
+//! does not wait for either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::store::RunStore;
+
+/// How often a run waiting for the store's turn of its id asks again.
+const SHARED_TURN_POLL: Duration = Duration::from_millis(100);
 
 use tokio::sync::{Mutex as TurnLock, OwnedMutexGuard};
 
@@ -63,6 +71,43 @@ impl Drop for Turn<'_> {
         if locks.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
             locks.remove(&self.key);
         }
+    }
+}
+
+/// The turn of an agent's id in the store, held for one run until it is
+/// dropped (or, if its server dies, until its lease runs out).
+pub struct SharedTurn {
+    store: Arc<RunStore>,
+    agent: String,
+    invocation: String,
+    run_id: String,
+}
+
+impl SharedTurn {
+    /// Wait until run `run_id` has the turn of `agent`'s id `invocation`.
+    pub async fn take(store: &Arc<RunStore>, agent: &str, invocation: &str, run_id: &str) -> SharedTurn {
+        let turn = SharedTurn {
+            store: store.clone(),
+            agent: agent.to_string(),
+            invocation: invocation.to_string(),
+            run_id: run_id.to_string(),
+        };
+        loop {
+            let (store, t) = (store.clone(), (turn.agent.clone(), turn.invocation.clone(), turn.run_id.clone()));
+            let taken = tokio::task::spawn_blocking(move || store.take_id_turn(&t.0, &t.1, &t.2, store.lease()))
+                .await
+                .unwrap_or(false);
+            if taken {
+                return turn;
+            }
+            tokio::time::sleep(SHARED_TURN_POLL).await;
+        }
+    }
+}
+
+impl Drop for SharedTurn {
+    fn drop(&mut self) {
+        self.store.release_id_turn(&self.agent, &self.invocation, &self.run_id);
     }
 }
 

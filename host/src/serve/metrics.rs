@@ -19,6 +19,11 @@ pub struct Metrics {
     pub connections: AtomicUsize,
     /// Requests refused because bodies held all of `--body-memory-mib`.
     pub bodies_refused: AtomicU64,
+    /// Runs claimed from the shared queue (accepted here or elsewhere).
+    pub claimed: AtomicU64,
+    /// Runs of servers that stopped answering, taken over (resumed, failed
+    /// or queued again).
+    pub taken_over: AtomicU64,
 }
 
 impl Metrics {
@@ -45,7 +50,13 @@ impl Metrics {
              # HELP flue_connections_open Client connections open now.\n\
              # TYPE flue_connections_open gauge\nflue_connections_open {}\n\
              # HELP flue_bodies_refused_total Requests refused with 503 while bodies held all of --body-memory-mib.\n\
-             # TYPE flue_bodies_refused_total counter\nflue_bodies_refused_total {}\n",
+             # TYPE flue_bodies_refused_total counter\nflue_bodies_refused_total {}\n\
+             # HELP flue_runs_claimed_total Runs claimed from the shared queue.\n\
+             # TYPE flue_runs_claimed_total counter\nflue_runs_claimed_total {}\n\
+             # HELP flue_runs_taken_over_total Runs of servers whose lease ran out, taken over.\n\
+             # TYPE flue_runs_taken_over_total counter\nflue_runs_taken_over_total {}\n\
+             # HELP flue_store_statements_total Statements run against the run store.\n\
+             # TYPE flue_store_statements_total counter\nflue_store_statements_total {}\n",
             self.started.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
@@ -55,6 +66,9 @@ impl Metrics {
             self.readers_dropped.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
             self.bodies_refused.load(Ordering::Relaxed),
+            self.claimed.load(Ordering::Relaxed),
+            self.taken_over.load(Ordering::Relaxed),
+            super::store::db::statements(),
         )
     }
 }

@@ -7,7 +7,8 @@
 //!   background (`X-Webhook: true`: `202 {"runId": …}`). Every answer
 //!   carries `x-flue-run-id`.
 //! * `GET /runs/<runId>`: status, result, events and the conversations kept
-//!   for its id, from the [`store`]; `POST /runs/<runId>/cancel` stops a
+//!   for its id, from the [`store`]; `GET /runs/<runId>/events` streams its
+//!   events wherever it runs ([`sse`]); `POST /runs/<runId>/cancel` stops a
 //!   queued or running run (status `cancelled`); `GET /sessions/<agent>/<id>`
 //!   shows the conversations an agent keeps for an id.
 //! * `GET /healthz`; `GET /metrics` in Prometheus text format ([`metrics`]).
@@ -17,7 +18,8 @@
 //! Every request first passes the [`http_guard`] (host names, cross-site
 //! browsers, the token); connections are capped and timed ([`connections`]);
 //! bodies share one memory budget ([`bodies`]); runs are admitted atomically
-//! ([`admission`]) and run in their own task ([`runs`]); `flue dev`'s builds
+//! ([`admission`]) and run in their own task ([`runs`]); servers sharing a
+//! store hold their runs by lease and claim queued ones ([`fleet`]); `flue dev`'s builds
 //! are timed and stoppable ([`builds`]). Shutdown: stop accepting, let runs
 //! finish for a grace period, then stop them (their sandboxes are deleted,
 //! their builds killed) and close every connection; a second signal exits at
@@ -30,6 +32,7 @@ pub mod bounds;
 mod builds;
 pub mod connections;
 pub mod errors;
+mod fleet;
 pub mod http_guard;
 mod id_turns;
 pub mod idle_sandboxes;
@@ -95,6 +98,10 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Where the run store is.
     pub store: store::StoreLocation,
+    /// How long this server holds its runs without renewing its lease
+    /// (`--lease-secs`): a server that stops answering loses them to the
+    /// others after that.
+    pub lease: Duration,
     /// The store's directory is flue's own (`<project>/.flue`): made private
     /// if it is not.
     pub own_store_dir: bool,
@@ -130,6 +137,8 @@ pub struct ServerState {
     builds: builds::Builds,
     /// Runs of one agent and id, one at a time.
     id_turns: id_turns::IdTurns,
+    /// This server among those sharing the store: its runs, its claims.
+    fleet: fleet::Fleet,
     /// Set when runs still going must stop (the grace period is over).
     cancel: watch::Receiver<bool>,
 }
@@ -142,7 +151,9 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     let addr = listener.local_addr()?;
     let project = agents::discover(&config.project)?;
-    let store = Arc::new(store::RunStore::open(config.store.clone(), config.retention, config.own_store_dir)?);
+    let store = Arc::new(
+        store::RunStore::open(config.store.clone(), config.retention, config.own_store_dir)?.with_lease(config.lease),
+    );
     let (cancel_tx, cancel) = watch::channel(false);
     let reload = reload.map(|reload| reload::DevReload::new(reload, &config.project));
     let events = server_events::ServerEvents::new(config.events);
@@ -173,6 +184,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         body_budget: bodies::BodyBudget::new(config.body_memory),
         builds: builds::Builds::default(),
         id_turns: id_turns::IdTurns::default(),
+        fleet: fleet::Fleet::default(),
         cancel,
         config: config.clone(),
     });
@@ -197,11 +209,12 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    // What a stopped or killed server left waiting runs now.
-    runs::start_queued(&state);
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    // Runs waiting in the store (accepted by any server, or left by one
+    // that stopped) start here as slots allow.
+    fleet::start(state.clone(), stopping.clone());
     reload::watch(state.clone());
     idle_sandboxes::watch(state.clone());
-    let (stopping_tx, mut stopping) = watch::channel(false);
     let grace = config.grace;
     let runs = state.clone();
     tokio::spawn(async move {
@@ -220,7 +233,8 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         let left = runs.admission.active();
         eprintln!(
             "flue: {}: exiting at once; {left} run(s) were still going: their sandboxes may be left behind \
-             (`flue sandboxes gc` deletes them) and their records read as failed at the next start",
+             (`flue sandboxes gc` deletes them); another server sharing the store, or this one's next start, resumes \
+             those that keep a journal and fails the others",
             second.reason
         );
         std::process::exit(second.exit_code);
@@ -242,6 +256,10 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     // Detached (webhook) runs may still be going: wait for them, and for
     // the cleanup of those the grace period stopped.
     state.admission.idle().await;
+    let released = state.store.release_held();
+    if released > 0 {
+        eprintln!("flue: {released} run(s) that had not started are back in the store's queue for the next server");
+    }
     eprintln!("flue: stopped; every run's result is in the run store");
     // A stopped build's thread returns at once, unless it waits for the build
     // lock of a build in another process: do not wait on that to exit.

@@ -1,6 +1,7 @@
 //! The HTTP routes: `POST /agents/<name>/<id>`, `GET /runs/<runId>`,
-//! `POST /runs/<runId>/cancel`, `GET /sessions/<agent>/<id>`, `GET /healthz`,
-//! `GET /metrics`; anything else is a JSON `404` or `405`.
+//! `GET /runs/<runId>/events`, `POST /runs/<runId>/cancel`,
+//! `GET /sessions/<agent>/<id>`, `GET /healthz`, `GET /metrics`; anything
+//! else is a JSON `404` or `405`.
 //!
 //! Two layers wrap them all: the outermost gives every `POST
 //! /agents/…` request its run id up front (so that every answer to it,
@@ -37,6 +38,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/agents", get(list_agents))
         .route("/agents/{name}/{id}", post(invoke))
         .route("/runs/{run_id}", get(run_record))
+        .route("/runs/{run_id}/events", get(run_events))
         .route("/runs/{run_id}/cancel", post(cancel_run))
         .route("/sessions/{agent}/{id}", get(sessions))
         .route("/healthz", get(healthz))
@@ -84,8 +86,8 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     ApiError::new(
         ErrorKind::NotFound,
         format!(
-            "nothing at {method} {path}: POST /agents/<name>/<id>, GET /runs/<runId>, POST /runs/<runId>/cancel, \
-             GET /sessions/<agent>/<id>, GET /healthz and GET /metrics are"
+            "nothing at {method} {path}: POST /agents/<name>/<id>, GET /runs/<runId>, GET /runs/<runId>/events, \
+             POST /runs/<runId>/cancel, GET /sessions/<agent>/<id>, GET /healthz and GET /metrics are"
         ),
     )
     .into_response()
@@ -145,6 +147,24 @@ async fn run_record(State(state): State<Arc<ServerState>>, Path(run_id): Path<St
         None => ApiError::new(ErrorKind::NotFound, format!("no run {}", crate::events::one_line(&run_id, 100)))
             .into_response(),
     }
+}
+
+/// `GET /runs/<runId>/events`: the run's events as server-sent events, from
+/// its first, as they happen (wherever it runs), then its `result` or
+/// `error`; for a run that ended, all of them at once.
+async fn run_events(State(state): State<Arc<ServerState>>, Path(run_id): Path<String>) -> Response {
+    let store = state.store.clone();
+    let id = run_id.clone();
+    let known = tokio::task::spawn_blocking(move || store.status(&id)).await.ok().flatten().is_some();
+    if !known {
+        return ApiError::new(ErrorKind::NotFound, format!("no run {}", crate::events::one_line(&run_id, 100)))
+            .into_response();
+    }
+    let mut response = sse::follow(state.store.clone(), run_id.clone());
+    if let Ok(value) = HeaderValue::from_str(&run_id) {
+        response.headers_mut().insert("x-flue-run-id", value);
+    }
+    response
 }
 
 /// `POST /runs/<runId>/cancel`: ask a queued or running run to stop. The
@@ -268,10 +288,6 @@ async fn admit(
     };
     // Its memory goes back to the budget now, not when the run ends.
     drop(body);
-    let Some(ticket) = Ticket::admit(state, run_id, name, invocation, &payload) else {
-        state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(ApiError::new(ErrorKind::QueueFull, "too many runs: the queue is full, retry later"));
-    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mode = if header("x-webhook").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         Mode::Background
@@ -279,6 +295,26 @@ async fn admit(
         Mode::Stream
     } else {
         Mode::Sync
+    };
+    let full = || {
+        state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(ErrorKind::QueueFull, "too many runs: the queue is full, retry later")
+    };
+    // A background run starts here if a slot is free now; otherwise it
+    // waits in the store's shared queue, for whichever server has room first.
+    let ticket = if matches!(mode, Mode::Background) {
+        match Ticket::admit_with_slot(state, run_id, name, invocation, &payload) {
+            Some(ticket) => ticket,
+            None => {
+                return if Ticket::queue_in_store(state, run_id, name, invocation, payload).await {
+                    Ok((StatusCode::ACCEPTED, axum::Json(json!({"runId": run_id}))).into_response())
+                } else {
+                    Err(full())
+                };
+            }
+        }
+    } else {
+        Ticket::admit(state, run_id, name, invocation, &payload).ok_or_else(full)?
     };
     let live = matches!(mode, Mode::Stream).then(|| LiveFeed::new(run_id, state.metrics.clone()));
     let task = RunTask {

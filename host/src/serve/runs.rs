@@ -22,6 +22,8 @@ use super::admission::Ticket;
 use super::agents::{self, AgentEntry};
 use super::builds::Interrupted;
 use super::errors::{ApiError, ErrorKind};
+use super::fleet::RunWatch;
+use super::id_turns::SharedTurn;
 use super::sse::LiveFeed;
 use crate::events::{Event, EventLog, EventSink, one_line};
 use crate::guest::AgentSourceError;
@@ -36,6 +38,7 @@ const MAX_STORED_EVENTS: usize = 2000;
 /// and tells the server's events when the agent is being rebuilt.
 struct RunSink {
     state: Arc<ServerState>,
+    run_id: String,
     agent: String,
     events: Mutex<Vec<Value>>,
     live: Option<Arc<LiveFeed>>,
@@ -51,6 +54,9 @@ impl EventSink for RunSink {
         }
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() < MAX_STORED_EVENTS {
+            // In the store as it happens: any server streams it
+            // (`GET /runs/<id>/events`).
+            self.state.store.append_event(&self.run_id, events.len(), &value);
             events.push(value);
         }
     }
@@ -83,6 +89,7 @@ impl RunTask {
     pub async fn run(self, mut ticket: Ticket, live: Option<Arc<LiveFeed>>) -> Result<Value, ApiError> {
         let sink = Arc::new(RunSink {
             state: self.state.clone(),
+            run_id: self.run_id.clone(),
             agent: self.name.clone(),
             events: Mutex::default(),
             live: live.clone(),
@@ -123,16 +130,23 @@ impl RunTask {
             )
         };
         // First this id's turn (runs of one conversation, one at a time),
-        // then a slot; a cancel or a shutdown ends either wait.
+        // here and then among the servers sharing the store, then a slot;
+        // a cancel or a shutdown ends each wait.
+        let watch = self.state.fleet.watch(&self.run_id);
         let mut shutdown = self.state.cancel.clone();
         let _turn = tokio::select! {
             turn = self.state.id_turns.take(&self.name, &self.invocation) => turn,
             _ = shutdown.wait_for(|stop| *stop) => return Err(not_started(ticket)),
-            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(&cancelled)),
+            stopped = watch.stopped() => return Err(ApiError::from_run(&stopped)),
+        };
+        let _shared_turn = tokio::select! {
+            turn = SharedTurn::take(&self.state.store, &self.name, &self.invocation, &self.run_id) => turn,
+            _ = shutdown.wait_for(|stop| *stop) => return Err(not_started(ticket)),
+            stopped = watch.stopped() => return Err(ApiError::from_run(&stopped)),
         };
         let started = tokio::select! {
             started = ticket.start(self.journaled) => started,
-            cancelled = cancel_requested(&self.state, &self.run_id) => return Err(ApiError::from_run(&cancelled)),
+            stopped = watch.stopped() => return Err(ApiError::from_run(&stopped)),
         };
         if started.is_err() {
             return Err(not_started(ticket));
@@ -140,7 +154,7 @@ impl RunTask {
         self.state.events.run_started(&self.run_id, &self.name, &self.invocation);
         let events = EventLog::new(sink.clone());
         let wasm = self.agent_component(&events, sink).await?;
-        self.run_agent(wasm, &events).await
+        self.run_agent(wasm, &events, &watch).await
     }
 
     /// The agent's component: built first when it is a stale source directory.
@@ -198,7 +212,7 @@ impl RunTask {
         })
     }
 
-    async fn run_agent(&self, wasm: Vec<u8>, events: &EventLog) -> Result<Value, ApiError> {
+    async fn run_agent(&self, wasm: Vec<u8>, events: &EventLog, watch: &RunWatch<'_>) -> Result<Value, ApiError> {
         let manifest = &self.agent.manifest;
         let mut limits = self.state.config.limits.clone();
         // Both were checked against `bounds` when flue.toml was read.
@@ -236,58 +250,13 @@ impl RunTask {
                 _ = shutdown.wait_for(|stop| *stop) => {
                     RunError::Interrupted { reason: "the server shut down and its grace period ended".into() }
                 }
-                cancelled = cancel_requested(&self.state, &self.run_id) => cancelled,
+                stopped = watch.stopped() => stopped,
             }
         };
         let host = self.state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let outcome = host.run_until(run, events.clone(), stop).await;
         outcome.result.map_err(|err| ApiError::from_run(&err))
     }
-}
-
-/// Start the runs a previous server accepted and never started (it was
-/// stopped or killed first), and resume the ones it was running with a
-/// journal when it was killed, oldest first, through admission as new ones
-/// are. One whose agent is no longer served, or that does not fit the
-/// queue, ends failed, saying why.
-pub fn start_queued(state: &Arc<ServerState>) {
-    for queued in state.store.queued() {
-        let fail = |why: String| {
-            let err = ApiError::new(ErrorKind::Shutdown, format!("the server stopped before the run started, {why}"));
-            state.store.finish(&queued.run_id, Err(&err), &[]);
-        };
-        let Some(payload) = queued.payload else {
-            fail("and its payload was not kept (a store from an older flue)".into());
-            continue;
-        };
-        let agent = state.agents.lock().unwrap_or_else(|e| e.into_inner()).get(&queued.agent).cloned();
-        let Some(agent) = agent.filter(|a| a.manifest.webhook && a.refused.is_none()) else {
-            fail(format!("and agent {} is no longer served", crate::terminal::escape(&queued.agent)));
-            continue;
-        };
-        let Some(ticket) = Ticket::readmit(state, &queued.run_id) else {
-            fail("and more runs were waiting than --max-concurrent and --queue allow".into());
-            continue;
-        };
-        let task = RunTask {
-            state: state.clone(),
-            name: queued.agent,
-            invocation: queued.invocation,
-            agent,
-            payload,
-            run_id: queued.run_id,
-            journaled: queued.journaled || state.config.journal_limit.is_some(),
-        };
-        tokio::spawn(async move {
-            let _ = task.run(ticket, None).await;
-        });
-    }
-}
-
-/// Resolves once someone asked for run `run_id` to be cancelled.
-async fn cancel_requested(state: &ServerState, run_id: &str) -> RunError {
-    state.store.wait_for_cancel(run_id).await;
-    RunError::Cancelled
 }
 
 /// What a caller learns of a failed build: the agent and the first error,

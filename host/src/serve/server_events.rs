@@ -59,6 +59,19 @@ impl ServerEvents {
         );
     }
 
+    /// Runs of servers whose lease ran out were taken over.
+    pub fn taken_over(&self, resumed: usize, failed: usize, released: usize) {
+        self.emit(
+            || {
+                format!(
+                    "took over the runs of a server that stopped answering: {resumed} to resume from their \
+                     journals, {failed} failed (no journal), {released} not started, queued again"
+                )
+            },
+            || json!({"type": "runs-taken-over", "resumed": resumed, "failed": failed, "released": released}),
+        );
+    }
+
     /// A run ended.
     pub fn run_finished(&self, run_id: &str, agent: &str, outcome: Result<(), &ApiError>, took: Duration) {
         self.emit(

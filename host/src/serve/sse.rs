@@ -1,5 +1,7 @@
 //! Server-sent events: a run's events as `event: event`, then `event:
-//! result` or `event: error`.
+//! result` or `event: error` — live from the run on this server (the
+//! caller of a streamed `POST`), or followed through the store from any
+//! server ([`follow`], `GET /runs/<id>/events`).
 //!
 //! Between the run and the client sits a [`LiveFeed`], a buffer bounded in
 //! bytes. The run never waits on it: a reader that falls more than
@@ -16,6 +18,13 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::metrics::Metrics;
+use super::store::RunStore;
+
+/// How often a follower asks the store for a run's new events: the most
+/// it lags behind the run.
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// The most events a follower takes from the store at once.
+const FOLLOW_BATCH: usize = 256;
 
 /// The most bytes a stream's buffer holds before its reader counts as
 /// fallen behind.
@@ -60,7 +69,7 @@ impl LiveFeed {
 
     /// Queue one run event; never waits.
     pub fn push(&self, event: &Value) {
-        let frame = Bytes::from(format!("event: event\ndata: {event}\n\n"));
+        let frame = event_frame(event);
         let mut state = self.lock();
         if state.dropped || state.gone || state.last.is_some() {
             return;
@@ -81,11 +90,7 @@ impl LiveFeed {
 
     /// The run ended: `result` or `error` follows the events.
     pub fn finish(&self, outcome: Result<&Value, &Value>) {
-        let frame = match outcome {
-            Ok(result) => format!("event: result\ndata: {}\n\n", json!({"result": result, "runId": self.run_id})),
-            Err(error) => format!("event: error\ndata: {}\n\n", json!({"error": error, "runId": self.run_id})),
-        };
-        self.lock().last = Some(Bytes::from(frame));
+        self.lock().last = Some(last_frame(&self.run_id, outcome));
         self.wake.notify_one();
     }
 
@@ -124,6 +129,97 @@ impl LiveFeed {
             self.wake.notified().await;
         }
     }
+}
+
+fn event_frame(event: &Value) -> Bytes {
+    Bytes::from(format!("event: event\ndata: {event}\n\n"))
+}
+
+fn last_frame(run_id: &str, outcome: Result<&Value, &Value>) -> Bytes {
+    Bytes::from(match outcome {
+        Ok(result) => format!("event: result\ndata: {}\n\n", json!({"result": result, "runId": run_id})),
+        Err(error) => format!("event: error\ndata: {}\n\n", json!({"error": error, "runId": run_id})),
+    })
+}
+
+/// A follower of a run through the store.
+struct Follower {
+    store: Arc<RunStore>,
+    run_id: String,
+    /// Events sent so far.
+    sent: usize,
+    frames: VecDeque<Bytes>,
+    over: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.frames.pop_front() {
+                return Some(frame);
+            }
+            if self.over {
+                return None;
+            }
+            let (store, run_id, sent) = (self.store.clone(), self.run_id.clone(), self.sent);
+            let read = tokio::task::spawn_blocking(move || {
+                let events = store.events_after(&run_id, sent, FOLLOW_BATCH);
+                // Only when nothing is new: a run that ended has its events
+                // in its record (and none in the table any more).
+                let ended = if events.is_empty() {
+                    match store.status(&run_id).as_deref() {
+                        Some("queued" | "running") => None,
+                        _ => Some(store.get(&run_id)),
+                    }
+                } else {
+                    None
+                };
+                (events, ended)
+            })
+            .await;
+            let Ok((events, ended)) = read else {
+                self.over = true;
+                continue;
+            };
+            self.sent += events.len();
+            self.frames.extend(events.iter().map(event_frame));
+            match ended {
+                Some(Some(record)) => {
+                    let events = record["events"].as_array().cloned().unwrap_or_default();
+                    self.frames.extend(events.iter().skip(self.sent).map(event_frame));
+                    let outcome = match record["status"].as_str() {
+                        Some("succeeded") => Ok(&record["result"]),
+                        _ => Err(&record["error"]),
+                    };
+                    self.frames.push_back(last_frame(&self.run_id, outcome));
+                    self.over = true;
+                }
+                Some(None) => {
+                    let error = json!({"kind": "not-found", "message": "the run is no longer in the store"});
+                    self.frames.push_back(last_frame(&self.run_id, Err(&error)));
+                    self.over = true;
+                }
+                None if self.frames.is_empty() => tokio::time::sleep(FOLLOW_POLL).await,
+                None => {}
+            }
+        }
+    }
+}
+
+/// The `text/event-stream` answer following run `run_id` through the store:
+/// its events so far and as they come, wherever it runs (lagging at most
+/// [`FOLLOW_POLL`]), then its `result` or `error`.
+pub fn follow(store: Arc<RunStore>, run_id: String) -> Response {
+    let follower = Follower { store, run_id, sent: 0, frames: VecDeque::new(), over: false };
+    let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+        let frame = follower.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(frame), follower))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("a static response")
 }
 
 /// Marks the feed abandoned when the response body is dropped (the client

@@ -9,6 +9,7 @@
 //! migrations are its own ([`super::sqlite`], [`super::postgres`]).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
@@ -121,6 +122,15 @@ pub enum DbError {
     Postgres(String),
 }
 
+/// Statements run against run stores by this process, for `/metrics` (a
+/// process opens one store; `flue_store_statements_total`).
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Statements this process ran against its run store.
+pub fn statements() -> u64 {
+    STATEMENTS.load(Ordering::Relaxed)
+}
+
 /// The store's database.
 pub enum Db {
     /// An SQLite file, one connection.
@@ -132,6 +142,7 @@ pub enum Db {
 impl Db {
     /// Run `sql` with `params`; the number of rows it changed.
     pub fn execute(&self, sql: &str, params: &[Sql]) -> Result<usize, DbError> {
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
         match self {
             Db::Sqlite(conn) => {
                 let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,6 +155,7 @@ impl Db {
 
     /// The rows `sql` selects with `params`.
     pub fn query(&self, sql: &str, params: &[Sql]) -> Result<Vec<Row>, DbError> {
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
         match self {
             Db::Sqlite(conn) => {
                 let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,6 +184,16 @@ impl Db {
     /// The first row `sql` selects, if any.
     pub fn query_one(&self, sql: &str, params: &[Sql]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// What a subquery picking rows to claim ends with: PostgreSQL locks
+    /// them, skipping rows another server is claiming at that moment;
+    /// SQLite has a single writer and needs nothing.
+    pub fn skip_locked(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        }
     }
 
     /// Which engine, for messages.

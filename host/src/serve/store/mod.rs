@@ -20,7 +20,10 @@
 
 pub mod db;
 pub mod postgres;
+mod queue;
 mod sqlite;
+
+pub use queue::{Stop, TakenOver};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -48,10 +51,18 @@ pub const DEFAULT_RETENTION: usize = 1000;
 /// there, so one mechanism serves both, well within a second.
 const CANCEL_POLL: Duration = Duration::from_millis(200);
 
+/// How long a server's hold on its runs lasts without a heartbeat, unless
+/// `--lease-secs` says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
 /// The run store.
 pub struct RunStore {
     db: Db,
     retention: usize,
+    /// This process, as the owner of the runs it holds.
+    me: String,
+    /// How long this process's hold on a run lasts without a heartbeat.
+    lease: Duration,
 }
 
 /// Where a run store lives: `--store` (or `FLUE_STORE`), a file path or a
@@ -203,23 +214,26 @@ impl RunStore {
     pub fn open(location: impl Into<StoreLocation>, retention: usize, own_dir: bool) -> anyhow::Result<Self> {
         let store = Self::attach(location, retention, own_dir)?;
         let left = store.db.query(
-            "SELECT id, owner, journaled FROM runs WHERE status = 'running' AND COALESCE(origin, 'serve') = 'serve'",
+            "SELECT id, owner, journaled, status FROM runs
+             WHERE status IN ('running', 'queued') AND owner IS NOT NULL AND COALESCE(origin, 'serve') = 'serve'",
             &[],
         )?;
         for row in left {
             let (Some(id), owner, journaled) = (text(&row, 0), text(&row, 1), int(&row, 2) == Some(1)) else {
                 continue;
             };
-            // A server still running it (beside this one) keeps it.
+            // A server still running it (beside this one) keeps it; one on
+            // another machine loses it when its lease runs out (`queue`).
             if owner.as_deref().is_some_and(|owner| !ownership::run_owner_gone(owner)) {
                 continue;
             }
             // Only if nobody changed it since (another server starting).
-            if journaled {
-                // Resumed from its journal, as a queued run is started.
+            if text(&row, 3).as_deref() == Some("queued") || journaled {
+                // Back in the shared queue: resumed from its journal, or
+                // started, as any queued run.
                 store.db.execute(
-                    "UPDATE runs SET status = 'queued'
-                     WHERE id = ?1 AND status = 'running' AND owner IS NOT DISTINCT FROM ?2",
+                    "UPDATE runs SET status = 'queued', owner = NULL, lease_until_ms = NULL
+                     WHERE id = ?1 AND status IN ('running', 'queued') AND owner IS NOT DISTINCT FROM ?2",
                     &[id.into(), owner.into()],
                 )?;
             } else {
@@ -242,7 +256,23 @@ impl RunStore {
             StoreLocation::File(path) => sqlite::open(&path, own_dir)?,
             StoreLocation::Postgres(url) => postgres::open(&url)?,
         };
-        Ok(RunStore { db, retention })
+        Ok(RunStore { db, retention, me: ownership::run_owner(), lease: DEFAULT_LEASE })
+    }
+
+    /// This store, holding this process's runs for `lease` between
+    /// heartbeats.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long this process's hold on a run lasts without a heartbeat.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lease_until(&self) -> i64 {
+        unix_millis().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// Which database engine keeps it.
@@ -282,13 +312,30 @@ impl RunStore {
         .collect()
     }
 
-    /// A run was accepted, with its payload (kept until it ends, so that a
-    /// server that stops first can start it later).
+    /// A run was accepted by this server, which holds it (its caller waits
+    /// here), with its payload (kept until it ends, so that another server
+    /// can start it if this one stops first).
     pub fn insert(&self, id: &str, agent: &str, invocation: &str, payload: &Value) {
+        self.insert_queued(id, agent, invocation, payload, true);
+    }
+
+    /// A run accepted by this server, queued: held by it (`held`), or in
+    /// the shared queue.
+    fn insert_queued(&self, id: &str, agent: &str, invocation: &str, payload: &Value, held: bool) {
+        let (owner, lease_until) = if held { (Some(self.me.as_str()), Some(self.lease_until())) } else { (None, None) };
         self.execute(
-            "INSERT INTO runs (id, agent, invocation, status, created_ms, payload)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-            &[id.into(), agent.into(), invocation.into(), unix_millis().into(), payload.to_string().into()],
+            "INSERT INTO runs (id, agent, invocation, status, created_ms, payload, owner, lease_until_ms, accepted_by)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+            &[
+                id.into(),
+                agent.into(),
+                invocation.into(),
+                unix_millis().into(),
+                payload.to_string().into(),
+                owner.into(),
+                lease_until.into(),
+                self.me.as_str().into(),
+            ],
         );
         self.prune();
     }
@@ -306,10 +353,10 @@ impl RunStore {
     /// unless it keeps a journal (`journaled`), whose resume needs it.
     pub fn running(&self, id: &str, journaled: bool) {
         self.execute(
-            "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3,
+            "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3, lease_until_ms = ?4,
                  payload = CASE WHEN CAST(?3 AS BIGINT) = 1 THEN payload ELSE NULL END
              WHERE id = ?1",
-            &[id.into(), ownership::run_owner().into(), journaled.into()],
+            &[id.into(), self.me.as_str().into(), journaled.into(), self.lease_until().into()],
         );
     }
 
@@ -326,7 +373,7 @@ impl RunStore {
                 invocation.into(),
                 unix_millis().into(),
                 payload.to_string().into(),
-                ownership::run_owner().into(),
+                self.me.as_str().into(),
                 resume.to_string().into(),
             ],
         );
@@ -365,7 +412,7 @@ impl RunStore {
             .execute(
                 "UPDATE runs SET owner = ?2
                  WHERE id = ?1 AND owner = ?3 AND status IN ('running', 'queued') AND journaled = 1",
-                &[id.into(), ownership::run_owner().into(), owner.into()],
+                &[id.into(), self.me.as_str().into(), owner.into()],
             )
             .unwrap_or(0);
         if taken != 1 {
@@ -379,21 +426,37 @@ impl RunStore {
         })
     }
 
-    /// A run ended, with its result or error, and its events.
+    /// A run ended, with its result or error, and its events — unless
+    /// another process took it over meanwhile (its lease ran out): the end
+    /// is then theirs to record.
     pub fn finish(&self, id: &str, result: Result<&Value, &ApiError>, events: &[Value]) {
         let (status, result, kind, error) = match result {
             Ok(value) => ("succeeded", Some(value.to_string()), None, None),
             Err(err) => (err.kind.run_status(), None, Some(err.kind.as_str()), Some(err.message.clone())),
         };
         let events = Value::from(events.to_vec()).to_string();
-        self.execute(
+        let ended = self.execute(
             "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
-                 payload = NULL
-             WHERE id = ?1",
-            &[id.into(), status.into(), result.into(), kind.into(), error.into(), events.into(), unix_millis().into()],
+                 payload = NULL, lease_until_ms = NULL
+             WHERE id = ?1 AND (owner IS NULL OR owner = ?8)",
+            &[
+                id.into(),
+                status.into(),
+                result.into(),
+                kind.into(),
+                error.into(),
+                events.into(),
+                unix_millis().into(),
+                self.me.as_str().into(),
+            ],
         );
-        // An ended run is never resumed: its journal goes.
+        if ended != Some(1) {
+            return;
+        }
+        // An ended run is never resumed: its journal goes, and its events
+        // are in its record now.
         self.execute("DELETE FROM journal WHERE run_id = ?1", &[id.into()]);
+        self.execute("DELETE FROM run_events WHERE run_id = ?1", &[id.into()]);
         self.prune();
     }
 
@@ -405,6 +468,11 @@ impl RunStore {
         let (agent, invocation) = (record["agent"].as_str()?.to_string(), record["id"].as_str()?.to_string());
         record["conversations"] = Value::from(self.conversations(&agent, &invocation));
         Some(record)
+    }
+
+    /// Run `id`'s status as stored (`None`: no such run).
+    pub fn status(&self, id: &str) -> Option<String> {
+        self.query("SELECT status FROM runs WHERE id = ?1", &[id.into()]).first().and_then(|row| text(row, 0))
     }
 
     /// The newest `limit` runs, newest first, without their events.
@@ -422,11 +490,12 @@ impl RunStore {
     /// Ask run `id` to stop: the process running it sees the flag (see
     /// [`RunStore::cancel_requested`]) and stops it.
     pub fn request_cancel(&self, id: &str) -> CancelRequest {
-        let Some(row) = self.query("SELECT status, owner FROM runs WHERE id = ?1", &[id.into()]).into_iter().next()
+        let Some(row) =
+            self.query("SELECT status, owner, lease_until_ms FROM runs WHERE id = ?1", &[id.into()]).into_iter().next()
         else {
             return CancelRequest::Unknown;
         };
-        let (status, owner) = (text(&row, 0).unwrap_or_default(), text(&row, 1));
+        let (status, owner, lease) = (text(&row, 0).unwrap_or_default(), text(&row, 1), int(&row, 2));
         let ask = || {
             self.execute(
                 "UPDATE runs SET cancel_requested_ms = COALESCE(cancel_requested_ms, ?2) WHERE id = ?1",
@@ -437,7 +506,7 @@ impl RunStore {
             // Interrupted (its process is gone): nobody would see the flag,
             // and it must not be resumed. It ends here; what its sandboxes
             // hold is `flue sandboxes gc`'s.
-            Some(owner) if status == "running" && ownership::run_owner_gone(&owner) => {
+            Some(owner) if status == "running" && gone(&owner, lease) => {
                 let ended = self.execute(
                     "UPDATE runs SET status = 'cancelled', error_kind = ?2, finished_ms = ?3, payload = NULL,
                          cancel_requested_ms = ?3,
@@ -450,6 +519,20 @@ impl RunStore {
                     self.execute("DELETE FROM journal WHERE run_id = ?1", &[id.into()]);
                 } else {
                     // Taken up meanwhile: ask it as any running run.
+                    ask();
+                }
+                CancelRequest::Requested
+            }
+            // Waiting in the shared queue: nobody runs it yet. It ends here
+            // unless a server claims it meanwhile, which then sees the flag.
+            None if status == "queued" => {
+                let ended = self.execute(
+                    "UPDATE runs SET status = 'cancelled', error_kind = ?2, finished_ms = ?3, payload = NULL,
+                         cancel_requested_ms = ?3, error = 'the run was cancelled before it started'
+                     WHERE id = ?1 AND status = 'queued' AND owner IS NULL",
+                    &[id.into(), ErrorKind::Cancelled.as_str().into(), unix_millis().into()],
+                );
+                if ended != Some(1) {
                     ask();
                 }
                 CancelRequest::Requested
@@ -529,13 +612,16 @@ impl RunStore {
     /// running with their process alive) — their sandboxes are no orphans —
     /// and those interrupted (running, their process gone).
     pub fn unended_journaled_runs(&self) -> (HashSet<String>, HashSet<String>) {
-        let rows = self
-            .query("SELECT id, status, owner FROM runs WHERE status IN ('queued', 'running') AND journaled = 1", &[]);
+        let rows = self.query(
+            "SELECT id, status, owner, lease_until_ms FROM runs
+                 WHERE status IN ('queued', 'running') AND journaled = 1",
+            &[],
+        );
         let (mut going, mut interrupted) = (HashSet::new(), HashSet::new());
         for row in rows {
             let Some(id) = text(&row, 0) else { continue };
             if text(&row, 1).as_deref() == Some("running")
-                && text(&row, 2).as_deref().is_some_and(ownership::run_owner_gone)
+                && text(&row, 2).is_some_and(|owner| gone(&owner, int(&row, 3)))
             {
                 interrupted.insert(id);
             } else {
@@ -564,7 +650,13 @@ impl RunStore {
 
 /// The columns of a run's record, in the order [`record`] reads them.
 const RECORD: &str = "SELECT id, agent, invocation, status, result, error, events, created_ms, finished_ms, error_kind,
-     owner, (SELECT COUNT(*) FROM journal WHERE run_id = runs.id) FROM runs";
+     owner, (SELECT COUNT(*) FROM journal WHERE run_id = runs.id), lease_until_ms FROM runs";
+
+/// Whether the process `owner` that holds a run (until `lease_until_ms`,
+/// if it holds it by lease) is gone: provably, or its lease ran out.
+fn gone(owner: &str, lease_until_ms: Option<i64>) -> bool {
+    lease_until_ms.is_some_and(|until| until < unix_millis()) || ownership::run_owner_gone(owner)
+}
 
 /// A run's record from a row of [`RECORD`].
 fn record(row: &Row) -> Option<Value> {
@@ -572,7 +664,7 @@ fn record(row: &Row) -> Option<Value> {
     // A run whose process is gone before it ended: `interrupted` until it
     // is resumed (by its server's next start, or `flue runs resume`).
     let mut status = text(row, 3)?;
-    if status == "running" && text(row, 10).is_some_and(|owner| ownership::run_owner_gone(&owner)) {
+    if status == "running" && text(row, 10).is_some_and(|owner| gone(&owner, int(row, 12))) {
         status = "interrupted".into();
     }
     Some(json!({
@@ -596,7 +688,7 @@ fn record(row: &Row) -> Option<Value> {
 impl IdSandboxLedger for RunStore {
     fn used(&self, sandbox: &IdSandbox, in_use: bool) {
         let idle_ms = sandbox.idle.map(|idle| i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
-        let in_use_by = in_use.then(ownership::run_owner);
+        let in_use_by = in_use.then(|| self.me.clone());
         self.execute(
             "INSERT INTO id_sandboxes (agent, invocation, connector, sandbox_id, idle_ms, last_used_ms, in_use_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

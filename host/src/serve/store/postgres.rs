@@ -31,9 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema, one migration per version, in order. Never edit one that
 /// has shipped: add the next.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE runs (
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE runs (
          id TEXT PRIMARY KEY, agent TEXT NOT NULL, invocation TEXT NOT NULL, status TEXT NOT NULL,
          result TEXT, error TEXT, events TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT,
          error_kind TEXT, cancel_requested_ms BIGINT, payload TEXT, owner TEXT, journaled BIGINT,
@@ -52,7 +53,23 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE journal (
          run_id TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
          PRIMARY KEY (run_id, seq));",
-)];
+    ),
+    (
+        2,
+        // Several servers: who runs a run until when (its lease, renewed
+        // by heartbeats), who accepted it, its events as they happen, and
+        // whose turn each agent and id is.
+        "ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT;
+         ALTER TABLE runs ADD COLUMN accepted_by TEXT;
+         CREATE INDEX runs_waiting ON runs (created_ms) WHERE status = 'queued';
+         CREATE INDEX runs_owner ON runs (owner) WHERE status IN ('queued', 'running');
+         CREATE TABLE run_events (
+             run_id TEXT NOT NULL, seq BIGINT NOT NULL, event TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+         CREATE TABLE id_turns (
+             agent TEXT NOT NULL, invocation TEXT NOT NULL, run_id TEXT NOT NULL, owner TEXT NOT NULL,
+             lease_until_ms BIGINT NOT NULL, PRIMARY KEY (agent, invocation));",
+    ),
+];
 
 type Job = Box<dyn FnOnce(&mut Client) + Send>;
 

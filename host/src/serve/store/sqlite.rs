@@ -42,7 +42,12 @@ pub fn open(path: &Path, own_dir: bool) -> anyhow::Result<Db> {
              PRIMARY KEY (agent, invocation, connector));
          CREATE TABLE IF NOT EXISTS journal (
              run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-             PRIMARY KEY (run_id, seq));",
+             PRIMARY KEY (run_id, seq));
+         CREATE TABLE IF NOT EXISTS run_events (
+             run_id TEXT NOT NULL, seq INTEGER NOT NULL, event TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+         CREATE TABLE IF NOT EXISTS id_turns (
+             agent TEXT NOT NULL, invocation TEXT NOT NULL, run_id TEXT NOT NULL, owner TEXT NOT NULL,
+             lease_until_ms INTEGER NOT NULL, PRIMARY KEY (agent, invocation));",
     )?;
     // Stores written before these columns existed: add them.
     let columns = [
@@ -56,6 +61,10 @@ pub fn open(path: &Path, own_dir: bool) -> anyhow::Result<Db> {
         ("journaled", "INTEGER"),
         ("origin", "TEXT"),
         ("resume", "TEXT"),
+        // Until when its owner holds it (renewed by heartbeats), and which
+        // server accepted it.
+        ("lease_until_ms", "INTEGER"),
+        ("accepted_by", "TEXT"),
     ];
     for (column, kind) in columns {
         let exists = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists([column])?;
