@@ -498,3 +498,32 @@ fn uploads_below_a_file_and_label_filters_answer_as_daytona_does() {
     assert_eq!(body.code, 0, "{}", body.stderr);
     daytona.assert_no_sandboxes_left();
 }
+
+/// Whole files far larger than a connector's memory (256 MiB) go through
+/// the Daytona connector: the host carries `write_file` and `read_file` to
+/// it in parts, so it never holds a whole file. Before, a 64 MiB
+/// `write_file` made it run out of memory.
+#[test]
+fn whole_files_larger_than_a_connectors_memory_go_through_it_in_parts() {
+    let daytona = TestDaytona::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let connector = daytona.connector().await;
+        let sandbox = connector.create(&flue::sandbox::CreateOptions::default()).await.unwrap();
+        for mib in [64usize, 256] {
+            let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
+            let path = format!("/home/daytona/whole-{mib}");
+            sandbox.write_file(&path, &data).await.unwrap_or_else(|err| panic!("{mib} MiB: {err}"));
+            let read = sandbox.read_file(&path, 512 << 20).await.unwrap_or_else(|err| panic!("{mib} MiB: {err}"));
+            assert!(read == data, "{mib} MiB came back different ({} bytes)", read.len());
+            // A bound below the file's size is kept, without reading it all.
+            let err = sandbox.read_file(&path, 16 << 20).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
+            assert!(err.message.contains("at most 16.0 MiB can be read at once"), "{err}");
+        }
+        // The connector is still there for small calls.
+        sandbox.write_file("/home/daytona/small", b"small").await.unwrap();
+        assert_eq!(sandbox.read_file("/home/daytona/small", 1 << 20).await.unwrap(), b"small");
+        connector.delete(sandbox.id()).await.unwrap();
+    });
+}

@@ -141,10 +141,10 @@ fn the_run_store_keeps_everything_in_postgres() {
     let store = RunStore::open(location.clone(), 10, false).unwrap();
     assert_eq!(store.engine(), "PostgreSQL");
     store.insert("run_a", "triage", "issue-1", &json!({"n": 1}));
-    assert_eq!(store.queued().len(), 1);
+    assert_eq!(store.status("run_a").as_deref(), Some("queued"));
     store.running("run_a", true);
     assert_eq!(store.get("run_a").unwrap()["status"], "running");
-    assert_eq!(store.queued().len(), 0);
+    assert_eq!(store.claim(&["triage".into()], 1, std::time::Duration::from_secs(5)).len(), 0, "held by this server");
     store.append("run_a", &flue::journal::Entry { seq: 0, key: "component".into(), value: "\"abc\"".into() }).unwrap();
     assert_eq!(store.entries("run_a").unwrap().len(), 1);
     assert_eq!(store.get("run_a").unwrap()["journalEntries"], 1);

@@ -188,8 +188,19 @@ pub fn output(command: &mut Command) -> Output {
 /// Run a command to completion, calling `watch` with its pid every 20 ms
 /// while it runs (to look at its children, its memory, …).
 pub fn output_watching(command: &mut Command, mut watch: impl FnMut(u32)) -> Output {
-    let mut child =
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn flue");
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A binary this test just copied can be "busy" for a moment: another
+    // test's fork may still hold the copy's write descriptor until it execs.
+    let mut attempts = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => break spawned.expect("spawn flue"),
+        }
+    };
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());

@@ -12,6 +12,7 @@
 //! server's events.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
 
 /// The most events a run keeps in the store.
 const MAX_STORED_EVENTS: usize = 2000;
+/// How often a run's new events are written to the store as it goes (for
+/// `GET /runs/<id>/events` on any server); a run's end writes them all.
+const EVENT_FLUSH: Duration = Duration::from_millis(250);
 
 /// Forwards a run's events to the run (for the store) and to an SSE stream,
 /// and tells the server's events when the agent is being rebuilt.
@@ -41,6 +45,8 @@ struct RunSink {
     run_id: String,
     agent: String,
     events: Mutex<Vec<Value>>,
+    /// How many of `events` are in the store already.
+    flushed: AtomicUsize,
     live: Option<Arc<LiveFeed>>,
     /// When a build of the agent started, if one did.
     build_started: Mutex<Option<Instant>>,
@@ -54,9 +60,6 @@ impl EventSink for RunSink {
         }
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() < MAX_STORED_EVENTS {
-            // In the store as it happens: any server streams it
-            // (`GET /runs/<id>/events`).
-            self.state.store.append_event(&self.run_id, events.len(), &value);
             events.push(value);
         }
     }
@@ -66,6 +69,29 @@ impl EventSink for RunSink {
         if task.starts_with("building ") {
             *self.build_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.state.events.rebuilding(&self.agent);
+        }
+    }
+}
+
+impl RunSink {
+    /// The events not written to the store yet, and the first one's number.
+    fn unflushed(&self) -> Option<(usize, Vec<Value>)> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.flushed.swap(events.len(), Ordering::SeqCst);
+        (from < events.len()).then(|| (from, events[from..].to_vec()))
+    }
+}
+
+/// Write a run's new events to the store every [`EVENT_FLUSH`], in one
+/// statement each time, until the task is stopped.
+async fn flush_events(sink: Arc<RunSink>) {
+    let mut tick = tokio::time::interval(EVENT_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some((from, batch)) = sink.unflushed() {
+            let (store, run_id) = (sink.state.store.clone(), sink.run_id.clone());
+            let _ = tokio::task::spawn_blocking(move || store.append_events(&run_id, from, &batch)).await;
         }
     }
 }
@@ -92,10 +118,12 @@ impl RunTask {
             run_id: self.run_id.clone(),
             agent: self.name.clone(),
             events: Mutex::default(),
+            flushed: AtomicUsize::new(0),
             live: live.clone(),
             build_started: Mutex::default(),
         });
         let started = Instant::now();
+        let flusher = tokio::spawn(flush_events(sink.clone()));
         let outcome = match catch_panic(self.execute(&mut ticket, &sink)).await {
             Ok(outcome) => outcome,
             Err(panic) => Err(ApiError::new(
@@ -103,6 +131,8 @@ impl RunTask {
                 format!("flue failed inside this run (a bug, please report it): {panic}"),
             )),
         };
+        // The record takes every event now.
+        flusher.abort();
         let stored = std::mem::take(&mut *sink.events.lock().unwrap_or_else(|e| e.into_inner()));
         if !ticket.kept_queued() {
             ticket.record(outcome.as_ref(), &stored);

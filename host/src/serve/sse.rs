@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use super::metrics::Metrics;
 use super::store::RunStore;
 
-/// How often a follower asks the store for a run's new events: the most
-/// it lags behind the run.
+/// How often a follower asks the store for a run's new events (which a run
+/// writes every 250 ms): it lags behind the run by at most about twice this.
 pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most events a follower takes from the store at once.
 const FOLLOW_BATCH: usize = 256;
@@ -207,8 +207,8 @@ impl Follower {
 }
 
 /// The `text/event-stream` answer following run `run_id` through the store:
-/// its events so far and as they come, wherever it runs (lagging at most
-/// [`FOLLOW_POLL`]), then its `result` or `error`.
+/// its events so far and as they come, wherever it runs (lagging about
+/// half a second at most), then its `result` or `error`.
 pub fn follow(store: Arc<RunStore>, run_id: String) -> Response {
     let follower = Follower { store, run_id, sent: 0, frames: VecDeque::new(), over: false };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {

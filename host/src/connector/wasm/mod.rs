@@ -187,6 +187,10 @@ impl WasmConnector {
     }
 }
 
+/// The part whole files are read and written in through a connector: a
+/// connector's memory holds one part, never the whole file.
+const WHOLE_FILE_PART: usize = 1 << 20;
+
 /// A sandbox served by a wasm connector.
 pub struct WasmSandbox {
     connector: String,
@@ -226,26 +230,65 @@ impl Sandbox for WasmSandbox {
         &self.connector
     }
 
+    /// In parts through the connector's `open-read` (the connector holds
+    /// one part at a time, whatever the file's size); through its
+    /// `read-file` only if it cannot read in parts.
     async fn read_file(&self, path: &str, max_bytes: u64) -> SandboxResult<Vec<u8>> {
-        let shown = path.to_string();
-        let path = path.to_string();
-        let data =
-            sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api.call_read_file(store, res, &path))?;
-        // The connector's memory limit bounded what it could return.
-        if data.len() as u64 > max_bytes {
-            return Err(SandboxError::new(
+        let too_large = |size: String| {
+            SandboxError::new(
                 crate::sandbox::error::ErrorKind::TooLarge,
                 format!(
-                    "{shown}: it is {}; at most {} can be read at once (read large files in parts, with open-read)",
-                    crate::sandbox::session::format_bytes(data.len()),
-                    crate::sandbox::session::format_bytes(max_bytes as usize)
+                    "{path}: it is {size}; at most {} can be read at once (read large files in parts, with open-read)",
+                    crate::sandbox::session::format_bytes(usize::try_from(max_bytes).unwrap_or(usize::MAX))
                 ),
-            ));
+            )
+        };
+        let mut reader = match self.open_read(path, 0).await {
+            Ok(reader) => reader,
+            Err(err) if err.kind == crate::sandbox::error::ErrorKind::Unsupported => {
+                let owned = path.to_string();
+                let data = sandbox_call!(self, "read-file", self.call_limit, |api, store, res| api
+                    .call_read_file(store, res, &owned))?;
+                // The connector's memory limit bounded what it could return.
+                if data.len() as u64 > max_bytes {
+                    return Err(too_large(crate::sandbox::session::format_bytes(data.len())));
+                }
+                return Ok(data);
+            }
+            Err(err) => return Err(err),
+        };
+        let mut data = Vec::new();
+        loop {
+            let part = reader.read(WHOLE_FILE_PART).await?;
+            if part.is_empty() {
+                return Ok(data);
+            }
+            if (data.len() + part.len()) as u64 > max_bytes {
+                return Err(too_large(format!(
+                    "larger than {}",
+                    crate::sandbox::session::format_bytes(usize::try_from(max_bytes).unwrap_or(usize::MAX))
+                )));
+            }
+            data.extend_from_slice(&part);
         }
-        Ok(data)
     }
 
+    /// A small file in one `write-file` call; a larger one in parts through
+    /// the connector's `open-write` (the connector holds one part at a
+    /// time), unless it cannot write in parts.
     async fn write_file(&self, path: &str, data: &[u8]) -> SandboxResult<()> {
+        if data.len() > WHOLE_FILE_PART {
+            match self.open_write(path).await {
+                Ok(mut writer) => {
+                    for part in data.chunks(WHOLE_FILE_PART) {
+                        writer.write(part).await?;
+                    }
+                    return writer.finish().await;
+                }
+                Err(err) if err.kind == crate::sandbox::error::ErrorKind::Unsupported => {}
+                Err(err) => return Err(err),
+            }
+        }
         let (path, data) = (path.to_string(), data.to_vec());
         sandbox_call!(self, "write-file", self.call_limit, |api, store, res| api
             .call_write_file(store, res, &path, &data))

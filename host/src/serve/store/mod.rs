@@ -114,7 +114,7 @@ impl std::fmt::Debug for StoreLocation {
     }
 }
 
-/// A run accepted and not started.
+/// A run waiting in the store's queue, claimed to be started here.
 pub struct QueuedRun {
     /// Its id.
     pub run_id: String,
@@ -290,28 +290,6 @@ impl RunStore {
         self.db.query(sql, params).map_err(|err| tracing::warn!("run store: {err}")).unwrap_or_default()
     }
 
-    /// The runs accepted and not started, oldest first: what a server that
-    /// stopped (or was killed) left waiting, and the runs it was running
-    /// with a journal.
-    pub fn queued(&self) -> Vec<QueuedRun> {
-        self.query(
-            "SELECT id, agent, invocation, payload, journaled FROM runs
-             WHERE status = 'queued' AND COALESCE(origin, 'serve') = 'serve' ORDER BY created_ms, id",
-            &[],
-        )
-        .into_iter()
-        .filter_map(|row| {
-            Some(QueuedRun {
-                run_id: text(&row, 0)?,
-                agent: text(&row, 1)?,
-                invocation: text(&row, 2)?,
-                payload: text(&row, 3).and_then(|text| serde_json::from_str(&text).ok()),
-                journaled: int(&row, 4) == Some(1),
-            })
-        })
-        .collect()
-    }
-
     /// A run was accepted by this server, which holds it (its caller waits
     /// here), with its payload (kept until it ends, so that another server
     /// can start it if this one stops first).
@@ -426,8 +404,9 @@ impl RunStore {
         })
     }
 
-    /// A run ended, with its result or error, and its events — unless
-    /// another process took it over meanwhile (its lease ran out): the end
+    /// A run this process ran ended, with its result or error, and its
+    /// events — unless another process took it over meanwhile (its lease
+    /// ran out, and it is queued to resume or someone else's now): the end
     /// is then theirs to record.
     pub fn finish(&self, id: &str, result: Result<&Value, &ApiError>, events: &[Value]) {
         let (status, result, kind, error) = match result {
@@ -438,7 +417,7 @@ impl RunStore {
         let ended = self.execute(
             "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
                  payload = NULL, lease_until_ms = NULL
-             WHERE id = ?1 AND (owner IS NULL OR owner = ?8)",
+             WHERE id = ?1 AND owner = ?8",
             &[
                 id.into(),
                 status.into(),
@@ -839,9 +818,10 @@ mod tests {
         store.insert("run_b", "triage", "issue-2", &serde_json::json!({"n": 2}));
         store.running("run_a", false);
         owner_gone(&store, "run_a");
+        owner_gone(&store, "run_b");
         drop(store);
         let store = RunStore::open(&path, 10, false).unwrap();
-        let queued = store.queued();
+        let queued = store.claim(&["triage".into()], 10, DEFAULT_LEASE);
         assert_eq!(queued.len(), 1);
         assert_eq!(
             (queued[0].run_id.as_str(), queued[0].payload.clone()),
@@ -873,7 +853,7 @@ mod tests {
         owner_gone(&store, "run_a");
         drop(store);
         let store = RunStore::open(&path, 10, false).unwrap();
-        let queued = store.queued();
+        let queued = store.claim(&["triage".into()], 10, DEFAULT_LEASE);
         assert_eq!((queued.len(), queued[0].journaled), (1, true));
         assert_eq!(queued[0].payload, Some(serde_json::json!({"n": 1})), "the payload is kept for the resume");
         store.finish("run_a", Ok(&Value::Null), &[]);

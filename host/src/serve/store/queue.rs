@@ -14,9 +14,10 @@
 //!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer).
 //! * **Id turns.** One run of an agent and id at a time across servers: a
 //!   row per agent and id, taken only when free or its lease ran out.
-//! * **Events.** A run's events are appended as they happen, so that any
-//!   server can stream them ([`RunStore::events_after`]); when the run ends
-//!   they move into its record.
+//! * **Events.** A run's events are appended as it goes (every 250 ms, in
+//!   one statement), so that any server can stream them
+//!   ([`RunStore::events_after`]); when the run ends they move into its
+//!   record.
 
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct TakenOver {
 
 /// The most runs one statement of [`RunStore::stops`] asks about.
 const STOPS_PER_STATEMENT: usize = 1000;
+/// The most events one statement of [`RunStore::append_events`] writes.
+const EVENTS_PER_STATEMENT: usize = 400;
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
@@ -241,12 +244,24 @@ impl RunStore {
         );
     }
 
-    /// Event `seq` of run `run_id` happened.
-    pub fn append_event(&self, run_id: &str, seq: usize, event: &Value) {
-        self.execute(
-            "INSERT INTO run_events (run_id, seq, event) VALUES (?1, ?2, ?3) ON CONFLICT (run_id, seq) DO NOTHING",
-            &[run_id.into(), (seq as u64).into(), event.to_string().into()],
-        );
+    /// Events of run `run_id` happened, numbered from `from`: written in
+    /// one statement (or a few, for many).
+    pub fn append_events(&self, run_id: &str, from: usize, events: &[Value]) {
+        for (i, chunk) in events.chunks(EVENTS_PER_STATEMENT).enumerate() {
+            let rows: Vec<String> = (0..chunk.len()).map(|j| format!("(?1, ?{}, ?{})", 2 * j + 2, 2 * j + 3)).collect();
+            let mut params = vec![run_id.into()];
+            for (j, event) in chunk.iter().enumerate() {
+                params.push(((from + i * EVENTS_PER_STATEMENT + j) as u64).into());
+                params.push(event.to_string().into());
+            }
+            self.execute(
+                &format!(
+                    "INSERT INTO run_events (run_id, seq, event) VALUES {} ON CONFLICT (run_id, seq) DO NOTHING",
+                    rows.join(", ")
+                ),
+                &params,
+            );
+        }
     }
 
     /// Up to `limit` events of a run going on, from `seq` on.
@@ -338,11 +353,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.sqlite"), 10, false).unwrap();
         store.insert("run_a", "triage", "1", &json!({}));
-        for seq in 0..3 {
-            store.append_event("run_a", seq, &json!({"seq": seq}));
-        }
-        assert_eq!(store.events_after("run_a", 1, 10), vec![json!({"seq": 1}), json!({"seq": 2})]);
-        assert_eq!(store.events_after("run_a", 0, 1).len(), 1);
+        store.append_events("run_a", 0, &[json!({"seq": 0}), json!({"seq": 1})]);
+        // More than one statement holds, numbered on.
+        let many: Vec<Value> = (2..2 + EVENTS_PER_STATEMENT + 1).map(|seq| json!({"seq": seq})).collect();
+        store.append_events("run_a", 2, &many);
+        // Written again (a resumed run): the first stays.
+        store.append_events("run_a", 1, &[json!({"seq": "again"})]);
+        assert_eq!(store.events_after("run_a", 1, 2), vec![json!({"seq": 1}), json!({"seq": 2})]);
+        let all = store.events_after("run_a", 0, 10_000);
+        assert_eq!(all.len(), EVENTS_PER_STATEMENT + 3);
+        assert!(all.iter().enumerate().all(|(seq, event)| event["seq"] == json!(seq)));
         store.finish("run_a", Ok(&json!(null)), &[json!({"seq": 0})]);
         assert!(store.events_after("run_a", 0, 10).is_empty());
     }
