@@ -8,8 +8,9 @@
 //! Prints, side by side from one run, the medians of create, `exec("true")`,
 //! a 1 MiB write + read and a 64 MiB write + read; the peak RSS of the SDK's
 //! node process and of the `flue` process during the 64 MiB round trips; the
-//! 64 MiB throughput as a share of the native client's; and warm `flue run
-//! hello` by name. The SDK is installed by this benchmark (npm, pinned) into
+//! 64 MiB throughput as a share of the native client's, in parts and in
+//! whole-file calls (the SDK's `uploadFile`/`downloadFile` are whole-file);
+//! and warm `flue run hello` by name. The SDK is installed by this benchmark (npm, pinned) into
 //! cargo's target directory. FLUE_BENCH_ITERS sets the iterations of the
 //! small operations (default 20; the 64 MiB round trip runs a quarter as
 //! many, at least 3).
@@ -293,13 +294,13 @@ fn main() -> anyhow::Result<()> {
                 .env("BENCH_ITERS", iterations.to_string()),
         )
     };
-    let flue = |ops: &[&str], iterations: usize| {
+    let flue_with = |ops: &[&str], iterations: usize, memory_mib: &str| {
         let payload = json!({ "iterations": iterations, "ops": ops }).to_string();
         measure(
             Command::new(env!("CARGO_BIN_EXE_flue"))
                 .arg("run")
                 .arg(&agent)
-                .args(["--sandbox", "daytona", "--events", "none", "--memory", "64", "--payload", &payload])
+                .args(["--sandbox", "daytona", "--events", "none", "--memory", memory_mib, "--payload", &payload])
                 .arg("--connectors")
                 .arg(connectors.path())
                 .arg("--cache-dir")
@@ -308,6 +309,7 @@ fn main() -> anyhow::Result<()> {
                 .env("DAYTONA_API_KEY", KEY),
         )
     };
+    let flue = |ops: &[&str], iterations: usize| flue_with(ops, iterations, "64");
     let native = |ops: &[&str], iterations: usize| {
         runtime.block_on(native(&server.api_url, &server.toolbox_url, ops, iterations))
     };
@@ -317,7 +319,7 @@ fn main() -> anyhow::Result<()> {
     // all of them alike; each round is a fresh process.
     const ROUNDS: usize = 3;
     let (mut sdk_all, mut flue_all, mut native_all) = (Samples::default(), Samples::default(), Samples::default());
-    let (mut sdk_rss, mut flue_rss) = (0f64, 0f64);
+    let (mut sdk_rss, mut flue_rss, mut whole_rss) = (0f64, 0f64, 0f64);
     for _ in 0..ROUNDS {
         let small = ["create", "exec", "io1"];
         sdk_all.add(&sdk(&small, iterations / ROUNDS)?);
@@ -330,6 +332,10 @@ fn main() -> anyhow::Result<()> {
         let big = flue(&["io64"], big_iterations)?;
         flue_rss = flue_rss.max(big.peak_rss_mib);
         flue_all.add(&big);
+        // Whole-file calls: the agent holds the file and its copy read back.
+        let whole = flue_with(&["whole64"], big_iterations, "512")?;
+        whole_rss = whole_rss.max(whole.peak_rss_mib);
+        flue_all.add(&whole);
         native_all.add(&native(&["io64"], big_iterations)?);
     }
     let by_name = warm_run("hello", cache.path(), iterations)?;
@@ -363,6 +369,15 @@ fn main() -> anyhow::Result<()> {
         100.0 * native_io64 / flue_io64,
         128_000.0 / native_io64,
         flue_rss / 64.0
+    );
+    let flue_whole64 = flue_all.median("whole64").unwrap_or(f64::NAN);
+    println!(
+        "64 MiB round trip in whole-file calls: flue {flue_whole64:.1} ms = {:.0} MiB/s = {:.0} % of native, {:.2}x \
+         the SDK's (whole-file too); flue's peak RSS {whole_rss:.0} MiB = {:.2}x the file",
+        128_000.0 / flue_whole64,
+        100.0 * native_io64 / flue_whole64,
+        flue_whole64 / sdk_all.median("io64").unwrap_or(f64::NAN),
+        whole_rss / 64.0
     );
     println!("warm `flue run hello` (local sandbox): by name {by_name:.1} ms, as a .wasm path {by_path:.1} ms");
     Ok(())
