@@ -196,6 +196,16 @@ impl Db {
         }
     }
 
+    /// The database's own clock, in unix milliseconds, as SQL: leases are
+    /// set and compared by it, so that servers whose clocks disagree still
+    /// agree on when a lease ran out.
+    pub fn now_ms(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+            Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// Which engine, for messages.
     pub fn engine(&self) -> &'static str {
         match self {

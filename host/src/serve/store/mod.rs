@@ -271,8 +271,9 @@ impl RunStore {
         self.lease
     }
 
-    fn lease_until(&self) -> i64 {
-        unix_millis().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
+    /// The lease in milliseconds, as a statement parameter.
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Which database engine keeps it.
@@ -300,10 +301,13 @@ impl RunStore {
     /// A run accepted by this server, queued: held by it (`held`), or in
     /// the shared queue.
     fn insert_queued(&self, id: &str, agent: &str, invocation: &str, payload: &Value, held: bool) {
-        let (owner, lease_until) = if held { (Some(self.me.as_str()), Some(self.lease_until())) } else { (None, None) };
+        let (owner, lease_ms) = if held { (Some(self.me.as_str()), Some(self.lease_ms())) } else { (None, None) };
         self.execute(
-            "INSERT INTO runs (id, agent, invocation, status, created_ms, payload, owner, lease_until_ms, accepted_by)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+            &format!(
+                "INSERT INTO runs (id, agent, invocation, status, created_ms, payload, owner, lease_until_ms, accepted_by)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, {} + CAST(?7 AS BIGINT), ?8)",
+                self.db.now_ms()
+            ),
             &[
                 id.into(),
                 agent.into(),
@@ -311,7 +315,7 @@ impl RunStore {
                 unix_millis().into(),
                 payload.to_string().into(),
                 owner.into(),
-                lease_until.into(),
+                lease_ms.into(),
                 self.me.as_str().into(),
             ],
         );
@@ -331,10 +335,13 @@ impl RunStore {
     /// unless it keeps a journal (`journaled`), whose resume needs it.
     pub fn running(&self, id: &str, journaled: bool) {
         self.execute(
-            "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3, lease_until_ms = ?4,
-                 payload = CASE WHEN CAST(?3 AS BIGINT) = 1 THEN payload ELSE NULL END
-             WHERE id = ?1",
-            &[id.into(), self.me.as_str().into(), journaled.into(), self.lease_until().into()],
+            &format!(
+                "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3, lease_until_ms = {} + ?4,
+                     payload = CASE WHEN CAST(?3 AS BIGINT) = 1 THEN payload ELSE NULL END
+                 WHERE id = ?1",
+                self.db.now_ms()
+            ),
+            &[id.into(), self.me.as_str().into(), journaled.into(), self.lease_ms().into()],
         );
     }
 
@@ -442,11 +449,26 @@ impl RunStore {
     /// A run's record, as `GET /runs/<id>` shows it, with the
     /// conversations kept for its agent and invocation id.
     pub fn get(&self, id: &str) -> Option<Value> {
-        let row = self.query(&format!("{RECORD} WHERE id = ?1"), &[id.into()]).into_iter().next()?;
+        let row = self.query(&format!("{} WHERE id = ?1", self.record_sql()), &[id.into()]).into_iter().next()?;
         let mut record = record(&row)?;
         let (agent, invocation) = (record["agent"].as_str()?.to_string(), record["id"].as_str()?.to_string());
         record["conversations"] = Value::from(self.conversations(&agent, &invocation));
         Some(record)
+    }
+
+    /// What is left of a run's lease, in milliseconds by the database's
+    /// clock, as a column (negative: it ran out; NULL: not held by lease).
+    fn lease_left(&self) -> String {
+        format!("lease_until_ms - {}", self.db.now_ms())
+    }
+
+    /// The columns of a run's record, in the order [`record`] reads them.
+    fn record_sql(&self) -> String {
+        format!(
+            "SELECT id, agent, invocation, status, result, error, events, created_ms, finished_ms, error_kind,
+                 owner, (SELECT COUNT(*) FROM journal WHERE run_id = runs.id), {} FROM runs",
+            self.lease_left()
+        )
     }
 
     /// Run `id`'s status as stored (`None`: no such run).
@@ -456,7 +478,7 @@ impl RunStore {
 
     /// The newest `limit` runs, newest first, without their events.
     pub fn list(&self, limit: usize) -> Vec<Value> {
-        self.query(&format!("{RECORD} ORDER BY created_ms DESC LIMIT ?1"), &[(limit as u64).into()])
+        self.query(&format!("{} ORDER BY created_ms DESC LIMIT ?1", self.record_sql()), &[(limit as u64).into()])
             .iter()
             .filter_map(record)
             .map(|mut value| {
@@ -469,8 +491,10 @@ impl RunStore {
     /// Ask run `id` to stop: the process running it sees the flag (see
     /// [`RunStore::cancel_requested`]) and stops it.
     pub fn request_cancel(&self, id: &str) -> CancelRequest {
-        let Some(row) =
-            self.query("SELECT status, owner, lease_until_ms FROM runs WHERE id = ?1", &[id.into()]).into_iter().next()
+        let Some(row) = self
+            .query(&format!("SELECT status, owner, {} FROM runs WHERE id = ?1", self.lease_left()), &[id.into()])
+            .into_iter()
+            .next()
         else {
             return CancelRequest::Unknown;
         };
@@ -592,8 +616,10 @@ impl RunStore {
     /// and those interrupted (running, their process gone).
     pub fn unended_journaled_runs(&self) -> (HashSet<String>, HashSet<String>) {
         let rows = self.query(
-            "SELECT id, status, owner, lease_until_ms FROM runs
-                 WHERE status IN ('queued', 'running') AND journaled = 1",
+            &format!(
+                "SELECT id, status, owner, {} FROM runs WHERE status IN ('queued', 'running') AND journaled = 1",
+                self.lease_left()
+            ),
             &[],
         );
         let (mut going, mut interrupted) = (HashSet::new(), HashSet::new());
@@ -627,17 +653,14 @@ impl RunStore {
     }
 }
 
-/// The columns of a run's record, in the order [`record`] reads them.
-const RECORD: &str = "SELECT id, agent, invocation, status, result, error, events, created_ms, finished_ms, error_kind,
-     owner, (SELECT COUNT(*) FROM journal WHERE run_id = runs.id), lease_until_ms FROM runs";
-
-/// Whether the process `owner` that holds a run (until `lease_until_ms`,
-/// if it holds it by lease) is gone: provably, or its lease ran out.
-fn gone(owner: &str, lease_until_ms: Option<i64>) -> bool {
-    lease_until_ms.is_some_and(|until| until < unix_millis()) || ownership::run_owner_gone(owner)
+/// Whether the process `owner` that holds a run (with `lease_left_ms` of
+/// its lease left, if it holds it by lease) is gone: provably, or its
+/// lease ran out.
+fn gone(owner: &str, lease_left_ms: Option<i64>) -> bool {
+    lease_left_ms.is_some_and(|left| left < 0) || ownership::run_owner_gone(owner)
 }
 
-/// A run's record from a row of [`RECORD`].
+/// A run's record from a row of [`RunStore::record_sql`].
 fn record(row: &Row) -> Option<Value> {
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
     // A run whose process is gone before it ended: `interrupted` until it

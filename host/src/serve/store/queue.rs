@@ -4,7 +4,8 @@
 //!
 //! * **Leases.** A server's runs (held for a caller, or running) carry
 //!   `lease_until_ms`; the server renews all of them with one statement per
-//!   heartbeat ([`RunStore::heartbeat`]). A run whose lease ran out belongs
+//!   heartbeat ([`RunStore::heartbeat`]), by the database's clock (servers
+//!   need not agree on the time). A run whose lease ran out belongs
 //!   to a server that stopped answering: any server takes it over
 //!   ([`RunStore::take_over_expired`]) — resumed from its journal if it kept
 //!   one, else failed — and its id turn is freed.
@@ -83,14 +84,15 @@ impl RunStore {
         }
         let served: Vec<String> = (0..agents.len()).map(|i| format!("?{}", i + 4)).collect();
         let sql = format!(
-            "UPDATE runs SET owner = ?1, lease_until_ms = ?2 WHERE id IN
+            "UPDATE runs SET owner = ?1, lease_until_ms = {} + ?2 WHERE id IN
                  (SELECT id FROM runs WHERE status = 'queued' AND owner IS NULL AND COALESCE(origin, 'serve') = 'serve'
                       AND agent IN ({}) ORDER BY created_ms, id LIMIT ?3{})
              RETURNING id, agent, invocation, payload, journaled, created_ms",
+            self.db.now_ms(),
             served.join(", "),
             self.db.skip_locked()
         );
-        let mut params = vec![self.me.as_str().into(), (unix_millis() + lease_ms(lease)).into(), (n as u64).into()];
+        let mut params = vec![self.me.as_str().into(), lease_ms(lease).into(), (n as u64).into()];
         params.extend(agents.iter().map(|agent| agent.as_str().into()));
         let mut claimed: Vec<(i64, QueuedRun)> = self
             .query(&sql, &params)
@@ -114,14 +116,16 @@ impl RunStore {
     /// Renew the lease of every run (and id turn) this server holds; the
     /// number of runs renewed.
     pub fn heartbeat(&self, lease: Duration) -> usize {
-        let until = unix_millis() + lease_ms(lease);
+        let (now, lease) = (self.db.now_ms(), lease_ms(lease));
         self.execute(
-            "UPDATE id_turns SET lease_until_ms = ?2 WHERE owner = ?1",
-            &[self.me.as_str().into(), until.into()],
+            &format!("UPDATE id_turns SET lease_until_ms = {now} + ?2 WHERE owner = ?1"),
+            &[self.me.as_str().into(), lease.into()],
         );
         self.execute(
-            "UPDATE runs SET lease_until_ms = ?2 WHERE owner = ?1 AND status IN ('queued', 'running')",
-            &[self.me.as_str().into(), until.into()],
+            &format!(
+                "UPDATE runs SET lease_until_ms = {now} + ?2 WHERE owner = ?1 AND status IN ('queued', 'running')"
+            ),
+            &[self.me.as_str().into(), lease.into()],
         )
         .unwrap_or(0)
     }
@@ -132,14 +136,14 @@ impl RunStore {
     /// id turns are freed.
     pub fn take_over_expired(&self) -> TakenOver {
         let now = unix_millis();
-        let expired = "lease_until_ms < ?1 AND COALESCE(origin, 'serve') = 'serve'";
+        let expired = format!("lease_until_ms < {} AND COALESCE(origin, 'serve') = 'serve'", self.db.now_ms());
         let resumed = self
             .execute(
                 &format!(
                     "UPDATE runs SET status = 'queued', owner = NULL, lease_until_ms = NULL
                      WHERE status = 'running' AND journaled = 1 AND {expired}"
                 ),
-                &[now.into()],
+                &[],
             )
             .unwrap_or(0);
         let failed = self
@@ -159,10 +163,10 @@ impl RunStore {
                     "UPDATE runs SET owner = NULL, lease_until_ms = NULL
                      WHERE status = 'queued' AND owner IS NOT NULL AND {expired}"
                 ),
-                &[now.into()],
+                &[],
             )
             .unwrap_or(0);
-        self.execute("DELETE FROM id_turns WHERE lease_until_ms < ?1", &[now.into()]);
+        self.execute(&format!("DELETE FROM id_turns WHERE lease_until_ms < {}", self.db.now_ms()), &[]);
         TakenOver { resumed, failed, released }
     }
 
@@ -219,20 +223,16 @@ impl RunStore {
     /// held by a server whose lease ran out, or already this run's (a run
     /// resumed). Whether it was taken.
     pub fn take_id_turn(&self, agent: &str, invocation: &str, run_id: &str, lease: Duration) -> bool {
-        let now = unix_millis();
+        let now = self.db.now_ms();
         self.execute(
-            "INSERT INTO id_turns (agent, invocation, run_id, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (agent, invocation) DO UPDATE SET
-                 run_id = excluded.run_id, owner = excluded.owner, lease_until_ms = excluded.lease_until_ms
-             WHERE id_turns.lease_until_ms < ?6 OR id_turns.run_id = excluded.run_id",
-            &[
-                agent.into(),
-                invocation.into(),
-                run_id.into(),
-                self.me.as_str().into(),
-                (now + lease_ms(lease)).into(),
-                now.into(),
-            ],
+            &format!(
+                "INSERT INTO id_turns (agent, invocation, run_id, owner, lease_until_ms)
+                 VALUES (?1, ?2, ?3, ?4, {now} + ?5)
+                 ON CONFLICT (agent, invocation) DO UPDATE SET
+                     run_id = excluded.run_id, owner = excluded.owner, lease_until_ms = excluded.lease_until_ms
+                 WHERE id_turns.lease_until_ms < {now} OR id_turns.run_id = excluded.run_id"
+            ),
+            &[agent.into(), invocation.into(), run_id.into(), self.me.as_str().into(), lease_ms(lease).into()],
         ) == Some(1)
     }
 
