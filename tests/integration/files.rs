@@ -12,11 +12,7 @@ fn stream(mib: u64, extra: &[&str], daytona: Option<&TestDaytona>, tmp: &std::pa
     args.extend_from_slice(extra);
     let mut command = flue_probe(json!({"mode": "stream", "mib": mib}), &args, tmp);
     if let Some(daytona) = daytona {
-        command
-            .args(["--sandbox", "daytona", "--connectors"])
-            .arg(daytona.connectors.path())
-            .env("DAYTONA_API_URL", daytona.server.api_url())
-            .env("DAYTONA_API_KEY", crate::support::TEST_API_KEY);
+        daytona.use_as_sandbox(&mut command);
     }
     let (out, peak) = output_with_peak_rss(&mut command);
     (out.ok(), peak)

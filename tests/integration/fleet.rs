@@ -46,11 +46,7 @@ impl Fleet {
                 args.extend_from_slice(extra);
                 let mut command = Server::command("serve", project, tmp, &args);
                 if let Some(daytona) = daytona {
-                    command
-                        .args(["--sandbox", "daytona", "--connectors"])
-                        .arg(daytona.connectors.path())
-                        .env("DAYTONA_API_URL", daytona.server.api_url())
-                        .env("DAYTONA_API_KEY", crate::support::TEST_API_KEY);
+                    daytona.use_as_sandbox(&mut command);
                 }
                 Some(Server::spawn(command))
             })

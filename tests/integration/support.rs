@@ -374,6 +374,13 @@ impl TestDaytona {
         command
     }
 
+    /// Make `command` (a `flue` run or server) use this server for its
+    /// sandboxes: `--sandbox daytona`, this connectors directory, the URL
+    /// and key.
+    pub fn use_as_sandbox<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        self.configure(command.args(["--sandbox", "daytona", "--connectors"]).arg(self.connectors.path()))
+    }
+
     /// Point `command` at this server.
     fn configure<'c>(&self, command: &'c mut Command) -> &'c mut Command {
         command.env("DAYTONA_API_URL", self.server.api_url()).env("DAYTONA_API_KEY", TEST_API_KEY)

@@ -124,13 +124,15 @@ impl Ticket {
         payload: Value,
     ) -> bool {
         let _one_at_a_time = state.admission.shared_queue.lock().await;
-        let (store, queue) = (state.store.clone(), state.config.queue);
+        let queue = state.config.queue;
         let (run, agent, id) = (run_id.to_string(), agent.to_string(), invocation.to_string());
-        tokio::task::spawn_blocking(move || {
-            (store.waiting_accepted_here() < queue).then(|| store.enqueue(&run, &agent, &id, &payload)).is_some()
-        })
-        .await
-        .unwrap_or(false)
+        state
+            .store
+            .off_thread(move |store| {
+                (store.waiting_accepted_here() < queue).then(|| store.enqueue(&run, &agent, &id, &payload)).is_some()
+            })
+            .await
+            .unwrap_or(false)
     }
 
     /// Admit run `run_id`, already in the store as queued (a previous

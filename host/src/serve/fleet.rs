@@ -29,7 +29,7 @@ use super::ServerState;
 use super::admission::Ticket;
 use super::errors::{ApiError, ErrorKind};
 use super::runs::RunTask;
-use super::store::{RunStore, Stop};
+use super::store::Stop;
 use crate::run::RunError;
 
 /// How often a server looks for queued runs when nothing woke it.
@@ -97,15 +97,6 @@ impl Drop for RunWatch<'_> {
     }
 }
 
-/// `work` with the store, on a blocking thread.
-async fn with_store<T: Send + 'static>(
-    store: &Arc<RunStore>,
-    work: impl FnOnce(&RunStore) -> T + Send + 'static,
-) -> Option<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || work(&store)).await.ok()
-}
-
 /// Start this server's loops; claims end when `stopping` turns true.
 pub fn start(state: Arc<ServerState>, stopping: watch::Receiver<bool>) {
     tokio::spawn(leases(state.clone()));
@@ -119,12 +110,14 @@ async fn leases(state: Arc<ServerState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let taken = with_store(&state.store, move |store| {
-            store.heartbeat(lease);
-            store.take_over_expired()
-        })
-        .await
-        .unwrap_or_default();
+        let taken = state
+            .store
+            .off_thread(move |store| {
+                store.heartbeat(lease);
+                store.take_over_expired()
+            })
+            .await
+            .unwrap_or_default();
         let count = taken.resumed + taken.failed + taken.released;
         if count > 0 {
             state.metrics.taken_over.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
@@ -151,8 +144,7 @@ async fn claims(state: Arc<ServerState>, mut stopping: watch::Receiver<bool>) {
             agents.iter().filter(|(_, a)| a.manifest.webhook && a.refused.is_none()).map(|(n, _)| n.clone()).collect()
         };
         let lease = state.store.lease();
-        let claimed =
-            with_store(&state.store, move |store| store.claim(&agents, room, lease)).await.unwrap_or_default();
+        let claimed = state.store.off_thread(move |store| store.claim(&agents, room, lease)).await.unwrap_or_default();
         for queued in claimed {
             state.metrics.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             start_claimed(&state, queued);
@@ -207,7 +199,7 @@ async fn stops(state: Arc<ServerState>) {
         if runs.is_empty() {
             continue;
         }
-        let stops = with_store(&state.store, move |store| store.stops(&runs)).await.unwrap_or_default();
+        let stops = state.store.off_thread(move |store| store.stops(&runs)).await.unwrap_or_default();
         for (run_id, stop) in stops {
             state.fleet.stop(&run_id, stop);
         }

@@ -93,8 +93,9 @@ impl SharedTurn {
             run_id: run_id.to_string(),
         };
         loop {
-            let (store, t) = (store.clone(), (turn.agent.clone(), turn.invocation.clone(), turn.run_id.clone()));
-            let taken = tokio::task::spawn_blocking(move || store.take_id_turn(&t.0, &t.1, &t.2, store.lease()))
+            let (agent, id, run) = (turn.agent.clone(), turn.invocation.clone(), turn.run_id.clone());
+            let taken = store
+                .off_thread(move |store| store.take_id_turn(&agent, &id, &run, store.lease()))
                 .await
                 .unwrap_or(false);
             if taken {

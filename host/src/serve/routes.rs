@@ -153,9 +153,8 @@ async fn run_record(State(state): State<Arc<ServerState>>, Path(run_id): Path<St
 /// its first, as they happen (wherever it runs), then its `result` or
 /// `error`; for a run that ended, all of them at once.
 async fn run_events(State(state): State<Arc<ServerState>>, Path(run_id): Path<String>) -> Response {
-    let store = state.store.clone();
     let id = run_id.clone();
-    let known = tokio::task::spawn_blocking(move || store.status(&id)).await.ok().flatten().is_some();
+    let known = state.store.off_thread(move |store| store.status(&id)).await.flatten().is_some();
     if !known {
         return ApiError::new(ErrorKind::NotFound, format!("no run {}", crate::events::one_line(&run_id, 100)))
             .into_response();

@@ -90,8 +90,8 @@ async fn flush_events(sink: Arc<RunSink>) {
     loop {
         tick.tick().await;
         if let Some((from, batch)) = sink.unflushed() {
-            let (store, run_id) = (sink.state.store.clone(), sink.run_id.clone());
-            let _ = tokio::task::spawn_blocking(move || store.append_events(&run_id, from, &batch)).await;
+            let run_id = sink.run_id.clone();
+            sink.state.store.off_thread(move |store| store.append_events(&run_id, from, &batch)).await;
         }
     }
 }

@@ -22,7 +22,7 @@ use super::store::RunStore;
 
 /// How often a follower asks the store for a run's new events (which a run
 /// writes every 250 ms): it lags behind the run by at most about twice this.
-pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most events a follower takes from the store at once.
 const FOLLOW_BATCH: usize = 256;
 
@@ -161,23 +161,25 @@ impl Follower {
             if self.over {
                 return None;
             }
-            let (store, run_id, sent) = (self.store.clone(), self.run_id.clone(), self.sent);
-            let read = tokio::task::spawn_blocking(move || {
-                let events = store.events_after(&run_id, sent, FOLLOW_BATCH);
-                // Only when nothing is new: a run that ended has its events
-                // in its record (and none in the table any more).
-                let ended = if events.is_empty() {
-                    match store.status(&run_id).as_deref() {
-                        Some("queued" | "running") => None,
-                        _ => Some(store.get(&run_id)),
-                    }
-                } else {
-                    None
-                };
-                (events, ended)
-            })
-            .await;
-            let Ok((events, ended)) = read else {
+            let (run_id, sent) = (self.run_id.clone(), self.sent);
+            let read = self
+                .store
+                .off_thread(move |store| {
+                    let events = store.events_after(&run_id, sent, FOLLOW_BATCH);
+                    // Only when nothing is new: a run that ended has its events
+                    // in its record (and none in the table any more).
+                    let ended = if events.is_empty() {
+                        match store.status(&run_id).as_deref() {
+                            Some("queued" | "running") => None,
+                            _ => Some(store.get(&run_id)),
+                        }
+                    } else {
+                        None
+                    };
+                    (events, ended)
+                })
+                .await;
+            let Some((events, ended)) = read else {
                 self.over = true;
                 continue;
             };
@@ -211,10 +213,16 @@ impl Follower {
 /// half a second at most), then its `result` or `error`.
 pub fn follow(store: Arc<RunStore>, run_id: String) -> Response {
     let follower = Follower { store, run_id, sent: 0, frames: VecDeque::new(), over: false };
-    let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+    event_stream(futures_util::stream::unfold(follower, |mut follower| async move {
         let frame = follower.next().await?;
         Some((Ok::<_, std::convert::Infallible>(frame), follower))
-    });
+    }))
+}
+
+/// A `text/event-stream` answer sending the frames of `stream`.
+fn event_stream(
+    stream: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+) -> Response {
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
@@ -237,13 +245,8 @@ impl Drop for Reader {
 
 /// The `text/event-stream` answer reading `feed`.
 pub fn response(feed: Arc<LiveFeed>) -> Response {
-    let stream = futures_util::stream::unfold(Reader(feed), |reader| async move {
+    event_stream(futures_util::stream::unfold(Reader(feed), |reader| async move {
         let frame = reader.0.next().await?;
         Some((Ok::<_, std::convert::Infallible>(frame), reader))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(Body::from_stream(stream))
-        .expect("a static response")
+    }))
 }

@@ -27,6 +27,7 @@ pub use queue::{Stop, TakenOver};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -46,9 +47,9 @@ pub const MAX_CONVERSATIONS: usize = 10_000;
 /// Finished runs kept unless `--retention` says otherwise.
 pub const DEFAULT_RETENTION: usize = 1000;
 
-/// How often a run looks in the store for a cancel: `POST
-/// /runs/<runId>/cancel` and `flue runs cancel` (another process) both ask
-/// there, so one mechanism serves both, well within a second.
+/// How often a `flue run` looks in the store for a cancel (`flue runs
+/// cancel` from another process asks there). A server asks for all its runs
+/// at once instead (`serve::fleet`).
 const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 /// How long a server's hold on its runs lasts without a heartbeat, unless
@@ -274,6 +275,16 @@ impl RunStore {
     /// The lease in milliseconds, as a statement parameter.
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// `work` with this store on a blocking thread, so that a store slow
+    /// to answer never stalls the async runtime; `None` if `work` panicked.
+    pub async fn off_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&RunStore) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.ok()
     }
 
     /// Which database engine keeps it.
