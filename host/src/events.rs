@@ -39,9 +39,10 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<EventError>,
     },
-    /// A sandbox was created, connected to, deleted or kept.
+    /// A sandbox was created, connected to, deleted, kept, or left to the
+    /// process a run went on in.
     Sandbox {
-        /// `created`, `connected`, `deleted` or `kept`.
+        /// `created`, `connected`, `deleted`, `kept` or `left`.
         action: &'static str,
         /// The connector that serves it.
         connector: String,

@@ -67,8 +67,8 @@ impl Fleet {
         let killed_ms = flue::events::unix_millis();
         let held = runs_in(pg)
             .into_iter()
-            .filter(|(_, (status, _, owner, _))| {
-                !ended(status) && owner.as_deref().is_some_and(|o| o.contains(&format!("/{pid}-")))
+            .filter(|(_, run)| {
+                !ended(&run.status) && run.owner.as_deref().is_some_and(|o| o.contains(&format!("/{pid}-")))
             })
             .map(|(id, _)| id)
             .collect();
@@ -80,7 +80,7 @@ impl Fleet {
 fn wait_ended(pg: &Postgres, ids: &[String], guard: Duration) {
     wait_until("every run ended", guard, || {
         let runs = runs_in(pg);
-        ids.iter().all(|id| runs.get(id).is_some_and(|(status, ..)| ended(status)))
+        ids.iter().all(|id| runs.get(id).is_some_and(|run| ended(&run.status)))
     });
 }
 
@@ -125,23 +125,53 @@ async fn post_runs(urls: &[String], count: usize, payload: impl Fn(usize) -> Val
 
 /// Every run's status, result, owner and end (unix ms), straight from the
 /// store.
-fn runs_in(pg: &Postgres) -> HashMap<String, (String, Value, Option<String>, Option<i64>)> {
+fn runs_in(pg: &Postgres) -> HashMap<String, RunRow> {
     let url = pg.url.clone();
     std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         client
-            .query("SELECT id, status, result, owner, finished_ms FROM runs", &[])
+            .query("SELECT id, status, result, owner, finished_ms, error FROM runs", &[])
             .unwrap()
             .iter()
             .map(|row| {
                 let result: Option<String> = row.get(2);
-                let value = result.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null);
-                (row.get(0), (row.get(1), value, row.get(3), row.get(4)))
+                let result = result.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null);
+                let run = RunRow {
+                    status: row.get(1),
+                    result,
+                    owner: row.get(3),
+                    finished_ms: row.get(4),
+                    error: row.get(5),
+                };
+                (row.get(0), run)
             })
             .collect()
     })
     .join()
     .unwrap()
+}
+
+/// A run as the store holds it.
+struct RunRow {
+    status: String,
+    result: Value,
+    owner: Option<String>,
+    finished_ms: Option<i64>,
+    error: Option<String>,
+}
+
+impl RunRow {
+    /// It succeeded and printed `stdout`; otherwise, a message saying
+    /// what it did instead.
+    fn assert_printed(&self, stdout: &str, id: &str) {
+        assert_eq!(
+            (self.status.as_str(), &self.result["stdout"]),
+            ("succeeded", &json!(stdout)),
+            "run {id} ended {} with error {:?}",
+            self.status,
+            self.error
+        );
+    }
 }
 
 fn ended(status: &str) -> bool {
@@ -176,11 +206,9 @@ fn a_fleet_of_three_finishes_a_thousand_runs_once_with_one_server_killed() {
 
     wait_ended(&pg, &ids, Duration::from_secs(900));
     let runs = runs_in(&pg);
-    let held_ended_ms = held_by_victim.iter().filter_map(|id| runs[id].3).max().unwrap_or(killed_ms);
+    let held_ended_ms = held_by_victim.iter().filter_map(|id| runs[id].finished_ms).max().unwrap_or(killed_ms);
     for (n, id) in ids.iter().enumerate() {
-        let (status, result, ..) = &runs[id];
-        assert_eq!(status, "succeeded", "run {n} ({id}): {result}");
-        assert_eq!(result["stdout"], format!("run-{n}-of-fleet\n"), "run {n} ({id})");
+        runs[id].assert_printed(&format!("run-{n}-of-fleet\n"), id);
     }
     // The agent's own record: the commands the sandbox server ran.
     let mut ran: HashMap<usize, usize> = HashMap::new();
@@ -279,7 +307,7 @@ fn servers_share_streams_turns_and_work_and_one_drains_while_the_other_goes_on()
         rt.block_on(async { client.post(format!("{}/runs/{sleeping}/cancel", urls[1])).send().await.unwrap() });
     assert_eq!(cancel.status(), 202);
     wait_until("the run was cancelled", Duration::from_secs(30), || {
-        runs_in(&pg).get(&sleeping).is_some_and(|(status, ..)| status == "cancelled")
+        runs_in(&pg).get(&sleeping).is_some_and(|run| run.status == "cancelled")
     });
 
     // Eight runs on the first server (two slots): the rest wait in the
@@ -296,9 +324,81 @@ fn servers_share_streams_turns_and_work_and_one_drains_while_the_other_goes_on()
     wait_ended(&pg, &ids, Duration::from_secs(120));
     let runs = runs_in(&pg);
     for (n, id) in ids.iter().enumerate() {
-        let (status, result, ..) = &runs[id];
-        assert_eq!((status.as_str(), &result["stdout"]), ("succeeded", &json!(format!("drained-{n}\n"))), "{id}");
+        runs[id].assert_printed(&format!("drained-{n}\n"), id);
     }
+}
+
+/// A server frozen (SIGSTOP) past its lease loses its runs to another,
+/// which resumes them from their journals in the same sandboxes; thawed,
+/// the frozen one stops them, records nothing and deletes none of their
+/// sandboxes: every run ends once, with its result.
+#[test]
+fn a_server_frozen_past_its_lease_leaves_its_runs_and_their_sandboxes_to_the_taker() {
+    let Some(pg) =
+        Postgres::start("fleet::a_server_frozen_past_its_lease_leaves_its_runs_and_their_sandboxes_to_the_taker")
+    else {
+        return;
+    };
+    let daytona = TestDaytona::start();
+    let (project, tmp) = (project(), scratch());
+    let fleet = Fleet::start(2, project.path(), tmp.path(), &pg, Some(&daytona), &["--max-concurrent", "4"]);
+    let urls = fleet.urls();
+    let rt = runtime();
+    const RUNS: usize = 3;
+    let ids = rt.block_on(post_runs(
+        &urls[..1],
+        RUNS,
+        |n| json!({"mode": "execs", "commands": ["sleep 2", format!("echo after-{n}")]}),
+    ));
+    let frozen = fleet.servers[0].as_ref().unwrap();
+    let frozen_owner = format!("/{}-", frozen.child.id());
+    // Freeze it once each run is in its sandbox (its journal says so).
+    wait_until("the runs opened their sandboxes", Duration::from_secs(60), || {
+        let opened = journal_keys(&pg).into_iter().filter(|(_, key)| key.starts_with("open-sandbox")).count();
+        let runs = runs_in(&pg);
+        opened == RUNS && ids.iter().all(|id| runs[id].owner.as_deref().is_some_and(|o| o.contains(&frozen_owner)))
+    });
+    frozen.signal(libc::SIGSTOP);
+    wait_until("the other server took the runs over", Duration::from_secs(60), || {
+        let runs = runs_in(&pg);
+        ids.iter().all(|id| runs[id].owner.as_deref().is_some_and(|o| !o.contains(&frozen_owner)))
+    });
+    fleet.servers[0].as_ref().unwrap().signal(libc::SIGCONT);
+    wait_ended(&pg, &ids, Duration::from_secs(120));
+    let runs = runs_in(&pg);
+    for (n, id) in ids.iter().enumerate() {
+        let run = &runs[id];
+        assert_eq!(
+            (run.status.as_str(), &run.result[1]["stdout"]),
+            ("succeeded", &json!(format!("after-{n}\n"))),
+            "run {id} ended {} with {} / error {:?}",
+            run.status,
+            run.result,
+            run.error
+        );
+        assert!(!run.owner.as_deref().unwrap_or_default().contains(&frozen_owner), "the frozen server ended {id}");
+    }
+    // Both servers still serve.
+    for url in fleet.urls() {
+        let health = rt.block_on(async { reqwest::get(format!("{url}/healthz")).await.unwrap().status() });
+        assert_eq!(health, 200, "{url}");
+    }
+}
+
+/// Every journal entry's run and key.
+fn journal_keys(pg: &Postgres) -> Vec<(String, String)> {
+    let url = pg.url.clone();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .query("SELECT run_id, key FROM journal", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    })
+    .join()
+    .unwrap()
 }
 
 /// Throughput with one and with three servers on one PostgreSQL store,
@@ -390,7 +490,7 @@ fn fleet_benchmark() {
             let (killed_ms, held) = fleet.kill(1, &pg);
             wait_ended(&pg, &ids, Duration::from_secs(300));
             let runs = runs_in(&pg);
-            let last = held.iter().filter_map(|id| runs[id].3).max().unwrap_or(killed_ms);
+            let last = held.iter().filter_map(|id| runs[id].finished_ms).max().unwrap_or(killed_ms);
             println!(
                 "fleet bench: a server killed holding {} runs: they ended {:.1} s after the kill (lease {LEASE_SECS} s; \
                  target lease + 5 s = {} s)",

@@ -70,6 +70,12 @@ pub trait JournalStore: Send + Sync {
     fn append(&self, run_id: &str, entry: &Entry) -> Result<(), JournalStoreError>;
     /// Run `run_id`'s journal is not whole: never resume from it.
     fn abandon(&self, run_id: &str) -> Result<(), JournalStoreError>;
+    /// Whether this process still holds run `run_id`: another may have
+    /// taken it over (and with it the run's journal and sandboxes). A store
+    /// that cannot tell says yes.
+    fn holds(&self, _run_id: &str) -> bool {
+        true
+    }
 }
 
 /// What an entry counts against the bound.

@@ -109,6 +109,10 @@ pub enum RunError {
         /// Why, e.g. `interrupted by SIGINT`.
         reason: String,
     },
+    /// Another server took the run over (this one's lease on it ran out):
+    /// the run goes on there, from its journal, with its sandboxes.
+    #[error("another server took the run over (this server's lease on it ran out): the agent was stopped here")]
+    TakenOver,
     /// Someone asked for the run to be cancelled (`POST /runs/<runId>/cancel`,
     /// `flue runs cancel`).
     #[error("the run was cancelled: the agent, its model loop and its commands were stopped")]
@@ -163,7 +167,9 @@ pub struct RunOutcome {
 
 /// Run one agent to its end — or until `stop` resolves with why it must
 /// stop (a signal, a shutdown, a cancel: [`RunError::Interrupted`] or
-/// [`RunError::Cancelled`]) — then delete the sandboxes it owns.
+/// [`RunError::Cancelled`]) — then delete the sandboxes it owns, unless
+/// the run goes on elsewhere ([`RunError::TakenOver`]): its resume there
+/// reconnects to them.
 pub async fn run_agent(
     runtime: &Runtime,
     agents: &AgentLinker,
@@ -206,7 +212,18 @@ pub async fn run_agent(
         }
         (result, _) => result,
     };
-    services.cleanup().await;
+    // A run taken over while this process was unreachable may end here
+    // before it hears so: its result is not this process's to give.
+    let result = match (&result, &run.journal) {
+        (Err(RunError::TakenOver), _) => result,
+        (_, Some(journal)) if !journal.store.holds(&run_id) => Err(RunError::TakenOver),
+        _ => result,
+    };
+    if matches!(result, Err(RunError::TakenOver)) {
+        services.leave_for_resume().await;
+    } else {
+        services.cleanup().await;
+    }
     events.record(Event::RunFinished {
         run_id: run_id.clone(),
         ok: result.is_ok(),

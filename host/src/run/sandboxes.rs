@@ -352,6 +352,22 @@ impl RunSandboxes {
         Ok(sandbox)
     }
 
+    /// Let go of the run's sandboxes without deleting them: the run goes on
+    /// in another process, whose resume reconnects to them.
+    pub async fn leave_for_resume(&self) {
+        self.default_sandbox.lock().await.take();
+        self.id_sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        for sandbox in owned {
+            self.events.record(Event::Sandbox {
+                action: "left",
+                connector: sandbox.connector.info().name.clone(),
+                id: sandbox.id,
+                detail: "the run goes on in another process".into(),
+            });
+        }
+    }
+
     /// Delete what the run created and was not asked to keep.
     pub async fn cleanup(&self) {
         // Let go of the run's sandbox first: a local one then stops its

@@ -76,12 +76,19 @@ pub struct Ticket {
     reserved: Option<OwnedSemaphorePermit>,
     running: Option<(OwnedSemaphorePermit, Instant)>,
     recorded: bool,
-    /// Left queued for the server's next start.
+    /// Left queued for the server's next start, or to the server that
+    /// took it over: not ended here.
     kept_queued: bool,
 }
 
 /// Why a queued run did not start.
-pub struct ShuttingDown;
+pub enum NotStarted {
+    /// The grace period ended first: the run stays queued.
+    ShuttingDown,
+    /// While it waited here, its lease ran out and another server claimed
+    /// it: the run is that server's now.
+    TakenOver,
+}
 
 impl Ticket {
     /// Admit run `run_id` (recorded as queued, with its payload), or `None`
@@ -155,20 +162,26 @@ impl Ticket {
 
     /// Wait for a slot, then count the run as running; a run still waiting
     /// when the grace period ends does not start.
-    pub async fn start(&mut self, journaled: bool) -> Result<(), ShuttingDown> {
+    pub async fn start(&mut self, journaled: bool) -> Result<(), NotStarted> {
         let mut cancel = self.state.cancel.clone();
         let slot = match self.reserved.take() {
             Some(slot) => slot,
             None => tokio::select! {
-                slot = self.state.admission.running.clone().acquire_owned() => slot.map_err(|_| ShuttingDown)?,
-                _ = cancel.wait_for(|stop| *stop) => return Err(ShuttingDown),
+                slot = self.state.admission.running.clone().acquire_owned() => {
+                    slot.map_err(|_| NotStarted::ShuttingDown)?
+                }
+                _ = cancel.wait_for(|stop| *stop) => return Err(NotStarted::ShuttingDown),
             },
         };
+        if !self.state.store.running(&self.run_id, journaled) {
+            // Not this server's to end either.
+            self.kept_queued = true;
+            return Err(NotStarted::TakenOver);
+        }
         let metrics = &self.state.metrics;
         metrics.queued.fetch_sub(1, Ordering::SeqCst);
         metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         metrics.started.fetch_add(1, Ordering::Relaxed);
-        self.state.store.running(&self.run_id, journaled);
         self.running = Some((slot, Instant::now()));
         Ok(())
     }
@@ -187,6 +200,10 @@ impl Ticket {
 
     /// Record how the run ended, with its events.
     pub fn record(&mut self, outcome: Result<&Value, &ApiError>, events: &[Value]) {
+        self.recorded = true;
+        if !self.state.store.finish(&self.run_id, outcome, events) {
+            return;
+        }
         let metrics = &self.state.metrics;
         if let Some((_, started)) = &self.running {
             metrics.duration_ms_sum.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -197,8 +214,6 @@ impl Ticket {
             Err(_) => &metrics.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.state.store.finish(&self.run_id, outcome, events);
-        self.recorded = true;
     }
 }
 

@@ -125,7 +125,7 @@ impl ApiError {
             RunError::Load { .. } => ErrorKind::BuildFailed,
             RunError::AgentFailed(_) | RunError::InvalidResult { .. } => ErrorKind::AgentFailed,
             RunError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
-            RunError::Interrupted { .. } => ErrorKind::Shutdown,
+            RunError::Interrupted { .. } | RunError::TakenOver => ErrorKind::Shutdown,
             RunError::Cancelled => ErrorKind::Cancelled,
             RunError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
             RunError::Trapped { .. } => ErrorKind::AgentCrashed,

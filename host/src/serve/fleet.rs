@@ -82,9 +82,7 @@ impl RunWatch<'_> {
         let mut stop = self.stop.clone();
         let why = stop.wait_for(Option::is_some).await.ok().and_then(|why| why.clone());
         match why {
-            Some(Stop::TakenOver) => RunError::Interrupted {
-                reason: "another server took the run over (this server's lease on it ran out)".into(),
-            },
+            Some(Stop::TakenOver) => RunError::TakenOver,
             // Also a closed channel, which dropping the watch does, never seen here.
             _ => RunError::Cancelled,
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::ServerState;
-use super::admission::Ticket;
+use super::admission::{NotStarted, Ticket};
 use super::agents::{self, AgentEntry};
 use super::builds::Interrupted;
 use super::errors::{ApiError, ErrorKind};
@@ -178,8 +178,10 @@ impl RunTask {
             started = ticket.start(self.journaled) => started,
             stopped = watch.stopped() => return Err(ApiError::from_run(&stopped)),
         };
-        if started.is_err() {
-            return Err(not_started(ticket));
+        match started {
+            Ok(()) => {}
+            Err(NotStarted::ShuttingDown) => return Err(not_started(ticket)),
+            Err(NotStarted::TakenOver) => return Err(ApiError::from_run(&RunError::TakenOver)),
         }
         self.state.events.run_started(&self.run_id, &self.name, &self.invocation);
         let events = EventLog::new(sink.clone());

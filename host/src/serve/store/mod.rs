@@ -342,18 +342,22 @@ impl RunStore {
         );
     }
 
-    /// A run started in this process: its payload is no longer needed,
+    /// A run starts in this process: its payload is no longer needed,
     /// unless it keeps a journal (`journaled`), whose resume needs it.
-    pub fn running(&self, id: &str, journaled: bool) {
-        self.execute(
+    /// False when the run is no longer this process's to start (while it
+    /// waited here, its lease ran out and another server claimed it).
+    pub fn running(&self, id: &str, journaled: bool) -> bool {
+        let started = self.execute(
             &format!(
                 "UPDATE runs SET status = 'running', owner = ?2, journaled = ?3, lease_until_ms = {} + ?4,
                      payload = CASE WHEN CAST(?3 AS BIGINT) = 1 THEN payload ELSE NULL END
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND (owner = ?2 OR owner IS NULL) AND status IN ('queued', 'running')",
                 self.db.now_ms()
             ),
             &[id.into(), self.me.as_str().into(), journaled.into(), self.lease_ms().into()],
         );
+        // A store that failed to answer does not stop the run (as before).
+        started != Some(0)
     }
 
     /// `flue run` started a run with a journal, in this process: what it
@@ -426,7 +430,9 @@ impl RunStore {
     /// events — unless another process took it over meanwhile (its lease
     /// ran out, and it is queued to resume or someone else's now): the end
     /// is then theirs to record.
-    pub fn finish(&self, id: &str, result: Result<&Value, &ApiError>, events: &[Value]) {
+    /// Whether it was this process's to end (a run another server took over
+    /// is that server's to end).
+    pub fn finish(&self, id: &str, result: Result<&Value, &ApiError>, events: &[Value]) -> bool {
         let (status, result, kind, error) = match result {
             Ok(value) => ("succeeded", Some(value.to_string()), None, None),
             Err(err) => (err.kind.run_status(), None, Some(err.kind.as_str()), Some(err.message.clone())),
@@ -448,13 +454,14 @@ impl RunStore {
             ],
         );
         if ended != Some(1) {
-            return;
+            return false;
         }
         // An ended run is never resumed: its journal goes, and its events
         // are in its record now.
         self.execute("DELETE FROM journal WHERE run_id = ?1", &[id.into()]);
         self.execute("DELETE FROM run_events WHERE run_id = ?1", &[id.into()]);
         self.prune();
+        true
     }
 
     /// A run's record, as `GET /runs/<id>` shows it, with the
@@ -735,18 +742,51 @@ impl JournalStore for RunStore {
             .collect())
     }
 
+    // A run's journal is written only by the process that holds the run: one
+    // that lost it (another server took it over) changes nothing there.
+
+    fn holds(&self, run_id: &str) -> bool {
+        match self
+            .db
+            .query("SELECT 1 FROM runs WHERE id = ?1 AND owner = ?2", &[run_id.into(), self.me.as_str().into()])
+        {
+            Ok(rows) => !rows.is_empty(),
+            Err(err) => {
+                tracing::warn!("run store: {err}");
+                true
+            }
+        }
+    }
+
     fn abandon(&self, run_id: &str) -> Result<(), JournalStoreError> {
-        self.db.execute("UPDATE runs SET journaled = 0 WHERE id = ?1", &[run_id.into()]).map_err(journal_error)?;
+        self.db
+            .execute(
+                "UPDATE runs SET journaled = 0 WHERE id = ?1 AND owner = ?2",
+                &[run_id.into(), self.me.as_str().into()],
+            )
+            .map_err(journal_error)?;
         Ok(())
     }
 
     fn append(&self, run_id: &str, entry: &Entry) -> Result<(), JournalStoreError> {
-        self.db
+        let appended = self
+            .db
             .execute(
-                "INSERT INTO journal (run_id, seq, key, value) VALUES (?1, ?2, ?3, ?4)",
-                &[run_id.into(), entry.seq.into(), entry.key.as_str().into(), entry.value.as_str().into()],
+                "INSERT INTO journal (run_id, seq, key, value)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND owner = ?5)",
+                &[
+                    run_id.into(),
+                    entry.seq.into(),
+                    entry.key.as_str().into(),
+                    entry.value.as_str().into(),
+                    self.me.as_str().into(),
+                ],
             )
             .map_err(journal_error)?;
+        if appended == 0 {
+            let why = format!("run {run_id} is no longer this process's: another took it over");
+            return Err(JournalStoreError { source: why.into() });
+        }
         Ok(())
     }
 }

@@ -313,8 +313,8 @@ mod tests {
             store.enqueue(id, "triage", id, &json!({}));
         }
         assert_eq!(store.claim(&agents(), 3, Duration::ZERO).len(), 3);
-        store.running("run_j", true);
-        store.running("run_n", false);
+        assert!(store.running("run_j", true));
+        assert!(store.running("run_n", false));
         std::thread::sleep(Duration::from_millis(5));
         // Renewed: nothing to take over.
         assert_eq!(store.heartbeat(LEASE), 3);
@@ -328,8 +328,17 @@ mod tests {
         // Another server took run_j: this one stops it, and its end is not recorded here.
         store.db.execute("UPDATE runs SET owner = 'elsewhere' WHERE id = 'run_j'", &[]).unwrap();
         assert_eq!(store.stops(&["run_j".into(), "run_q".into()]), vec![("run_j".to_string(), Stop::TakenOver)]);
-        store.finish("run_j", Ok(&json!(1)), &[]);
+        assert!(!store.finish("run_j", Ok(&json!(1)), &[]));
         assert_eq!(store.get("run_j").unwrap()["status"], "queued", "a run taken over is not ended by its old owner");
+        // Nor started, nor journaled, nor its journal given up.
+        assert!(!store.running("run_j", true), "the old owner started a run taken over");
+        use crate::journal::{Entry, JournalStore as _};
+        let entry = Entry { seq: 0, key: "component".into(), value: "\"x\"".into() };
+        assert!(store.append("run_j", &entry).is_err(), "the old owner wrote the journal of a run taken over");
+        store.abandon("run_j").unwrap();
+        assert_eq!(store.entries("run_j").unwrap(), vec![]);
+        let claimed = store.db.query("SELECT journaled FROM runs WHERE id = 'run_j'", &[]).unwrap();
+        assert_eq!(int(&claimed[0], 0), Some(1), "the old owner gave up the journal of a run taken over");
         store.request_cancel("run_q");
         assert_eq!(store.stops(&["run_q".into()]), vec![("run_q".to_string(), Stop::Cancelled)]);
     }
