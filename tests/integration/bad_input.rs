@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use flue::events::EventLog;
 use flue::run::{AgentRun, RunError, RunSettings};
-use flue::runtime::Limits;
+use flue::runtime::{ComponentBytes, Limits};
 use serde_json::json;
 
 use crate::support::{example, fixture, flue, host, output, probe, scratch};
@@ -152,7 +152,7 @@ async fn the_host_stays_healthy_after_agents_misbehave() {
     let probe = std::fs::read(fixture("probe")).unwrap();
     let run = |payload: serde_json::Value, wasm: Vec<u8>| AgentRun {
         label: "test".into(),
-        wasm,
+        wasm: ComponentBytes::new(wasm),
         id: "t".into(),
         payload: payload.to_string(),
         settings: settings(),

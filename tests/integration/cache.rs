@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use flue::runtime::ComponentBytes;
 use flue::runtime::cache::{CacheOutcome, ComponentCache};
 
 use crate::support::{example, scratch};
@@ -12,7 +13,7 @@ fn a_second_load_is_served_from_the_cache() {
     let dir = scratch();
     let (engine, _) = flue::runtime::engine::new_engine(None).unwrap();
     let cache = ComponentCache::new(&engine, Some(dir.path().to_path_buf()));
-    let bytes = std::fs::read(example("hello")).unwrap();
+    let bytes = ComponentBytes::new(std::fs::read(example("hello")).unwrap());
 
     let mut compiled = 0;
     let (_, first) = cache.load(&engine, &bytes, || compiled += 1).unwrap();
@@ -30,7 +31,7 @@ fn entries_writable_by_others_are_not_trusted() {
     let dir = scratch();
     let (engine, _) = flue::runtime::engine::new_engine(None).unwrap();
     let cache = ComponentCache::new(&engine, Some(dir.path().to_path_buf()));
-    let bytes = std::fs::read(example("hello")).unwrap();
+    let bytes = ComponentBytes::new(std::fs::read(example("hello")).unwrap());
     cache.load(&engine, &bytes, || ()).unwrap();
 
     let entry = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();

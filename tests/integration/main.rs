@@ -25,6 +25,7 @@ mod limits;
 mod model;
 mod portable_examples;
 mod postgres;
+mod ready_sandboxes;
 mod resume;
 mod serve;
 mod support;

@@ -248,6 +248,123 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
     assert!(crashed_at >= 15, "the run's journal is shorter than its calls: {crashed_at} entries");
 }
 
+/// A run that read a file too large for its journal to copy (the journal
+/// keeps its length and digest), crashed after each entry in turn and
+/// resumed: with the file unchanged, every resume ends as the run would
+/// have; with the file rewritten before the resume, a resume past the read
+/// stops, saying the file changed, rather than go on with other bytes.
+#[test]
+fn a_resume_reads_a_large_file_again_and_refuses_one_that_changed() {
+    // Past the 1 MiB the journal keeps of a file read whole.
+    const BIG: usize = 2 * 1024 * 1024;
+    let payload = json!({"mode": "read-big", "bytes": BIG}).to_string();
+    let mut refused = 0;
+    for entry in 1.. {
+        let mut finished = false;
+        for rewrite in [false, true] {
+            let (project, tmp) = (scratch(), scratch());
+            let mut command = flue();
+            command
+                .current_dir(project.path())
+                .arg("run")
+                .arg(crate::support::fixture("probe"))
+                .args(["--payload", &payload, "--isolation", "none"])
+                .env("TMPDIR", tmp.path())
+                .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
+            let first = output(&mut command);
+            if first.code == 0 {
+                finished = true; // past the journal's last entry
+                break;
+            }
+            let (run_id, _) = only_run(project.path());
+            let file = find_file(&tmp.path().join("flue-local"), "big.bin");
+            if rewrite && let Some(file) = &file {
+                std::fs::write(file, vec![b'b'; BIG]).unwrap();
+            }
+            let mut command = flue();
+            command
+                .current_dir(project.path())
+                .args(["runs", "resume", &run_id, "--isolation", "none"])
+                .env("TMPDIR", tmp.path());
+            let resumed = output(&mut command);
+            if !rewrite || file.is_none() {
+                assert_eq!(resumed.ok(), json!({"len": BIG, "a": BIG}), "after entry {entry}");
+            } else if resumed.code == 0 {
+                // Crashed before the read (the resume read the file as it
+                // is), or after the agent returned (the run ends as it did).
+                let result = resumed.ok();
+                assert!([json!({"len": BIG, "a": 0}), json!({"len": BIG, "a": BIG})].contains(&result), "{result}");
+            } else {
+                assert!(resumed.stderr.contains("big.bin changed since the run read it"), "{}", resumed.stderr);
+                refused += 1;
+            }
+        }
+        if finished {
+            break;
+        }
+    }
+    eprintln!("read-big: {refused} resumes refused a changed file");
+    assert!(refused >= 1, "no resume came after the read of the large file");
+}
+
+/// A run whose process died after its agent returned — its sandbox
+/// perhaps deleted already, its end not yet recorded — ends on resume with
+/// what the agent returned, without running it again. Crashed mid-run with
+/// its sandbox gone, it cannot be resumed.
+#[test]
+fn a_run_that_had_ended_when_its_process_died_ends_as_it_did_on_resume() {
+    let payload = json!({"mode": "exec", "command": "echo done"}).to_string();
+    let mut resumed_ok = Vec::new();
+    for entry in 1.. {
+        let (project, tmp) = (scratch(), scratch());
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .arg("run")
+            .arg(crate::support::fixture("probe"))
+            .args(["--payload", &payload, "--isolation", "none"])
+            .env("TMPDIR", tmp.path())
+            .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
+        if output(&mut command).code == 0 {
+            break; // past the journal's last entry
+        }
+        let (run_id, _) = only_run(project.path());
+        // What a process killed while deleting its sandboxes leaves.
+        let _ = std::fs::remove_dir_all(tmp.path().join("flue-local"));
+        let mut command = flue();
+        command
+            .current_dir(project.path())
+            .args(["runs", "resume", &run_id, "--isolation", "none"])
+            .env("TMPDIR", tmp.path());
+        let resumed = output(&mut command);
+        if resumed.code == 0 {
+            assert_eq!(resumed.ok()["stdout"], "done\n", "after entry {entry}");
+        } else {
+            assert!(resumed.stderr.contains("is gone"), "after entry {entry}: {}", resumed.stderr);
+        }
+        resumed_ok.push(resumed.code == 0);
+    }
+    assert_eq!(resumed_ok.last(), Some(&true), "a run whose agent had returned did not end on resume: {resumed_ok:?}");
+    assert!(resumed_ok.contains(&false), "no crash came while the run needed its sandbox: {resumed_ok:?}");
+}
+
+/// The first file named `name` under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir()
+            && !path.is_symlink()
+            && let Some(found) = find_file(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// A cancel stops an agent in every language while its model's `bash`
 /// tool runs `sleep`: the run ends `cancelled`, the command is killed, the
 /// sandbox deleted; and a `flue run` is cancelled from beside it the same

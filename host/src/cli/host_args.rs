@@ -170,12 +170,18 @@ impl HostArgs {
 
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
-        self.host_pooled(limits, None).await
+        self.host_pooled(limits, None, 0).await
     }
 
     /// The host these flags describe, with `limits`, pooling instances for
-    /// `pooled_runs` concurrent runs when given (a server).
-    pub async fn host_pooled(&self, limits: Limits, pooled_runs: Option<u32>) -> Result<Host, Failure> {
+    /// `pooled_runs` concurrent runs when given, and `ready_sandboxes` local
+    /// sandboxes made ready ahead (a server).
+    pub async fn host_pooled(
+        &self,
+        limits: Limits,
+        pooled_runs: Option<u32>,
+        ready_sandboxes: usize,
+    ) -> Result<Host, Failure> {
         let config = crate::config::load(&self.dotenv(), &self.env_files, std::env::vars()).map_err(usage)?;
         let cache_dir = self.cache_dir.clone().or_else(ComponentCache::default_dir);
         let isolation = match self.isolation {
@@ -194,7 +200,19 @@ impl HostArgs {
         };
         let sandbox_limits = SandboxLimits { max_processes: self.max_processes, ..SandboxLimits::default() }
             .sized(self.resources().as_ref());
-        let settings = BuiltinSettings { isolation, workdir: self.workdir.clone(), limits: sandbox_limits, supervisor };
+        let settings = BuiltinSettings {
+            isolation,
+            workdir: self.workdir.clone(),
+            limits: sandbox_limits,
+            supervisor,
+            ready_sandboxes,
+            // (Labels note this boot in flue's data directory: only when used.)
+            ready_labels: if ready_sandboxes > 0 {
+                crate::run::ownership::labels("ready", "flue", false)
+            } else {
+                Vec::new()
+            },
+        };
         let mut builder = HostBuilder::new()
             .limits(limits)
             .cache_dir(cache_dir)

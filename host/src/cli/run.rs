@@ -84,6 +84,7 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
     let host = args.host.host(args.agent_limits.limits()).await?;
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
+    let wasm = crate::runtime::ComponentBytes::new(wasm);
 
     // The project is the current directory, as for connectors/ and .env:
     // its store keeps the run's journal and, with an id, its conversations.
@@ -210,6 +211,7 @@ pub async fn resume(
     let host = host_args.host(agent_limits.limits()).await?;
     let wasm_path = crate::guest::resolve(&agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
+    let wasm = crate::runtime::ComponentBytes::new(wasm);
     let run = AgentRun {
         label: claimed.agent,
         wasm,

@@ -60,6 +60,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = ranged(bounds::MAX_CONCURRENT))]
     pub max_concurrent: u64,
 
+    /// Isolated local sandboxes kept ready, bubblewrap and supervisor
+    /// started, so that a run's first command does not wait for them; each
+    /// is used by one run, then deleted, and replaced in the background.
+    /// Only plain sandboxes come from here (no volumes, no environment, the
+    /// default limits). 0 turns it off; without isolation there are none.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = ranged(bounds::READY_SANDBOXES))]
+    pub ready_sandboxes: u64,
+
     /// Runs waiting for a slot, per server; past that, requests get 429 with
     /// Retry-After. Two waits count separately up to N each: runs whose
     /// callers wait on this server (synchronous and streamed ones), and
@@ -201,10 +209,11 @@ pub async fn serve(
     let max_connections = connection_cap(args.max_connections)?;
     let limits = args.agent_limits.limits();
     let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
+    let ready = args.ready_sandboxes as usize;
     // The project stands alone: its connectors/ and .env, wherever flue was
     // started from.
     args.host.project = Some(args.project.clone());
-    let host = args.host.host_pooled(limits.clone(), pooled_runs).await?;
+    let host = args.host.host_pooled(limits.clone(), pooled_runs, ready).await?;
     let reload = dev.then(|| {
         let mut watch = args.host.env_files.clone();
         watch.push(args.host.dotenv());
@@ -213,9 +222,9 @@ pub async fn serve(
         crate::serve::Reload {
             build: Box::new(move || {
                 let (host_args, limits) = (host_args.clone(), limits.clone());
-                Box::pin(
-                    async move { host_args.host_pooled(limits, pooled_runs).await.map_err(|failure| failure.error) },
-                )
+                Box::pin(async move {
+                    host_args.host_pooled(limits, pooled_runs, ready).await.map_err(|failure| failure.error)
+                })
             }),
             watch,
         }

@@ -177,6 +177,18 @@ impl ConnectorRegistry {
         self.builtins.keys().cloned().chain(from_files.map(|s| s.into_owned())).collect::<Vec<_>>().join(", ")
     }
 
+    /// Start making the sandboxes the built-in connectors keep ready.
+    pub fn start_ready(&self) {
+        for connector in self.builtins.values() {
+            connector.start_ready();
+        }
+    }
+
+    /// Sandboxes the built-in connectors hold ready ahead.
+    pub fn ready_sandboxes(&self) -> usize {
+        self.builtins.values().map(|connector| connector.ready_sandboxes()).sum()
+    }
+
     /// A connector ready for a run: a built-in, or `<dir>/<name>.wasm`
     /// instantiated with its configuration checked.
     pub async fn connector(&self, name: &str, events: &EventLog) -> Result<Arc<dyn Connector>, ConnectorError> {

@@ -41,6 +41,9 @@ const CUT: &str = "journal-cut";
 const ENTRY_OVERHEAD: u64 = 64;
 /// The key of the first entry: the component's content hash.
 const COMPONENT: &str = "component";
+/// The key of the last entry of a run whose agent returned: what it
+/// returned, recorded before the run's sandboxes are deleted.
+pub const AGENT_RETURNED: &str = "agent-returned";
 
 /// One recorded call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +126,17 @@ pub enum JournalError {
         /// Where it ends.
         seq: u64,
     },
+    /// A large file the run read is not the same any more (the journal
+    /// keeps a large file's digest, not its bytes).
+    #[error("file {path} changed since the run read it ({then}; now {now}), so the run cannot go on as it did")]
+    FileChanged {
+        /// The file.
+        path: String,
+        /// What it was.
+        then: String,
+        /// What it is now (or why it cannot be read).
+        now: String,
+    },
     /// An entry cannot be read back.
     #[error("entry {seq} of its journal cannot be read ({reason})")]
     Corrupt {
@@ -167,14 +181,29 @@ struct State {
     poisoned: Option<JournalError>,
 }
 
+/// Arguments longer than this enter a key by their [`large_digest`].
+const LARGE: usize = 64 * 1024;
+
 /// A digest of a call's arguments, for its key: `op:` and 16 hex digits.
+/// (Keys tell calls apart for a deterministic component; they guard
+/// against no adversary.)
 pub fn key(op: &str, parts: &[&[u8]]) -> String {
     let mut digest = Sha256::new();
     for part in parts {
         digest.update((part.len() as u64).to_le_bytes());
-        digest.update(part);
+        if part.len() > LARGE {
+            digest.update(large_digest(part).as_bytes());
+        } else {
+            digest.update(part);
+        }
     }
     format!("{op}:{}", hex::encode(&digest.finalize()[..8]))
+}
+
+/// A digest of large data, fast (XXH3-128, hex): what a key holds of a
+/// large argument, and the journal of a large file read whole.
+pub fn large_digest(data: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
 }
 
 impl Journal {
@@ -293,6 +322,16 @@ impl Journal {
         state.recorded[at].value = String::new();
         state.next += 1;
         Ok(Some(value))
+    }
+
+    /// What the agent returned, if the journal ends with it: the run had
+    /// ended when its process died, before its end was recorded (perhaps
+    /// after its sandboxes were deleted), so it ends with that, and the
+    /// agent is not run again.
+    pub fn returned<T: DeserializeOwned>(&self) -> Option<T> {
+        let state = self.lock();
+        let last = state.recorded.last().filter(|entry| entry.key == AGENT_RETURNED)?;
+        serde_json::from_str(&last.value).ok()
     }
 
     /// Record the answer of call `key`, made live.
@@ -436,6 +475,25 @@ mod tests {
 
     fn open(store: &Arc<MemoryStore>, component: &str) -> Result<Arc<Journal>, JournalStoreOrReplayError> {
         Journal::open(store.clone(), "run_1", component, 1024)
+    }
+
+    #[test]
+    fn keys_of_small_arguments_are_as_before_and_large_ones_still_tell_data_apart() {
+        // Small arguments: SHA-256 over them, as journals already written have it.
+        let mut digest = Sha256::new();
+        for part in [b"a.txt".as_slice(), b"hello"] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        let before = format!("write-file:{}", hex::encode(&digest.finalize()[..8]));
+        assert_eq!(key("write-file", &[b"a.txt", b"hello"]), before);
+        // Large ones by their fast digest: one changed byte is another key.
+        let big = vec![7u8; LARGE + 1];
+        let mut other = big.clone();
+        other[LARGE / 2] = 8;
+        assert_eq!(key("write-file", &[b"a", &big]), key("write-file", &[b"a", &big.clone()]));
+        assert_ne!(key("write-file", &[b"a", &big]), key("write-file", &[b"a", &other]));
+        assert_ne!(large_digest(&big), large_digest(&other));
     }
 
     #[test]

@@ -245,6 +245,63 @@ pub(crate) async fn exec_journaled(
     journaled(journal, || key, session.exec(command, options)).await
 }
 
+/// The most bytes of a `read-file` answer a journal keeps; of a larger
+/// file it keeps the length and SHA-256 only ([`read_journaled`]).
+pub(crate) const JOURNALED_READ_MAX: usize = 1024 * 1024;
+
+/// A `read-file` answer as the journal keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum ReadAnswer {
+    /// A small file's bytes.
+    Bytes(journal::Bytes),
+    /// A large file: what it was ([`journal::large_digest`]), not what it held.
+    Digest { len: u64, xxh3: String },
+}
+
+/// Read a whole file, through the journal. A large file's bytes are not
+/// copied into the journal (they would double the memory and the time of
+/// the read): a resumed run reads it again, and goes on only if it is the
+/// file the run read the first time. (So a run that changed or deleted a
+/// large file after reading it cannot be resumed past that read.)
+pub(crate) async fn read_journaled(
+    journal: Option<&Journal>,
+    key: impl FnOnce() -> String,
+    session: &Session,
+    path: &str,
+) -> wasmtime::Result<SandboxResult<Vec<u8>>> {
+    let Some(journal) = journal else {
+        return Ok(session.read_file(path).await);
+    };
+    let key = key();
+    let digest = journal::large_digest;
+    let recorded: Option<SandboxResult<ReadAnswer>> = journal.replay(&key).map_err(wasmtime::Error::new)?;
+    match recorded {
+        Some(Ok(ReadAnswer::Bytes(bytes))) => Ok(Ok(bytes.0)),
+        Some(Ok(ReadAnswer::Digest { len, xxh3 })) => match session.read_file(path).await {
+            Ok(bytes) if bytes.len() as u64 == len && digest(&bytes) == xxh3 => Ok(Ok(bytes)),
+            now => Err(wasmtime::Error::new(JournalError::FileChanged {
+                path: path.to_string(),
+                now: match now {
+                    Ok(bytes) => format!("{} bytes, XXH3 {}", bytes.len(), digest(&bytes)),
+                    Err(err) => err.to_string(),
+                },
+                then: format!("{len} bytes, XXH3 {xxh3}"),
+            })),
+        },
+        Some(Err(err)) => Ok(Err(err)),
+        None => {
+            let read = session.read_file(path).await;
+            let answer = read.as_ref().map_err(Clone::clone).map(|bytes| match bytes.len() {
+                n if n <= JOURNALED_READ_MAX => ReadAnswer::Bytes(journal::Bytes(bytes.clone())),
+                n => ReadAnswer::Digest { len: n as u64, xxh3: digest(bytes) },
+            });
+            journal.record(&key, &answer);
+            Ok(read)
+        }
+    }
+}
+
 /// Open a sandbox; in a resumed run, reconnect to the one the journal
 /// names instead of creating it again.
 async fn open_journaled(
@@ -299,11 +356,7 @@ macro_rules! file_methods {
             let session = self.$session(&this)?;
             let journal = self.journal.clone();
             let key = || $crate::run::imports::session_key(&session, "read-file", &[path.as_bytes()]);
-            let read = $crate::run::imports::journaled(journal.as_deref(), key, async {
-                session.read_file(&path).await.map($crate::journal::Bytes)
-            })
-            .await?;
-            wit(Ok(read.map(|bytes| bytes.0)))
+            wit($crate::run::imports::read_journaled(journal.as_deref(), key, &session, &path).await)
         }
 
         async fn write_file(&mut self, this: Resource<$handle>, path: String, data: Vec<u8>) -> WitResult<()> {

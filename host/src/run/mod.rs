@@ -32,7 +32,7 @@ use crate::journal::{self, Journal, JournalError, JournalStore};
 use crate::run::compat::AnyAgentPre;
 use crate::runtime::engine::DeadlineExceeded;
 use crate::runtime::guest_output::GuestOutput;
-use crate::runtime::{Limits, Runtime};
+use crate::runtime::{ComponentBytes, Limits, Runtime};
 use conversations::{Conversations, RunConversations};
 use imports::AgentState;
 pub use sandboxes::{IdSandbox, IdSandboxLedger, RunSandboxes, RunSettings};
@@ -42,7 +42,7 @@ pub struct AgentRun {
     /// Shown in events and errors.
     pub label: String,
     /// The agent component.
-    pub wasm: Vec<u8>,
+    pub wasm: ComponentBytes,
     /// The id the agent is invoked with (`--id`).
     pub id: String,
     /// JSON text.
@@ -249,6 +249,10 @@ async fn execute(
         Some(kept) => Some(open_journal(kept, &run.wasm, run_id, events)?),
         None => None,
     };
+    if let Some(returned) = journal.as_ref().and_then(|journal| journal.returned::<Result<String, String>>()) {
+        events.log("flue", LogLevel::Info, "the run had ended before its process stopped: it ends as its journal says");
+        return agent_returned(returned);
+    }
     let stdout = GuestOutput::new("agent stdout", LogLevel::Info, events.clone());
     let stderr = GuestOutput::new("agent stderr", LogLevel::Warn, events.clone());
     // Secure defaults (see WasiCtxBuilder): no env, no args, no preopened
@@ -325,11 +329,14 @@ async fn execute(
         }
     }
     match outcome {
-        Ok(Ok(json)) => serde_json::from_str(&json).map_err(|err| RunError::InvalidResult {
-            reason: err.to_string(),
-            excerpt: crate::events::one_line(&json, 200),
-        }),
-        Ok(Err(message)) => Err(RunError::AgentFailed(message)),
+        Ok(returned) => {
+            // Before the run's sandboxes go: a crash after this ends the
+            // run as it ended here, rather than replay it without them.
+            if let Some(journal) = &store.data().journal {
+                journal.record(journal::AGENT_RETURNED, &returned);
+            }
+            agent_returned(returned)
+        }
         Err(err) => {
             let limiter = &store.data_mut().base.limiter;
             if limiter.memory_refused().is_some() {
@@ -352,9 +359,24 @@ async fn execute(
 
 /// The run's journal, for `wasm`: when it already holds calls (the run
 /// is being resumed), they are replayed first, and the events say so.
-fn open_journal(kept: &RunJournal, wasm: &[u8], run_id: &str, events: &EventLog) -> Result<Arc<Journal>, RunError> {
-    use sha2::Digest as _;
-    let component = hex::encode(sha2::Sha256::digest(wasm));
+/// The run's result from what the agent returned: its JSON, or its error.
+fn agent_returned(returned: Result<String, String>) -> Result<serde_json::Value, RunError> {
+    match returned {
+        Ok(json) => serde_json::from_str(&json).map_err(|err| RunError::InvalidResult {
+            reason: err.to_string(),
+            excerpt: crate::events::one_line(&json, 200),
+        }),
+        Err(message) => Err(RunError::AgentFailed(message)),
+    }
+}
+
+fn open_journal(
+    kept: &RunJournal,
+    wasm: &ComponentBytes,
+    run_id: &str,
+    events: &EventLog,
+) -> Result<Arc<Journal>, RunError> {
+    let component = hex::encode(wasm.sha256());
     let journal = Journal::open(kept.store.clone(), run_id, &component, kept.limit)
         .map_err(|err| RunError::NotResumable { reason: err.to_string() })?;
     let recorded = journal.recorded();

@@ -1,7 +1,8 @@
 //! Agents made ready to run: linked against the agent world (the current
 //! WIT and every earlier release the host still serves, [`super::compat`]),
-//! type-checked once, and kept by the SHA-256 of their bytes, so a server
-//! runs the same agent again without loading it again.
+//! type-checked once, and kept by the SHA-256 of their bytes (hashed once,
+//! [`ComponentBytes`]), so a server runs the same agent again without
+//! loading it again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,8 @@ use super::compat::{self, AnyAgentPre};
 use super::imports::AgentState;
 use crate::bindings;
 use crate::events::EventLog;
-use crate::runtime::Runtime;
 use crate::runtime::engine::wasm_error;
+use crate::runtime::{ComponentBytes, Runtime};
 
 /// Agents kept prepared at once (past this, the memo starts over).
 const MAX_PREPARED: usize = 64;
@@ -44,12 +45,11 @@ impl AgentLinker {
     pub fn prepare(
         &self,
         runtime: &Runtime,
-        bytes: &[u8],
+        bytes: &ComponentBytes,
         label: &str,
         events: &EventLog,
     ) -> anyhow::Result<Arc<AnyAgentPre>> {
-        use sha2::Digest as _;
-        let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let key = *bytes.sha256();
         if let Some(pre) = self.prepared.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(pre.clone());
         }

@@ -92,13 +92,14 @@ impl ComponentCache {
     pub fn load(
         &self,
         engine: &Engine,
-        bytes: &[u8],
+        component: &super::ComponentBytes,
         on_compile: impl FnOnce(),
     ) -> anyhow::Result<(Component, CacheOutcome)> {
+        let bytes = component.bytes();
         let entry = self
             .dir
             .as_ref()
-            .map(|dir| dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(bytes)), self.engine_key)));
+            .map(|dir| dir.join(format!("{}-{}.cwasm", hex::encode(component.sha256()), self.engine_key)));
         if let Some(entry) = &entry
             && trusted_entry(entry)
         {

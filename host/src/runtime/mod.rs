@@ -15,6 +15,7 @@ pub mod limits;
 pub mod trap;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, ResourceTable};
@@ -38,6 +39,34 @@ pub struct StoreBase {
 pub trait HasStoreBase: Send + 'static {
     /// The store's base.
     fn base(&mut self) -> &mut StoreBase;
+}
+
+/// A component's bytes and their SHA-256, computed once: the compiled
+/// cache, the prepared agents and a run's journal all name a component by
+/// it. Cheap to clone.
+#[derive(Clone)]
+pub struct ComponentBytes {
+    bytes: Arc<Vec<u8>>,
+    sha256: [u8; 32],
+}
+
+impl ComponentBytes {
+    /// `bytes`, hashed.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        use sha2::Digest as _;
+        let sha256 = sha2::Sha256::digest(&bytes).into();
+        ComponentBytes { bytes: Arc::new(bytes), sha256 }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Their SHA-256.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
 }
 
 /// The engine and the compiled-component cache.
@@ -64,7 +93,7 @@ impl Runtime {
 
     /// Compile (or load from the cache) a component. Compiling shows as a
     /// progress step in `events`.
-    pub fn load_component(&self, bytes: &[u8], label: &str, events: &EventLog) -> anyhow::Result<Component> {
+    pub fn load_component(&self, bytes: &ComponentBytes, label: &str, events: &EventLog) -> anyhow::Result<Component> {
         let mut progress = None;
         let (component, outcome) = self.cache.load(&self.engine, bytes, || {
             progress = Some(events.progress(format!("compiling {label}")));

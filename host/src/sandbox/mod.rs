@@ -62,6 +62,11 @@ pub struct BuiltinSettings {
     /// `local`: the `flue` binary, run as each isolated sandbox's supervisor
     /// (`None`: a new bubblewrap sandbox per command).
     pub supervisor: Option<PathBuf>,
+    /// `local`: isolated sandboxes kept ready (a server's
+    /// `--ready-sandboxes`; 0: none).
+    pub ready_sandboxes: usize,
+    /// `local`: the labels of a ready sandbox until a run takes it.
+    pub ready_labels: Vec<(String, String)>,
 }
 
 /// The built-in connectors, registered by name like any connector.
@@ -70,6 +75,8 @@ pub fn builtin_connectors(settings: &BuiltinSettings) -> Vec<Arc<dyn Connector>>
     local.workdir = settings.workdir.clone();
     local.limits = settings.limits;
     local.supervisor = settings.supervisor.clone();
+    local.ready = settings.ready_sandboxes;
+    local.ready_labels = settings.ready_labels.clone();
     vec![Arc::new(LocalConnector::new(local))]
 }
 
@@ -320,6 +327,14 @@ pub trait FileWriter: Send + Sync {
 pub trait Connector: Send + Sync {
     /// What it says about itself.
     fn info(&self) -> &ConnectorInfo;
+    /// Sandboxes it holds made ready ahead, not yet handed out (the
+    /// built-in `local` with `--ready-sandboxes`).
+    fn ready_sandboxes(&self) -> usize {
+        0
+    }
+    /// Start making the sandboxes it keeps ready, if any (in the
+    /// background; a server calls it once it serves).
+    fn start_ready(&self) {}
     /// Create a sandbox and wait until it accepts commands.
     async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>>;
     /// Attach to an existing sandbox.

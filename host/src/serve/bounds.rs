@@ -24,6 +24,8 @@ pub const MAX_BODY_KIB: RangeInclusive<u64> = 1..=64 * 1024;
 pub const BODY_MEMORY_MIB: RangeInclusive<u64> = 1..=64 * 1024;
 /// Seconds an agent's build (`flue dev`) may take: up to a day.
 pub const BUILD_TIMEOUT_SECS: RangeInclusive<u64> = 1..=24 * 3600;
+/// Local sandboxes kept ready.
+pub const READY_SANDBOXES: RangeInclusive<u64> = 0..=crate::sandbox::local::MAX_READY as u64;
 /// Runs at once.
 pub const MAX_CONCURRENT: RangeInclusive<u64> = 1..=4096;
 /// Runs waiting for a slot.

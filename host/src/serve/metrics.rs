@@ -27,8 +27,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with `ready` local sandboxes held
+    /// ready now.
+    pub fn render(&self, ready: usize) -> String {
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
         let cancelled = self.cancelled.load(Ordering::Relaxed);
@@ -56,7 +57,9 @@ impl Metrics {
              # HELP flue_runs_taken_over_total Runs of servers whose lease ran out, taken over.\n\
              # TYPE flue_runs_taken_over_total counter\nflue_runs_taken_over_total {}\n\
              # HELP flue_store_statements_total Statements run against the run store.\n\
-             # TYPE flue_store_statements_total counter\nflue_store_statements_total {}\n",
+             # TYPE flue_store_statements_total counter\nflue_store_statements_total {}\n\
+             # HELP flue_sandboxes_ready Local sandboxes made ready ahead, not yet taken by a run.\n\
+             # TYPE flue_sandboxes_ready gauge\nflue_sandboxes_ready {ready}\n",
             self.started.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),

@@ -30,6 +30,7 @@ pub mod agents;
 mod bodies;
 pub mod bounds;
 mod builds;
+mod component_files;
 pub mod connections;
 pub mod errors;
 mod fleet;
@@ -135,6 +136,8 @@ pub struct ServerState {
     body_budget: bodies::BodyBudget,
     /// Agent builds going on (`flue dev`).
     builds: builds::Builds,
+    /// Agents' components, read once while unchanged.
+    components: component_files::ComponentFiles,
     /// Runs of one agent and id, one at a time.
     id_turns: id_turns::IdTurns,
     /// This server among those sharing the store: its runs, its claims.
@@ -183,6 +186,7 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
         admission: admission::Admission::new(config.max_concurrent, config.queue),
         body_budget: bodies::BodyBudget::new(config.body_memory),
         builds: builds::Builds::default(),
+        components: component_files::ComponentFiles::default(),
         id_turns: id_turns::IdTurns::default(),
         fleet: fleet::Fleet::default(),
         cancel,
@@ -197,6 +201,8 @@ pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> a
     };
     // Caught from here on, so that a signal right after the "listening" line counts.
     let mut signals = crate::run::signals::StopSignals::new();
+    // Bound and set up: now worth making sandboxes ahead.
+    state.host.read().unwrap_or_else(|e| e.into_inner()).registry().start_ready();
     println!("flue {} listening on http://{addr}", if config.dev { "dev" } else { "serve" });
     println!(
         "webhooks: {}",

@@ -121,8 +121,12 @@ pub async fn refresh(state: &Arc<ServerState>) {
         seen.host_inputs = host_now;
         seen.host_error = match (dev.reload.build)().await {
             Ok(host) => {
-                // Runs in flight keep the host they started with.
-                *state.host.write().unwrap_or_else(|e| e.into_inner()) = host;
+                host.registry().start_ready();
+                // Runs in flight keep the host they started with. The old
+                // one is let go of off the lock and off the runtime's
+                // threads (its ready sandboxes are stopped and deleted).
+                let old = std::mem::replace(&mut *state.host.write().unwrap_or_else(|e| e.into_inner()), host);
+                tokio::task::spawn_blocking(move || drop(old));
                 state.events.reloaded("the configuration (--env, .env) or connectors/");
                 None
             }

@@ -132,7 +132,8 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    let ready = state.host.read().unwrap_or_else(|e| e.into_inner()).registry().ready_sandboxes();
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render(ready)).into_response()
 }
 
 async fn run_record(State(state): State<Arc<ServerState>>, Path(run_id): Path<String>) -> Response {

@@ -31,6 +31,7 @@ use crate::guest::AgentSourceError;
 use crate::run::conversations::Conversations;
 use crate::run::panics::catch_panic;
 use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
+use crate::runtime::ComponentBytes;
 
 /// The most events a run keeps in the store.
 const MAX_STORED_EVENTS: usize = 2000;
@@ -190,7 +191,7 @@ impl RunTask {
     }
 
     /// The agent's component: built first when it is a stale source directory.
-    async fn agent_component(&self, events: &EventLog, sink: &RunSink) -> Result<Vec<u8>, ApiError> {
+    async fn agent_component(&self, events: &EventLog, sink: &RunSink) -> Result<ComponentBytes, ApiError> {
         let project = self.state.config.project.clone();
         let source = agents::inside_project(&project, &self.agent.source)
             .map_err(|why| ApiError::new(ErrorKind::AgentOutsideProject, why))?;
@@ -238,13 +239,18 @@ impl RunTask {
                 return Err(ApiError::new(ErrorKind::BuildFailed, build_summary(&self.name, &project, &err)));
             }
         };
-        tokio::fs::read(&wasm_path).await.map_err(|err| {
+        self.state.components.read(&wasm_path).await.map_err(|err| {
             self.state.events.build_failed(&self.name, &format!("cannot read {}: {err}", wasm_path.display()));
             ApiError::new(ErrorKind::BuildFailed, format!("agent {}: its component cannot be read ({err})", self.name))
         })
     }
 
-    async fn run_agent(&self, wasm: Vec<u8>, events: &EventLog, watch: &RunWatch<'_>) -> Result<Value, ApiError> {
+    async fn run_agent(
+        &self,
+        wasm: ComponentBytes,
+        events: &EventLog,
+        watch: &RunWatch<'_>,
+    ) -> Result<Value, ApiError> {
         let manifest = &self.agent.manifest;
         let mut limits = self.state.config.limits.clone();
         // Both were checked against `bounds` when flue.toml was read.

@@ -63,6 +63,7 @@ impl ConnectorLoader {
         let bytes = std::fs::read(file).map_err(|err| fail(LoadStep::Read)(err.into()))?;
         check_component_header(&bytes).map_err(|why| fail(LoadStep::Header)(anyhow::anyhow!(why)))?;
         let label = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = crate::runtime::ComponentBytes::new(bytes);
         let component = runtime.load_component(&bytes, &label, events).map_err(fail(LoadStep::Compile))?;
         let pre = self.pre(&component).map_err(fail(LoadStep::Link))?;
 

@@ -151,6 +151,15 @@ impl Runner {
         }
     }
 
+    /// Start the supervisor now (isolated with a supervisor only), so that
+    /// the first command does not wait for it.
+    pub async fn warm(&self) -> SandboxResult<()> {
+        match (&self.supervisor_program, self.isolation.is_isolated()) {
+            (Some(program), true) => self.supervisor(program).await.map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// `RLIMIT_NPROC` to set inside the sandbox, when no cgroup limits processes.
     fn nproc(&self) -> Option<u64> {
         self.enforced.rlimits.nproc

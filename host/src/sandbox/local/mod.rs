@@ -14,6 +14,7 @@ mod exec;
 mod fs;
 mod isolation;
 mod limits;
+mod ready;
 mod sandbox_dirs;
 mod seccomp;
 mod supervisor;
@@ -29,6 +30,8 @@ pub(crate) use bwrap::{BuildSandbox, build_command};
 pub(crate) use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
+pub use ready::MAX_READY;
+use ready::{Ready, ReadyPool};
 pub(crate) use sandbox_dirs::ensure_private_dir;
 use sandbox_dirs::{Metadata, SandboxDirs};
 pub use supervisor::{SUPERVISOR_ARG, run_if_requested as run_supervisor_if_requested};
@@ -68,6 +71,12 @@ pub struct LocalConfig {
     /// (one process per sandbox that starts every command: a command costs a
     /// fork, not new namespaces). `None`: a new bubblewrap sandbox per command.
     pub supervisor: Option<PathBuf>,
+    /// Isolated sandboxes kept ready, supervisor started ([`ready`]); 0:
+    /// none. Only with a supervisor.
+    pub ready: usize,
+    /// The labels a ready sandbox carries until a run takes it (who made
+    /// it, so that `flue sandboxes gc` deletes what a crash left).
+    pub ready_labels: Vec<(String, String)>,
 }
 
 impl LocalConfig {
@@ -82,6 +91,8 @@ impl LocalConfig {
             volumes_dir: default_data_dir().join("volumes"),
             limits: SandboxLimits::default(),
             supervisor: None,
+            ready: 0,
+            ready_labels: Vec::new(),
         }
     }
 }
@@ -90,14 +101,56 @@ impl LocalConfig {
 pub struct LocalConnector {
     config: LocalConfig,
     info: ConnectorInfo,
-    dirs: SandboxDirs,
+    dirs: Arc<SandboxDirs>,
     volumes: Volumes,
     warned_unisolated: AtomicBool,
+    /// Sandboxes made ready ahead ([`ready`]), when asked for.
+    ready: Option<Arc<ReadyPool>>,
 }
 
 impl LocalConnector {
-    /// A connector with `config`.
+    /// A connector with `config`. Ready sandboxes, if asked for, are made
+    /// in the background once [`Connector::start_ready`] is called.
     pub fn new(config: LocalConfig) -> Self {
+        let mut connector = Self::without_ready(config.clone());
+        if config.ready > 0 && config.supervisor.is_some() && config.workdir.is_none() {
+            let maker = Arc::new(Self::without_ready(config.clone()));
+            let make: ready::Make = Arc::new(move || {
+                let maker = maker.clone();
+                Box::pin(async move { maker.make_ready().await })
+            });
+            connector.ready = Some(ReadyPool::new(config.ready, make, connector.dirs.clone()));
+        }
+        connector
+    }
+
+    /// One ready sandbox: created with the default limits and its
+    /// supervisor started (isolated only: otherwise there is nothing to
+    /// start ahead).
+    async fn make_ready(&self) -> SandboxResult<Ready> {
+        if !self.config.isolation.get().await.is_isolated() {
+            return Err(SandboxError::new(
+                crate::sandbox::error::ErrorKind::Unsupported,
+                "sandboxes are made ready only when isolated",
+            ));
+        }
+        let metadata = Metadata {
+            labels: self.config.ready_labels.clone(),
+            limits: Some(self.config.limits),
+            ..Metadata::default()
+        };
+        let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let root = self.dirs.create(&id, &metadata)?;
+        // Deleted unless made whole: on an error, and when the server stops
+        // (or the pool goes) while it is being made.
+        let unfinished = ready::DeleteUnlessKept::new(self.dirs.clone(), id.clone());
+        let sandbox = self.open(id, root, metadata.clone()).await?;
+        sandbox.runner.warm().await?;
+        unfinished.keep();
+        Ok(Ready { sandbox, metadata })
+    }
+
+    fn without_ready(config: LocalConfig) -> Self {
         let info = ConnectorInfo {
             name: "local".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -107,9 +160,9 @@ impl LocalConnector {
             allowed_hosts: Vec::new(),
             merges_output: false,
         };
-        let dirs = SandboxDirs::new(config.base_dir.clone());
+        let dirs = Arc::new(SandboxDirs::new(config.base_dir.clone()));
         let volumes = Volumes::new(config.volumes_dir.clone());
-        LocalConnector { config, info, dirs, volumes, warned_unisolated: AtomicBool::new(false) }
+        LocalConnector { config, info, dirs, volumes, warned_unisolated: AtomicBool::new(false), ready: None }
     }
 
     fn warn_once_if_unisolated(&self, isolation: &Isolation) {
@@ -121,7 +174,7 @@ impl LocalConnector {
         }
     }
 
-    async fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<Arc<dyn Sandbox>> {
+    async fn open(&self, id: String, root: PathBuf, metadata: Metadata) -> SandboxResult<LocalSandbox> {
         let isolation = self.config.isolation.get().await;
         self.warn_once_if_unisolated(&isolation);
         let confined = ConfinedRoot::open(&root)
@@ -163,14 +216,14 @@ impl LocalConnector {
             limits,
             enforced,
         );
-        Ok(Arc::new(LocalSandbox {
+        Ok(LocalSandbox {
             id,
             visible_root,
             confined: Arc::new(confined),
             mounts: mounted_fs,
             env: metadata.env,
             runner,
-        }))
+        })
     }
 }
 
@@ -275,6 +328,16 @@ impl Connector for LocalConnector {
         &self.info
     }
 
+    fn ready_sandboxes(&self) -> usize {
+        self.ready.as_ref().map_or(0, |pool| pool.ready())
+    }
+
+    fn start_ready(&self) {
+        if let Some(pool) = &self.ready {
+            pool.fill();
+        }
+    }
+
     async fn create(&self, options: &CreateOptions) -> SandboxResult<Arc<dyn Sandbox>> {
         if options.image.is_some()
             || options.snapshot.is_some()
@@ -302,16 +365,23 @@ impl Connector for LocalConnector {
         if let Some(dir) = &self.config.workdir {
             std::fs::create_dir_all(dir).map_err(|err| io_error("cannot create", dir, err))?;
             let dir = dir.canonicalize().map_err(|err| io_error("cannot resolve", dir, err))?;
-            return self.open("local-workdir".into(), dir, metadata).await;
+            return Ok(Arc::new(self.open("local-workdir".into(), dir, metadata).await?));
+        }
+        // A plain request takes a sandbox made ready ahead, if one is.
+        let plain = metadata.env.is_empty() && metadata.mounts.is_empty() && limits == self.config.limits;
+        if let Some(pool) = self.ready.as_ref().filter(|_| plain)
+            && let Some(sandbox) = pool.take(&metadata)
+        {
+            return Ok(Arc::new(sandbox));
         }
         let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let root = self.dirs.create(&id, &metadata)?;
-        self.open(id, root, metadata).await
+        Ok(Arc::new(self.open(id, root, metadata).await?))
     }
 
     async fn connect(&self, id: &str) -> SandboxResult<Arc<dyn Sandbox>> {
         let (root, metadata) = self.dirs.open(id)?;
-        self.open(id.to_string(), root, metadata).await
+        Ok(Arc::new(self.open(id.to_string(), root, metadata).await?))
     }
 
     async fn delete(&self, id: &str) -> SandboxResult<()> {

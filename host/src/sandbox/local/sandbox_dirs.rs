@@ -98,6 +98,23 @@ impl SandboxDirs {
         Ok(root)
     }
 
+    /// Replace sandbox `id`'s metadata (at once: a reader sees the old or
+    /// the new, never a part).
+    pub fn rewrite(&self, id: &str, metadata: &Metadata) -> SandboxResult<()> {
+        let (_, meta_path) = self.paths_for(id)?;
+        let next = meta_path.with_extension("json.next");
+        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+        let _ = std::fs::remove_file(&next);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&next)
+            .and_then(|mut file| file.write_all(&json))
+            .and_then(|()| std::fs::rename(&next, &meta_path))
+            .map_err(|err| io_error("cannot write", &meta_path, err))
+    }
+
     /// An existing sandbox's root and metadata.
     pub fn open(&self, id: &str) -> SandboxResult<(PathBuf, Metadata)> {
         let (root, meta_path) = self.paths_for(id)?;

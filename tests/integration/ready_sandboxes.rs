@@ -1,0 +1,130 @@
+//! `flue serve --ready-sandboxes N`: isolated local sandboxes made ready
+//! ahead (bubblewrap and supervisor started) are taken by runs one each,
+//! deleted after the run, replaced in the background, and deleted when the
+//! server stops; a request for anything but a plain sandbox gets a new one.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::durable::wait_until;
+use crate::serve::{BodyJson, Server, project};
+use crate::support::{flue, runtime, scratch, skip_without_bwrap};
+
+/// The local sandboxes in `tmp`'s base directory.
+fn sandboxes(tmp: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(tmp.join("flue-local"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("local-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// How many sandboxes the server at `url` holds ready (its metrics).
+fn ready_now(url: &str) -> usize {
+    let text =
+        runtime().block_on(async { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() });
+    text.lines().find_map(|l| l.strip_prefix("flue_sandboxes_ready ")?.trim().parse().ok()).expect("the gauge")
+}
+
+/// The sandbox run `run_id` created, from its record's events.
+fn sandbox_of(record: &Value) -> String {
+    let events = record["events"].as_array().cloned().unwrap_or_default();
+    let created = events.iter().find(|e| e["type"] == "sandbox" && e["action"] == "created");
+    created.and_then(|e| e["id"].as_str()).unwrap_or_else(|| panic!("no sandbox created: {record}")).to_string()
+}
+
+#[test]
+fn runs_take_ready_sandboxes_once_and_the_server_replaces_and_finally_deletes_them() {
+    if skip_without_bwrap("ready_sandboxes::runs_take_ready_sandboxes_once", "ready sandboxes are isolated ones") {
+        return;
+    }
+    let (project, tmp) = (project(), scratch());
+    let mut command = flue();
+    command
+        .arg("serve")
+        .arg(project.path())
+        .args(["--listen", "127.0.0.1:0", "--isolation", "bwrap", "--ready-sandboxes", "2"])
+        .env("TMPDIR", tmp.path())
+        .env("FLUE_DATA_DIR", tmp.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut server = Server::spawn(command);
+    wait_until("two sandboxes are ready", Duration::from_secs(60), || ready_now(&server.url) == 2);
+    let ready = sandboxes(tmp.path());
+    assert_eq!(ready.len(), 2, "{ready:?}");
+
+    let rt = runtime();
+    let client = reqwest::Client::new();
+    let run = |payload: Value| {
+        let request = client.post(format!("{}/agents/probe/ready", server.url)).body(payload.to_string());
+        let answer = rt.block_on(async { request.send().await.unwrap().body_json().await });
+        let run_id = answer["runId"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
+        let record = client.get(format!("{}/runs/{run_id}", server.url));
+        (answer, rt.block_on(async { record.send().await.unwrap().body_json().await }))
+    };
+
+    // A plain sandbox: one of the ready ones, isolated, used once.
+    let (answer, record) = run(json!({"mode": "exec", "command": "pwd; echo $$"}));
+    assert_eq!(answer["result"]["exitCode"], 0, "{answer}");
+    assert_eq!(answer["result"]["stdout"].as_str().unwrap().lines().next(), Some("/workspace"), "{answer}");
+    let used = sandbox_of(&record);
+    assert!(ready.contains(&used), "the run did not take a ready sandbox: {used} not in {ready:?}");
+    // Deleted after the run, and replaced: two are ready again, all new.
+    wait_until("the pool is full again", Duration::from_secs(60), || {
+        let now = sandboxes(tmp.path());
+        ready_now(&server.url) == 2 && now.len() == 2 && !now.contains(&used)
+    });
+
+    // A sandbox with a volume is made for the run, not taken.
+    let before = sandboxes(tmp.path());
+    let volume = json!({"name": "ready-test", "path": "/workspace/data", "create": true});
+    let (answer, record) = run(json!({"mode": "exec", "command": "ls -d data", "volume": volume}));
+    assert_eq!(answer["result"]["exitCode"], 0, "{answer}");
+    let own = sandbox_of(&record);
+    assert!(!before.contains(&own), "a sandbox with a volume came from the ready ones: {answer}");
+
+    // Stopped, the server deletes the sandboxes it kept ready.
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.exits_within(Duration::from_secs(60)), Some(0));
+    assert_eq!(sandboxes(tmp.path()), Vec::<String>::new(), "ready sandboxes outlived their server");
+}
+
+#[test]
+fn no_sandbox_is_made_ahead_with_none_asked_for_or_without_isolation() {
+    for (isolation, ready) in [("bwrap", "0"), ("none", "4")] {
+        if isolation == "bwrap" && skip_without_bwrap("ready_sandboxes::no_sandbox_is_made_ahead", "--isolation bwrap")
+        {
+            continue;
+        }
+        let (project, tmp) = (project(), scratch());
+        let mut command = flue();
+        command
+            .arg("serve")
+            .arg(project.path())
+            .args(["--listen", "127.0.0.1:0", "--isolation", isolation, "--ready-sandboxes", ready])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let server = Server::spawn(command);
+        let rt = runtime();
+        let request = reqwest::Client::new()
+            .post(format!("{}/agents/probe/plain", server.url))
+            .body(json!({"mode": "exec", "command": "true"}).to_string());
+        let answer = rt.block_on(async { request.send().await.unwrap().body_json().await });
+        assert_eq!(answer["result"]["exitCode"], 0, "{isolation}: {answer}");
+        // Let a pool that should not exist have time to show.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(ready_now(&server.url), 0, "{isolation} --ready-sandboxes {ready}");
+        assert_eq!(sandboxes(tmp.path()), Vec::<String>::new(), "{isolation} --ready-sandboxes {ready}");
+    }
+}
