@@ -126,29 +126,16 @@ async fn post_runs(urls: &[String], count: usize, payload: impl Fn(usize) -> Val
 /// Every run's status, result, owner and end (unix ms), straight from the
 /// store.
 fn runs_in(pg: &Postgres) -> HashMap<String, RunRow> {
-    let url = pg.url.clone();
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        client
-            .query("SELECT id, status, result, owner, finished_ms, error FROM runs", &[])
-            .unwrap()
-            .iter()
-            .map(|row| {
-                let result: Option<String> = row.get(2);
-                let result = result.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null);
-                let run = RunRow {
-                    status: row.get(1),
-                    result,
-                    owner: row.get(3),
-                    finished_ms: row.get(4),
-                    error: row.get(5),
-                };
-                (row.get(0), run)
-            })
-            .collect()
-    })
-    .join()
-    .unwrap()
+    pg.rows("SELECT id, status, result, owner, finished_ms, error FROM runs")
+        .iter()
+        .map(|row| {
+            let result: Option<String> = row.get(2);
+            let result = result.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null);
+            let run =
+                RunRow { status: row.get(1), result, owner: row.get(3), finished_ms: row.get(4), error: row.get(5) };
+            (row.get(0), run)
+        })
+        .collect()
 }
 
 /// A run as the store holds it.
@@ -387,18 +374,7 @@ fn a_server_frozen_past_its_lease_leaves_its_runs_and_their_sandboxes_to_the_tak
 
 /// Every journal entry's run and key.
 fn journal_keys(pg: &Postgres) -> Vec<(String, String)> {
-    let url = pg.url.clone();
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        client
-            .query("SELECT run_id, key FROM journal", &[])
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect()
-    })
-    .join()
-    .unwrap()
+    pg.rows("SELECT run_id, key FROM journal").iter().map(|row| (row.get(0), row.get(1))).collect()
 }
 
 /// Throughput with one and with three servers on one PostgreSQL store,
@@ -414,21 +390,12 @@ fn fleet_benchmark() {
     let rt = runtime();
     const RUNS: usize = 600;
     let stats = |pg: &Postgres| -> (i64, i64) {
-        let url = pg.url.clone();
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            let row = client
-                .query_one(
-                    "SELECT (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database
-                             WHERE datname = current_database())::BIGINT,
-                            pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::BIGINT",
-                    &[],
-                )
-                .unwrap();
-            (row.get(0), row.get(1))
-        })
-        .join()
-        .unwrap()
+        let rows = pg.rows(
+            "SELECT (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database
+                     WHERE datname = current_database())::BIGINT,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::BIGINT",
+        );
+        (rows[0].get(0), rows[0].get(1))
     };
     let statements = |urls: &[String]| -> u64 {
         rt.block_on(async {

@@ -49,6 +49,19 @@ fn server_programs() -> Option<PathBuf> {
 }
 
 impl Postgres {
+    /// The rows `sql` selects, through a connection of its own (on a thread
+    /// of its own: the synchronous client refuses to run inside a tokio
+    /// runtime, which some callers are in).
+    pub fn rows(&self, sql: &str) -> Vec<postgres::Row> {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            client.query(&sql, &[]).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
     /// Start one, or say why not and return `None` (the test skips).
     pub fn start(test: &str) -> Option<Postgres> {
         let skip = |why: &str| {

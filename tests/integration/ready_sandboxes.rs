@@ -43,22 +43,28 @@ fn sandbox_of(record: &Value) -> String {
     created.and_then(|e| e["id"].as_str()).unwrap_or_else(|| panic!("no sandbox created: {record}")).to_string()
 }
 
+/// `flue serve` of `project` with `--isolation ISOLATION --ready-sandboxes
+/// READY`, its sandboxes (and volumes) under `tmp`.
+fn server(project: &Path, tmp: &Path, isolation: &str, ready: &str) -> Server {
+    let mut command = flue();
+    command
+        .arg("serve")
+        .arg(project)
+        .args(["--listen", "127.0.0.1:0", "--isolation", isolation, "--ready-sandboxes", ready])
+        .env("TMPDIR", tmp)
+        .env("FLUE_DATA_DIR", tmp.join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Server::spawn(command)
+}
+
 #[test]
 fn runs_take_ready_sandboxes_once_and_the_server_replaces_and_finally_deletes_them() {
     if skip_without_bwrap("ready_sandboxes::runs_take_ready_sandboxes_once", "ready sandboxes are isolated ones") {
         return;
     }
     let (project, tmp) = (project(), scratch());
-    let mut command = flue();
-    command
-        .arg("serve")
-        .arg(project.path())
-        .args(["--listen", "127.0.0.1:0", "--isolation", "bwrap", "--ready-sandboxes", "2"])
-        .env("TMPDIR", tmp.path())
-        .env("FLUE_DATA_DIR", tmp.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut server = Server::spawn(command);
+    let mut server = server(project.path(), tmp.path(), "bwrap", "2");
     wait_until("two sandboxes are ready", Duration::from_secs(60), || ready_now(&server.url) == 2);
     let ready = sandboxes(tmp.path());
     assert_eq!(ready.len(), 2, "{ready:?}");
@@ -107,15 +113,7 @@ fn no_sandbox_is_made_ahead_with_none_asked_for_or_without_isolation() {
             continue;
         }
         let (project, tmp) = (project(), scratch());
-        let mut command = flue();
-        command
-            .arg("serve")
-            .arg(project.path())
-            .args(["--listen", "127.0.0.1:0", "--isolation", isolation, "--ready-sandboxes", ready])
-            .env("TMPDIR", tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let server = Server::spawn(command);
+        let server = server(project.path(), tmp.path(), isolation, ready);
         let rt = runtime();
         let request = reqwest::Client::new()
             .post(format!("{}/agents/probe/plain", server.url))

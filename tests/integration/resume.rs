@@ -218,27 +218,14 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
     let mut crashed_at = 0;
     for entry in 1.. {
         let (project, tmp) = (scratch(), scratch());
-        let mut command = flue();
-        command
-            .current_dir(project.path())
-            .arg("run")
-            .arg(crate::support::fixture("probe"))
-            .args(["--payload", &payload, "--isolation", "none"])
-            .env("TMPDIR", tmp.path())
-            .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
-        let first = output(&mut command);
+        let first = output(&mut probe_crashed_after(entry, &payload, project.path(), tmp.path()));
         if first.code == 0 {
             break; // past the journal's last entry: nothing left to crash after
         }
         crashed_at = entry;
         let (run_id, status) = only_run(project.path());
         assert_eq!(status, "interrupted", "entry {entry}: {}", first.stderr);
-        let mut command = flue();
-        command
-            .current_dir(project.path())
-            .args(["runs", "resume", &run_id, "--isolation", "none"])
-            .env("TMPDIR", tmp.path());
-        let resumed = output(&mut command).ok();
+        let resumed = output(&mut probe_resume(&run_id, project.path(), tmp.path())).ok();
         assert_eq!(
             (&resumed["same"], &resumed["bytes"]),
             (&json!(true), &json!(3 * 1024 * 1024)),
@@ -263,15 +250,7 @@ fn a_resume_reads_a_large_file_again_and_refuses_one_that_changed() {
         let mut finished = false;
         for rewrite in [false, true] {
             let (project, tmp) = (scratch(), scratch());
-            let mut command = flue();
-            command
-                .current_dir(project.path())
-                .arg("run")
-                .arg(crate::support::fixture("probe"))
-                .args(["--payload", &payload, "--isolation", "none"])
-                .env("TMPDIR", tmp.path())
-                .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
-            let first = output(&mut command);
+            let first = output(&mut probe_crashed_after(entry, &payload, project.path(), tmp.path()));
             if first.code == 0 {
                 finished = true; // past the journal's last entry
                 break;
@@ -281,12 +260,7 @@ fn a_resume_reads_a_large_file_again_and_refuses_one_that_changed() {
             if rewrite && let Some(file) = &file {
                 std::fs::write(file, vec![b'b'; BIG]).unwrap();
             }
-            let mut command = flue();
-            command
-                .current_dir(project.path())
-                .args(["runs", "resume", &run_id, "--isolation", "none"])
-                .env("TMPDIR", tmp.path());
-            let resumed = output(&mut command);
+            let resumed = output(&mut probe_resume(&run_id, project.path(), tmp.path()));
             if !rewrite || file.is_none() {
                 assert_eq!(resumed.ok(), json!({"len": BIG, "a": BIG}), "after entry {entry}");
             } else if resumed.code == 0 {
@@ -317,26 +291,13 @@ fn a_run_that_had_ended_when_its_process_died_ends_as_it_did_on_resume() {
     let mut resumed_ok = Vec::new();
     for entry in 1.. {
         let (project, tmp) = (scratch(), scratch());
-        let mut command = flue();
-        command
-            .current_dir(project.path())
-            .arg("run")
-            .arg(crate::support::fixture("probe"))
-            .args(["--payload", &payload, "--isolation", "none"])
-            .env("TMPDIR", tmp.path())
-            .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
-        if output(&mut command).code == 0 {
+        if output(&mut probe_crashed_after(entry, &payload, project.path(), tmp.path())).code == 0 {
             break; // past the journal's last entry
         }
         let (run_id, _) = only_run(project.path());
         // What a process killed while deleting its sandboxes leaves.
         let _ = std::fs::remove_dir_all(tmp.path().join("flue-local"));
-        let mut command = flue();
-        command
-            .current_dir(project.path())
-            .args(["runs", "resume", &run_id, "--isolation", "none"])
-            .env("TMPDIR", tmp.path());
-        let resumed = output(&mut command);
+        let resumed = output(&mut probe_resume(&run_id, project.path(), tmp.path()));
         if resumed.code == 0 {
             assert_eq!(resumed.ok()["stdout"], "done\n", "after entry {entry}");
         } else {
@@ -346,6 +307,28 @@ fn a_run_that_had_ended_when_its_process_died_ends_as_it_did_on_resume() {
     }
     assert_eq!(resumed_ok.last(), Some(&true), "a run whose agent had returned did not end on resume: {resumed_ok:?}");
     assert!(resumed_ok.contains(&false), "no crash came while the run needed its sandbox: {resumed_ok:?}");
+}
+
+/// `flue run` of the probe with `payload`, unisolated, in `project` (its
+/// store) with its sandboxes under `tmp`, set to crash right after journal
+/// entry `entry`.
+fn probe_crashed_after(entry: u64, payload: &str, project: &Path, tmp: &Path) -> Command {
+    let mut command = flue();
+    command
+        .current_dir(project)
+        .arg("run")
+        .arg(crate::support::fixture("probe"))
+        .args(["--payload", payload, "--isolation", "none"])
+        .env("TMPDIR", tmp)
+        .env("FLUE_TEST_ONLY_CRASH_AFTER_JOURNAL_ENTRY", entry.to_string());
+    command
+}
+
+/// `flue runs resume RUN_ID` of a run of [`probe_crashed_after`].
+fn probe_resume(run_id: &str, project: &Path, tmp: &Path) -> Command {
+    let mut command = flue();
+    command.current_dir(project).args(["runs", "resume", run_id, "--isolation", "none"]).env("TMPDIR", tmp);
+    command
 }
 
 /// The first file named `name` under `dir`.

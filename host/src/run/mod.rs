@@ -214,16 +214,15 @@ pub async fn run_agent(
     };
     // A run taken over while this process was unreachable may end here
     // before it hears so: its result is not this process's to give.
-    let result = match (&result, &run.journal) {
-        (Err(RunError::TakenOver), _) => result,
-        (_, Some(journal)) if !journal.store.holds(&run_id) => Err(RunError::TakenOver),
-        _ => result,
-    };
-    if matches!(result, Err(RunError::TakenOver)) {
+    let taken_over = matches!(result, Err(RunError::TakenOver))
+        || run.journal.as_ref().is_some_and(|journal| !journal.store.holds(&run_id));
+    let result = if taken_over {
         services.leave_for_resume().await;
+        Err(RunError::TakenOver)
     } else {
         services.cleanup().await;
-    }
+        result
+    };
     events.record(Event::RunFinished {
         run_id: run_id.clone(),
         ok: result.is_ok(),
@@ -357,8 +356,6 @@ async fn execute(
     }
 }
 
-/// The run's journal, for `wasm`: when it already holds calls (the run
-/// is being resumed), they are replayed first, and the events say so.
 /// The run's result from what the agent returned: its JSON, or its error.
 fn agent_returned(returned: Result<String, String>) -> Result<serde_json::Value, RunError> {
     match returned {
@@ -370,6 +367,8 @@ fn agent_returned(returned: Result<String, String>) -> Result<serde_json::Value,
     }
 }
 
+/// The run's journal, for `wasm`: when it already holds calls (the run
+/// is being resumed), they are replayed first, and the events say so.
 fn open_journal(
     kept: &RunJournal,
     wasm: &ComponentBytes,

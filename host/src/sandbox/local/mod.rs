@@ -139,7 +139,7 @@ impl LocalConnector {
             limits: Some(self.config.limits),
             ..Metadata::default()
         };
-        let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let id = new_sandbox_id();
         let root = self.dirs.create(&id, &metadata)?;
         // Deleted unless made whole: on an error, and when the server stops
         // (or the pool goes) while it is being made.
@@ -318,6 +318,11 @@ impl LocalConnector {
     }
 }
 
+/// A fresh sandbox id, like `local-1a2b3c4d5e6f`.
+fn new_sandbox_id() -> String {
+    format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
 fn io_error(context: &str, path: &Path, err: std::io::Error) -> SandboxError {
     SandboxError::other(format!("{context} {}: {err}", path.display()))
 }
@@ -374,7 +379,7 @@ impl Connector for LocalConnector {
         {
             return Ok(Arc::new(sandbox));
         }
-        let id = format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let id = new_sandbox_id();
         let root = self.dirs.create(&id, &metadata)?;
         Ok(Arc::new(self.open(id, root, metadata).await?))
     }

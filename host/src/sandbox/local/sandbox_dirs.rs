@@ -57,6 +57,13 @@ pub(crate) fn ensure_private_dir(dir: &Path, purpose: &str, remedy: &str) -> San
     })
 }
 
+/// `metadata` in a new private file at `path` (never through one already there).
+fn write_new_metadata(path: &Path, metadata: &Metadata) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(&json)
+}
+
 impl SandboxDirs {
     pub fn new(base: PathBuf) -> Self {
         SandboxDirs { base }
@@ -87,14 +94,7 @@ impl SandboxDirs {
             .mode(0o700)
             .create(&root)
             .map_err(|err| io_error("cannot create sandbox directory", &root, err))?;
-        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&meta_path)
-            .and_then(|mut file| file.write_all(&json))
-            .map_err(|err| io_error("cannot write", &meta_path, err))?;
+        write_new_metadata(&meta_path, metadata).map_err(|err| io_error("cannot write", &meta_path, err))?;
         Ok(root)
     }
 
@@ -103,14 +103,8 @@ impl SandboxDirs {
     pub fn rewrite(&self, id: &str, metadata: &Metadata) -> SandboxResult<()> {
         let (_, meta_path) = self.paths_for(id)?;
         let next = meta_path.with_extension("json.next");
-        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
         let _ = std::fs::remove_file(&next);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&next)
-            .and_then(|mut file| file.write_all(&json))
+        write_new_metadata(&next, metadata)
             .and_then(|()| std::fs::rename(&next, &meta_path))
             .map_err(|err| io_error("cannot write", &meta_path, err))
     }
