@@ -15,7 +15,12 @@ fn main() {
         .without_time()
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    if let Err(failure) = runtime.block_on(flue::cli::main(cli)) {
+    let outcome = runtime.block_on(flue::cli::main(cli));
+    // What still goes on in the background stops and cleans up after
+    // itself (a sandbox being made ahead deletes its files), on a failure
+    // too, but never holds the exit up for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Err(failure) = outcome {
         // The message may quote guests (an agent's failure, a connector's
         // error): escaped, so it cannot steer the terminal or forge lines.
         eprintln!("error: {}", flue::terminal::escape_block(&format!("{:#}", failure.error)));

@@ -27,6 +27,7 @@ mod portable_examples;
 mod postgres;
 mod ready_sandboxes;
 mod resume;
+mod runs_page;
 mod serve;
 mod support;
 mod volumes;

@@ -126,3 +126,41 @@ fn no_sandbox_is_made_ahead_with_none_asked_for_or_without_isolation() {
         assert_eq!(sandboxes(tmp.path()), Vec::<String>::new(), "{isolation} --ready-sandboxes {ready}");
     }
 }
+
+/// `flue run` starts its run's sandbox while the agent loads: the run
+/// gets that sandbox, relabelled as its own (kept here, so that its labels
+/// can be read), and a run that never asks for one leaves none behind.
+#[test]
+fn flue_run_starts_its_sandbox_ahead_and_leaves_none_unused() {
+    if skip_without_bwrap("ready_sandboxes::flue_run_starts_its_sandbox_ahead", "sandboxes made ahead are isolated") {
+        return;
+    }
+    let tmp = scratch();
+    let kept = crate::support::probe(
+        json!({"mode": "exec", "command": "pwd"}),
+        &["--isolation", "bwrap", "--keep"],
+        tmp.path(),
+    );
+    assert_eq!(kept.code, 0, "{}", kept.stderr);
+    let run_id = kept
+        .stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|event| event["run_id"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no run id in {}", kept.stderr));
+    let left = sandboxes(tmp.path());
+    assert_eq!(left.len(), 1, "one sandbox, kept: {left:?}");
+    let metadata: Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("flue-local").join(format!("{}.json", left[0]))).unwrap(),
+    )
+    .unwrap();
+    let labels = metadata["labels"].to_string();
+    assert!(labels.contains(&run_id), "the sandbox made ahead kept its maker's labels: {labels}");
+    assert!(!labels.contains("\"ready\""), "{labels}");
+
+    // No sandbox asked for (the agent fails at once): none is left.
+    let tmp = scratch();
+    let failed = crate::support::probe(json!({"mode": "fail"}), &["--isolation", "bwrap"], tmp.path());
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert_eq!(sandboxes(tmp.path()), Vec::<String>::new(), "the sandbox made ahead outlived its run");
+}

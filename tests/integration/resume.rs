@@ -242,7 +242,7 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
 /// stops, saying the file changed, rather than go on with other bytes.
 #[test]
 fn a_resume_reads_a_large_file_again_and_refuses_one_that_changed() {
-    // Past the 1 MiB the journal keeps of a file read whole.
+    // Past the 256 KiB the journal keeps of a file read whole.
     const BIG: usize = 2 * 1024 * 1024;
     let payload = json!({"mode": "read-big", "bytes": BIG}).to_string();
     let mut refused = 0;

@@ -8,7 +8,7 @@ use super::{Failure, usage};
 use crate::host::{Host, HostBuilder};
 use crate::runtime::Limits;
 use crate::runtime::cache::ComponentCache;
-use crate::sandbox::local::{Isolation, IsolationSetting, SandboxLimits, probe_bubblewrap};
+use crate::sandbox::local::{Isolation, IsolationSetting, ReadyAhead, SandboxLimits, probe_bubblewrap};
 use crate::sandbox::{BuiltinSettings, builtin_connectors};
 
 /// An agent's own limits, for `flue run` and (as defaults that an agent's
@@ -170,17 +170,17 @@ impl HostArgs {
 
     /// The host these flags describe, with `limits`.
     pub async fn host(&self, limits: Limits) -> Result<Host, Failure> {
-        self.host_pooled(limits, None, 0).await
+        self.host_pooled(limits, None, ReadyAhead::None).await
     }
 
     /// The host these flags describe, with `limits`, pooling instances for
-    /// `pooled_runs` concurrent runs when given, and `ready_sandboxes` local
-    /// sandboxes made ready ahead (a server).
+    /// `pooled_runs` concurrent runs when given, and the local sandboxes
+    /// `ready_sandboxes` asks to be made ready ahead.
     pub async fn host_pooled(
         &self,
         limits: Limits,
         pooled_runs: Option<u32>,
-        ready_sandboxes: usize,
+        ready_sandboxes: ReadyAhead,
     ) -> Result<Host, Failure> {
         let config = crate::config::load(&self.dotenv(), &self.env_files, std::env::vars()).map_err(usage)?;
         let cache_dir = self.cache_dir.clone().or_else(ComponentCache::default_dir);
@@ -207,7 +207,7 @@ impl HostArgs {
             supervisor,
             ready_sandboxes,
             // (Labels note this boot in flue's data directory: only when used.)
-            ready_labels: if ready_sandboxes > 0 {
+            ready_labels: if ready_sandboxes != ReadyAhead::None {
                 crate::run::ownership::labels("ready", "flue", false)
             } else {
                 Vec::new()

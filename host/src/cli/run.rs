@@ -11,6 +11,7 @@ use super::{EXIT_FAILED, Failure, out, usage};
 use crate::events::EventLog;
 use crate::run::conversations::Conversations;
 use crate::run::{AgentRun, RunError, RunJournal, RunSettings};
+use crate::sandbox::local::ReadyAhead;
 use crate::serve::errors::ApiError;
 use crate::serve::store::{DEFAULT_RETENTION, RunStore, StoreLocation, project_store};
 
@@ -81,7 +82,13 @@ pub async fn run(args: RunArgs, events: EventLog) -> Result<(), Failure> {
         })?,
         None => serde_json::Value::Null,
     };
-    let host = args.host.host(args.agent_limits.limits()).await?;
+    // A run's own sandbox, when it will be a plain local one, starts while
+    // the agent is loaded.
+    let plain_local =
+        args.sandbox == "local" && args.reuse.is_none() && !args.sandbox_per_id && args.host.resources().is_none();
+    let ready = if plain_local { ReadyAhead::One } else { ReadyAhead::None };
+    let host = args.host.host_pooled(args.agent_limits.limits(), None, ready).await?;
+    host.registry().start_ready();
     let wasm_path = crate::guest::resolve(&args.agent, &events).map_err(usage)?;
     let wasm = std::fs::read(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
     let wasm = crate::runtime::ComponentBytes::new(wasm);

@@ -181,6 +181,16 @@ pub async fn serve(
             token.len()
         )));
     }
+    // Sent as a header and kept as a cookie by the runs page: only the
+    // characters both may carry.
+    if let Some(token) = &token
+        && token.chars().any(|c| !c.is_ascii_graphic() || matches!(c, ';' | ',' | '"' | '\\'))
+    {
+        return Err(usage(anyhow::anyhow!(
+            "the bearer token (--token or FLUE_SERVE_TOKEN) holds a character it cannot: use visible ASCII \
+             without spaces, ; , \" or \\ (make one with: openssl rand -hex 32)"
+        )));
+    }
     for name in &args.allowed_hosts {
         if crate::serve::http_guard::host_name(name).is_none() {
             return Err(usage(anyhow::anyhow!("--allowed-host {name:?} is not a host name (like app.example.com)")));
@@ -209,7 +219,7 @@ pub async fn serve(
     let max_connections = connection_cap(args.max_connections)?;
     let limits = args.agent_limits.limits();
     let pooled_runs = (args.allocator == Allocator::Pooling).then_some(args.max_concurrent as u32);
-    let ready = args.ready_sandboxes as usize;
+    let ready = crate::sandbox::local::ReadyAhead::Kept(args.ready_sandboxes as usize);
     // The project stands alone: its connectors/ and .env, wherever flue was
     // started from.
     args.host.project = Some(args.project.clone());

@@ -246,8 +246,10 @@ pub(crate) async fn exec_journaled(
 }
 
 /// The most bytes of a `read-file` answer a journal keeps; of a larger
-/// file it keeps the length and SHA-256 only ([`read_journaled`]).
-pub(crate) const JOURNALED_READ_MAX: usize = 1024 * 1024;
+/// file it keeps the length and XXH3 digest only ([`read_journaled`]).
+/// (At 1 MiB, keeping the bytes doubled a 1 MiB write and read on Daytona:
+/// 9.2 ms against 4.3 without a journal.)
+pub(crate) const JOURNALED_READ_MAX: usize = 256 * 1024;
 
 /// A `read-file` answer as the journal keeps it.
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -62,9 +62,9 @@ pub struct BuiltinSettings {
     /// `local`: the `flue` binary, run as each isolated sandbox's supervisor
     /// (`None`: a new bubblewrap sandbox per command).
     pub supervisor: Option<PathBuf>,
-    /// `local`: isolated sandboxes kept ready (a server's
-    /// `--ready-sandboxes`; 0: none).
-    pub ready_sandboxes: usize,
+    /// `local`: isolated sandboxes made ready ahead (a server's
+    /// `--ready-sandboxes`, or one for `flue run`).
+    pub ready_sandboxes: local::ReadyAhead,
     /// `local`: the labels of a ready sandbox until a run takes it.
     pub ready_labels: Vec<(String, String)>,
 }

@@ -5,7 +5,10 @@
 //!
 //! * At most `max` connections are open; past that, new ones wait in the
 //!   kernel's backlog until one closes (the cap stays below the process's
-//!   descriptor limit, so runs can still open files).
+//!   descriptor limit, so runs can still open files). The backlog is
+//!   [`BACKLOG`], not the usual 128: a burst of clients past the cap waits
+//!   there instead of having its connections dropped and retried seconds
+//!   later.
 //! * A request's line and headers must arrive within `header_timeout`; an
 //!   idle kept-alive connection is closed after as long.
 //! * A write that cannot progress for `stall_timeout` (the client does not
@@ -25,12 +28,24 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::metrics::Metrics;
 use super::parse_errors::JsonParseErrors;
+
+/// Connections the kernel holds, set up, until they are accepted (it
+/// lowers this to its own `net.core.somaxconn`).
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// How connections are bounded.
 #[derive(Clone, Copy, Debug)]

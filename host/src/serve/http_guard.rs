@@ -15,7 +15,11 @@
 //!   page may send without asking first, is refused (`415`). A body with no
 //!   `Content-Type` is taken as JSON: a page can send one, but a browser
 //!   always adds `Origin` to a cross-origin `POST`, which is refused above.
-//! * **The bearer token**, when set (`401`; `/healthz` is open).
+//! * **The bearer token**, when set (`401`; `/healthz` is open, and so are
+//!   the runs page's own files, which hold nothing of the server's). A
+//!   browser gives it once to `POST /ui/login` and then sends it as the
+//!   `flue_token` cookie (`HttpOnly`, `SameSite=Strict`): the checks above
+//!   keep any other site from sending a request that carries it.
 
 use std::sync::Arc;
 
@@ -119,11 +123,12 @@ impl GuardConfig {
             ));
         }
         if let Some(token) = &self.token
-            && uri.path() != "/healthz"
+            && !open_without_token(uri.path())
         {
             let expected = format!("Bearer {token}");
             let given = header("authorization").unwrap_or_default();
-            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            let by_cookie = token_cookie(headers).is_some_and(|given| constant_time_eq(given, token.as_bytes()));
+            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) && !by_cookie {
                 return Some(ApiError::new(
                     ErrorKind::Unauthorized,
                     "missing or wrong bearer token (Authorization: Bearer …)",
@@ -147,6 +152,29 @@ impl GuardConfig {
         }
         None
     }
+}
+
+/// What anyone may ask for without the token: the health check, and the
+/// runs page and its files (`POST /ui/login` checks the token itself).
+fn open_without_token(path: &str) -> bool {
+    path == "/healthz" || path == "/" || path == "/ui/login" || super::ui::is_asset(path)
+}
+
+/// The cookie a browser keeps the token in, once given.
+pub const TOKEN_COOKIE: &str = "flue_token";
+
+/// The value of the [`TOKEN_COOKIE`] cookie, if the request carries one.
+fn token_cookie(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| pair.trim_ascii().strip_prefix(TOKEN_COOKIE.as_bytes())?.strip_prefix(b"="))
+}
+
+/// Whether `given` is the server's token (in constant time).
+pub fn is_token(config: &GuardConfig, given: &str) -> bool {
+    config.token.as_ref().is_some_and(|token| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -186,6 +214,29 @@ mod tests {
         assert_eq!(refusal("http://evil.example/agents/a/x", &["localhost"]), Some(ErrorKind::UnknownHost));
         assert_eq!(refusal("http://localhost@evil.example/a", &["localhost"]), Some(ErrorKind::UnknownHost));
         assert_eq!(refusal("/agents/a/x", &["localhost", "evil.example"]), Some(ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn the_token_is_taken_from_the_header_or_its_cookie_and_the_page_is_open() {
+        let guard = GuardConfig { token: Some("s3cret-token".into()), ..GuardConfig::default() };
+        let ask = |path: &str, header: Option<(&'static str, &str)>| {
+            let mut headers = HeaderMap::new();
+            if let Some((name, value)) = header {
+                headers.append(name, value.parse().unwrap());
+            }
+            guard.refusal(&Method::GET, &path.parse().unwrap(), &headers).map(|refusal| refusal.kind)
+        };
+        let unauthorized = Some(ErrorKind::Unauthorized);
+        assert_eq!(ask("/runs", None), unauthorized);
+        assert_eq!(ask("/runs", Some(("authorization", "Bearer s3cret-token"))), None);
+        assert_eq!(ask("/runs", Some(("cookie", "a=b; flue_token=s3cret-token"))), None);
+        assert_eq!(ask("/runs", Some(("cookie", "flue_token=s3cret-tokenX"))), unauthorized);
+        assert_eq!(ask("/runs", Some(("cookie", "xflue_token=s3cret-token"))), unauthorized);
+        assert_eq!(ask("/runs", Some(("cookie", "flue_token="))), unauthorized);
+        for open in ["/", "/healthz", "/ui/login", "/ui/app.js", "/ui/app.css"] {
+            assert_eq!(ask(open, None), None, "{open}");
+        }
+        assert_eq!(ask("/ui/other.js", None), unauthorized);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   (`200 {"result": …}`), as server-sent events ([`sse`]), or in the
 //!   background (`X-Webhook: true`: `202 {"runId": …}`). Every answer
 //!   carries `x-flue-run-id`.
+//! * `GET /`: the runs page ([`ui`]) — runs newest first (`GET /runs`,
+//!   a page at a time), each run's timeline live, the agents.
 //! * `GET /runs/<runId>`: status, result, events and the conversations kept
 //!   for its id, from the [`store`]; `GET /runs/<runId>/events` streams its
 //!   events wherever it runs ([`sse`]); `POST /runs/<runId>/cancel` stops a
@@ -46,6 +48,7 @@ mod runs;
 mod server_events;
 mod sse;
 pub mod store;
+mod ui;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -149,8 +152,7 @@ pub struct ServerState {
 /// Serve until SIGINT or SIGTERM, then shut down gracefully. Prints the
 /// base URL once listening.
 pub async fn serve(host: Host, config: ServeConfig, reload: Option<Reload>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = connections::listen(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     let addr = listener.local_addr()?;
     let project = agents::discover(&config.project)?;

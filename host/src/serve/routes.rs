@@ -1,4 +1,5 @@
-//! The HTTP routes: `POST /agents/<name>/<id>`, `GET /runs/<runId>`,
+//! The HTTP routes: the runs page (`GET /`, [`super::ui`]), `GET /runs`,
+//! `POST /agents/<name>/<id>`, `GET /runs/<runId>`,
 //! `GET /runs/<runId>/events`, `POST /runs/<runId>/cancel`,
 //! `GET /sessions/<agent>/<id>`, `GET /healthz`, `GET /metrics`; anything
 //! else is a JSON `404` or `405`.
@@ -35,6 +36,12 @@ struct RunId(String);
 /// The server's routes, behind the [`http_guard`].
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
+        .route("/", get(super::ui::index))
+        .route("/ui/app.js", get(super::ui::asset))
+        .route("/ui/app.css", get(super::ui::asset))
+        .route("/ui/login", post(super::ui::login))
+        .route("/ui/logout", post(super::ui::logout))
+        .route("/runs", get(list_runs))
         .route("/agents", get(list_agents))
         .route("/agents/{name}/{id}", post(invoke))
         .route("/runs/{run_id}", get(run_record))
@@ -124,6 +131,43 @@ async fn list_agents(State(state): State<Arc<ServerState>>) -> Response {
         .collect();
     served.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     axum::Json(json!({ "agents": served })).into_response()
+}
+
+/// `GET /runs?agent=&status=&id=&before=&limit=`: runs newest first, a
+/// page at a time (`limit` 1–200, default 50); `next` is the `before` of
+/// the following page.
+async fn list_runs(
+    State(state): State<Arc<ServerState>>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let given = |name: &str| params.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let before = match given("before") {
+        Some(text) => match super::store::Cursor::parse(&text) {
+            Some(cursor) => Some(cursor),
+            None => {
+                return ApiError::new(
+                    ErrorKind::BadRequest,
+                    "before= is a page's next value, like 1700000000000:run_…",
+                )
+                .into_response();
+            }
+        },
+        None => None,
+    };
+    let limit = match given("limit").map(|v| v.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) if (1..=super::store::MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            let why = format!("limit= is a number of runs from 1 to {}", super::store::MAX_PAGE);
+            return ApiError::new(ErrorKind::BadRequest, why).into_response();
+        }
+    };
+    let query =
+        super::store::RunQuery { agent: given("agent"), status: given("status"), id: given("id"), before, limit };
+    match state.store.off_thread(move |store| store.page(&query)).await {
+        Some(page) => axum::Json(page).into_response(),
+        None => ApiError::new(ErrorKind::Internal, "the run store did not answer").into_response(),
+    }
 }
 
 async fn healthz(State(state): State<Arc<ServerState>>) -> Response {

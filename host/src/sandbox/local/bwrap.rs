@@ -357,6 +357,11 @@ fn private_etc() -> &'static [Masked] {
         while let Some(dir) = pending.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
+                // Links (most of /etc) are skipped as they always were, by
+                // the type the directory listing gives: no stat for them.
+                if entry.file_type().is_ok_and(|kind| kind.is_symlink()) {
+                    continue;
+                }
                 let Ok(meta) = entry.metadata() else { continue };
                 let path = entry.path().to_string_lossy().into_owned();
                 let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());

@@ -30,7 +30,7 @@ pub(crate) use bwrap::{BuildSandbox, build_command};
 pub(crate) use fs::ConfinedRoot;
 pub use isolation::{Isolation, IsolationSetting, probe_bubblewrap};
 pub use limits::SandboxLimits;
-pub use ready::MAX_READY;
+pub use ready::{MAX_READY, ReadyAhead};
 use ready::{Ready, ReadyPool};
 pub(crate) use sandbox_dirs::ensure_private_dir;
 use sandbox_dirs::{Metadata, SandboxDirs};
@@ -71,9 +71,9 @@ pub struct LocalConfig {
     /// (one process per sandbox that starts every command: a command costs a
     /// fork, not new namespaces). `None`: a new bubblewrap sandbox per command.
     pub supervisor: Option<PathBuf>,
-    /// Isolated sandboxes kept ready, supervisor started ([`ready`]); 0:
-    /// none. Only with a supervisor.
-    pub ready: usize,
+    /// Isolated sandboxes made ready ahead, supervisor started ([`ready`]).
+    /// Only with a supervisor.
+    pub ready: ReadyAhead,
     /// The labels a ready sandbox carries until a run takes it (who made
     /// it, so that `flue sandboxes gc` deletes what a crash left).
     pub ready_labels: Vec<(String, String)>,
@@ -91,7 +91,7 @@ impl LocalConfig {
             volumes_dir: default_data_dir().join("volumes"),
             limits: SandboxLimits::default(),
             supervisor: None,
-            ready: 0,
+            ready: ReadyAhead::None,
             ready_labels: Vec::new(),
         }
     }
@@ -113,13 +113,13 @@ impl LocalConnector {
     /// in the background once [`Connector::start_ready`] is called.
     pub fn new(config: LocalConfig) -> Self {
         let mut connector = Self::without_ready(config.clone());
-        if config.ready > 0 && config.supervisor.is_some() && config.workdir.is_none() {
+        if config.supervisor.is_some() && config.workdir.is_none() {
             let maker = Arc::new(Self::without_ready(config.clone()));
             let make: ready::Make = Arc::new(move || {
                 let maker = maker.clone();
                 Box::pin(async move { maker.make_ready().await })
             });
-            connector.ready = Some(ReadyPool::new(config.ready, make, connector.dirs.clone()));
+            connector.ready = ReadyPool::new(config.ready, make, connector.dirs.clone());
         }
         connector
     }
@@ -375,7 +375,7 @@ impl Connector for LocalConnector {
         // A plain request takes a sandbox made ready ahead, if one is.
         let plain = metadata.env.is_empty() && metadata.mounts.is_empty() && limits == self.config.limits;
         if let Some(pool) = self.ready.as_ref().filter(|_| plain)
-            && let Some(sandbox) = pool.take(&metadata)
+            && let Some(sandbox) = pool.take(&metadata).await
         {
             return Ok(Arc::new(sandbox));
         }

@@ -10,6 +10,10 @@
 //! as any other. Ready sandboxes carry this process's ownership labels, so
 //! the ones a crash leaves behind are `flue sandboxes gc`'s to delete; the
 //! ones left when the pool is dropped are deleted then.
+//!
+//! `flue run` makes one ahead ([`ReadyAhead::One`]): its sandbox starts
+//! while the agent is loaded, and the run's first request waits for it
+//! rather than starting another.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +25,20 @@ use crate::sandbox::error::SandboxResult;
 
 /// The most ready sandboxes a server may keep (`--ready-sandboxes`).
 pub const MAX_READY: usize = 64;
+
+/// Which isolated sandboxes `local` makes before anyone asks for one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadyAhead {
+    /// None: each is made when asked for.
+    #[default]
+    None,
+    /// This many (at most [`MAX_READY`]) kept ready, each replaced once
+    /// taken (a server's `--ready-sandboxes`).
+    Kept(usize),
+    /// One, never replaced, for the first plain request, which waits for
+    /// it while it is being made (`flue run`).
+    One,
+}
 
 /// Makes one ready sandbox: the connector's own way of creating and
 /// opening one, with its supervisor started.
@@ -35,7 +53,12 @@ pub(crate) struct Ready {
 /// The ready sandboxes, and how to make more.
 pub(crate) struct ReadyPool {
     size: usize,
+    /// Taken sandboxes are replaced ([`ReadyAhead::Kept`]); otherwise a
+    /// take waits for one being made ([`ReadyAhead::One`]).
+    replaced: bool,
     state: Mutex<State>,
+    /// A sandbox was made, or failed to be.
+    made: tokio::sync::Notify,
     make: Make,
     dirs: Arc<SandboxDirs>,
 }
@@ -47,20 +70,51 @@ struct State {
     making: usize,
     /// None can be made here (sandboxes are not isolated): none is tried.
     off: bool,
+    /// Sandboxes handed out.
+    taken: usize,
 }
 
 impl ReadyPool {
-    /// A pool of `size` sandboxes (at most [`MAX_READY`]) made by `make`;
-    /// none is made until [`ReadyPool::fill`].
-    pub fn new(size: usize, make: Make, dirs: Arc<SandboxDirs>) -> Arc<Self> {
-        Arc::new(ReadyPool { size: size.min(MAX_READY), state: Mutex::default(), make, dirs })
+    /// The pool `ahead` asks for, its sandboxes made by `make`; none is
+    /// made until [`ReadyPool::fill`].
+    pub fn new(ahead: ReadyAhead, make: Make, dirs: Arc<SandboxDirs>) -> Option<Arc<Self>> {
+        let (size, replaced) = match ahead {
+            ReadyAhead::None | ReadyAhead::Kept(0) => return None,
+            ReadyAhead::Kept(size) => (size.min(MAX_READY), true),
+            ReadyAhead::One => (1, false),
+        };
+        Some(Arc::new(ReadyPool {
+            size,
+            replaced,
+            state: Mutex::default(),
+            made: tokio::sync::Notify::new(),
+            make,
+            dirs,
+        }))
     }
 
     /// A ready sandbox, relabelled with `metadata`'s name and labels, if
-    /// one is; more are then made in the background.
-    pub fn take(self: &Arc<Self>, metadata: &Metadata) -> Option<LocalSandbox> {
-        let taken = self.lock().ready.pop();
-        self.fill();
+    /// one is (or, never replaced, is being made); a kept pool then makes
+    /// more in the background.
+    pub async fn take(self: &Arc<Self>, metadata: &Metadata) -> Option<LocalSandbox> {
+        let taken = loop {
+            // Made before looking, so that no news between is missed.
+            let made = self.made.notified();
+            {
+                let mut state = self.lock();
+                if let Some(ready) = state.ready.pop() {
+                    state.taken += 1;
+                    break Some(ready);
+                }
+                if self.replaced || state.making == 0 {
+                    break None;
+                }
+            }
+            made.await;
+        };
+        if self.replaced {
+            self.fill();
+        }
         let Ready { sandbox, metadata: made } = taken?;
         let relabelled = Metadata { name: metadata.name.clone(), labels: metadata.labels.clone(), ..made };
         match self.dirs.rewrite(&sandbox.id, &relabelled) {
@@ -80,7 +134,9 @@ impl ReadyPool {
             return;
         };
         let mut state = self.lock();
-        while !state.off && state.ready.len() + state.making < self.size {
+        // A pool never replaced makes each of its sandboxes once.
+        let size = if self.replaced { self.size } else { self.size.saturating_sub(state.taken) };
+        while !state.off && state.ready.len() + state.making < size {
             state.making += 1;
             let (pool, dirs, made) = (Arc::downgrade(self), self.dirs.clone(), (self.make)());
             runtime.spawn(async move {
@@ -90,6 +146,8 @@ impl ReadyPool {
                         let mut state = pool.lock();
                         state.making -= 1;
                         state.ready.push(ready);
+                        drop(state);
+                        pool.made.notify_waiters();
                     }
                     (Some(pool), Err(err)) => {
                         let mut state = pool.lock();
@@ -100,6 +158,8 @@ impl ReadyPool {
                             // Not retried at once: the next take tries again.
                             tracing::warn!("could not make a ready local sandbox: {err}");
                         }
+                        drop(state);
+                        pool.made.notify_waiters();
                     }
                     // The pool is gone (its connector was dropped).
                     (None, Ok(ready)) => discard(&dirs, ready.sandbox),

@@ -153,6 +153,27 @@ impl Db {
         }
     }
 
+    /// Run `statements` in one transaction, all or none; the rows each
+    /// changed.
+    pub fn batch(&self, statements: &[(&str, &[Sql])]) -> Result<Vec<usize>, DbError> {
+        STATEMENTS.fetch_add(statements.len() as u64, Ordering::Relaxed);
+        match self {
+            Db::Sqlite(conn) => {
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let tx = conn.transaction()?;
+                let mut changed = Vec::with_capacity(statements.len());
+                for (sql, params) in statements {
+                    changed.push(tx.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter()))?);
+                }
+                tx.commit()?;
+                Ok(changed)
+            }
+            Db::Postgres(pool) => {
+                pool.batch(statements.iter().map(|(sql, params)| (numbered(sql), params.to_vec())).collect())
+            }
+        }
+    }
+
     /// The rows `sql` selects with `params`.
     pub fn query(&self, sql: &str, params: &[Sql]) -> Result<Vec<Row>, DbError> {
         STATEMENTS.fetch_add(1, Ordering::Relaxed);

@@ -19,10 +19,12 @@
 //! owner).
 
 pub mod db;
+mod listing;
 pub mod postgres;
 mod queue;
 mod sqlite;
 
+pub use listing::{Cursor, MAX_PAGE, RunQuery};
 pub use queue::{Stop, TakenOver};
 
 use std::collections::HashSet;
@@ -330,17 +332,13 @@ impl RunStore {
                 self.me.as_str().into(),
             ],
         );
-        self.prune();
     }
 
-    /// Keep the newest `retention` finished runs; never a queued or running one.
-    fn prune(&self) {
-        self.execute(
-            "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND id NOT IN
-                 (SELECT id FROM runs WHERE status NOT IN ('queued', 'running') ORDER BY created_ms DESC LIMIT ?1)",
-            &[(self.retention as u64).into()],
-        );
-    }
+    /// Keep the newest `retention` finished runs; never a queued or running
+    /// one. Only an ending run adds a finished one: runs are pruned as one
+    /// ends ([`RunStore::finish`]).
+    const PRUNE: &str = "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND id NOT IN
+         (SELECT id FROM runs WHERE status NOT IN ('queued', 'running') ORDER BY created_ms DESC LIMIT ?1)";
 
     /// A run starts in this process: its payload is no longer needed,
     /// unless it keeps a journal (`journaled`), whose resume needs it.
@@ -377,7 +375,6 @@ impl RunStore {
                 resume.to_string().into(),
             ],
         );
-        self.prune();
     }
 
     /// Take up run `id` to resume it in this process (`flue runs resume`):
@@ -438,30 +435,41 @@ impl RunStore {
             Err(err) => (err.kind.run_status(), None, Some(err.kind.as_str()), Some(err.message.clone())),
         };
         let events = Value::from(events.to_vec()).to_string();
-        let ended = self.execute(
-            "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
-                 payload = NULL, lease_until_ms = NULL
-             WHERE id = ?1 AND owner = ?8",
-            &[
-                id.into(),
-                status.into(),
-                result.into(),
-                kind.into(),
-                error.into(),
-                events.into(),
-                unix_millis().into(),
-                self.me.as_str().into(),
-            ],
-        );
-        if ended != Some(1) {
-            return false;
-        }
+        let (run, me) = (Sql::from(id), Sql::from(self.me.as_str()));
         // An ended run is never resumed: its journal goes, and its events
-        // are in its record now.
-        self.execute("DELETE FROM journal WHERE run_id = ?1", &[id.into()]);
-        self.execute("DELETE FROM run_events WHERE run_id = ?1", &[id.into()]);
-        self.prune();
-        true
+        // are in its record now — in the same commit as its end, and only
+        // if it was this process's to end.
+        let mine_ended = "EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND owner = ?2
+                              AND status NOT IN ('queued', 'running'))";
+        let forget_journal = format!("DELETE FROM journal WHERE run_id = ?1 AND {mine_ended}");
+        let forget_events = format!("DELETE FROM run_events WHERE run_id = ?1 AND {mine_ended}");
+        let ended = self.db.batch(&[
+            (
+                "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
+                     payload = NULL, lease_until_ms = NULL
+                 WHERE id = ?1 AND owner = ?8",
+                &[
+                    run.clone(),
+                    status.into(),
+                    result.into(),
+                    kind.into(),
+                    error.into(),
+                    events.into(),
+                    unix_millis().into(),
+                    me.clone(),
+                ],
+            ),
+            (&forget_journal, &[run.clone(), me.clone()]),
+            (&forget_events, &[run, me]),
+            (Self::PRUNE, &[(self.retention as u64).into()]),
+        ]);
+        match ended {
+            Ok(changed) => changed.first() == Some(&1),
+            Err(err) => {
+                tracing::warn!("run store: {err}");
+                false
+            }
+        }
     }
 
     /// A run's record, as `GET /runs/<id>` shows it, with the
@@ -808,28 +816,29 @@ impl ConversationStore for RunStore {
 
     fn save(&self, key: &ConversationKey, messages: &[Message]) -> Result<(), ConversationStoreError> {
         let json = serde_json::to_string(messages).map_err(store_error)?;
+        // Saved, and the oldest beyond the cap forgotten, in one commit.
         self.db
-            .execute(
-                "INSERT INTO conversations (agent, invocation, harness, session, messages, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (agent, invocation, harness, session)
-                 DO UPDATE SET messages = excluded.messages, updated_ms = excluded.updated_ms",
-                &[
-                    key.agent.as_str().into(),
-                    key.id.as_str().into(),
-                    key.harness.as_str().into(),
-                    key.session.as_str().into(),
-                    json.into(),
-                    unix_millis().into(),
-                ],
-            )
-            .map_err(store_error)?;
-        self.db
-            .execute(
-                "DELETE FROM conversations WHERE (agent, invocation, harness, session) NOT IN
-                     (SELECT agent, invocation, harness, session FROM conversations ORDER BY updated_ms DESC LIMIT ?1)",
-                &[(MAX_CONVERSATIONS as u64).into()],
-            )
+            .batch(&[
+                (
+                    "INSERT INTO conversations (agent, invocation, harness, session, messages, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (agent, invocation, harness, session)
+                     DO UPDATE SET messages = excluded.messages, updated_ms = excluded.updated_ms",
+                    &[
+                        key.agent.as_str().into(),
+                        key.id.as_str().into(),
+                        key.harness.as_str().into(),
+                        key.session.as_str().into(),
+                        json.into(),
+                        unix_millis().into(),
+                    ],
+                ),
+                (
+                    "DELETE FROM conversations WHERE (agent, invocation, harness, session) NOT IN
+                         (SELECT agent, invocation, harness, session FROM conversations ORDER BY updated_ms DESC LIMIT ?1)",
+                    &[(MAX_CONVERSATIONS as u64).into()],
+                ),
+            ])
             .map_err(store_error)?;
         Ok(())
     }

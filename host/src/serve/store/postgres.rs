@@ -214,6 +214,21 @@ impl Pool {
         })
     }
 
+    /// Run `statements` (with `$N` parameters) in one transaction.
+    pub fn batch(&self, statements: Vec<(String, Vec<Sql>)>) -> Result<Vec<usize>, DbError> {
+        self.run(move |client| {
+            let mut tx = client.transaction()?;
+            let mut changed = Vec::with_capacity(statements.len());
+            for (sql, params) in &statements {
+                let values = values(params);
+                let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+                changed.push(usize::try_from(tx.execute(sql.as_str(), &refs)?).unwrap_or(usize::MAX));
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
+    }
+
     /// The rows `sql` (with `$N` parameters) selects.
     pub fn query(&self, sql: &str, params: &[Sql]) -> Result<Vec<Row>, DbError> {
         let (sql, params) = (sql.to_string(), params.to_vec());
