@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use crate::secrets::Secrets;
 
+/// The most characters of a tool's result a [`Event::ToolCall`] carries.
+pub const TOOL_RESULT_SHOWN: usize = 1000;
+
 /// Something that happened during a run.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -88,6 +91,8 @@ pub enum Event {
         arguments: String,
         /// The size of the result the model got back.
         result_bytes: usize,
+        /// Its start (at most [`TOOL_RESULT_SHOWN`] characters).
+        result: String,
         /// Whether it failed (the model got the error).
         is_error: bool,
         /// How long it took.
@@ -125,7 +130,7 @@ impl Event {
             Event::Log { source, message, .. } => vec![source, message],
             Event::ModelText { text } => vec![text],
             Event::ModelTurn { model, .. } => vec![model],
-            Event::ToolCall { tool, arguments, .. } => vec![tool, arguments],
+            Event::ToolCall { tool, arguments, result, .. } => vec![tool, arguments, result],
             Event::RunStarted { run_id, agent } => vec![run_id, agent],
             Event::RunFinished { run_id, .. } => vec![run_id],
         }

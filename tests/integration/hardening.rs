@@ -480,10 +480,15 @@ fn a_command_stopped_by_the_deadline_leaves_no_zombie() {
             .into_iter()
             .filter_map(|c| process_state(c).map(|(state, name)| (c, state, name)))
             .collect();
-        if children.iter().any(|(_, state, _)| *state != 'Z') {
+        // The command itself, wherever it runs below flue (a sandbox made
+        // ahead is a live child before any command starts).
+        let command_runs = descendants(pid)
+            .into_iter()
+            .any(|c| process_state(c).is_some_and(|(state, name)| state != 'Z' && name == "sleep"));
+        if command_runs {
             saw_command = true;
             daytona.faults().set_latency_ms(2500);
-        } else if saw_command {
+        } else if saw_command && children.iter().all(|(_, state, _)| *state == 'Z') {
             polls_after += 1;
         }
         for (child, _, name) in children.into_iter().filter(|(_, state, _)| *state == 'Z') {
@@ -498,6 +503,19 @@ fn a_command_stopped_by_the_deadline_leaves_no_zombie() {
     assert!(zombies.is_empty(), "zombie children left unreaped (pid and name: polls seen): {zombies:?}");
     daytona.faults().set_latency_ms(0);
     daytona.assert_no_sandboxes_left();
+}
+
+/// Every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut pending = vec![pid];
+    while let Some(parent) = pending.pop() {
+        for child in children_of(parent) {
+            found.push(child);
+            pending.push(child);
+        }
+    }
+    found
 }
 
 // 13. A dead Daytona sandbox is an error, never "file missing".

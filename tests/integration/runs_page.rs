@@ -273,6 +273,9 @@ fn a_live_run_shows_in_the_browser_as_it_happens() {
         link.click().await.unwrap();
         let tool = wait_for(&browser, "li[data-kind='tool']").await.text().await.unwrap();
         assert!(tool.contains("bash") && tool.contains("from-the-tool"), "{tool}");
+        // What the tool gave back, too (the command's output, not its arguments).
+        let back = browser.find(Locator::Css("li[data-kind='tool'] .tool-result")).await.unwrap().text().await.unwrap();
+        assert!(back.contains("from-the-tool") && !back.contains("command"), "{back}");
         assert!(browser.find(Locator::Css("#result")).await.is_err(), "the tool call showed only after the end");
         shoot("run-live.png").await;
         let result = wait_for(&browser, "#result").await.text().await.unwrap();

@@ -95,7 +95,7 @@ impl StderrSink {
                 if *tool_calls == 0 { "answered".to_string() } else { format!("{tool_calls} tool call(s)") },
                 self.paint("2", &format!("{duration_ms} ms, {input_tokens} in / {output_tokens} out tokens"))
             ),
-            Event::ToolCall { tool, arguments, result_bytes, is_error, duration_ms } => format!(
+            Event::ToolCall { tool, arguments, result_bytes, is_error, duration_ms, .. } => format!(
                 "  {} {tool:<7} {:<60} {}",
                 if *is_error { self.paint("31", "✗") } else { self.paint("35", "⚒") },
                 escape(&one_line(arguments, 60)),

@@ -417,10 +417,12 @@ async fn prompt_loop(
                 tools::Outcome { content: format!("the tool {} is not available here", call.name), is_error: true }
             };
             let arguments: String = provider.redact(&call.input.to_string()).chars().take(200).collect();
+            let shown = provider.redact(&outcome.content).chars().take(crate::events::TOOL_RESULT_SHOWN).collect();
             events.record(Event::ToolCall {
                 tool: call.name.clone(),
                 arguments,
                 result_bytes: outcome.content.len(),
+                result: shown,
                 is_error: outcome.is_error,
                 duration_ms: millis(started.elapsed()),
             });

@@ -330,11 +330,17 @@ class Timeline {
         this.closeText();
         return;
       }
-      case "tool-call":
+      case "tool-call": {
         this.closeText();
-        return this.step("tool", event.is_error ? "fail" : "ok", el("strong", {}, event.tool),
+        const item = this.step("tool", event.is_error ? "fail" : "ok", el("strong", {}, event.tool),
           el("span", { class: "target" }, expandable(event.arguments)), el("span", { class: "dur" }, duration(event.duration_ms)),
           el("span", { class: event.is_error ? "error-text" : "detail" }, `${event.is_error ? "failed, " : ""}${event.result_bytes} B back`));
+        if (event.result) {
+          const cut = event.result.length < event.result_bytes ? " (its start)" : "";
+          item.append(el("div", { class: "tool-result" }, el("span", { class: "detail" }, `result${cut}: `), expandable(event.result, 120)));
+        }
+        return item;
+      }
       default:
         return this.step(event.type || "event", "", el("span", { class: "target" }, expandable(JSON.stringify(event))));
     }
