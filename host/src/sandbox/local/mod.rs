@@ -113,7 +113,7 @@ impl LocalConnector {
     /// in the background once [`Connector::start_ready`] is called.
     pub fn new(config: LocalConfig) -> Self {
         let mut connector = Self::without_ready(config.clone());
-        if config.supervisor.is_some() && config.workdir.is_none() {
+        if config.ready != ReadyAhead::None && config.supervisor.is_some() && config.workdir.is_none() {
             let maker = Arc::new(Self::without_ready(config.clone()));
             let make: ready::Make = Arc::new(move || {
                 let maker = maker.clone();

@@ -443,33 +443,46 @@ impl RunStore {
                               AND status NOT IN ('queued', 'running'))";
         let forget_journal = format!("DELETE FROM journal WHERE run_id = ?1 AND {mine_ended}");
         let forget_events = format!("DELETE FROM run_events WHERE run_id = ?1 AND {mine_ended}");
-        let ended = self.db.batch(&[
+        let retention = [Sql::from(self.retention as u64)];
+        let end_params = [
+            run.clone(),
+            status.into(),
+            result.into(),
+            kind.into(),
+            error.into(),
+            events.into(),
+            unix_millis().into(),
+            me.clone(),
+        ];
+        let (journal_params, events_params) = ([run.clone(), me.clone()], [run, me]);
+        let mut statements: Vec<(&str, &[Sql])> = vec![
             (
                 "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
                      payload = NULL, lease_until_ms = NULL
                  WHERE id = ?1 AND owner = ?8",
-                &[
-                    run.clone(),
-                    status.into(),
-                    result.into(),
-                    kind.into(),
-                    error.into(),
-                    events.into(),
-                    unix_millis().into(),
-                    me.clone(),
-                ],
+                &end_params,
             ),
-            (&forget_journal, &[run.clone(), me.clone()]),
-            (&forget_events, &[run, me]),
-            (Self::PRUNE, &[(self.retention as u64).into()]),
-        ]);
-        match ended {
+            (&forget_journal, &journal_params),
+            (&forget_events, &events_params),
+        ];
+        // SQLite has one writer: pruning rides in the same commit. Servers
+        // sharing PostgreSQL prune at once: apart, so that two prunes that
+        // deadlock never undo a run's end (the loser prunes next time).
+        let prune_apart = matches!(self.db, Db::Postgres(_));
+        if !prune_apart {
+            statements.push((Self::PRUNE, &retention));
+        }
+        let ended = match self.db.batch(&statements) {
             Ok(changed) => changed.first() == Some(&1),
             Err(err) => {
                 tracing::warn!("run store: {err}");
                 false
             }
+        };
+        if ended && prune_apart {
+            self.execute(Self::PRUNE, &retention);
         }
+        ended
     }
 
     /// A run's record, as `GET /runs/<id>` shows it, with the
