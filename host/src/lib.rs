@@ -22,7 +22,7 @@
 //! [`bindings`] (the WIT's types and their conversions to flue's),
 //! [`run`] (one agent run), [`sandbox`] (backends, sessions, the contract
 //! suite), [`connector`] (connectors by name, and wasm connectors), [`model`] (the model loop behind `session.prompt`),
-//! [`serve`] (webhook agents over HTTP), [`capability`] (what connectors are granted),
+//! [`serve`] (webhook agents over HTTP, and the runs page), [`capability`] (what connectors are granted),
 //! [`guest`] (building agents from source, isolated), [`events`], [`config`];
 //! rooms of the floor beside [`runtime`]: [`journal`] (a run's host calls,
 //! recorded to resume it after a crash), [`secrets`] (filling in and

@@ -174,6 +174,36 @@ impl Db {
         }
     }
 
+    /// Run `statements` in one transaction, then `prune` (a statement that
+    /// deletes old rows across a table); the rows each of `statements`
+    /// changed. SQLite has one writer: the prune joins the same commit.
+    /// Servers sharing PostgreSQL prune at once, and two prunes can
+    /// deadlock: there it runs on its own after the commit, so that a
+    /// deadlock never undoes `statements`, and its failure is a warning
+    /// (the next prune catches up).
+    pub fn batch_then_prune(
+        &self,
+        statements: &[(&str, &[Sql])],
+        prune: (&str, &[Sql]),
+    ) -> Result<Vec<usize>, DbError> {
+        match self {
+            Db::Sqlite(_) => {
+                let mut all = statements.to_vec();
+                all.push(prune);
+                let mut changed = self.batch(&all)?;
+                changed.truncate(statements.len());
+                Ok(changed)
+            }
+            Db::Postgres(_) => {
+                let changed = self.batch(statements)?;
+                if let Err(err) = self.execute(prune.0, prune.1) {
+                    tracing::warn!("run store: pruning failed (the next prune catches up): {err}");
+                }
+                Ok(changed)
+            }
+        }
+    }
+
     /// The rows `sql` selects with `params`.
     pub fn query(&self, sql: &str, params: &[Sql]) -> Result<Vec<Row>, DbError> {
         STATEMENTS.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::db::Sql;
-use super::{RunStore, gone, int, text};
+use super::{RunStore, int, shown_status, text};
 
 /// The most runs one page holds.
 pub const MAX_PAGE: usize = 200;
@@ -90,10 +90,7 @@ impl RunStore {
         let mut last = None;
         for row in rows.iter().take(limit) {
             let (Some(run_id), Some(created_ms)) = (text(row, 0), int(row, 4)) else { continue };
-            let mut status = text(row, 3).unwrap_or_default();
-            if status == "running" && text(row, 8).is_some_and(|owner| gone(&owner, int(row, 9))) {
-                status = "interrupted".into();
-            }
+            let status = shown_status(row, 3, 8, 9).unwrap_or_default();
             if query.status.as_deref() == Some("interrupted") && status != "interrupted" {
                 continue;
             }

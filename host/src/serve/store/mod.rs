@@ -455,34 +455,26 @@ impl RunStore {
             me.clone(),
         ];
         let (journal_params, events_params) = ([run.clone(), me.clone()], [run, me]);
-        let mut statements: Vec<(&str, &[Sql])> = vec![
-            (
-                "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6, finished_ms = ?7,
-                     payload = NULL, lease_until_ms = NULL
-                 WHERE id = ?1 AND owner = ?8",
-                &end_params,
-            ),
-            (&forget_journal, &journal_params),
-            (&forget_events, &events_params),
-        ];
-        // SQLite has one writer: pruning rides in the same commit. Servers
-        // sharing PostgreSQL prune at once: apart, so that two prunes that
-        // deadlock never undo a run's end (the loser prunes next time).
-        let prune_apart = matches!(self.db, Db::Postgres(_));
-        if !prune_apart {
-            statements.push((Self::PRUNE, &retention));
-        }
-        let ended = match self.db.batch(&statements) {
+        let ended = self.db.batch_then_prune(
+            &[
+                (
+                    "UPDATE runs SET status = ?2, result = ?3, error_kind = ?4, error = ?5, events = ?6,
+                         finished_ms = ?7, payload = NULL, lease_until_ms = NULL
+                     WHERE id = ?1 AND owner = ?8",
+                    &end_params,
+                ),
+                (&forget_journal, &journal_params),
+                (&forget_events, &events_params),
+            ],
+            (Self::PRUNE, &retention),
+        );
+        match ended {
             Ok(changed) => changed.first() == Some(&1),
             Err(err) => {
                 tracing::warn!("run store: {err}");
                 false
             }
-        };
-        if ended && prune_apart {
-            self.execute(Self::PRUNE, &retention);
         }
-        ended
     }
 
     /// A run's record, as `GET /runs/<id>` shows it, with the
@@ -699,15 +691,21 @@ fn gone(owner: &str, lease_left_ms: Option<i64>) -> bool {
     lease_left_ms.is_some_and(|left| left < 0) || ownership::run_owner_gone(owner)
 }
 
+/// A run's status as shown, from its row's `status`, `owner` and lease
+/// left (columns `status_at`, `owner_at`, `lease_left_at`): a run whose
+/// process is gone before it ended is `interrupted` until it is resumed
+/// (by its server's next start, or `flue runs resume`).
+fn shown_status(row: &Row, status_at: usize, owner_at: usize, lease_left_at: usize) -> Option<String> {
+    let status = text(row, status_at)?;
+    let interrupted =
+        status == "running" && text(row, owner_at).is_some_and(|owner| gone(&owner, int(row, lease_left_at)));
+    Some(if interrupted { "interrupted".into() } else { status })
+}
+
 /// A run's record from a row of [`RunStore::record_sql`].
 fn record(row: &Row) -> Option<Value> {
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
-    // A run whose process is gone before it ended: `interrupted` until it
-    // is resumed (by its server's next start, or `flue runs resume`).
-    let mut status = text(row, 3)?;
-    if status == "running" && text(row, 10).is_some_and(|owner| gone(&owner, int(row, 12))) {
-        status = "interrupted".into();
-    }
+    let status = shown_status(row, 3, 10, 12)?;
     Some(json!({
         "runId": text(row, 0)?,
         "agent": text(row, 1)?,
@@ -829,10 +827,10 @@ impl ConversationStore for RunStore {
 
     fn save(&self, key: &ConversationKey, messages: &[Message]) -> Result<(), ConversationStoreError> {
         let json = serde_json::to_string(messages).map_err(store_error)?;
-        // Saved, and the oldest beyond the cap forgotten, in one commit.
+        // Saved, then the oldest beyond the cap forgotten ([`Db::batch_then_prune`]).
         self.db
-            .batch(&[
-                (
+            .batch_then_prune(
+                &[(
                     "INSERT INTO conversations (agent, invocation, harness, session, messages, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (agent, invocation, harness, session)
@@ -845,13 +843,13 @@ impl ConversationStore for RunStore {
                         json.into(),
                         unix_millis().into(),
                     ],
-                ),
+                )],
                 (
                     "DELETE FROM conversations WHERE (agent, invocation, harness, session) NOT IN
                          (SELECT agent, invocation, harness, session FROM conversations ORDER BY updated_ms DESC LIMIT ?1)",
                     &[(MAX_CONVERSATIONS as u64).into()],
                 ),
-            ])
+            )
             .map_err(store_error)?;
         Ok(())
     }
