@@ -98,6 +98,33 @@ pub enum Event {
         /// How long it took.
         duration_ms: u64,
     },
+    /// A sub-agent began (the model's `task` tool, or `session.task`):
+    /// the events until its `task-finished` are its.
+    TaskStarted {
+        /// Its id in the prompt (`task-1`, …).
+        task: String,
+        /// The sub-agent, by name (`general`, or one of `.agents/agents/`).
+        agent: String,
+        /// What the model said it is for.
+        description: String,
+        /// Its model.
+        model: String,
+        /// How deep it is (a sub-agent's sub-agent is 2).
+        depth: u32,
+    },
+    /// A sub-agent ended.
+    TaskFinished {
+        /// Its id.
+        task: String,
+        /// Whether it answered.
+        ok: bool,
+        /// Model turns it took (its own sub-agents' included).
+        turns: u32,
+        /// How long it took.
+        duration_ms: u64,
+        /// How deep it was.
+        depth: u32,
+    },
     /// A run began.
     RunStarted {
         /// The run's id.
@@ -131,6 +158,8 @@ impl Event {
             Event::ModelText { text } => vec![text],
             Event::ModelTurn { model, .. } => vec![model],
             Event::ToolCall { tool, arguments, result, .. } => vec![tool, arguments, result],
+            Event::TaskStarted { task, agent, description, model, .. } => vec![task, agent, description, model],
+            Event::TaskFinished { task, .. } => vec![task],
             Event::RunStarted { run_id, agent } => vec![run_id, agent],
             Event::RunFinished { run_id, .. } => vec![run_id],
         }

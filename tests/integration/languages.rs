@@ -222,3 +222,32 @@ fn a_python_guest_cannot_reach_the_host_through_wasi() {
     assert!(result["tcp"]["err"].is_string(), "opened a socket: {result}");
     assert_eq!(listener.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
 }
+
+/// Agents written for `flue:sandbox@0.2.0` keep building and running: a
+/// JavaScript one that imports `…@0.2.0` (built against the frozen 0.2.0
+/// WIT) and a Rust one that carries the 0.2.0 WIT (linked by semver).
+#[test]
+fn agents_written_for_0_2_0_still_build_and_run() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = scratch();
+    let js = dir.path().join("old-js");
+    std::fs::create_dir_all(&js).unwrap();
+    let source = std::fs::read_to_string(repo.join("guest-examples/js/hello/agent.js")).unwrap();
+    assert!(source.contains("@0.2.1\""), "the example imports the current version");
+    std::fs::write(js.join("agent.js"), source.replace("@0.2.1\"", "@0.2.0\"")).unwrap();
+
+    let rust = dir.path().join("old-rust");
+    std::fs::create_dir_all(rust.join("src")).unwrap();
+    std::fs::create_dir_all(rust.join("wit")).unwrap();
+    for file in ["Cargo.toml", "Cargo.lock", "src/lib.rs"] {
+        std::fs::copy(repo.join("guest-examples/rust/hello").join(file), rust.join(file)).unwrap();
+    }
+    for entry in std::fs::read_dir(repo.join("host/wit-compat/v0_2_0")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), rust.join("wit").join(entry.file_name())).unwrap();
+    }
+    for agent in [&js, &rust] {
+        let out = run_agent(agent, &[], dir.path());
+        assert_eq!(out.ok()["roundTrip"], true, "{}: {}", agent.display(), out.stderr);
+    }
+}

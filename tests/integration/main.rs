@@ -4,6 +4,7 @@
 //! by flue's own builder (`tests/fixtures`, `guest-examples`), `bash` and
 //! bubblewrap processes, files on disk.
 
+mod agent_tools;
 mod bad_input;
 mod cache;
 mod connectors;
@@ -29,6 +30,7 @@ mod ready_sandboxes;
 mod resume;
 mod runs_page;
 mod serve;
+mod subagents;
 mod support;
 mod volumes;
 mod workspace;

@@ -235,6 +235,47 @@ fn a_streaming_run_resumes_from_every_point_of_its_journal() {
     assert!(crashed_at >= 15, "the run's journal is shorter than its calls: {crashed_at} entries");
 }
 
+/// A run whose model called one of the agent's tools, crashed after each
+/// journal entry in turn and resumed: the tool's outcome is replayed, never
+/// run twice (its handler adds a line to a file), and no model turn is
+/// asked for twice.
+#[test]
+fn a_run_with_agent_tools_resumes_without_running_a_tool_twice() {
+    use model_test_server::{Script, calls, text, tool};
+    let rt = crate::support::runtime();
+    let payload = json!({"mode": "prompt-with", "model": "openai/gpt-test", "prompts": ["go"], "tools": [],
+                         "agentTools": [{"name": "save", "description": "Add a line to a file"}]})
+    .to_string();
+    for entry in 1.. {
+        let script =
+            Script { turns: vec![calls(vec![tool("save", json!({"path": "log.txt", "text": "once"}))]), text("done")] };
+        let model = rt.block_on(ModelServer::start(script)).unwrap();
+        let (project, tmp) = (scratch(), scratch());
+        let first = output(with_model(
+            &mut probe_crashed_after(entry, &payload, project.path(), tmp.path()),
+            project.path(),
+            tmp.path(),
+            &model,
+        ));
+        let answers = if first.code == 0 {
+            first.ok()
+        } else {
+            let (run_id, status) = only_run(project.path());
+            assert_eq!(status, "interrupted", "entry {entry}: {}", first.stderr);
+            resume(project.path(), tmp.path(), &model, &run_id).ok()
+        };
+        assert_eq!(answers[0]["text"], "done", "after entry {entry}: {answers}");
+        let requests = model.requests();
+        assert_eq!(requests.len(), 2, "after entry {entry}: a turn was asked for twice");
+        let result = requests[1].body["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+        assert_eq!(result, "once\n", "after entry {entry}: the tool ran twice");
+        if first.code == 0 {
+            assert!(entry > 3, "the run's journal is shorter than its calls");
+            break;
+        }
+    }
+}
+
 /// A run that read a file too large for its journal to copy (the journal
 /// keeps its length and digest), crashed after each entry in turn and
 /// resumed: with the file unchanged, every resume ends as the run would

@@ -216,6 +216,10 @@ fn a_live_run_shows_in_the_browser_as_it_happens() {
         turns: vec![
             slow(model_test_server::calls(vec![tool("bash", json!({"command": "echo from-the-tool"}))])),
             slow(Turn { text: Some("All done here.".into()), delta_bytes: Some(4), ..Default::default() }),
+            // A later run hands work to a sub-agent.
+            model_test_server::calls(vec![tool("task", json!({"prompt": "Look around.", "agent": "general"}))]),
+            model_test_server::text("Nothing to see."),
+            model_test_server::text("The sub-agent saw nothing."),
         ],
     };
     let model = rt.block_on(ModelServer::start(script)).unwrap();
@@ -302,6 +306,26 @@ fn a_live_run_shows_in_the_browser_as_it_happens() {
         let marked = wait_for(&browser, "li.fail.op").await.text().await.unwrap();
         assert!(marked.contains("/etc/passwd") && marked.contains("permission-denied"), "{marked}");
         shoot("run-failed-step.png").await;
+
+        // A sub-agent's steps show nested under the task that started them.
+        let delegated = client
+            .post(format!("{}/agents/probe/delegates", server.url))
+            .body(json!({"mode": "prompt-with", "model": "openai/gpt-test", "prompts": ["Delegate."]}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .body_json()
+            .await;
+        let delegated_id = delegated["runId"].as_str().unwrap_or_else(|| panic!("{delegated}")).to_string();
+        browser.goto(&format!("{}/#/runs/{delegated_id}", server.url)).await.unwrap();
+        let task = wait_for(&browser, "li[data-kind='task']").await.text().await.unwrap();
+        assert!(task.contains("general") && task.contains("sub-agent task-1"), "{task}");
+        let nested = wait_for(&browser, "li.nested-1[data-kind='model']").await.text().await.unwrap();
+        assert!(nested.contains("Nothing to see."), "the sub-agent's turn: {nested}");
+        wait_for(&browser, "li[data-kind='task end'].ok").await;
+        let after = browser.find_all(Locator::Css("li[data-kind='model']:not(.nested)")).await.unwrap();
+        assert_eq!(after.len(), 2, "the parent's two turns are not nested");
+        shoot("run-task.png").await;
 
         // The agents page: the curl line, and the form runs the agent.
         browser.goto(&format!("{}/#/agents", server.url)).await.unwrap();

@@ -11,7 +11,7 @@
 //
 // Build and run from the repository root:  flue run js/coder
 
-import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
+import { openSandbox, init } from "flue:sandbox/harness@0.2.1";
 
 const PROJECT = "project";
 const DEFAULT_MODEL = "anthropic/claude-sonnet-4-6";

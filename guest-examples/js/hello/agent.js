@@ -8,8 +8,8 @@
 // Build and run from the repository root:  flue run js/hello
 // (flue runs `componentize-js agent.js --wit wit --world-name agent ...` for you.)
 
-import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
-import { log } from "flue:sandbox/log@0.2.0";
+import { openSandbox, init } from "flue:sandbox/harness@0.2.1";
+import { log } from "flue:sandbox/log@0.2.1";
 
 /** A sandbox error as `kind: message`, e.g. `not-found: /x: No such file`. */
 function describe(error) {

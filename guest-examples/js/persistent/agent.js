@@ -8,8 +8,8 @@
 //
 // Build and run from the repository root:  flue run js/persistent
 
-import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
-import { log } from "flue:sandbox/log@0.2.0";
+import { openSandbox, init } from "flue:sandbox/harness@0.2.1";
+import { log } from "flue:sandbox/log@0.2.1";
 
 const PROJECT = "project";
 // The volume step 3 uses (created on first use, kept afterwards).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::agent::flue::sandbox::{harness, model as model_wit};
 use super::connector::exports::flue::sandbox::lifecycle;
 use super::types as wit;
-use crate::model::{ModelError, PromptAnswer, PromptOptions};
+use crate::model::{ModelError, PromptAnswer, PromptOptions, PromptRequest, TaskRequest, Thinking, Usage};
 use crate::sandbox::SandboxSource;
 use crate::sandbox::error::{ErrorKind, SandboxError};
 use crate::sandbox::session::ExecOptions;
@@ -195,24 +195,88 @@ impl From<&ExecRequest> for wit::ExecOptions {
 
 agent_requests!(wit, harness);
 
-impl From<model_wit::PromptOptions> for PromptOptions {
-    fn from(o: model_wit::PromptOptions) -> Self {
-        PromptOptions { system: o.system, max_turns: o.max_turns, tools: o.tools, result_schema: o.result_schema }
+impl PromptRequest {
+    /// `session.prompt`'s text and options, as a request.
+    pub fn from_options(text: String, o: model_wit::PromptOptions) -> Self {
+        let options = PromptOptions {
+            system: o.system,
+            max_turns: o.max_turns,
+            tools: o.tools,
+            result_schema: o.result_schema,
+            ..PromptOptions::default()
+        };
+        PromptRequest { text, model: None, options, tool_definitions: Vec::new() }
     }
+}
+
+fn thinking(level: Option<model_wit::Thinking>) -> Option<Thinking> {
+    match level? {
+        model_wit::Thinking::Off => None,
+        model_wit::Thinking::Minimal => Some(Thinking::Minimal),
+        model_wit::Thinking::Low => Some(Thinking::Low),
+        model_wit::Thinking::Medium => Some(Thinking::Medium),
+        model_wit::Thinking::High => Some(Thinking::High),
+    }
+}
+
+impl From<model_wit::PromptRequest> for PromptRequest {
+    fn from(r: model_wit::PromptRequest) -> Self {
+        let options = PromptOptions {
+            system: r.system,
+            max_turns: r.max_turns,
+            tools: r.tools,
+            result_schema: r.result_schema,
+            thinking: thinking(r.thinking),
+            agent_tools: Vec::new(),
+        };
+        let tool_definitions = r.agent_tools.into_iter().map(|t| (t.name, t.description, t.input_schema)).collect();
+        PromptRequest { text: r.text, model: r.model, options, tool_definitions }
+    }
+}
+
+impl From<model_wit::TaskRequest> for TaskRequest {
+    fn from(r: model_wit::TaskRequest) -> Self {
+        let options = PromptOptions {
+            system: r.system,
+            max_turns: r.max_turns,
+            tools: r.tools,
+            thinking: thinking(r.thinking),
+            ..PromptOptions::default()
+        };
+        TaskRequest { prompt: r.prompt, agent: r.agent, cwd: r.cwd, model: r.model, options }
+    }
+}
+
+fn usage(usage: &Usage) -> model_wit::Usage {
+    model_wit::Usage { input_tokens: usage.input, output_tokens: usage.output, cache_read_tokens: usage.cache_read }
 }
 
 impl From<PromptAnswer> for model_wit::PromptResult {
     fn from(answer: PromptAnswer) -> Self {
         model_wit::PromptResult {
+            usage: usage(&answer.usage),
             text: answer.text,
             json: answer.json,
             model: answer.model,
             turns: answer.turns,
-            usage: model_wit::Usage {
-                input_tokens: answer.usage.input,
-                output_tokens: answer.usage.output,
-                cache_read_tokens: answer.usage.cache_read,
-            },
+        }
+    }
+}
+
+impl From<PromptAnswer> for model_wit::PromptReply {
+    fn from(answer: PromptAnswer) -> Self {
+        model_wit::PromptReply {
+            usage: usage(&answer.usage),
+            cost: answer.cost.map(|c| model_wit::Cost {
+                input: c.input,
+                output: c.output,
+                cache_read: c.cache_read,
+                total: c.total,
+            }),
+            text: answer.text,
+            json: answer.json,
+            model: answer.model,
+            turns: answer.turns,
         }
     }
 }

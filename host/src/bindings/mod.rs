@@ -32,6 +32,27 @@ pub mod agent {
     });
 }
 
+/// The `agent-with-tools` world: an agent that also exports `tools`. Its
+/// imports are the agent world's (the same Rust types); only the export is
+/// new, looked up in a second instance of the agent when the model calls one
+/// of the agent's tools.
+#[allow(missing_docs, reason = "generated; the WIT carries the documentation")]
+pub mod agent_with_tools {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "flue:sandbox/agent-with-tools",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "flue:sandbox/types": super::agent::flue::sandbox::types,
+            "flue:sandbox/log": super::agent::flue::sandbox::log,
+            "flue:sandbox/model": super::agent::flue::sandbox::model,
+            "flue:sandbox/sandbox-api": super::agent::flue::sandbox::sandbox_api,
+            "flue:sandbox/harness": super::agent::flue::sandbox::harness,
+        },
+    });
+}
+
 /// The `connector` world: the host implements the connector's imports and
 /// calls its exports.
 #[allow(missing_docs, reason = "generated; the WIT carries the documentation")]

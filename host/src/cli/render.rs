@@ -101,6 +101,25 @@ impl StderrSink {
                 escape(&one_line(arguments, 60)),
                 self.paint("2", &format!("{duration_ms:>5} ms  {result_bytes} B back"))
             ),
+            Event::TaskStarted { task, agent, description, model, depth } => format!(
+                "{}{} {task} → {}{} {}",
+                "  ".repeat(*depth as usize),
+                self.paint("35", "↳"),
+                escape(agent),
+                if description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", escape(&one_line(description, 60)))
+                },
+                self.paint("2", &format!("({})", escape(model)))
+            ),
+            Event::TaskFinished { task, ok, turns, duration_ms, depth } => format!(
+                "{}{} {task} {} {}",
+                "  ".repeat(*depth as usize),
+                self.paint("35", "↲"),
+                if *ok { self.paint("32", "answered") } else { self.paint("31", "failed") },
+                self.paint("2", &format!("{turns} turn(s), {duration_ms} ms"))
+            ),
             Event::RunStarted { run_id, agent } => {
                 format!("{} run {run_id}: {}", self.paint("36", "▸"), escape(agent))
             }

@@ -355,11 +355,11 @@ impl BuildPaths {
 
 /// flue's WIT, written once into the cache (`<cache>/wit-<digest>/`), for
 /// agents that carry none of their own.
-pub(crate) fn embedded_wit() -> Result<PathBuf, AgentSourceError> {
+pub(crate) fn embedded_wit(files: &[(&str, &str)]) -> Result<PathBuf, AgentSourceError> {
     let fail = |reason: String| AgentSourceError::Cache(reason);
     let cache = cache_dirs::cache_root().map_err(fail)?;
     let mut digest = Sha256::new();
-    for (name, content) in super::wit::FILES {
+    for (name, content) in files {
         digest.update(name.as_bytes());
         digest.update([0]);
         digest.update(content.as_bytes());
@@ -369,7 +369,8 @@ pub(crate) fn embedded_wit() -> Result<PathBuf, AgentSourceError> {
     let dir = cache.join(&name);
     if std::fs::symlink_metadata(&dir).is_err() {
         let partial = tempfile::Builder::new().prefix(".wit-").tempdir_in(&cache).map_err(|e| fail(e.to_string()))?;
-        super::wit::write_into(partial.path()).map_err(|err| fail(format!("{}: {err}", partial.path().display())))?;
+        super::wit::write_into(partial.path(), files)
+            .map_err(|err| fail(format!("{}: {err}", partial.path().display())))?;
         // Another process may have won the race: its copy is as good.
         if let Err(err) = std::fs::rename(partial.path(), &dir)
             && std::fs::symlink_metadata(&dir).is_err()

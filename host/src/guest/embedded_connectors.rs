@@ -60,7 +60,7 @@ impl Embedded {
         let sources = super::cache_dirs::private_subdir(&cache, "connector-sources")?;
         let dir = sources.join(format!("{}-{version}", self.name));
         let write = || -> std::io::Result<()> {
-            super::wit::write_into(&dir.join("wit"))?;
+            super::wit::write_into(&dir.join("wit"), super::wit::FILES)?;
             for (path, content) in self.files {
                 let file = dir.join(path);
                 std::fs::create_dir_all(file.parent().expect("a file has a parent"))?;

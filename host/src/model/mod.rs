@@ -1,30 +1,39 @@
-//! The model loop behind `session.prompt`, run by the host: call the model,
-//! run the tools it asks for against the agent's session, feed the results
-//! back, until it answers (or runs out of turns, or the run's deadline).
+//! The model loop behind `session.prompt`, `prompt-with` and `task`, run by
+//! the host: call the model, run the tools it asks for against the agent's
+//! session, feed the results back, until it answers (or runs out of turns,
+//! or the run's deadline).
 //!
+//! * `converse`: the loop itself, sub-agents, and the budget they share.
 //! * [`provider`]: Anthropic and OpenAI-compatible wire formats, streaming,
-//!   retries; the API key stays here.
+//!   retries, thinking; the API key stays here.
 //! * [`tools`]: `read`, `write`, `edit`, `bash`, `grep`, `glob`.
+//! * [`agent_tools`]: the agent's own tools, checked against their schemas.
+//! * [`workspace`]: skills and sub-agents found in the working directory.
+//! * [`prices`]: what a prompt cost.
 //! * [`caps`]: what a model may make flue hold, run or write.
 //!
 //! Each model turn and each tool call is an event; a tool's arguments are
-//! shown (redacted, cut short) and its result only by size. Every event of a
+//! shown (redacted, cut short) and the start of its result. Every event of a
 //! prompt — streamed text, turns, tool calls, the sandbox operations the
 //! tools make — goes through one event log that redacts the provider's key;
 //! streamed text is redacted over the joined stream, so a key split across
 //! deltas is caught too.
 
+pub mod agent_tools;
 pub mod caps;
+mod converse;
+pub mod prices;
 pub mod provider;
 pub mod tools;
-
-use std::time::Instant;
+pub mod workspace;
 
 use serde_json::Value;
 
-use crate::events::{Event, EventLog, millis};
-use crate::journal::{self, Journal, JournalError};
-use crate::sandbox::session::{Session, format_bytes};
+pub use self::agent_tools::{AgentTool, NoHandler, ToolHandler};
+pub use self::converse::{Prompting, prompt, task};
+use self::prices::Cost;
+use crate::events::{Event, EventLog};
+use crate::sandbox::session::Session;
 use crate::secrets::Secrets;
 
 /// Default model turns per prompt.
@@ -45,6 +54,10 @@ pub enum Message {
         text: String,
         /// The tools it asked for.
         calls: Vec<ToolCall>,
+        /// Its reasoning, as the provider asks to be sent it back (Anthropic's
+        /// signed thinking blocks); empty for most answers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reasoning: Vec<Reasoning>,
     },
     /// Tool results, answering the previous message's calls.
     Results(Vec<ToolResult>),
@@ -71,6 +84,63 @@ pub struct ToolResult {
     pub content: String,
     /// Whether the tool failed.
     pub is_error: bool,
+}
+
+/// A block of the model's reasoning that goes back to the provider with
+/// the answer it came with: Anthropic refuses a tool result whose turn lost
+/// its signed thinking.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Reasoning {
+    /// Thinking in the clear, with the provider's signature over it.
+    Thinking {
+        /// What the model thought.
+        thinking: String,
+        /// The provider's signature.
+        signature: String,
+    },
+    /// Thinking the provider sends encrypted.
+    Redacted {
+        /// The encrypted block.
+        data: String,
+    },
+}
+
+/// How much the model reasons before it answers (the WIT `thinking`; `off`
+/// is `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Thinking {
+    /// The least.
+    Minimal,
+    /// A little.
+    Low,
+    /// More.
+    Medium,
+    /// The most flue asks for.
+    High,
+}
+
+impl Thinking {
+    /// Anthropic's `budget_tokens` for this level.
+    pub fn budget_tokens(self) -> u64 {
+        match self {
+            Thinking::Minimal => 1_024,
+            Thinking::Low => 2_048,
+            Thinking::Medium => 8_192,
+            Thinking::High => 16_384,
+        }
+    }
+
+    /// OpenAI's `reasoning_effort` for this level.
+    pub fn effort(self) -> &'static str {
+        match self {
+            Thinking::Minimal => "minimal",
+            Thinking::Low => "low",
+            Thinking::Medium => "medium",
+            Thinking::High => "high",
+        }
+    }
 }
 
 /// Why a turn ended.
@@ -103,6 +173,8 @@ pub struct Reply {
     pub text: String,
     /// The tools it asked for.
     pub calls: Vec<ToolCall>,
+    /// Its reasoning blocks, to send back with it.
+    pub reasoning: Vec<Reasoning>,
     /// Why it ended.
     pub stop: Stop,
     /// Tokens it used.
@@ -146,20 +218,24 @@ impl ModelError {
     }
 }
 
-/// How to run one prompt (the WIT `prompt-options`).
+/// How to run one prompt (the WIT `prompt-options` and `prompt-request`).
 #[derive(Clone, Debug, Default)]
 pub struct PromptOptions {
     /// The agent's instructions.
     pub system: Option<String>,
-    /// Turns allowed (default [`DEFAULT_MAX_TURNS`]).
+    /// Turns allowed (default [`DEFAULT_MAX_TURNS`]), sub-agents' included.
     pub max_turns: Option<u32>,
-    /// Tools allowed (`None`: all).
+    /// flue's tools allowed (`None`: all).
     pub tools: Option<Vec<String>>,
     /// A JSON Schema the final answer follows.
     pub result_schema: Option<String>,
+    /// How much the model reasons (`None`: the provider's default).
+    pub thinking: Option<Thinking>,
+    /// The agent's own tools, checked.
+    pub agent_tools: Vec<AgentTool>,
 }
 
-/// A prompt's answer (the WIT `prompt-result`).
+/// A prompt's answer (the WIT `prompt-result` and `prompt-reply`).
 #[derive(Clone, Debug)]
 pub struct PromptAnswer {
     /// The final text.
@@ -168,42 +244,54 @@ pub struct PromptAnswer {
     pub json: Option<String>,
     /// `provider/model`.
     pub model: String,
-    /// Turns used.
+    /// Turns used, sub-agents' included.
     pub turns: u32,
-    /// Tokens used over all turns.
+    /// Tokens used over all turns, sub-agents' included.
     pub usage: Usage,
+    /// What it cost; `None` when a model's price is unknown.
+    pub cost: Option<Cost>,
 }
 
-/// The system prompt: the agent's instructions, then `AGENTS.md` from the
-/// cwd, the cwd itself, the date and the cwd's top level.
-async fn system_prompt(session: &Session, options: &PromptOptions, tools: &[String]) -> String {
-    let mut parts = Vec::new();
-    if let Some(system) = options.system.as_deref().filter(|s| !s.trim().is_empty()) {
-        parts.push(system.trim().to_string());
-    }
-    parts.push(format!(
-        "You work in a sandbox through tools ({}). Paths are relative to the working directory unless \
-         absolute. Use the tools to inspect and change files and to run commands; when the task is done, \
-         answer with a short summary.",
-        tools.join(", ")
-    ));
-    if let Some(agents) = read_start(session, "AGENTS.md", MAX_AGENTS_MD).await {
-        parts.push(format!("Project instructions (AGENTS.md):\n{}", agents.trim()));
-    }
-    let today = crate::events::today_utc();
-    parts.push(format!("Working directory: {}\nToday's date: {today}", session.cwd()));
-    if let Ok(mut entries) = session.readdir(".").await {
-        entries.truncate(100);
-        if !entries.is_empty() {
-            parts.push(format!("Top level of the working directory:\n{}", entries.join("\n")));
+/// A prompt as the agent asks it, its tools not yet checked (the WIT
+/// `prompt-request`, or `prompt`'s text and options).
+#[derive(Clone, Debug, Default)]
+pub struct PromptRequest {
+    /// What the model is asked.
+    pub text: String,
+    /// Its model, when not the harness's.
+    pub model: Option<String>,
+    /// How to run it (its `agent_tools` empty until checked).
+    pub options: PromptOptions,
+    /// The agent's tools as given: name, description, input schema.
+    pub tool_definitions: Vec<(String, String, String)>,
+}
+
+/// Work for a sub-agent (the WIT `task-request`).
+#[derive(Clone, Debug, Default)]
+pub struct TaskRequest {
+    /// What it is asked.
+    pub prompt: String,
+    /// A named sub-agent (`None`: `general`).
+    pub agent: Option<String>,
+    /// Its working directory, relative to the session's.
+    pub cwd: Option<String>,
+    /// Its model, when not the harness's.
+    pub model: Option<String>,
+    /// How to run it.
+    pub options: PromptOptions,
+}
+
+impl Thinking {
+    /// A level by name (`off` and anything else: none).
+    pub fn parse(name: &str) -> Option<Thinking> {
+        match name.trim() {
+            "minimal" => Some(Thinking::Minimal),
+            "low" => Some(Thinking::Low),
+            "medium" => Some(Thinking::Medium),
+            "high" => Some(Thinking::High),
+            _ => None,
         }
     }
-    if let Some(schema) = &options.result_schema {
-        parts.push(format!(
-            "Your final answer must be only a JSON value that follows this JSON Schema, with no other text:\n{schema}"
-        ));
-    }
-    parts.join("\n\n")
 }
 
 /// The first `max` bytes of a text file (whole characters), without reading
@@ -236,8 +324,17 @@ async fn read_start(session: &Session, path: &str, max: usize) -> Option<String>
 fn conversation_bytes(system: &str, conversation: &[Message]) -> usize {
     let message = |m: &Message| match m {
         Message::User(text) => text.len(),
-        Message::Assistant { text, calls } => {
-            text.len() + calls.iter().map(|c| c.id.len() + c.name.len() + c.input.to_string().len()).sum::<usize>()
+        Message::Assistant { text, calls, reasoning } => {
+            let reasoning: usize = reasoning
+                .iter()
+                .map(|block| match block {
+                    Reasoning::Thinking { thinking, signature } => thinking.len() + signature.len(),
+                    Reasoning::Redacted { data } => data.len(),
+                })
+                .sum();
+            text.len()
+                + reasoning
+                + calls.iter().map(|c| c.id.len() + c.name.len() + c.input.to_string().len()).sum::<usize>()
         }
         Message::Results(results) => results.iter().map(|r| r.id.len() + r.content.len()).sum(),
     };
@@ -280,160 +377,6 @@ impl TextEvents<'_> {
             self.events.record(Event::ModelText { text });
         }
     }
-}
-
-/// Run one prompt on `conversation` (which keeps growing: a second prompt
-/// continues it) with `provider`'s model working in `session`.
-///
-/// With a `journal`, the system prompt, each model turn and each tool call
-/// are recorded — or, in a resumed run, answered from it (see
-/// [`crate::journal`]); a journal that cannot go on is the outer error.
-pub async fn prompt(
-    provider: &provider::Provider,
-    session: &Session,
-    conversation: &mut Vec<Message>,
-    text: String,
-    options: &PromptOptions,
-    events: &EventLog,
-    journal: Option<&Journal>,
-) -> Result<Result<PromptAnswer, ModelError>, JournalError> {
-    match prompt_loop(provider, session, conversation, text, options, events, journal).await {
-        Ok(answer) => Ok(Ok(answer)),
-        Err(Stopped::Model(err)) => Ok(Err(err)),
-        Err(Stopped::Journal(err)) => Err(err),
-    }
-}
-
-/// Why the loop stopped without an answer.
-enum Stopped {
-    Model(ModelError),
-    Journal(JournalError),
-}
-
-impl From<ModelError> for Stopped {
-    fn from(err: ModelError) -> Self {
-        Stopped::Model(err)
-    }
-}
-
-impl From<JournalError> for Stopped {
-    fn from(err: JournalError) -> Self {
-        Stopped::Journal(err)
-    }
-}
-
-async fn prompt_loop(
-    provider: &provider::Provider,
-    session: &Session,
-    conversation: &mut Vec<Message>,
-    text: String,
-    options: &PromptOptions,
-    events: &EventLog,
-    journal: Option<&Journal>,
-) -> Result<PromptAnswer, Stopped> {
-    let tools: Vec<String> = match &options.tools {
-        None => tools::names().into_iter().map(String::from).collect(),
-        Some(names) => {
-            if let Some(unknown) = names.iter().find(|n| tools::find(n).is_none()) {
-                return Err(ModelError::InvalidInput(format!(
-                    "there is no tool {unknown:?}: the tools are {}",
-                    tools::names().join(", ")
-                ))
-                .into());
-            }
-            names.clone()
-        }
-    };
-    if let Some(schema) = &options.result_schema
-        && serde_json::from_str::<Value>(schema).is_err()
-    {
-        return Err(ModelError::InvalidInput("result-schema is not valid JSON".into()).into());
-    }
-    // One choke point: every event of this prompt, the tools' sandbox
-    // operations included, is redacted of the key.
-    let events = &events.redacting(provider.secrets().clone());
-    let session = &Session::new(session.sandbox().clone(), Some(session.cwd()), events.clone())
-        .map_err(|err| ModelError::InvalidInput(err.to_string()))?
-        .with_max_read(caps::MAX_TOOL_FILE as u64);
-    let definitions = tools::definitions(&tools);
-    let system = journal::through(journal, || "system-prompt".into(), system_prompt(session, options, &tools)).await?;
-    let max_turns = options.max_turns.unwrap_or(DEFAULT_MAX_TURNS).max(1);
-    conversation.push(Message::User(text));
-    let mut usage = Usage::default();
-    for turn in 1..=max_turns {
-        let size = conversation_bytes(&system, conversation);
-        if size > caps::MAX_CONVERSATION {
-            return Err(ModelError::ContextOverflow(format!(
-                "the conversation is {}, over flue's cap of {}: start a new session, or narrow the task",
-                format_bytes(size),
-                format_bytes(caps::MAX_CONVERSATION)
-            ))
-            .into());
-        }
-        let started = Instant::now();
-        let request = provider::TurnRequest { system: &system, messages: conversation, tools: &definitions };
-        let live = async {
-            let mut text_events = TextEvents { secrets: provider.secrets(), events, pending: Vec::new() };
-            let reply = provider.turn(&request, &mut |delta: &str| text_events.push(delta)).await;
-            text_events.finish();
-            // The key, if the model says it, goes no further: not into the
-            // journal, the conversation or a tool's arguments.
-            reply.map(|reply| without_key(provider, reply))
-        };
-        let reply = journal::through(journal, || "model-turn".into(), live).await??;
-        // Counts from the provider: any value, never an overflow.
-        usage.input = usage.input.saturating_add(reply.usage.input);
-        usage.output = usage.output.saturating_add(reply.usage.output);
-        if let Some(read) = reply.usage.cache_read {
-            usage.cache_read = Some(usage.cache_read.unwrap_or(0).saturating_add(read));
-        }
-        events.record(Event::ModelTurn {
-            model: provider.label.clone(),
-            turn,
-            duration_ms: millis(started.elapsed()),
-            input_tokens: reply.usage.input,
-            output_tokens: reply.usage.output,
-            tool_calls: reply.calls.len(),
-        });
-        conversation.push(Message::Assistant { text: reply.text.clone(), calls: reply.calls.clone() });
-        if reply.calls.is_empty() {
-            // The key never reaches the agent, even when the model says it.
-            let text = provider.redact(&reply.text);
-            // Re-serialised JSON turns escapes (`\u0073k-…`) back into the
-            // characters they stand for: redact it again.
-            let json = match &options.result_schema {
-                Some(_) => Some(provider.redact(&answer_json(&text)?)),
-                None => None,
-            };
-            return Ok(PromptAnswer { text, json, model: provider.label.clone(), turns: turn, usage });
-        }
-        let mut results = Vec::new();
-        for call in &reply.calls {
-            let started = Instant::now();
-            let outcome = if tools.contains(&call.name) {
-                let key = || journal::key("tool", &[call.name.as_bytes(), call.input.to_string().as_bytes()]);
-                journal::through(journal, key, tools::call(session, &call.name, &call.input)).await?
-            } else {
-                tools::Outcome { content: format!("the tool {} is not available here", call.name), is_error: true }
-            };
-            let arguments: String = provider.redact(&call.input.to_string()).chars().take(200).collect();
-            let shown = provider.redact(&outcome.content).chars().take(crate::events::TOOL_RESULT_SHOWN).collect();
-            events.record(Event::ToolCall {
-                tool: call.name.clone(),
-                arguments,
-                result_bytes: outcome.content.len(),
-                result: shown,
-                is_error: outcome.is_error,
-                duration_ms: millis(started.elapsed()),
-            });
-            results.push(ToolResult { id: call.id.clone(), content: outcome.content, is_error: outcome.is_error });
-        }
-        conversation.push(Message::Results(results));
-    }
-    Err(ModelError::MaxTurns(format!(
-        "the model did not finish within {max_turns} turns (raise max-turns, or narrow the task)"
-    ))
-    .into())
 }
 
 /// `reply` with the provider's key redacted from its text and its tool

@@ -177,9 +177,10 @@ mod tests {
                     name: "bash".into(),
                     input: serde_json::json!({"command": "ls"}),
                 }],
+                reasoning: vec![],
             },
             Message::Results(vec![ToolResult { id: "c1".into(), content: "a\nb".into(), is_error: false }]),
-            Message::Assistant { text: answer.into(), calls: vec![] },
+            Message::Assistant { text: answer.into(), calls: vec![], reasoning: vec![] },
         ]
     }
 

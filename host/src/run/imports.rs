@@ -19,6 +19,7 @@ use super::sandboxes::RunSandboxes;
 use crate::bindings::agent::flue::sandbox::{harness, log, model, sandbox_api, types};
 use crate::bindings::handles::{AgentHarness, AgentReader, AgentSandbox, AgentSession, AgentWriter};
 use crate::journal::{self, Journal, JournalError};
+use crate::model::PromptRequest;
 use crate::runtime::{HasStoreBase, StoreBase};
 use crate::sandbox::error::{ErrorKind, SandboxError, SandboxResult};
 use crate::sandbox::paths;
@@ -39,6 +40,9 @@ pub struct AgentState {
     /// The run's journal, if it keeps one: host calls are recorded there,
     /// or answered from it while a resumed run replays.
     pub(crate) journal: Option<Arc<Journal>>,
+    /// Runs the agent's own tools, when it exports them (never in the
+    /// tool handler's own store: a handler gives no tools of its own).
+    pub(crate) agent_tools: Option<super::agent_tools::AgentToolsHost>,
 }
 
 impl HasStoreBase for AgentState {
@@ -582,7 +586,24 @@ impl harness::HostSession for AgentState {
         text: String,
         options: model::PromptOptions,
     ) -> wasmtime::Result<Result<model::PromptResult, model::PromptError>> {
-        self.prompt_session(&this, text, options).await
+        let request = PromptRequest::from_options(text, options);
+        Ok(self.prompt_session(&this, request).await?.map(Into::into).map_err(Into::into))
+    }
+
+    async fn prompt_with(
+        &mut self,
+        this: Resource<AgentSession>,
+        request: model::PromptRequest,
+    ) -> wasmtime::Result<Result<model::PromptReply, model::PromptError>> {
+        Ok(self.prompt_session(&this, request.into()).await?.map(Into::into).map_err(Into::into))
+    }
+
+    async fn task(
+        &mut self,
+        this: Resource<AgentSession>,
+        request: model::TaskRequest,
+    ) -> wasmtime::Result<Result<model::PromptReply, model::PromptError>> {
+        Ok(self.task_in_session(&this, request.into()).await?.map(Into::into).map_err(Into::into))
     }
 
     async fn drop(&mut self, this: Resource<AgentSession>) -> wasmtime::Result<()> {

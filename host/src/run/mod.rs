@@ -5,6 +5,7 @@
 //! created with `keep`, or `--keep`): guest destructors never run after a
 //! trap, so cleanup cannot be left to the guest.
 
+mod agent_tools;
 pub mod compat;
 pub mod conversations;
 pub mod imports;
@@ -274,12 +275,23 @@ async fn execute(
         agent: agent_name(&run.label),
         id: run.id.clone(),
     });
+    // An agent that exports `tools` gets a second instance to run them in.
+    let agent_tools = match pre.as_ref() {
+        AnyAgentPre::Current(pre) => agent_tools::AgentToolsHost::new(
+            pre.instance_pre(),
+            store_limits.clone(),
+            Instant::now() + limits.deadline,
+            services.clone(),
+        ),
+        AnyAgentPre::V0_1_0(_) => None,
+    };
     let mut store = runtime.new_store(&store_limits, "the agent", limits.deadline, |base| AgentState {
         wasi,
         base,
         sandboxes: services.clone(),
         conversations,
         journal,
+        agent_tools,
     });
 
     let (id, payload) = (run.id.clone(), run.payload.clone());

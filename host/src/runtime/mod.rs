@@ -4,7 +4,7 @@
 //! connector world in `connector::wasm`.
 //!
 //! Every store — an agent's, a connector instance's — comes from
-//! [`Runtime::new_store`], which installs the [`Limiter`], caps the resource
+//! [`new_store`], which installs the [`Limiter`], caps the resource
 //! table and arms the deadline. Nothing else creates stores, so no store can
 //! miss a limit.
 
@@ -27,7 +27,7 @@ use engine::{arm_deadline, new_engine};
 pub use limits::{Limiter, Limits, StoreLimitsConfig};
 
 /// What every store's data carries for the runtime: the resource table and
-/// the limiter. Built only by [`Runtime::new_store`].
+/// the limiter. Built only by [`new_store`].
 pub struct StoreBase {
     /// Handles the guest holds (sandboxes, sessions, WASI streams).
     pub table: ResourceTable,
@@ -103,9 +103,7 @@ impl Runtime {
         Ok(component)
     }
 
-    /// A store with every per-store limit applied: the limiter for `limits`,
-    /// the resource-table cap, and a deadline of `deadline` from now for
-    /// `what` (re-arm it with [`engine::arm_deadline`] before later calls).
+    /// A store with every per-store limit applied (see [`new_store`]).
     pub fn new_store<T: HasStoreBase>(
         &self,
         limits: &StoreLimitsConfig,
@@ -113,12 +111,26 @@ impl Runtime {
         deadline: Duration,
         data: impl FnOnce(StoreBase) -> T,
     ) -> Store<T> {
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(limits.handles);
-        let base = StoreBase { table, limiter: Limiter::new(limits.clone()) };
-        let mut store = Store::new(&self.engine, data(base));
-        store.limiter(|data| &mut data.base().limiter);
-        arm_deadline(&mut store, what, deadline);
-        store
+        new_store(&self.engine, limits, what, deadline, data)
     }
+}
+
+/// A store with every per-store limit applied: the limiter for `limits`,
+/// the resource-table cap, and a deadline of `deadline` from now for `what`
+/// (re-arm it with [`engine::arm_deadline`] before later calls). The one
+/// place stores are built.
+pub fn new_store<T: HasStoreBase>(
+    engine: &Engine,
+    limits: &StoreLimitsConfig,
+    what: &str,
+    deadline: Duration,
+    data: impl FnOnce(StoreBase) -> T,
+) -> Store<T> {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.handles);
+    let base = StoreBase { table, limiter: Limiter::new(limits.clone()) };
+    let mut store = Store::new(engine, data(base));
+    store.limiter(|data| &mut data.base().limiter);
+    arm_deadline(&mut store, what, deadline);
+    store
 }

@@ -60,6 +60,11 @@ impl Session {
         &self.sandbox
     }
 
+    /// Where its operations are recorded.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
     /// The absolute path `path` refers to.
     pub fn resolve(&self, path: &str) -> SandboxResult<String> {
         paths::resolve(&self.cwd, path)

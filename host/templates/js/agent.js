@@ -1,7 +1,7 @@
 // {{name}}: a flue agent. It runs in a sandbox chosen at run time
 // (`--sandbox local` by default, or `--sandbox daytona`).
 
-import { openSandbox, init } from "flue:sandbox/harness@0.2.0";
+import { openSandbox, init } from "flue:sandbox/harness@0.2.1";
 
 function agent(context) {
   const sandbox = openSandbox({ tag: "run-default" });

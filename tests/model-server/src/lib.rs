@@ -75,6 +75,10 @@ pub struct Turn {
     /// Usage to report (input, output tokens).
     #[serde(default)]
     pub usage: Option<(u64, u64)>,
+    /// Anthropic: a thinking block first, signed `sig:<its text>` (the test
+    /// checks it comes back whole).
+    #[serde(default)]
+    pub thinking: Option<String>,
 }
 
 /// A hostile answer, generated as it is sent.
@@ -463,6 +467,9 @@ async fn anthropic(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(
     let ids: Vec<String> = (0..turn.tool_calls.len()).map(|i| format!("toolu_{n}_{i}")).collect();
     if body["stream"] != true || turn.no_stream {
         let mut content = Vec::new();
+        if let Some(thinking) = &turn.thinking {
+            content.push(json!({"type": "thinking", "thinking": thinking, "signature": format!("sig:{thinking}")}));
+        }
         if let Some(text) = &turn.text {
             content.push(json!({"type": "text", "text": text}));
         }
@@ -484,6 +491,27 @@ async fn anthropic(State(state): State<Arc<AppState>>, headers: HeaderMap, Json(
             "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
     )];
     let mut index = 0;
+    if let Some(thinking) = &turn.thinking {
+        events.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ));
+        for part in halves(thinking) {
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": part}}),
+            ));
+        }
+        for part in halves(&format!("sig:{thinking}")) {
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": part}}),
+            ));
+        }
+        events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        index += 1;
+    }
     if let Some(text) = &turn.text {
         events.push(event(
             "content_block_start",

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::model::caps::{MAX_ANSWER_TEXT, MAX_TOOL_ARGUMENTS, MAX_TOOL_CALLS};
-use crate::model::{ModelError, Reply, Stop, ToolCall};
+use crate::model::{ModelError, Reasoning, Reply, Stop, ToolCall};
 use crate::sandbox::session::format_bytes;
 
 /// A tool call being streamed.
@@ -29,6 +29,10 @@ pub struct StreamedAnswer {
     calls: Vec<PartialCall>,
     /// Bytes of tool-call ids, names and arguments so far.
     call_bytes: usize,
+    /// Reasoning blocks by their index in the answer.
+    reasoning: Vec<(usize, Reasoning)>,
+    /// Bytes of reasoning so far (held to [`MAX_ANSWER_TEXT`] too).
+    reasoning_bytes: usize,
     /// The stream said it is complete.
     pub done: bool,
 }
@@ -41,6 +45,8 @@ impl StreamedAnswer {
             reply: Reply::default(),
             calls: Vec::new(),
             call_bytes: 0,
+            reasoning: Vec::new(),
+            reasoning_bytes: 0,
             done: false,
         }
     }
@@ -83,8 +89,41 @@ impl StreamedAnswer {
         Ok((!text.is_empty()).then(|| text.to_string()))
     }
 
+    /// Start reasoning block `index` (within the caps).
+    pub fn start_reasoning(&mut self, index: usize, block: Reasoning) -> Result<(), ModelError> {
+        if self.reasoning.len() >= MAX_TOOL_CALLS {
+            return Err(over_cap(&self.label, "reasoning blocks", format!("{MAX_TOOL_CALLS} per answer")));
+        }
+        self.count_reasoning(&block_text(&block))?;
+        self.reasoning.push((index, block));
+        Ok(())
+    }
+
+    /// Add to reasoning block `index`: thinking text or signature, as the
+    /// delta says; a delta for no block is ignored.
+    pub fn add_reasoning(&mut self, index: usize, thinking: &str, signature: &str) -> Result<(), ModelError> {
+        self.count_reasoning(&[thinking, signature].concat())?;
+        if let Some((_, Reasoning::Thinking { thinking: text, signature: signed })) =
+            self.reasoning.iter_mut().find(|(i, _)| *i == index)
+        {
+            text.push_str(thinking);
+            signed.push_str(signature);
+        }
+        Ok(())
+    }
+
+    fn count_reasoning(&mut self, part: &str) -> Result<(), ModelError> {
+        self.reasoning_bytes += part.len();
+        if self.reasoning_bytes > MAX_ANSWER_TEXT {
+            return Err(over_cap(&self.label, "reasoning", format!("{} per answer", format_bytes(MAX_ANSWER_TEXT))));
+        }
+        Ok(())
+    }
+
     /// The stream ended: the reply, its calls in order.
     pub fn finish(mut self) -> Result<Reply, ModelError> {
+        self.reasoning.sort_by_key(|(index, _)| *index);
+        self.reply.reasoning = self.reasoning.into_iter().map(|(_, block)| block).collect();
         if !self.done && self.reply.text.is_empty() && self.calls.is_empty() {
             return Err(ModelError::Provider(format!("{}: the stream ended before any answer", self.label)));
         }
@@ -113,11 +152,23 @@ pub fn check_reply(label: &str, reply: &Reply) -> Result<(), ModelError> {
     if reply.calls.len() > MAX_TOOL_CALLS {
         return Err(over_cap(label, "tool calls", format!("{MAX_TOOL_CALLS} per answer")));
     }
+    let reasoning: usize = reply.reasoning.iter().map(|block| block_text(block).len()).sum();
+    if reasoning > MAX_ANSWER_TEXT {
+        return Err(over_cap(label, "reasoning", format!("{} per answer", format_bytes(MAX_ANSWER_TEXT))));
+    }
     let arguments: usize = reply.calls.iter().map(|c| c.id.len() + c.name.len() + c.input.to_string().len()).sum();
     if arguments > MAX_TOOL_ARGUMENTS {
         return Err(over_cap(label, "tool-call arguments", format!("{} per answer", format_bytes(MAX_TOOL_ARGUMENTS))));
     }
     Ok(())
+}
+
+/// A reasoning block's text, signature or encrypted data, together.
+fn block_text(block: &Reasoning) -> String {
+    match block {
+        Reasoning::Thinking { thinking, signature } => [thinking.as_str(), signature].concat(),
+        Reasoning::Redacted { data } => data.clone(),
+    }
 }
 
 /// A tool call's arguments, as JSON when they are.

@@ -8,10 +8,13 @@ use serde_json::{Value, json};
 use super::answer::{StreamedAnswer, index_of, stop_of};
 use super::{TurnRequest, WireFormat};
 use crate::model::caps::MAX_OUTPUT_TOKENS;
-use crate::model::{Message, ModelError, Reply, ToolCall, Usage};
+use crate::model::{Message, ModelError, Reasoning, Reply, Thinking, ToolCall, Usage};
 
 /// The Messages API version flue speaks.
 const VERSION: &str = "2023-06-01";
+
+/// Models whose thinking is adaptive: asked for with an effort, not a budget.
+const ADAPTIVE: [&str; 3] = ["opus-4-6", "opus-4-7", "sonnet-4-6"];
 
 /// `anthropic/…` models.
 pub struct Anthropic;
@@ -31,6 +34,10 @@ impl WireFormat for Anthropic {
 
     fn default_base(&self) -> &'static str {
         "https://api.anthropic.com"
+    }
+
+    fn cache_included(&self) -> bool {
+        false
     }
 
     fn url(&self, base: &str) -> String {
@@ -53,6 +60,21 @@ impl WireFormat for Anthropic {
             "system": [{"type": "text", "text": turn.system}],
             "messages": turn.messages.iter().map(message).collect::<Vec<_>>(),
         });
+        match turn.thinking {
+            // Models that size their thinking themselves take an effort.
+            Some(thinking) if ADAPTIVE.iter().any(|name| model.contains(name)) => {
+                let effort = if thinking == Thinking::Minimal { "low" } else { thinking.effort() };
+                body["thinking"] = json!({"type": "adaptive"});
+                body["output_config"] = json!({"effort": effort});
+            }
+            Some(thinking) => {
+                // The budget is part of max_tokens, which must exceed it.
+                let budget = thinking.budget_tokens();
+                body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+                body["max_tokens"] = json!(MAX_OUTPUT_TOKENS + budget);
+            }
+            None => {}
+        }
         if !turn.tools.is_empty() {
             body["tools"] = turn
                 .tools
@@ -73,6 +95,7 @@ impl WireFormat for Anthropic {
                     name: block["name"].as_str().unwrap_or_default().into(),
                     input: block["input"].clone(),
                 }),
+                Some("thinking" | "redacted_thinking") => reply.reasoning.extend(reasoning_block(block)),
                 _ => {}
             }
         }
@@ -102,7 +125,9 @@ impl WireFormat for Anthropic {
             }
             Some("content_block_start") => {
                 let block = &event["content_block"];
-                if block["type"] == "tool_use" {
+                if let Some(reasoning) = reasoning_block(block) {
+                    answer.start_reasoning(index_of(&event), reasoning)?;
+                } else if block["type"] == "tool_use" {
                     let id = block["id"].as_str().unwrap_or_default();
                     let name = block["name"].as_str().unwrap_or_default();
                     answer.count_call_bytes(&[id, name])?;
@@ -115,6 +140,14 @@ impl WireFormat for Anthropic {
                 let delta = &event["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => return answer.add_text(delta["text"].as_str().unwrap_or_default()),
+                    Some("thinking_delta") => {
+                        let thinking = delta["thinking"].as_str().unwrap_or_default();
+                        answer.add_reasoning(index_of(&event), thinking, "")?;
+                    }
+                    Some("signature_delta") => {
+                        let signature = delta["signature"].as_str().unwrap_or_default();
+                        answer.add_reasoning(index_of(&event), "", signature)?;
+                    }
                     Some("input_json_delta") => {
                         let part = delta["partial_json"].as_str().unwrap_or_default();
                         answer.count_call_bytes(&[part])?;
@@ -144,8 +177,17 @@ impl WireFormat for Anthropic {
 fn message(message: &Message) -> Value {
     match message {
         Message::User(text) => json!({"role": "user", "content": text}),
-        Message::Assistant { text, calls } => {
-            let mut content = Vec::new();
+        Message::Assistant { text, calls, reasoning } => {
+            // Thinking first, as it came: Anthropic checks its signature.
+            let mut content: Vec<Value> = reasoning
+                .iter()
+                .map(|block| match block {
+                    Reasoning::Thinking { thinking, signature } => {
+                        json!({"type": "thinking", "thinking": thinking, "signature": signature})
+                    }
+                    Reasoning::Redacted { data } => json!({"type": "redacted_thinking", "data": data}),
+                })
+                .collect();
             if !text.is_empty() {
                 content.push(json!({"type": "text", "text": text}));
             }
@@ -160,5 +202,15 @@ fn message(message: &Message) -> Value {
                 "type": "tool_result", "tool_use_id": r.id, "content": r.content, "is_error": r.is_error
             })).collect::<Vec<_>>(),
         }),
+    }
+}
+
+/// A `thinking` or `redacted_thinking` content block, as flue keeps it.
+fn reasoning_block(block: &Value) -> Option<Reasoning> {
+    let text = |key: &str| block[key].as_str().unwrap_or_default().to_string();
+    match block["type"].as_str() {
+        Some("thinking") => Some(Reasoning::Thinking { thinking: text("thinking"), signature: text("signature") }),
+        Some("redacted_thinking") => Some(Reasoning::Redacted { data: text("data") }),
+        _ => None,
     }
 }

@@ -32,7 +32,8 @@ use self::answer::{StreamedAnswer, check_reply, over_cap};
 use super::caps::{
     MAX_BACKOFF, MAX_ERROR_BODY, MAX_ERROR_MESSAGE, MAX_PLAIN_BODY, MAX_SSE_EVENT, MAX_STREAM_BYTES, MAX_STREAM_EVENTS,
 };
-use super::{Message, ModelError, Reply};
+use super::prices::{Cost, Price, cost, price_of};
+use super::{Message, ModelError, Reply, Thinking};
 use crate::sandbox::session::format_bytes;
 use crate::secrets::Secrets;
 
@@ -54,6 +55,9 @@ trait WireFormat: Send + Sync {
     fn keyless_with_base(&self) -> bool {
         false
     }
+    /// Whether the input token count includes the tokens read from the
+    /// prompt cache.
+    fn cache_included(&self) -> bool;
     /// The endpoint under `base`.
     fn url(&self, base: &str) -> String;
     /// `request` with the key (if any) and the headers the format needs.
@@ -84,6 +88,7 @@ pub struct Provider {
     pub label: String,
     client: reqwest::Client,
     secrets: Secrets,
+    price: Option<Price>,
 }
 
 /// What one turn sends.
@@ -94,6 +99,8 @@ pub struct TurnRequest<'a> {
     pub messages: &'a [Message],
     /// Tool definitions (`{name, description, parameters}`).
     pub tools: &'a [Value],
+    /// How much the model reasons (`None`: the provider's default).
+    pub thinking: Option<Thinking>,
 }
 
 impl Provider {
@@ -136,6 +143,7 @@ impl Provider {
             label: model.to_string(),
             client,
             secrets,
+            price: price_of(model, config),
         })
     }
 
@@ -151,6 +159,11 @@ impl Provider {
 
     fn url(&self) -> String {
         self.format.url(&self.base)
+    }
+
+    /// What `usage` of this model cost; `None` when its price is unknown.
+    pub fn cost(&self, usage: &super::Usage) -> Option<Cost> {
+        Some(cost(self.price?, usage, self.format.cache_included()))
     }
 
     /// One model turn, retried while the provider says to try again.
@@ -418,6 +431,49 @@ mod tests {
             "delta": {"type": "input_json_delta", "partial_json": "{}"}});
         let err = anthropic::Anthropic.feed(&one_more.to_string(), &mut answer).unwrap_err().to_string();
         assert!(err.contains("tool calls is over flue's cap of 64 per answer"), "{err}");
+    }
+
+    #[test]
+    fn thinking_is_assembled_in_order_and_held_to_its_cap() {
+        use serde_json::json;
+
+        use crate::model::Reasoning;
+        use crate::model::caps::MAX_ANSWER_TEXT;
+        let feed = |answer: &mut StreamedAnswer, event: serde_json::Value| {
+            anthropic::Anthropic.feed(&event.to_string(), answer).map(|_| ())
+        };
+        let mut answer = StreamedAnswer::new("anthropic/x");
+        let start =
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}});
+        feed(&mut answer, start).unwrap();
+        for (kind, key, part) in [
+            ("thinking_delta", "thinking", "a "),
+            ("thinking_delta", "thinking", "b"),
+            ("signature_delta", "signature", "s1"),
+        ] {
+            feed(&mut answer, json!({"type": "content_block_delta", "index": 0, "delta": {"type": kind, key: part}}))
+                .unwrap();
+        }
+        let redacted = json!({"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": "enc"}});
+        feed(&mut answer, redacted).unwrap();
+        feed(&mut answer, json!({"type": "message_stop"})).unwrap();
+        let reply = answer.finish().unwrap();
+        assert_eq!(
+            reply.reasoning,
+            [
+                Reasoning::Thinking { thinking: "a b".into(), signature: "s1".into() },
+                Reasoning::Redacted { data: "enc".into() }
+            ]
+        );
+        let mut answer = StreamedAnswer::new("anthropic/x");
+        let start =
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}});
+        feed(&mut answer, start).unwrap();
+        let delta = json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "x".repeat(MAX_ANSWER_TEXT / 2 + 1)}});
+        feed(&mut answer, delta.clone()).unwrap();
+        let err = feed(&mut answer, delta).unwrap_err().to_string();
+        assert!(err.contains("reasoning is over flue's cap"), "{err}");
     }
 
     #[test]

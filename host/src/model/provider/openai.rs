@@ -35,6 +35,10 @@ impl WireFormat for OpenAi {
         true
     }
 
+    fn cache_included(&self) -> bool {
+        true
+    }
+
     fn url(&self, base: &str) -> String {
         format!("{base}/chat/completions")
     }
@@ -58,6 +62,11 @@ impl WireFormat for OpenAi {
             "max_completion_tokens": MAX_OUTPUT_TOKENS,
             "messages": messages,
         });
+        // GPT-4 and 3.5 models do not reason, and refuse the field (as Flue
+        // drops the level for them); every other model is asked.
+        if let Some(thinking) = turn.thinking.filter(|_| !["gpt-4", "gpt-3.5"].iter().any(|p| model.starts_with(p))) {
+            body["reasoning_effort"] = json!(thinking.effort());
+        }
         if !turn.tools.is_empty() {
             body["tools"] = turn.tools.iter().map(|t| json!({"type": "function", "function": t})).collect();
         }
@@ -126,7 +135,8 @@ impl WireFormat for OpenAi {
 fn messages(message: &Message) -> Vec<Value> {
     match message {
         Message::User(text) => vec![json!({"role": "user", "content": text})],
-        Message::Assistant { text, calls } => {
+        // Another provider's reasoning means nothing here.
+        Message::Assistant { text, calls, .. } => {
             let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.clone().into() }});
             if !calls.is_empty() {
                 m["tool_calls"] = calls

@@ -179,6 +179,18 @@ pub struct Outcome {
     pub is_error: bool,
 }
 
+impl Outcome {
+    /// A result.
+    pub fn ok(content: String) -> Outcome {
+        Outcome { content, is_error: false }
+    }
+
+    /// An error the model reads.
+    pub fn error(content: impl Into<String>) -> Outcome {
+        Outcome { content: content.into(), is_error: true }
+    }
+}
+
 fn ok(content: String) -> Outcome {
     Outcome { content, is_error: false }
 }
@@ -200,7 +212,7 @@ fn tail(text: &str) -> String {
 }
 
 /// Keep the first `MAX_RESULT_BYTES` of `text`, saying what was cut.
-fn head(text: &str, what: &str) -> String {
+pub(crate) fn head(text: &str, what: &str) -> String {
     if text.len() <= MAX_RESULT_BYTES {
         return text.to_string();
     }

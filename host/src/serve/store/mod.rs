@@ -1010,7 +1010,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.sqlite"), 10, false).unwrap();
         assert_eq!(store.load(&key("default")).unwrap(), vec![]);
-        let messages = vec![Message::User("hello".into()), Message::Assistant { text: "hi".into(), calls: vec![] }];
+        let messages = vec![
+            Message::User("hello".into()),
+            Message::Assistant { text: "hi".into(), calls: vec![], reasoning: vec![] },
+        ];
         store.save(&key("default"), &messages).unwrap();
         store.save(&key("other"), &messages[..1]).unwrap();
         assert_eq!(store.load(&key("default")).unwrap(), messages);

@@ -24,6 +24,30 @@ pub fn open(path: &Path, own_dir: bool) -> anyhow::Result<Db> {
     private_files::prepare_database(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Two processes opening a new store at once may find it busy where the
+    // busy timeout does not apply (switching it to WAL): try again, within
+    // the same bound.
+    let started = std::time::Instant::now();
+    loop {
+        match prepare_schema(&conn) {
+            Ok(()) => break,
+            Err(err) if is_busy(&err) && started.elapsed() < BUSY_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(Db::Sqlite(Mutex::new(conn)))
+}
+
+/// Whether `err` says another connection holds the database.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// The store's schema: created, or brought up to date where an older flue
+/// left it.
+fn prepare_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
@@ -66,11 +90,51 @@ pub fn open(path: &Path, own_dir: bool) -> anyhow::Result<Db> {
         ("lease_until_ms", "INTEGER"),
         ("accepted_by", "TEXT"),
     ];
-    for (column, kind) in columns {
+    // Looked for and added under the write lock: two processes opening a
+    // new store at once (two `flue run`s in a fresh project) would both
+    // find a column missing, and the second to add it would fail.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let added = columns.iter().try_for_each(|(column, kind)| -> rusqlite::Result<()> {
         let exists = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists([column])?;
         if !exists {
             conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
         }
+        Ok(())
+    });
+    match added {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(err);
+        }
     }
-    Ok(Db::Sqlite(Mutex::new(conn)))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes opening a new store at once each get it whole: none fails
+    /// adding a column another just added.
+    #[test]
+    fn stores_opened_at_once_are_each_brought_up_to_date() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("runs.sqlite");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        open(&path, true).map(|_| ()).map_err(|err| err.to_string())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
+        }
+    }
 }

@@ -275,10 +275,15 @@ class Timeline {
   constructor(list) {
     this.list = list;
     this.text = null;
+    // How deep in sub-agents the events are (between task-started and
+    // task-finished); their steps are indented.
+    this.depth = 0;
   }
 
   step(kind, cls, ...parts) {
-    const item = el("li", { class: cls, "data-kind": kind }, el("div", { class: "step" }, el("span", { class: "kind" }, kind), ...parts));
+    const depth = Math.min(this.depth, 4);
+    const classes = depth ? `${cls} nested nested-${depth}` : cls;
+    const item = el("li", { class: classes, "data-kind": kind }, el("div", { class: "step" }, el("span", { class: "kind" }, kind), ...parts));
     this.list.append(item);
     return item;
   }
@@ -341,6 +346,18 @@ class Timeline {
         }
         return item;
       }
+      case "task-started": {
+        this.closeText();
+        const item = this.step("task", "model", el("strong", {}, event.agent), el("span", { class: "target" }, expandable(event.description || "")),
+          el("span", { class: "detail" }, `sub-agent ${event.task} · ${event.model}`));
+        this.depth += 1;
+        return item;
+      }
+      case "task-finished":
+        this.closeText();
+        this.depth = Math.max(0, this.depth - 1);
+        return this.step("task end", event.ok ? "ok" : "fail", el("span", {}, `${event.task} ${event.ok ? "answered" : "failed"}`),
+          el("span", { class: "dur" }, duration(event.duration_ms)), el("span", { class: "detail" }, `${event.turns} turn(s)`));
       default:
         return this.step(event.type || "event", "", el("span", { class: "target" }, expandable(JSON.stringify(event))));
     }
