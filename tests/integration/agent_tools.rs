@@ -7,24 +7,11 @@
 use model_test_server::{ModelServer, Script, calls, text, tool};
 use serde_json::{Value, json};
 
-use crate::support::{Output, example_in, fixture, flue, output, runtime, scratch};
+use crate::support::{MODEL_KEY, Output, example_in, fixture, run_with_model, runtime};
 
-const KEY: &str = "sk-test-agent-tools-0123456789";
-
-/// `flue run <agent>` with `payload` against `server` (Anthropic format).
+/// `flue run <agent>` with `payload` against `server`.
 fn run_against(server: &ModelServer, agent: &std::path::Path, payload: Value, extra: &[&str]) -> Output {
-    let tmp = scratch();
-    output(
-        flue()
-            .arg("run")
-            .arg(agent)
-            .args(["--events", "json", "--payload", &payload.to_string()])
-            .args(extra)
-            .current_dir(tmp.path())
-            .env("TMPDIR", tmp.path())
-            .env("ANTHROPIC_BASE_URL", server.url())
-            .env("ANTHROPIC_API_KEY", KEY),
-    )
+    run_with_model(&server.url(), agent, &payload, extra)
 }
 
 /// The tool results of request `n`, by tool-use id order: (content, is_error).
@@ -94,7 +81,7 @@ fn the_triage_example_gives_the_model_its_own_tools_in_every_language() {
             .map(|e| (e["tool"].as_str().unwrap().to_string(), e["is_error"].as_bool().unwrap()))
             .collect();
         assert_eq!(calls.len(), 4, "{lang}: {calls:?}");
-        assert!(!out.stdout.contains(KEY) && !out.stderr.contains(KEY), "{lang}: the key leaked");
+        assert!(!out.stdout.contains(MODEL_KEY) && !out.stderr.contains(MODEL_KEY), "{lang}: the key leaked");
     }
 }
 
@@ -105,20 +92,10 @@ fn agent_tools_go_to_openai_as_functions() {
     let rt = runtime();
     let script = Script { turns: vec![calls(vec![tool("echo", json!({"word": "hi"}))]), text("done")] };
     let server = rt.block_on(ModelServer::start(script)).unwrap();
-    let tmp = scratch();
     let payload = json!({"mode": "prompt-with", "model": "openai/gpt-4.1", "prompts": ["go"],
         "agentTools": [{"name": "echo", "description": "Say it back",
                         "schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]});
-    let out = output(
-        flue()
-            .arg("run")
-            .arg(fixture("probe"))
-            .args(["--events", "json", "--payload", &payload.to_string()])
-            .current_dir(tmp.path())
-            .env("TMPDIR", tmp.path())
-            .env("OPENAI_BASE_URL", format!("{}/v1", server.url()))
-            .env("OPENAI_API_KEY", KEY),
-    );
+    let out = run_against(&server, &fixture("probe"), payload, &[]);
     let answers = out.ok();
     assert_eq!(answers[0]["text"], "done", "{answers}");
     let requests = server.requests();

@@ -7,25 +7,11 @@
 use model_test_server::{ModelServer, Script, Turn, calls, text, tool};
 use serde_json::{Value, json};
 
-use crate::support::{Output, fixture, flue, output, runtime, scratch};
+use crate::support::{Output, fixture, run_with_model, runtime};
 
-const KEY: &str = "sk-test-subagents-0123456789";
-
-/// The probe run with `payload` against `server`, both formats configured.
+/// The probe run with `payload` against `server`.
 fn probe(server: &ModelServer, payload: Value) -> Output {
-    let tmp = scratch();
-    output(
-        flue()
-            .arg("run")
-            .arg(fixture("probe"))
-            .args(["--events", "json", "--payload", &payload.to_string()])
-            .current_dir(tmp.path())
-            .env("TMPDIR", tmp.path())
-            .env("ANTHROPIC_BASE_URL", server.url())
-            .env("ANTHROPIC_API_KEY", KEY)
-            .env("OPENAI_BASE_URL", format!("{}/v1", server.url()))
-            .env("OPENAI_API_KEY", KEY),
-    )
+    run_with_model(&server.url(), &fixture("probe"), &payload, &[])
 }
 
 fn system_of(body: &Value) -> String {

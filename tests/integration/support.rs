@@ -264,6 +264,29 @@ pub fn run_agent(agent: &Path, args: &[&str], tmp: &Path) -> Output {
     output(flue().arg("run").arg(agent).args(args).args(["--events", "json"]).env("TMPDIR", tmp))
 }
 
+/// The key tests give the scripted model server (to check it leaks nowhere).
+pub const MODEL_KEY: &str = "sk-test-model-server-key-0123456789";
+
+/// `flue run <agent> --payload PAYLOAD ARGS… --events json` against the
+/// scripted model server at `model_url`, in both provider formats, in a
+/// scratch directory of its own (its run store and its sandboxes).
+pub fn run_with_model(model_url: &str, agent: &Path, payload: &Value, args: &[&str]) -> Output {
+    let tmp = scratch();
+    output(
+        flue()
+            .arg("run")
+            .arg(agent)
+            .args(["--events", "json", "--payload", &payload.to_string()])
+            .args(args)
+            .current_dir(tmp.path())
+            .env("TMPDIR", tmp.path())
+            .env("ANTHROPIC_BASE_URL", model_url)
+            .env("ANTHROPIC_API_KEY", MODEL_KEY)
+            .env("OPENAI_BASE_URL", format!("{model_url}/v1"))
+            .env("OPENAI_API_KEY", MODEL_KEY),
+    )
+}
+
 /// The probe fixture run with `payload`.
 pub fn probe(payload: Value, args: &[&str], tmp: &Path) -> Output {
     output(&mut flue_probe(payload, args, tmp))

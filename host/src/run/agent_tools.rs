@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime::component::InstancePre;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::imports::AgentState;
@@ -38,17 +37,16 @@ pub(crate) struct AgentToolsHost {
 }
 
 impl AgentToolsHost {
-    /// A host for the agent's tools when the agent exports `tools`
-    /// (`None` otherwise).
+    /// A host for the tools of an agent that exports them (`pre`, found
+    /// once when the agent was prepared).
     pub(crate) fn new(
-        pre: &InstancePre<AgentState>,
+        pre: AgentWithToolsPre<AgentState>,
         limits: StoreLimitsConfig,
         deadline: Instant,
         sandboxes: Arc<RunSandboxes>,
-    ) -> Option<Self> {
-        let pre = AgentWithToolsPre::new(pre.clone()).ok()?;
+    ) -> Self {
         let engine = pre.engine().clone();
-        Some(AgentToolsHost { pre, engine, limits, deadline, sandboxes, live: None })
+        AgentToolsHost { pre, engine, limits, deadline, sandboxes, live: None }
     }
 
     fn remaining(&self) -> std::time::Duration {

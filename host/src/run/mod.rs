@@ -277,13 +277,13 @@ async fn execute(
     });
     // An agent that exports `tools` gets a second instance to run them in.
     let agent_tools = match pre.as_ref() {
-        AnyAgentPre::Current(pre) => agent_tools::AgentToolsHost::new(
-            pre.instance_pre(),
+        AnyAgentPre::Current { tools: Some(tools), .. } => Some(agent_tools::AgentToolsHost::new(
+            tools.clone(),
             store_limits.clone(),
             Instant::now() + limits.deadline,
             services.clone(),
-        ),
-        AnyAgentPre::V0_1_0(_) => None,
+        )),
+        _ => None,
     };
     let mut store = runtime.new_store(&store_limits, "the agent", limits.deadline, |base| AgentState {
         wasi,
@@ -296,7 +296,7 @@ async fn execute(
 
     let (id, payload) = (run.id.clone(), run.payload.clone());
     let outcome = match pre.as_ref() {
-        AnyAgentPre::Current(pre) => {
+        AnyAgentPre::Current { agent: pre, .. } => {
             async {
                 let agent = pre.instantiate_async(&mut store).await?;
                 let context = Context { id, run_id: run_id.to_string(), payload };

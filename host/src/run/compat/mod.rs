@@ -11,25 +11,21 @@ pub mod v0_1_0;
 use wasmtime::component::{Component, Linker};
 
 use crate::bindings::agent::AgentPre;
+use crate::bindings::agent_with_tools::AgentWithToolsPre;
 use crate::run::imports::AgentState;
 use crate::runtime::engine::wasm_error;
 
 /// An agent checked against one of the WIT versions the host runs.
 pub enum AnyAgentPre {
-    /// The current version.
-    Current(AgentPre<AgentState>),
+    /// The current version (0.2.1, or 0.2.0, which it links by semver).
+    Current {
+        /// The agent world.
+        agent: AgentPre<AgentState>,
+        /// Its `tools` export, when it has one (the `agent-with-tools` world).
+        tools: Option<AgentWithToolsPre<AgentState>>,
+    },
     /// `flue:sandbox@0.1.0`.
     V0_1_0(crate::bindings::v0_1_0::AgentPre<AgentState>),
-}
-
-impl AnyAgentPre {
-    /// The version the agent was built against.
-    pub fn version(&self) -> &'static str {
-        match self {
-            AnyAgentPre::Current(_) => "0.2.0",
-            AnyAgentPre::V0_1_0(_) => "0.1.0",
-        }
-    }
 }
 
 /// Type-check `component` against the current agent world, then the earlier
@@ -38,7 +34,10 @@ pub fn agent_pre(linker: &Linker<AgentState>, component: &Component) -> anyhow::
     let current =
         linker.instantiate_pre(component).map_err(wasm_error).and_then(|pre| AgentPre::new(pre).map_err(wasm_error));
     let err = match current {
-        Ok(pre) => return Ok(AnyAgentPre::Current(pre)),
+        Ok(agent) => {
+            let tools = AgentWithToolsPre::new(agent.instance_pre().clone()).ok();
+            return Ok(AnyAgentPre::Current { agent, tools });
+        }
         Err(err) => err,
     };
     if let Ok(pre) = linker
@@ -48,5 +47,7 @@ pub fn agent_pre(linker: &Linker<AgentState>, component: &Component) -> anyhow::
     {
         return Ok(AnyAgentPre::V0_1_0(pre));
     }
-    Err(anyhow::anyhow!("not a flue agent (expected the flue:sandbox/agent world, version 0.2.0 or 0.1.0): {err}"))
+    Err(anyhow::anyhow!(
+        "not a flue agent (expected the flue:sandbox/agent world, version 0.2.1, 0.2.0 or 0.1.0): {err}"
+    ))
 }
